@@ -1,0 +1,32 @@
+//! Settings of a per-thread io engine.
+
+/// How to size and tune one thread's io_uring.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Submission queue entries (a power of two; the completion queue gets twice as many).
+    pub sq_entries: u32,
+    /// Most operations in flight at once on this ring; more wait for a free slot.
+    pub max_in_flight: u32,
+    /// Slots in the sparse registered-file table.
+    pub registered_files: u32,
+    /// Cap on io_uring's bounded kernel workers (regular-file and block-device work punted to
+    /// threads: fsync, fallocate, buffered writes). 0 leaves the kernel default.
+    pub max_bounded_workers: u32,
+    /// Cap on io_uring's unbounded kernel workers. 0 leaves the kernel default.
+    pub max_unbounded_workers: u32,
+    /// Aligned buffers kept per size class in the bounce pool.
+    pub pool_buffers_per_class: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            sq_entries: 256,
+            max_in_flight: 1024,
+            registered_files: 64,
+            max_bounded_workers: 4,
+            max_unbounded_workers: 4,
+            pool_buffers_per_class: 64,
+        }
+    }
+}

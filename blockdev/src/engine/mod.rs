@@ -1,0 +1,444 @@
+//! The io engine: one io_uring per thread, a tiny executor for the futures that use it, and the
+//! operations devices issue (vectored reads and writes, FUA, fdatasync, fallocate).
+//!
+//! `IoCtx` is the per-thread handle (an `Rc` inside). Futures own a clone, so they are `'static`
+//! and one thread keeps many requests in flight. Submissions are batched: operations push SQEs
+//! and the loop enters the kernel once per turn. Completions raise an eventfd (`completion_fd`)
+//! that an epoll loop can wait on; other threads wake this one through a second eventfd that the
+//! ring itself polls, so a thread sleeping in the ring wakes for either.
+
+mod config;
+mod files;
+mod ops;
+mod probe;
+mod slab;
+mod tasks;
+mod wake;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+pub use config::EngineConfig;
+pub use files::FileHandle;
+pub use ops::Op;
+pub use tasks::JoinHandle;
+pub use wake::RemoteWaker;
+
+use crate::{BufPool, Error, Result};
+use files::{FileTable, RingMailbox};
+use slab::{Completion, OpSlab};
+use tasks::{JoinState, Tasks, MAIN_TASK};
+use wake::ReadyQueue;
+
+/// user_data of the multishot poll on the wake eventfd.
+const WAKE_UD: u64 = u64::MAX;
+
+thread_local! {
+    /// The engines living on this thread, so a file dropped here can unregister at once.
+    static THREAD_ENGINES: RefCell<Vec<Weak<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The per-thread io handle: this thread's ring, in-flight table, tasks and buffer pool.
+#[derive(Clone)]
+pub struct IoCtx {
+    inner: Rc<Inner>,
+}
+
+pub(crate) struct Inner {
+    // Drop order matters: `Drop for Inner` drains the ring first; the slab (holding the iovecs
+    // and buffers the kernel may use) is declared after the ring so it outlives it.
+    ring: RefCell<IoUring>,
+    ops: RefCell<OpSlab>,
+    tasks: Tasks,
+    queue: Arc<ReadyQueue>,
+    files: RefCell<FileTable>,
+    mailbox: Arc<RingMailbox>,
+    completion_fd: OwnedFd,
+    pool: BufPool,
+    wake_armed: Cell<bool>,
+    cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
+    fixed_files: bool,
+    config: EngineConfig,
+}
+
+impl IoCtx {
+    /// Create this thread's engine with default settings.
+    pub fn new() -> Result<IoCtx> {
+        IoCtx::with_config(EngineConfig::default())
+    }
+
+    /// Create this thread's engine: the ring, with its opcodes probed and workers capped.
+    pub fn with_config(config: EngineConfig) -> Result<IoCtx> {
+        let sq = config.sq_entries.clamp(8, 4096).next_power_of_two();
+        let ring = build_ring(sq)?;
+        probe::check_opcodes(&ring)?;
+        if config.max_bounded_workers > 0 || config.max_unbounded_workers > 0 {
+            let mut caps = [config.max_bounded_workers, config.max_unbounded_workers];
+            ring.submitter()
+                .register_iowq_max_workers(&mut caps)
+                .map_err(|e| Error::from_io(e, "io_uring: cannot cap kernel worker threads"))?;
+        }
+        let fixed_files = config.registered_files > 0 && ring.submitter().register_files_sparse(config.registered_files).is_ok();
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(Error::from_io(std::io::Error::last_os_error(), "io engine: eventfd"));
+        }
+        // SAFETY: efd is a fresh descriptor we own.
+        let completion_fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter()
+            .register_eventfd(completion_fd.as_raw_fd())
+            .map_err(|e| Error::from_io(e, "io_uring: cannot register the completion eventfd"))?;
+        let queue = ReadyQueue::new()?;
+        let mailbox = Arc::new(RingMailbox { unregister: Mutex::new(Vec::new()), queue: queue.clone(), owner: wake::thread_token() });
+        let inner = Rc::new(Inner {
+            ring: RefCell::new(ring),
+            ops: RefCell::new(OpSlab::new(config.max_in_flight.max(1))),
+            tasks: Tasks::new(),
+            queue,
+            files: RefCell::new(FileTable::new(if fixed_files { config.registered_files } else { 0 })),
+            mailbox,
+            completion_fd,
+            pool: BufPool::new(config.pool_buffers_per_class),
+            wake_armed: Cell::new(false),
+            cqe_scratch: RefCell::new(Vec::with_capacity(sq as usize * 2)),
+            fixed_files,
+            config,
+        });
+        THREAD_ENGINES.with(|e| {
+            let mut e = e.borrow_mut();
+            e.retain(|w| w.strong_count() > 0);
+            e.push(Rc::downgrade(&inner));
+        });
+        let ctx = IoCtx { inner };
+        ctx.arm_wake_poll()?;
+        Ok(ctx)
+    }
+
+    /// The settings this engine was built with.
+    pub fn config(&self) -> EngineConfig {
+        self.inner.config
+    }
+
+    /// An eventfd that becomes readable when completions (or remote wake-ups) are waiting:
+    /// register it in an epoll loop and call [`IoCtx::run_once`] when it fires.
+    pub fn completion_fd(&self) -> RawFd {
+        self.inner.completion_fd.as_raw_fd()
+    }
+
+    /// The eventfd other threads write to wake this one (also reachable via [`RemoteWaker`]).
+    pub fn wake_fd(&self) -> RawFd {
+        self.inner.queue.wake_fd()
+    }
+
+    /// A `Send` handle that wakes this thread.
+    pub fn remote_waker(&self) -> RemoteWaker {
+        RemoteWaker { queue: self.inner.queue.clone() }
+    }
+
+    /// This thread's pool of aligned buffers.
+    pub fn pool(&self) -> &BufPool {
+        &self.inner.pool
+    }
+
+    /// Operations submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.inner.ops.borrow().in_flight()
+    }
+
+    /// Spawned tasks that have not finished.
+    pub fn live_tasks(&self) -> usize {
+        self.inner.tasks.live()
+    }
+
+    /// Run `fut` on this thread alongside the others; its output arrives through the handle.
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        let state = Rc::new(RefCell::new(JoinState { value: None, waiter: None }));
+        let st = state.clone();
+        self.inner.tasks.spawn(
+            &self.inner.queue,
+            Box::pin(async move {
+                let v = fut.await;
+                let waiter = {
+                    let mut s = st.borrow_mut();
+                    s.value = Some(v);
+                    s.waiter.take()
+                };
+                if let Some(w) = waiter {
+                    w.wake();
+                }
+            }),
+        );
+        JoinHandle { state }
+    }
+
+    /// Drive `fut` (and every spawned task) to completion on this thread, sleeping in the ring
+    /// when nothing is ready. Not to be called from inside a task.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        let waker = wake::task_waker(MAIN_TASK, &self.inner.queue);
+        let mut cx = Context::from_waker(&waker);
+        let mut main_ready = true;
+        loop {
+            if main_ready {
+                main_ready = false;
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                    self.submit();
+                    return v;
+                }
+            }
+            main_ready |= self.inner.tasks.run_ready(&self.inner.queue);
+            self.process_mailbox();
+            self.reap();
+            if main_ready || self.inner.queue.has_ready() {
+                self.submit();
+                continue;
+            }
+            self.submit_and_wait();
+            self.reap();
+        }
+    }
+
+    /// One non-blocking turn for an external event loop: take completions, run ready tasks,
+    /// submit what they queued. Returns the number of completions handled.
+    pub fn run_once(&self) -> usize {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
+        unsafe { libc::read(self.completion_fd(), (&mut v as *mut u64).cast(), 8) };
+        let mut total = 0;
+        for _ in 0..64 {
+            self.process_mailbox();
+            let n = self.reap();
+            total += n;
+            self.inner.tasks.run_ready(&self.inner.queue);
+            self.submit();
+            if n == 0 && !self.inner.queue.has_ready() {
+                break;
+            }
+        }
+        total
+    }
+
+    /// Submit queued SQEs to the kernel without waiting.
+    pub fn submit(&self) {
+        let ring = self.inner.ring.borrow();
+        loop {
+            match ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // The completion queue is backed up: the caller reaps and submits again.
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("io_uring submit failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn submit_and_wait(&self) {
+        let ring = self.inner.ring.borrow();
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            Err(e) => tracing::error!("io_uring submit_and_wait failed: {e}"),
+        }
+    }
+
+    /// Take every completion off the ring and wake whoever awaits it.
+    fn reap(&self) -> usize {
+        let mut scratch = self.inner.cqe_scratch.borrow_mut();
+        scratch.clear();
+        {
+            let mut ring = self.inner.ring.borrow_mut();
+            scratch.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        }
+        let n = scratch.len();
+        for &(ud, res, flags) in scratch.iter() {
+            if ud == WAKE_UD {
+                self.inner.queue.clear_signal();
+                if !cqueue::more(flags) {
+                    self.inner.wake_armed.set(false);
+                }
+                continue;
+            }
+            let done = self.inner.ops.borrow_mut().complete(ud as u32, res);
+            match done {
+                Completion::Wake(w) => {
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                }
+                Completion::Freed(bufs, slot_waiter) => {
+                    drop(bufs);
+                    if let Some(w) = slot_waiter {
+                        w.wake();
+                    }
+                }
+                Completion::Unknown => tracing::warn!("io_uring: completion for unknown slot {ud}"),
+            }
+        }
+        drop(scratch);
+        if !self.inner.wake_armed.get() {
+            if let Err(e) = self.arm_wake_poll() {
+                tracing::error!("io engine: cannot re-arm the wake poll: {e}");
+            }
+        }
+        n
+    }
+
+    fn arm_wake_poll(&self) -> Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(self.inner.queue.wake_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE_UD);
+        // SAFETY: a poll SQE references no memory, only the wake eventfd, which lives as long as
+        // the ring (both are owned by Inner).
+        unsafe { self.push_sqe(&sqe) };
+        self.inner.wake_armed.set(true);
+        Ok(())
+    }
+
+    /// Push one SQE, submitting first if the submission queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer and iovec array `sqe` points to must stay valid until its completion.
+    pub(crate) unsafe fn push_sqe(&self, sqe: &squeue::Entry) {
+        loop {
+            {
+                let mut ring = self.inner.ring.borrow_mut();
+                // SAFETY: forwarded from the caller's guarantee.
+                if unsafe { ring.submission().push(sqe) }.is_ok() {
+                    return;
+                }
+            }
+            self.submit();
+            // If the kernel could not take entries (CQ overflow), make room by reaping.
+            self.reap();
+        }
+    }
+
+    /// The registered-file target for `file` on this ring, registering it on first use.
+    pub(crate) fn target(&self, file: &Arc<FileHandle>) -> ops::Target {
+        if !self.inner.fixed_files {
+            return ops::Target::Fd(file.fd());
+        }
+        let mut files = self.inner.files.borrow_mut();
+        if let Some(slot) = files.lookup(file.id()) {
+            return ops::Target::Fixed(slot);
+        }
+        let Some(slot) = files.take_free(file.id()) else { return ops::Target::Fd(file.fd()) };
+        let ok = self.inner.ring.borrow().submitter().register_files_update(slot, &[file.fd()]).is_ok();
+        if !ok {
+            files.release(slot);
+            return ops::Target::Fd(file.fd());
+        }
+        file.note_registered(&self.inner.mailbox, slot);
+        ops::Target::Fixed(slot)
+    }
+
+    fn process_mailbox(&self) {
+        process_mailbox_of(&self.inner);
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Inner {
+    pub(crate) fn ops(&self) -> &RefCell<OpSlab> {
+        &self.ops
+    }
+}
+
+fn process_mailbox_of(inner: &Inner) {
+    let slots = std::mem::take(&mut *inner.mailbox.unregister.lock().unwrap_or_else(|p| p.into_inner()));
+    if slots.is_empty() {
+        return;
+    }
+    let (Ok(ring), Ok(mut files)) = (inner.ring.try_borrow(), inner.files.try_borrow_mut()) else {
+        // Busy right now: put them back for the next turn.
+        inner.mailbox.unregister.lock().unwrap_or_else(|p| p.into_inner()).extend(slots);
+        return;
+    };
+    for slot in slots {
+        if let Err(e) = ring.submitter().register_files_update(slot, &[-1]) {
+            tracing::warn!("io_uring: cannot unregister file slot {slot}: {e}");
+        }
+        files.release(slot);
+    }
+}
+
+/// Called when a file registered on a ring of this thread is dropped: unregister it at once, so
+/// its open file description (and OFD lock) goes away with the device.
+pub(crate) fn unregister_now_on_this_thread(mailbox: &Arc<RingMailbox>) {
+    THREAD_ENGINES.with(|engines| {
+        let engines = engines.borrow();
+        for inner in engines.iter().filter_map(|w| w.upgrade()) {
+            if Arc::ptr_eq(&inner.mailbox, mailbox) {
+                process_mailbox_of(&inner);
+            }
+        }
+    });
+}
+
+fn build_ring(entries: u32) -> Result<IoUring> {
+    let attempt = IoUring::builder()
+        .setup_cqsize(entries * 2)
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .build(entries);
+    match attempt {
+        Ok(r) => Ok(r),
+        // Older kernels lack SINGLE_ISSUER / COOP_TASKRUN: fall back to a plain ring.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)
+            .map_err(probe::explain_setup_error),
+        Err(e) => Err(probe::explain_setup_error(e)),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The kernel may still be writing into buffers held by in-flight slots: wait for every
+        // completion before the slab (and the memory it keeps alive) goes away.
+        let mut spins = 0u32;
+        while self.ops.borrow().outstanding() > 0 {
+            {
+                let ring = self.ring.borrow();
+                let _ = ring.submit_and_wait(1);
+            }
+            let completions: Vec<(u64, i32)> =
+                self.ring.borrow_mut().completion().map(|c| (c.user_data(), c.result())).collect();
+            for (ud, res) in completions {
+                if ud != WAKE_UD {
+                    let mut ops = self.ops.borrow_mut();
+                    if let Completion::Wake(_) = ops.complete(ud as u32, res) {
+                        drop(ops.release(ud as u32));
+                    }
+                }
+            }
+            spins += 1;
+            if spins > 1_000_000 {
+                tracing::error!("io engine: gave up draining in-flight operations");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The foundation of strata: the [`BlockDev`] trait that every layer implements and consumes,
+//! the per-thread io_uring engine ([`IoCtx`]), buffers that point straight into guest memory
+//! ([`IoBufs`]), and the plain devices: [`RawFile`] (a file or block device) and [`MemDisk`].
+//!
+//! With the `test-utils` feature it also provides the test devices every crate's tests use:
+//! `FaultDev` (injected errors), `CrashDev` (volatile writes lost on a simulated crash) and
+//! `ModelDev` (a shadow disk that checks what a real device reads back).
+
+mod bufs;
+mod dev;
+pub mod engine;
+mod error;
+mod info;
+pub mod join;
+mod mem;
+pub mod raw;
+pub mod size;
+mod tag;
+#[cfg(feature = "test-utils")]
+pub mod testdev;
+
+pub use bufs::{BufPool, DmaBuf, IoBufs, Keepalive, SharedBuf};
+pub use dev::{ready, BlockDev, IoFuture};
+pub use engine::{EngineConfig, FileHandle, IoCtx, JoinHandle, RemoteWaker};
+pub use error::{Error, ErrorKind, Result};
+pub use info::DevInfo;
+pub use mem::MemDisk;
+pub use raw::{OpenOptions, RawFile};
+pub use tag::{IoClass, IoTag};

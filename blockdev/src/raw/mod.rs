@@ -1,0 +1,330 @@
+//! `RawFile`: a regular file or a block device as a disk, through the thread's io_uring.
+//!
+//! - `direct` opens with O_DIRECT; buffers that are not aligned enough go through the thread's
+//!   aligned buffer pool, and offsets or lengths that are not multiples of the logical block size
+//!   are refused.
+//! - Writable opens take an exclusive OFD lock, read-only opens a shared one (see [`lock`]).
+//! - `growable` (for image files under a format layer) lets writes extend the file and reads past
+//!   its end return zeros; otherwise the size is fixed at open.
+
+mod geometry;
+pub mod lock;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::{BlockDev, DevInfo, Error, ErrorKind, FileHandle, IoBufs, IoCtx, IoFuture, IoTag, Result};
+
+/// How to open a [`RawFile`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Refuse writes; take a shared lock.
+    pub read_only: bool,
+    /// O_DIRECT: bypass the page cache.
+    pub direct: bool,
+    /// Writes may extend the file; reads past the end return zeros (image files).
+    pub growable: bool,
+    /// Skip the OFD lock (only for callers that hold their own, such as a read-only probe).
+    pub no_lock: bool,
+}
+
+struct Inner {
+    // Field order is drop order: unregister from rings before closing the fd (and its lock).
+    handle: Arc<FileHandle>,
+    _file: File,
+    path: PathBuf,
+    info: DevInfo,
+    size: AtomicU64,
+    opts: OpenOptions,
+    is_block_device: bool,
+}
+
+/// A file or block device opened as a disk.
+#[derive(Clone)]
+pub struct RawFile {
+    inner: Arc<Inner>,
+}
+
+/// Most iovecs one readv/writev takes.
+const MAX_SEGMENTS: usize = libc::UIO_MAXIOV as usize;
+
+impl RawFile {
+    /// Open `path` with `opts`.
+    pub fn open(path: impl AsRef<Path>, opts: OpenOptions) -> Result<RawFile> {
+        let path = path.as_ref();
+        let what = path.display().to_string();
+        let mut flags = libc::O_CLOEXEC;
+        if opts.direct {
+            flags |= libc::O_DIRECT;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!opts.read_only)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) if opts.direct => Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{what}: this filesystem does not support O_DIRECT (drop direct=on)"),
+                ),
+                _ => Error::from_io(e, format!("{what}: open")),
+            })?;
+        if !opts.no_lock {
+            lock::lock_file(file.as_raw_fd(), path, !opts.read_only)?;
+        }
+        let geo = geometry::probe(file.as_raw_fd(), &what, opts.direct)?;
+        let lbs = geo.logical_block_size;
+        let size = if opts.growable { geo.size } else { geo.size - geo.size % u64::from(lbs) };
+        if size == 0 && !opts.growable {
+            return Err(Error::new(ErrorKind::InvalidInput, format!("{what}: is empty (a disk needs at least {lbs} bytes)")));
+        }
+        let info = DevInfo {
+            size,
+            logical_block_size: if opts.growable && !opts.direct { 1 } else { lbs },
+            physical_block_size: geo.physical_block_size,
+            mem_align: geo.dio_mem_align,
+            read_only: opts.read_only,
+            discard: true,
+            write_zeroes: true,
+            optimal_io_size: 0,
+            volatile_cache: true,
+        };
+        let handle = Arc::new(FileHandle::new(file.as_raw_fd()));
+        Ok(RawFile {
+            inner: Arc::new(Inner {
+                handle,
+                _file: file,
+                path: path.to_path_buf(),
+                info,
+                size: AtomicU64::new(size),
+                opts,
+                is_block_device: geo.is_block_device,
+            }),
+        })
+    }
+
+    /// Create (or truncate) a sparse file of `size` bytes, then open it writable.
+    pub fn create(path: impl AsRef<Path>, size: u64, opts: OpenOptions) -> Result<RawFile> {
+        let path = path.as_ref();
+        let f = File::create(path).map_err(|e| Error::from_io(e, format!("{}: create", path.display())))?;
+        f.set_len(size).map_err(|e| Error::from_io(e, format!("{}: set size", path.display())))?;
+        drop(f);
+        RawFile::open(path, opts)
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Current size in bytes (grows with writes when `growable`).
+    pub fn size(&self) -> u64 {
+        self.inner.size.load(Ordering::Acquire)
+    }
+
+    /// Set the file's length (growable files; shrinking drops data past the new end).
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        if self.inner.opts.read_only {
+            return Err(Error::new(ErrorKind::ReadOnly, format!("{}: read-only", self.inner.path.display())));
+        }
+        self.inner._file.set_len(len).map_err(|e| Error::from_io(e, format!("{}: set length", self.inner.path.display())))?;
+        self.inner.size.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    /// True for a block device, false for a regular file.
+    pub fn is_block_device(&self) -> bool {
+        self.inner.is_block_device
+    }
+
+    fn check(&self, off: u64, len: u64, write: bool) -> Result<()> {
+        let inner = &self.inner;
+        if write && inner.opts.read_only {
+            return Err(Error::new(ErrorKind::ReadOnly, format!("{}: opened read-only", inner.path.display())));
+        }
+        if inner.opts.growable {
+            let lbs = u64::from(inner.info.logical_block_size.max(1));
+            if !off.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
+                return Err(Error::new(ErrorKind::InvalidInput, format!("{}: request [{off}, +{len}) not {lbs}-byte aligned", inner.path.display())));
+            }
+            return off.checked_add(len).map(|_| ()).ok_or_else(|| Error::out_of_range(off, len, u64::MAX));
+        }
+        let info = DevInfo { size: self.size(), ..inner.info };
+        info.check_range(off, len).map_err(|e| e.context(inner.path.display()))
+    }
+
+    fn needs_bounce(&self, bufs: &IoBufs) -> bool {
+        self.inner.opts.direct && !bufs.is_aligned(self.inner.info.mem_align as usize)
+    }
+}
+
+/// The part of `bufs` from `done` on, cut to at most `MAX_SEGMENTS` iovecs.
+fn next_part(bufs: &IoBufs, done: usize) -> IoBufs {
+    let part = if done == 0 { bufs.clone() } else { bufs.slice(done, bufs.len() - done) };
+    if part.segments() <= MAX_SEGMENTS {
+        return part;
+    }
+    let n: usize = part.iovecs()[..MAX_SEGMENTS].iter().map(|v| v.iov_len).sum();
+    part.slice(0, n)
+}
+
+async fn read_all(io: IoCtx, inner: Arc<Inner>, off: u64, bufs: IoBufs) -> Result<()> {
+    let len = bufs.len();
+    let mut done = 0usize;
+    while done < len {
+        let res = io.readv(&inner.handle, off + done as u64, next_part(&bufs, done)).await?;
+        if res < 0 {
+            return Err(Error::from_errno(-res, format_args!("{}: read at {}", inner.path.display(), off + done as u64)));
+        }
+        if res == 0 {
+            if inner.opts.growable {
+                bufs.zero(done, len - done);
+                return Ok(());
+            }
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{}: unexpected end of file at {} (truncated while open?)", inner.path.display(), off + done as u64),
+            ));
+        }
+        done += res as usize;
+    }
+    Ok(())
+}
+
+async fn write_all(io: IoCtx, inner: Arc<Inner>, off: u64, bufs: IoBufs, fua: bool) -> Result<()> {
+    let len = bufs.len();
+    let mut done = 0usize;
+    while done < len {
+        let res = io.writev(&inner.handle, off + done as u64, next_part(&bufs, done), fua).await?;
+        if res < 0 {
+            return Err(Error::from_errno(-res, format_args!("{}: write at {}", inner.path.display(), off + done as u64)));
+        }
+        if res == 0 {
+            return Err(Error::new(ErrorKind::Io, format!("{}: write made no progress at {}", inner.path.display(), off + done as u64)));
+        }
+        done += res as usize;
+    }
+    if inner.opts.growable {
+        inner.size.fetch_max(off + len as u64, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+async fn fallocate(io: IoCtx, inner: Arc<Inner>, off: u64, len: u64, mode: i32, what: &'static str) -> Result<bool> {
+    let res = io.fallocate(&inner.handle, off, len, mode).await?;
+    if res == -libc::EOPNOTSUPP || res == -libc::ENOTSUP {
+        return Ok(false);
+    }
+    if res < 0 {
+        return Err(Error::from_errno(-res, format_args!("{}: {what} [{off}, +{len})", inner.path.display())));
+    }
+    Ok(true)
+}
+
+/// Write zeros the slow way (when the filesystem has no zero-range), 1 MiB at a time.
+async fn write_zero_buffers(io: IoCtx, inner: Arc<Inner>, off: u64, len: u64) -> Result<()> {
+    let chunk = len.min(1 << 20) as usize;
+    let mut buf = io.pool().shared(chunk);
+    buf.bytes_mut().fill(0);
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(chunk as u64) as usize;
+        write_all(io.clone(), inner.clone(), off + done, buf.io_range(0, n), false).await?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+impl BlockDev for RawFile {
+    fn info(&self) -> DevInfo {
+        DevInfo { size: self.size(), ..self.inner.info }
+    }
+
+    fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.check(off, bufs.len() as u64, false) {
+            return crate::ready(Err(e));
+        }
+        let (io, inner) = (io.clone(), self.inner.clone());
+        if self.needs_bounce(&bufs) {
+            return Box::pin(async move {
+                let mut bounce = io.pool().shared(bufs.len());
+                read_all(io, inner, off, bounce.io()).await?;
+                bufs.copy_from_slice(0, bounce.bytes());
+                Ok(())
+            });
+        }
+        Box::pin(read_all(io, inner, off, bufs))
+    }
+
+    fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.check(off, bufs.len() as u64, true) {
+            return crate::ready(Err(e));
+        }
+        let (io, inner) = (io.clone(), self.inner.clone());
+        if self.needs_bounce(&bufs) {
+            return Box::pin(async move {
+                let mut bounce = io.pool().shared(bufs.len());
+                bufs.copy_to_slice(0, bounce.bytes_mut());
+                write_all(io, inner, off, bounce.io(), fua).await
+            });
+        }
+        Box::pin(write_all(io, inner, off, bufs, fua))
+    }
+
+    fn flush(&self, io: &IoCtx, _tag: IoTag) -> IoFuture {
+        if self.inner.opts.read_only {
+            return crate::ready(Ok(()));
+        }
+        let (io, inner) = (io.clone(), self.inner.clone());
+        Box::pin(async move {
+            let res = io.fdatasync(&inner.handle).await?;
+            if res < 0 {
+                return Err(Error::from_errno(-res, format_args!("{}: fdatasync", inner.path.display())));
+            }
+            Ok(())
+        })
+    }
+
+    fn discard(&self, io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.check(off, len, true) {
+            return crate::ready(Err(e));
+        }
+        let (io, inner) = (io.clone(), self.inner.clone());
+        Box::pin(async move {
+            // Discard is advisory: a filesystem without hole punching just keeps the data.
+            fallocate(io, inner, off, len, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, "discard").await.map(|_| ())
+        })
+    }
+
+    fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.check(off, len, true) {
+            return crate::ready(Err(e));
+        }
+        let (io, inner) = (io.clone(), self.inner.clone());
+        Box::pin(async move {
+            let keep = libc::FALLOC_FL_KEEP_SIZE;
+            let growable = inner.opts.growable;
+            // Punching a hole reads back zeros on files and on block devices (which discard or
+            // zero out); ZERO_RANGE keeps the blocks allocated.
+            let mode = if unmap { libc::FALLOC_FL_PUNCH_HOLE | keep } else { libc::FALLOC_FL_ZERO_RANGE | keep };
+            if fallocate(io.clone(), inner.clone(), off, len, mode, "write-zeroes").await? {
+                if growable {
+                    // KEEP_SIZE: zeroing past the end reads zeros anyway; nothing to extend.
+                }
+                return Ok(());
+            }
+            if unmap && fallocate(io.clone(), inner.clone(), off, len, libc::FALLOC_FL_ZERO_RANGE | keep, "write-zeroes").await? {
+                return Ok(());
+            }
+            write_zero_buffers(io, inner, off, len).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("raw:{}", self.inner.path.display())
+    }
+}

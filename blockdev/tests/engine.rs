@@ -1,0 +1,281 @@
+//! io engine and device tests on real files: the acceptance list of the foundation issue.
+
+use std::sync::Arc;
+
+use blockdev::{BlockDev, ErrorKind, IoBufs, IoCtx, IoTag, MemDisk, OpenOptions, RawFile, SharedBuf};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn tmpfile(size: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("disk.img");
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(size).expect("set_len");
+    (dir, path)
+}
+
+#[test]
+fn vectored_io_across_iovec_boundaries() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let data = pattern(12288, 7);
+    // Three uneven segments: 1000 + 5000 + 6288 bytes.
+    let mut a = SharedBuf::from_slice(&data[..1000]);
+    let mut b = SharedBuf::from_slice(&data[1000..6000]);
+    let mut c = SharedBuf::from_slice(&data[6000..]);
+    let mut bufs = a.io();
+    bufs.append(b.io());
+    bufs.append(c.io());
+    io.block_on(dev.write(&io, 4096, bufs, false, IoTag::DATA)).unwrap();
+    // Read back into different boundaries.
+    let mut x = SharedBuf::new(777 * 4);
+    let mut y = SharedBuf::new(12288 - 777 * 4);
+    let mut rb = x.io();
+    rb.append(y.io());
+    io.block_on(dev.read(&io, 4096, rb, IoTag::DATA)).unwrap();
+    let mut got = x.bytes().to_vec();
+    got.extend_from_slice(y.bytes());
+    assert_eq!(got, data);
+    assert_eq!(&std::fs::read(&path).unwrap()[4096..4096 + 12288], &data[..]);
+}
+
+#[test]
+fn direct_io_with_unaligned_buffers_goes_through_the_pool() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("direct.img");
+    std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+    let dev = match RawFile::open(&path, OpenOptions { direct: true, ..Default::default() }) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            eprintln!("SKIPPED direct_io test: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let io = IoCtx::new().unwrap();
+    let data = pattern(8192, 3);
+    // A buffer at an odd address, like a guest's.
+    let mut backing = SharedBuf::new(8192 + 1);
+    backing.bytes_mut()[1..].copy_from_slice(&data);
+    let bufs = backing.io_range(1, 8192);
+    assert!(!bufs.is_aligned(512));
+    io.block_on(dev.write(&io, 8192, bufs, false, IoTag::DATA)).unwrap();
+    let mut back = SharedBuf::new(8192 + 3);
+    io.block_on(dev.read(&io, 8192, back.io_range(3, 8192), IoTag::DATA)).unwrap();
+    assert_eq!(&back.bytes()[3..], &data[..]);
+    // Misaligned offsets are refused.
+    let mut small = SharedBuf::new(512);
+    let err = io.block_on(dev.read(&io, 100, small.io(), IoTag::DATA)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn sixty_four_requests_in_flight_from_one_thread() {
+    let (_d, path) = tmpfile(64 * 4096);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let io = IoCtx::new().unwrap();
+    let mut handles = Vec::new();
+    for i in 0..64u64 {
+        let (dev, io2) = (dev.clone(), io.clone());
+        handles.push(io.spawn(async move {
+            let mut b = SharedBuf::from_slice(&pattern(4096, i as u8));
+            dev.write(&io2, i * 4096, b.io(), false, IoTag::DATA).await
+        }));
+    }
+    // All 64 are queued before the first completes: one submit carries them.
+    io.block_on(async {
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    let mut reads = Vec::new();
+    for i in 0..64u64 {
+        let (dev, io2) = (dev.clone(), io.clone());
+        reads.push(io.spawn(async move {
+            let mut b = SharedBuf::new(4096);
+            dev.read(&io2, i * 4096, b.io(), IoTag::DATA).await.unwrap();
+            b.bytes() == pattern(4096, i as u8).as_slice()
+        }));
+    }
+    let ok = io.block_on(async {
+        let mut all = true;
+        for r in reads {
+            all &= r.await;
+        }
+        all
+    });
+    assert!(ok);
+    assert_eq!(io.in_flight(), 0);
+}
+
+#[test]
+fn two_threads_each_with_their_own_ring_on_one_device() {
+    let (_d, path) = tmpfile(2 << 20);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let io = IoCtx::new().unwrap();
+                for i in 0..64u64 {
+                    let off = (t << 20) + i * 8192;
+                    let mut b = SharedBuf::from_slice(&pattern(8192, (t * 64 + i) as u8));
+                    io.block_on(dev.write(&io, off, b.io(), false, IoTag::DATA)).unwrap();
+                }
+                io.block_on(dev.flush(&io, IoTag::DATA)).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let file = std::fs::read(&path).unwrap();
+    for t in 0..2u64 {
+        for i in 0..64u64 {
+            let off = ((t << 20) + i * 8192) as usize;
+            assert_eq!(&file[off..off + 8192], &pattern(8192, (t * 64 + i) as u8)[..]);
+        }
+    }
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_zeros() {
+    let (_d, path) = tmpfile(1 << 20);
+    let raw: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let mem: Arc<dyn BlockDev> = Arc::new(MemDisk::new(1 << 20).unwrap());
+    let io = IoCtx::new().unwrap();
+    for dev in [raw, mem] {
+        let mut b = SharedBuf::from_slice(&vec![0xAB; 256 << 10]);
+        io.block_on(dev.write(&io, 0, b.io(), false, IoTag::DATA)).unwrap();
+        io.block_on(dev.discard(&io, 0, 64 << 10, IoTag::DATA)).unwrap();
+        io.block_on(dev.write_zeroes(&io, 64 << 10, 64 << 10, false, IoTag::DATA)).unwrap();
+        io.block_on(dev.write_zeroes(&io, 128 << 10, 64 << 10, true, IoTag::DATA)).unwrap();
+        let mut r = SharedBuf::new(256 << 10);
+        io.block_on(dev.read(&io, 0, r.io(), IoTag::DATA)).unwrap();
+        assert!(r.bytes()[..192 << 10].iter().all(|&x| x == 0), "{}", dev.describe());
+        assert!(r.bytes()[192 << 10..].iter().all(|&x| x == 0xAB), "{}", dev.describe());
+    }
+}
+
+#[test]
+fn flush_completes_after_the_writes_before_it() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let io = IoCtx::new().unwrap();
+    let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut writes = Vec::new();
+    for i in 0..16u64 {
+        let (dev, io2, order) = (dev.clone(), io.clone(), order.clone());
+        writes.push(io.spawn(async move {
+            let mut b = SharedBuf::from_slice(&pattern(65536, i as u8));
+            dev.write(&io2, i * 65536, b.io(), false, IoTag::DATA).await.unwrap();
+            order.borrow_mut().push(format!("w{i}"));
+        }));
+    }
+    // The flush is issued once every write before it has completed (the contract the server
+    // keeps for the guest), and it must itself succeed.
+    io.block_on(async {
+        for w in writes {
+            w.await;
+        }
+        dev.flush(&io, IoTag::DATA).await.unwrap();
+        order.borrow_mut().push("flush".into());
+    });
+    let order = order.borrow();
+    assert_eq!(order.len(), 17);
+    assert_eq!(order.last().unwrap(), "flush");
+}
+
+#[test]
+fn second_writable_open_of_a_locked_file_is_refused() {
+    let (_d, path) = tmpfile(1 << 20);
+    let first = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let start = std::time::Instant::now();
+    let err = RawFile::open(&path, OpenOptions::default()).err().expect("second open must fail");
+    assert_eq!(err.kind(), ErrorKind::Locked);
+    assert!(err.to_string().contains("disk.img"), "{err}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(900), "retried for about a second");
+    // Read-only opens conflict with the writer too.
+    assert_eq!(
+        RawFile::open(&path, OpenOptions { read_only: true, ..Default::default() }).err().unwrap().kind(),
+        ErrorKind::Locked
+    );
+    // Once the writer (and its ring registration) is gone, the file opens again.
+    let io = IoCtx::new().unwrap();
+    let mut b = SharedBuf::new(512);
+    io.block_on(first.read(&io, 0, b.io(), IoTag::DATA)).unwrap();
+    drop(first);
+    let again = RawFile::open(&path, OpenOptions::default()).expect("lock released after drop");
+    drop(again);
+    // Two readers share.
+    let r1 = RawFile::open(&path, OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let r2 = RawFile::open(&path, OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let mut b = SharedBuf::new(512);
+    let err = io.block_on(r1.write(&io, 0, b.io(), false, IoTag::DATA)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ReadOnly);
+    drop((r1, r2));
+}
+
+#[test]
+fn reads_past_the_end_are_refused() {
+    let (_d, path) = tmpfile(8192);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut b = SharedBuf::new(1024);
+    let err = io.block_on(dev.read(&io, 7680, b.io(), IoTag::DATA)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange);
+}
+
+#[test]
+fn dropped_request_keeps_its_buffer_until_completion() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut b = SharedBuf::new(1 << 20);
+    {
+        let mut fut = dev.read(&io, 0, b.io(), IoTag::DATA);
+        // Poll once so it is submitted, then drop it.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let _ = fut.as_mut().poll(&mut cx);
+        io.submit();
+    }
+    // The engine still holds the buffer until the completion arrives.
+    io.block_on(async {});
+    while b.in_flight() {
+        io.block_on(dev.flush(&io, IoTag::DATA)).unwrap();
+    }
+    let _ = b.bytes();
+}
+
+#[test]
+fn growable_file_extends_and_reads_zeros_past_end() {
+    let (_d, path) = tmpfile(0);
+    let dev = RawFile::open(&path, OpenOptions { growable: true, ..Default::default() }).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut b = SharedBuf::from_slice(&[7u8; 100]);
+    io.block_on(dev.write(&io, 1000, b.io(), false, IoTag::meta("test.grow"))).unwrap();
+    assert_eq!(dev.size(), 1100);
+    let mut r = SharedBuf::new(300);
+    io.block_on(dev.read(&io, 1000, r.io(), IoTag::DATA)).unwrap();
+    assert_eq!(&r.bytes()[..100], &[7u8; 100]);
+    assert!(r.bytes()[100..].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn an_iovec_list_of_the_kernel_maximum_plus_one_still_works() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut buf = SharedBuf::from_slice(&pattern(1025 * 512, 9));
+    let mut bufs = IoBufs::new();
+    for i in 0..1025 {
+        bufs.append(buf.io_range(i * 512, 512));
+    }
+    io.block_on(dev.write(&io, 0, bufs, false, IoTag::DATA)).unwrap();
+    drop(buf.io());
+    assert_eq!(&std::fs::read(&path).unwrap()[..1025 * 512], buf.bytes());
+}
