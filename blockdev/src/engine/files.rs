@@ -5,7 +5,6 @@
 //! open file (and so its OFD lock); when the device is dropped, every ring that registered it
 //! unregisters it — at once on the dropping thread, at that ring's next turn on others.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -66,30 +65,31 @@ impl Drop for FileHandle {
 
 /// Which registered slot holds which file, for one ring.
 pub(crate) struct FileTable {
-    by_id: HashMap<u64, u32>,
+    /// (file id, slot) pairs; a ring sees few files, so a linear scan beats hashing.
+    by_id: Vec<(u64, u32)>,
     slot_owner: Vec<Option<u64>>,
     free: Vec<u32>,
 }
 
 impl FileTable {
     pub(crate) fn new(slots: u32) -> Self {
-        FileTable { by_id: HashMap::new(), slot_owner: vec![None; slots as usize], free: (0..slots).rev().collect() }
+        FileTable { by_id: Vec::new(), slot_owner: vec![None; slots as usize], free: (0..slots).rev().collect() }
     }
 
     pub(crate) fn lookup(&self, id: u64) -> Option<u32> {
-        self.by_id.get(&id).copied()
+        self.by_id.iter().find(|(i, _)| *i == id).map(|&(_, slot)| slot)
     }
 
     pub(crate) fn take_free(&mut self, id: u64) -> Option<u32> {
         let slot = self.free.pop()?;
-        self.by_id.insert(id, slot);
+        self.by_id.push((id, slot));
         self.slot_owner[slot as usize] = Some(id);
         Some(slot)
     }
 
     pub(crate) fn release(&mut self, slot: u32) {
         if let Some(Some(id)) = self.slot_owner.get(slot as usize).copied() {
-            self.by_id.remove(&id);
+            self.by_id.retain(|(i, _)| *i != id);
             self.slot_owner[slot as usize] = None;
             self.free.push(slot);
         }

@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     completion_fd: OwnedFd,
     pool: BufPool,
     wake_armed: Cell<bool>,
+    /// The completion eventfd is registered with the ring on first use of `completion_fd`
+    /// (only epoll users need it; signalling it on every completion costs the kernel time).
+    eventfd_registered: Cell<bool>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
     fixed_files: bool,
     config: EngineConfig,
@@ -93,9 +96,6 @@ impl IoCtx {
         }
         // SAFETY: efd is a fresh descriptor we own.
         let completion_fd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter()
-            .register_eventfd(completion_fd.as_raw_fd())
-            .map_err(|e| Error::from_io(e, "io_uring: cannot register the completion eventfd"))?;
         let queue = ReadyQueue::new()?;
         let mailbox = Arc::new(RingMailbox { unregister: Mutex::new(Vec::new()), queue: queue.clone(), owner: wake::thread_token() });
         let inner = Rc::new(Inner {
@@ -108,6 +108,7 @@ impl IoCtx {
             completion_fd,
             pool: BufPool::new(config.pool_buffers_per_class),
             wake_armed: Cell::new(false),
+            eventfd_registered: Cell::new(false),
             cqe_scratch: RefCell::new(Vec::with_capacity(sq as usize * 2)),
             fixed_files,
             config,
@@ -129,8 +130,21 @@ impl IoCtx {
 
     /// An eventfd that becomes readable when completions (or remote wake-ups) are waiting:
     /// register it in an epoll loop and call [`IoCtx::run_once`] when it fires.
+    ///
+    /// The first call registers the eventfd with the ring; it fails only if the kernel refuses
+    /// (then an error is logged and the fd never fires: use `block_on` instead).
     pub fn completion_fd(&self) -> RawFd {
-        self.inner.completion_fd.as_raw_fd()
+        let fd = self.inner.completion_fd.as_raw_fd();
+        if !self.inner.eventfd_registered.replace(true) {
+            if let Err(e) = self.inner.ring.borrow().submitter().register_eventfd(fd) {
+                tracing::error!("io_uring: cannot register the completion eventfd: {e}");
+            }
+            // Completions that arrived before registration would not have signalled it.
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        }
+        fd
     }
 
     /// The eventfd other threads write to wake this one (also reachable via [`RemoteWaker`]).
@@ -215,18 +229,21 @@ impl IoCtx {
     pub fn run_once(&self) -> usize {
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
-        unsafe { libc::read(self.completion_fd(), (&mut v as *mut u64).cast(), 8) };
+        unsafe { libc::read(self.inner.completion_fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         let mut total = 0;
         for _ in 0..64 {
             self.process_mailbox();
+            // With DEFER_TASKRUN, completions become CQEs only when we enter the kernel: submit
+            // (which enters with GETEVENTS when work is pending) before reaping.
+            self.submit();
             let n = self.reap();
             total += n;
             self.inner.tasks.run_ready(&self.inner.queue);
-            self.submit();
             if n == 0 && !self.inner.queue.has_ready() {
                 break;
             }
         }
+        self.submit();
         total
     }
 
@@ -401,11 +418,12 @@ fn build_ring(entries: u32) -> Result<IoUring> {
     let attempt = IoUring::builder()
         .setup_cqsize(entries * 2)
         .setup_single_issuer()
-        .setup_coop_taskrun()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .build(entries);
     match attempt {
         Ok(r) => Ok(r),
-        // Older kernels lack SINGLE_ISSUER / COOP_TASKRUN: fall back to a plain ring.
+        // Older kernels (before 6.1) lack SINGLE_ISSUER / DEFER_TASKRUN: fall back to a plain ring.
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
             .setup_cqsize(entries * 2)
             .build(entries)

@@ -33,7 +33,8 @@ enum State {
     Ready { kind: Kind, bufs: IoBufs },
     /// Submitted in this slot.
     InFlight(u32),
-    Finished,
+    /// Completed; holds the buffers handed back by the slot.
+    Finished(IoBufs),
 }
 
 /// One operation on the ring. Resolves to the io_uring result (bytes moved, or 0) or an error.
@@ -92,13 +93,31 @@ fn build_sqe(target: Target, kind: Kind, bufs: &IoBufs) -> squeue::Entry {
     let iov = bufs.iovecs();
     // The kernel caps one readv/writev at IOV_MAX segments; callers split before that.
     let nr = iov.len().min(libc::UIO_MAXIOV as usize) as u32;
-    match kind {
-        Kind::Readv { off } => with_target!(target, |fd| opcode::Readv::new(fd, iov.as_ptr(), nr).offset(off).build()),
-        Kind::Writev { off, flags } => {
+    match (kind, iov) {
+        // One segment: plain READ/WRITE spares the kernel importing an iovec array.
+        (Kind::Readv { off }, [one]) => with_target!(target, |fd| opcode::Read::new(
+            fd,
+            one.iov_base.cast(),
+            one.iov_len as u32
+        )
+        .offset(off)
+        .build()),
+        (Kind::Writev { off, flags }, [one]) => with_target!(target, |fd| opcode::Write::new(
+            fd,
+            one.iov_base.cast(),
+            one.iov_len as u32
+        )
+        .offset(off)
+        .rw_flags(flags)
+        .build()),
+        (Kind::Readv { off }, _) => {
+            with_target!(target, |fd| opcode::Readv::new(fd, iov.as_ptr(), nr).offset(off).build())
+        }
+        (Kind::Writev { off, flags }, _) => {
             with_target!(target, |fd| opcode::Writev::new(fd, iov.as_ptr(), nr).offset(off).rw_flags(flags).build())
         }
-        Kind::Fdatasync => with_target!(target, |fd| opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()),
-        Kind::Fallocate { off, len, mode } => {
+        (Kind::Fdatasync, _) => with_target!(target, |fd| opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()),
+        (Kind::Fallocate { off, len, mode }, _) => {
             with_target!(target, |fd| opcode::Fallocate::new(fd, len).offset(off).mode(mode).build())
         }
     }
@@ -109,7 +128,10 @@ impl Future for Op {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<i32>> {
         let this = &mut *self;
-        match std::mem::replace(&mut this.state, State::Finished) {
+        if let State::InFlight(slot) = this.state {
+            return this.poll_in_flight(slot, cx);
+        }
+        match std::mem::replace(&mut this.state, State::Finished(IoBufs::new())) {
             State::Ready { kind, bufs } => {
                 if bufs.segments() > libc::UIO_MAXIOV as usize {
                     return Poll::Ready(Err(Error::new(
@@ -150,28 +172,47 @@ impl Future for Op {
                 this.state = State::InFlight(slot);
                 Poll::Pending
             }
-            State::InFlight(slot) => {
-                let mut ops = this.ctx.inner().ops().borrow_mut();
-                let entry = ops.get_mut(slot);
-                match entry.state {
-                    OpState::Done(res) => {
-                        let (bufs, waiter) = ops.release(slot);
-                        drop(ops);
-                        drop(bufs);
-                        if let Some(w) = waiter {
-                            w.wake();
-                        }
-                        Poll::Ready(Ok(res))
-                    }
-                    OpState::Waiting(ref mut w) => {
-                        *w = Some(cx.waker().clone());
-                        this.state = State::InFlight(slot);
-                        Poll::Pending
-                    }
-                    _ => Poll::Ready(Err(Error::new(crate::ErrorKind::Io, "io engine: slot lost its state"))),
-                }
+            State::InFlight(slot) => self.poll_in_flight(slot, cx),
+            State::Finished(_) => {
+                Poll::Ready(Err(Error::new(crate::ErrorKind::Io, "io engine: op polled after completion")))
             }
-            State::Finished => Poll::Ready(Err(Error::new(crate::ErrorKind::Io, "io engine: op polled after completion"))),
+        }
+    }
+}
+
+impl Op {
+    fn poll_in_flight(&mut self, slot: u32, cx: &mut Context<'_>) -> Poll<Result<i32>> {
+        let mut ops = self.ctx.inner().ops().borrow_mut();
+        let entry = ops.get_mut(slot);
+        match entry.state {
+            OpState::Done(res) => {
+                let (bufs, waiter) = ops.release(slot);
+                drop(ops);
+                self.state = State::Finished(bufs);
+                if let Some(w) = waiter {
+                    w.wake();
+                }
+                Poll::Ready(Ok(res))
+            }
+            OpState::Waiting(ref mut w) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(Err(Error::new(crate::ErrorKind::Io, "io engine: slot lost its state"))),
+        }
+    }
+
+    /// After the op completed (awaited through `&mut op`), take back its buffers, e.g. to
+    /// re-issue the rest of a short read without copying the iovec list.
+    pub fn into_bufs(mut self) -> IoBufs {
+        match std::mem::replace(&mut self.state, State::Finished(IoBufs::new())) {
+            State::Finished(bufs) | State::Ready { bufs, .. } => bufs,
+            State::InFlight(slot) => {
+                self.state = State::InFlight(slot);
+                IoBufs::new()
+            }
         }
     }
 }

@@ -162,51 +162,78 @@ impl RawFile {
     }
 }
 
-/// The part of `bufs` from `done` on, cut to at most `MAX_SEGMENTS` iovecs.
-fn next_part(bufs: &IoBufs, done: usize) -> IoBufs {
-    let part = if done == 0 { bufs.clone() } else { bufs.slice(done, bufs.len() - done) };
-    if part.segments() <= MAX_SEGMENTS {
-        return part;
+/// Split `bufs` into the part one readv/writev can take (at most `MAX_SEGMENTS` iovecs) and the rest.
+fn split_segments(bufs: IoBufs) -> (IoBufs, Option<IoBufs>) {
+    if bufs.segments() <= MAX_SEGMENTS {
+        return (bufs, None);
     }
-    let n: usize = part.iovecs()[..MAX_SEGMENTS].iter().map(|v| v.iov_len).sum();
-    part.slice(0, n)
+    let n: usize = bufs.iovecs()[..MAX_SEGMENTS].iter().map(|v| v.iov_len).sum();
+    (bufs.slice(0, n), Some(bufs.slice(n, bufs.len() - n)))
 }
 
-async fn read_all(io: IoCtx, inner: Arc<Inner>, off: u64, bufs: IoBufs) -> Result<()> {
-    let len = bufs.len();
-    let mut done = 0usize;
-    while done < len {
-        let res = io.readv(&inner.handle, off + done as u64, next_part(&bufs, done)).await?;
+/// Read all of `bufs` at `off`, re-issuing the rest after a short read. The common case (one
+/// full read) moves the iovec list into the op and back without copying it.
+async fn read_all(io: IoCtx, inner: Arc<Inner>, mut off: u64, bufs: IoBufs) -> Result<()> {
+    let (mut part, mut rest) = split_segments(bufs);
+    loop {
+        let want = part.len();
+        let mut op = io.readv(&inner.handle, off, part);
+        let res = (&mut op).await?;
         if res < 0 {
-            return Err(Error::from_errno(-res, format_args!("{}: read at {}", inner.path.display(), off + done as u64)));
+            return Err(Error::from_errno(-res, format_args!("{}: read at {off}", inner.path.display())));
         }
-        if res == 0 {
+        let got = res as usize;
+        let bufs = op.into_bufs();
+        if got == 0 && want > 0 {
             if inner.opts.growable {
-                bufs.zero(done, len - done);
+                bufs.zero(0, want);
+                if let Some(r) = rest {
+                    r.zero(0, r.len());
+                }
                 return Ok(());
             }
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("{}: unexpected end of file at {} (truncated while open?)", inner.path.display(), off + done as u64),
+                format!("{}: unexpected end of file at {off} (truncated while open?)", inner.path.display()),
             ));
         }
-        done += res as usize;
+        off += got as u64;
+        if got < want {
+            part = bufs.slice(got, want - got);
+            continue;
+        }
+        match rest.take() {
+            None => return Ok(()),
+            Some(r) => (part, rest) = split_segments(r),
+        }
     }
-    Ok(())
 }
 
 async fn write_all(io: IoCtx, inner: Arc<Inner>, off: u64, bufs: IoBufs, fua: bool) -> Result<()> {
     let len = bufs.len();
-    let mut done = 0usize;
-    while done < len {
-        let res = io.writev(&inner.handle, off + done as u64, next_part(&bufs, done), fua).await?;
+    let (mut part, mut rest) = split_segments(bufs);
+    let mut pos = off;
+    loop {
+        let want = part.len();
+        let mut op = io.writev(&inner.handle, pos, part, fua);
+        let res = (&mut op).await?;
         if res < 0 {
-            return Err(Error::from_errno(-res, format_args!("{}: write at {}", inner.path.display(), off + done as u64)));
+            return Err(Error::from_errno(-res, format_args!("{}: write at {pos}", inner.path.display())));
         }
-        if res == 0 {
-            return Err(Error::new(ErrorKind::Io, format!("{}: write made no progress at {}", inner.path.display(), off + done as u64)));
+        let put = res as usize;
+        if put == 0 && want > 0 {
+            return Err(Error::new(ErrorKind::Io, format!("{}: write made no progress at {pos}", inner.path.display())));
         }
-        done += res as usize;
+        let bufs = op.into_bufs();
+        pos += put as u64;
+        if put < want {
+            part = bufs.slice(put, want - put);
+            continue;
+        }
+        match rest.take() {
+            None => break,
+            Some(r) => (part, rest) = split_segments(r),
+        }
     }
     if inner.opts.growable {
         inner.size.fetch_max(off + len as u64, Ordering::AcqRel);
