@@ -279,3 +279,69 @@ fn an_iovec_list_of_the_kernel_maximum_plus_one_still_works() {
     drop(buf.io());
     assert_eq!(&std::fs::read(&path).unwrap()[..1025 * 512], buf.bytes());
 }
+
+/// An external epoll loop (as the vhost-user worker runs) waits on `completion_fd` and calls
+/// `run_once`: every request completes without `block_on`.
+#[test]
+fn epoll_loop_drives_requests_through_completion_fd() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let io = IoCtx::new().unwrap();
+    // SAFETY: epoll_create1 has no memory arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+    // SAFETY: registers a valid fd with a live event struct.
+    assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, io.completion_fd(), &mut ev) }, 0);
+    let done = std::rc::Rc::new(std::cell::Cell::new(0));
+    for i in 0..32u64 {
+        let (dev, io2, done) = (dev.clone(), io.clone(), done.clone());
+        io.spawn(async move {
+            let mut b = SharedBuf::from_slice(&pattern(4096, i as u8));
+            dev.write(&io2, i * 4096, b.io(), false, IoTag::DATA).await.unwrap();
+            let mut r = SharedBuf::new(4096);
+            dev.read(&io2, i * 4096, r.io(), IoTag::DATA).await.unwrap();
+            assert_eq!(r.bytes(), pattern(4096, i as u8).as_slice());
+            done.set(done.get() + 1);
+        });
+    }
+    io.run_once();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while done.get() < 32 {
+        assert!(std::time::Instant::now() < deadline, "epoll loop stalled at {} of 32", done.get());
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: waits on our epoll fd with a live output array of the stated length.
+        unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) };
+        io.run_once();
+    }
+    // SAFETY: closes the epoll fd we created.
+    unsafe { libc::close(ep) };
+    assert_eq!(io.live_tasks(), 0);
+}
+
+/// A task waiting on something another thread completes is woken through the wake eventfd
+/// while its thread sleeps in the ring.
+#[test]
+fn another_thread_wakes_a_sleeping_engine() {
+    let io = IoCtx::new().unwrap();
+    let flag = Arc::new(std::sync::Mutex::new((false, None::<std::task::Waker>)));
+    let f2 = flag.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut g = f2.lock().unwrap();
+        g.0 = true;
+        if let Some(w) = g.1.take() {
+            w.wake();
+        }
+    });
+    io.block_on(std::future::poll_fn(|cx| {
+        let mut g = flag.lock().unwrap();
+        if g.0 {
+            std::task::Poll::Ready(())
+        } else {
+            g.1 = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    }));
+    t.join().unwrap();
+}
