@@ -71,8 +71,9 @@ impl Error {
     pub fn from_errno(errno: i32, context: impl fmt::Display) -> Self {
         let kind = match errno {
             libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
-            libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL => ErrorKind::Unsupported,
-            libc::EROFS | libc::EBADF | libc::EPERM | libc::EACCES => ErrorKind::ReadOnly,
+            libc::EOPNOTSUPP | libc::ENOSYS => ErrorKind::Unsupported,
+            libc::EINVAL => ErrorKind::InvalidInput,
+            libc::EROFS => ErrorKind::ReadOnly,
             libc::ENOENT => ErrorKind::NotFound,
             _ => ErrorKind::Io,
         };
