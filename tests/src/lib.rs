@@ -1,1 +1,13 @@
-//! wip
+//! Integration and end-to-end test support for strata.
+//!
+//! - [`guest`]: a Debian cloud kernel, busybox and an initramfs built on first use and cached
+//!   under the workspace `target/guest-artifacts/`, and a QEMU (TCG) runner that boots them with
+//!   vhost-user-blk disks and captures the serial console.
+//! - [`bins`]: find (and if needed build) the workspace's binaries from a test.
+//! - [`scratch`]: a self-deleting scratch directory.
+//!
+//! The tests themselves live in `tests/tests/`.
+
+pub mod bins;
+pub mod guest;
+pub mod scratch;

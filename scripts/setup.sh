@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Install everything strata's tests need, and nothing that is already there.
+#
+# Run as root (CI and the development machines are root). Idempotent: on a prepared
+# machine it only checks and prints what it found, and does no apt or cargo work.
+#
+#   - QEMU 10 (qemu-system-x86, qemu-utils) from bookworm-backports, as DESIGN.md explains:
+#     bookworm's own qemu-system-x86 is 7.2 and installing it would remove qemu-utils 10.
+#   - fio, busybox-static, acpica-tools (iasl), cpio, binutils from Debian.
+#   - rustup components clippy and rustfmt; cargo-fuzz from crates.io.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    say "warning: not running as root; apt-get steps will fail if anything is missing"
+fi
+
+# True when a Debian package is installed (not just known to dpkg).
+installed() {
+    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
+}
+
+# True when an installed Debian package has a version at least $2.
+installed_at_least() {
+    local v
+    installed "$1" || return 1
+    v=$(dpkg-query -W -f='${Version}' "$1")
+    dpkg --compare-versions "$v" ge "$2"
+}
+
+APT_UPDATED=0
+apt_update_once() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        apt-get update -q
+        APT_UPDATED=1
+    fi
+}
+
+# --- QEMU 10 from bookworm-backports -------------------------------------------------------
+# qemu-system-x86 and qemu-utils must both be 10.x (epoch 1:): the backports build.
+QEMU_MIN="1:10.0"
+need_qemu=0
+for p in qemu-system-x86 qemu-utils; do
+    if installed_at_least "$p" "$QEMU_MIN"; then
+        say "ok: $p $(dpkg-query -W -f='${Version}' "$p")"
+    else
+        say "missing: $p >= $QEMU_MIN"
+        need_qemu=1
+    fi
+done
+if [ "$need_qemu" -eq 1 ]; then
+    SOURCES=/etc/apt/sources.list.d/debian.sources
+    if [ -f "$SOURCES" ] && ! grep -q 'bookworm-backports' "$SOURCES"; then
+        say "adding bookworm-backports to $SOURCES"
+        sed -i 's/^Suites: bookworm bookworm-updates$/& bookworm-backports/' "$SOURCES"
+    fi
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        say "error: could not enable bookworm-backports (no Debian entry in $SOURCES?)" >&2
+        exit 1
+    fi
+    APT_UPDATED=0
+    apt_update_once
+    say "apt-get install -t bookworm-backports qemu-system-x86 qemu-utils"
+    apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
+fi
+
+# --- Plain Debian packages -----------------------------------------------------------------
+missing=()
+for p in fio busybox-static acpica-tools cpio binutils xz-utils zstd; do
+    if installed "$p"; then
+        say "ok: $p"
+    else
+        say "missing: $p"
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update_once
+    say "apt-get install ${missing[*]}"
+    apt-get install -y -q "${missing[@]}"
+fi
+
+# The guest-artifact helper runs `apt-cache depends` and `apt-get download` at test time:
+# it needs package lists. Fetch them once if this machine has none.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    apt_update_once
+fi
+
+# --- Rust tooling --------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+    say "error: cargo is not on PATH; install a Rust toolchain first" >&2
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+    for c in clippy rustfmt; do
+        if rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+            say "ok: rustup component $c"
+        else
+            say "rustup component add $c"
+            rustup component add "$c"
+        fi
+    done
+fi
+if cargo fuzz --version >/dev/null 2>&1; then
+    say "ok: $(cargo fuzz --version)"
+else
+    say "cargo install cargo-fuzz --locked (compiles; takes a few minutes)"
+    cargo install cargo-fuzz --locked
+fi
+
+say "done: $(qemu-system-x86_64 --version | head -n1)"

@@ -1,0 +1,340 @@
+//! Boot a guest under QEMU (TCG) with shared memfd memory and vhost-user-blk disks, and
+//! capture its serial console; run qemu-storage-daemon as a reference vhost-user-blk server.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Error, Result, END_MARKER, START_MARKER};
+
+/// The QEMU system emulator: `$STRATA_QEMU` if set, else `qemu-system-x86_64` from `PATH`.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("STRATA_QEMU").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// Looks `name` up in `PATH` (or checks it directly if it contains a `/`).
+fn which(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Whether a QEMU test can run. Returns `false` after printing `SKIPPED: <test> because ...`
+/// on stderr when QEMU is missing, unless `STRATA_REQUIRE_QEMU` is set (as `scripts/test.sh`
+/// does), in which case a missing QEMU panics so CI cannot pass without running the test.
+pub fn require_qemu(test: &str) -> bool {
+    let qemu = qemu_binary();
+    if which(&qemu).is_some() {
+        return true;
+    }
+    let why = format!("{} is not installed (scripts/setup.sh installs it)", qemu.display());
+    if std::env::var_os("STRATA_REQUIRE_QEMU").is_some() {
+        panic!("{test}: STRATA_REQUIRE_QEMU is set but {why}");
+    }
+    eprintln!("SKIPPED: {test} because {why}");
+    false
+}
+
+/// A disk attached to the guest.
+#[derive(Debug, Clone)]
+enum Disk {
+    /// A vhost-user-blk server listening on a unix socket.
+    VhostUserBlk { socket: PathBuf, num_queues: u16 },
+    /// A raw file on QEMU's own virtio-blk (for comparisons).
+    Raw(PathBuf),
+}
+
+/// A QEMU TCG guest booted from a kernel and an initramfs, with its console captured.
+#[derive(Debug, Clone)]
+pub struct QemuGuest {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    memory_mib: u32,
+    smp: u32,
+    cpu: String,
+    append: String,
+    disks: Vec<Disk>,
+    extra: Vec<String>,
+    timeout: Duration,
+}
+
+impl QemuGuest {
+    /// 512 MiB of shared memfd memory, one vCPU, `-cpu max`, a 120 s timeout.
+    pub fn new(kernel: impl AsRef<Path>, initrd: impl AsRef<Path>) -> Self {
+        Self {
+            kernel: kernel.as_ref().to_path_buf(),
+            initrd: initrd.as_ref().to_path_buf(),
+            memory_mib: 512,
+            smp: 1,
+            cpu: "max".into(),
+            append: "console=ttyS0 panic=-1 quiet".into(),
+            disks: Vec::new(),
+            extra: Vec::new(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Guest memory in MiB (all of it a shared memfd, as vhost-user needs).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs.
+    pub fn smp(mut self, cpus: u32) -> Self {
+        self.smp = cpus;
+        self
+    }
+
+    /// The `-cpu` model (`max` emulates AMD SVM, so nested KVM works in the guest).
+    pub fn cpu(mut self, model: &str) -> Self {
+        self.cpu = model.into();
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn append(mut self, args: &str) -> Self {
+        self.append.push(' ');
+        self.append.push_str(args);
+        self
+    }
+
+    /// Attaches a `vhost-user-blk-pci` device served on `socket` (the server must listen first).
+    pub fn vhost_user_blk(mut self, socket: impl AsRef<Path>, num_queues: u16) -> Self {
+        self.disks.push(Disk::VhostUserBlk { socket: socket.as_ref().to_path_buf(), num_queues });
+        self
+    }
+
+    /// Attaches a raw file through QEMU's built-in virtio-blk.
+    pub fn raw_disk(mut self, path: impl AsRef<Path>) -> Self {
+        self.disks.push(Disk::Raw(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Adds raw QEMU arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Kill the guest and fail if it has not powered off after this long.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The QEMU command line this guest runs.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(qemu_binary());
+        let m = self.memory_mib;
+        cmd.args(["-accel", "tcg", "-cpu", &self.cpu, "-smp", &self.smp.to_string(), "-m", &format!("{m}M")])
+            .args(["-object", &format!("memory-backend-memfd,id=mem,size={m}M,share=on")])
+            .args(["-numa", "node,memdev=mem"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .args(["-append", &self.append, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
+        for (i, disk) in self.disks.iter().enumerate() {
+            match disk {
+                Disk::VhostUserBlk { socket, num_queues } => {
+                    cmd.args(["-chardev", &format!("socket,id=vub{i},path={}", qemu_escape(socket))])
+                        .args(["-device", &format!("vhost-user-blk-pci,chardev=vub{i},num-queues={num_queues}")]);
+                }
+                Disk::Raw(path) => {
+                    cmd.args([
+                        "-drive",
+                        &format!("file={},format=raw,if=virtio,cache=none,aio=io_uring", qemu_escape(path)),
+                    ]);
+                }
+            }
+        }
+        cmd.args(&self.extra);
+        cmd
+    }
+
+    /// Boots the guest, waits for it to power off (or the timeout), and returns its console.
+    ///
+    /// Console lines are echoed to stderr as `guest| ...` (shown by the test harness when a
+    /// test fails, or with `--nocapture`).
+    pub fn run(&self) -> Result<GuestOutput> {
+        let mut cmd = self.command();
+        let shown = format!("{cmd:?}");
+        eprintln!("guest: {shown}");
+        let start = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Command { cmd: shown.clone(), detail: e.to_string() })?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            child.stdout.take().map(|s| pump(s, console.clone(), "guest| ")),
+            child.stderr.take().map(|s| pump(s, stderr.clone(), "qemu stderr| ")),
+        ];
+        let text = |buf: &Arc<Mutex<Vec<u8>>>| {
+            String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
+        };
+        let deadline = start + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    readers.into_iter().flatten().for_each(|r| drop(r.join()));
+                    return Err(Error::Timeout {
+                        secs: self.timeout.as_secs(),
+                        output: format!("{}\nqemu stderr:\n{}", text(&console), text(&stderr)),
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(Error::Command { cmd: shown, detail: e.to_string() }),
+            }
+        };
+        readers.into_iter().flatten().for_each(|r| drop(r.join()));
+        let out = GuestOutput { console: text(&console), stderr: text(&stderr), status, elapsed: start.elapsed() };
+        eprintln!("guest: exited with {} after {:.1} s", out.status, out.elapsed.as_secs_f64());
+        Ok(out)
+    }
+}
+
+/// Escapes a path for a QEMU option value (a comma is written twice).
+fn qemu_escape(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// Copies a pipe into `buf`, echoing complete lines to stderr with `prefix`.
+fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: &'static str) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        let mut line = Vec::new();
+        loop {
+            let n = match src.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+            for &b in &chunk[..n] {
+                if b == b'\n' {
+                    eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end_matches('\r'));
+                    line.clear();
+                } else {
+                    line.push(b);
+                }
+            }
+        }
+        if !line.is_empty() {
+            eprintln!("{prefix}{}", String::from_utf8_lossy(&line));
+        }
+    })
+}
+
+/// What a guest printed, and how QEMU ended.
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    /// Everything on the serial console (`\r` removed).
+    pub console: String,
+    /// QEMU's own stderr.
+    pub stderr: String,
+    /// QEMU's exit status (0 after the guest's `poweroff -f`).
+    pub status: ExitStatus,
+    /// Wall time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl GuestOutput {
+    /// The console between the start marker and the end marker (empty if the script never
+    /// started; up to the end of the console if it never finished).
+    pub fn script_output(&self) -> &str {
+        let Some(start) = self.console.find(START_MARKER) else { return "" };
+        let rest = &self.console[start + START_MARKER.len()..];
+        let rest = rest.strip_prefix('\n').unwrap_or(rest);
+        match rest.find(END_MARKER) {
+            Some(end) => &rest[..end],
+            None => rest,
+        }
+    }
+
+    /// The guest script's exit code from the end marker, if the script finished.
+    pub fn script_exit_code(&self) -> Option<i32> {
+        let at = self.console.rfind(&format!("{END_MARKER} rc="))?;
+        let digits: String =
+            self.console[at + END_MARKER.len() + 4..].chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+        digits.parse().ok()
+    }
+
+    /// Panics with the whole console unless the script finished with exit code 0 and QEMU
+    /// exited cleanly.
+    pub fn assert_success(&self) {
+        assert!(
+            self.script_exit_code() == Some(0) && self.status.success(),
+            "guest script failed (rc {:?}, qemu {}); console:\n{}\nqemu stderr:\n{}",
+            self.script_exit_code(),
+            self.status,
+            self.console,
+            self.stderr
+        );
+    }
+}
+
+/// `qemu-storage-daemon` exporting a raw file over vhost-user-blk: the reference server.
+/// Killed on drop.
+#[derive(Debug)]
+pub struct StorageDaemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl StorageDaemon {
+    /// Exports `file` (writable) on a new unix socket `socket` with `num_queues` queues and
+    /// waits up to 10 s for the socket to appear.
+    pub fn export_raw(file: impl AsRef<Path>, socket: impl AsRef<Path>, num_queues: u16) -> Result<Self> {
+        let socket = socket.as_ref().to_path_buf();
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.args(["--blockdev", &format!("driver=file,node-name=f,filename={}", qemu_escape(file.as_ref()))]).args([
+            "--export",
+            &format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
+                qemu_escape(&socket)
+            ),
+        ]);
+        let shown = format!("{cmd:?}");
+        eprintln!("qsd: {shown}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Command { cmd: shown.clone(), detail: e.to_string() })?;
+        let mut daemon = Self { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.socket.exists() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                return Err(Error::Command { cmd: shown, detail: format!("exited with {status} before listening") });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Command { cmd: shown, detail: "socket did not appear within 10 s".into() });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(daemon)
+    }
+
+    /// The unix socket QEMU connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
