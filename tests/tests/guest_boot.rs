@@ -79,3 +79,24 @@ echo readback-ok
     assert!(data[MIB as usize..2 * MIB as usize] == expected[..], "host file does not hold the guest's pattern");
     assert!(data[2 * MIB as usize..].iter().all(|&b| b == 0), "guest wrote past its range");
 }
+
+#[test]
+fn guest_runs_fio_on_vhost_user_blk() {
+    if !require_qemu("guest_runs_fio_on_vhost_user_blk") {
+        return;
+    }
+    let art = GuestArtifacts::ensure().expect("guest artifacts (apt-get download of kernel and busybox)");
+    let dir = ScratchDir::new("guest-fio").expect("scratch dir in the temp dir");
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk).and_then(|f| f.set_len(32 << 20)).expect("create 32 MiB disk file");
+    let qsd = StorageDaemon::export_raw(&disk, dir.join("vub.sock"), 1).expect("start qemu-storage-daemon");
+
+    let script = "wait_dev /dev/vda && fio --name=smoke --filename=/dev/vda --direct=1 --rw=randwrite --bs=4k \
+                  --size=4M --ioengine=psync --output-format=terse --terse-version=3 | cut -d';' -f1-3";
+    let initrd = dir.join("initrd.cpio");
+    Initramfs::builder().artifacts(&art).with_fio(true).script(script).build(&initrd).expect("build initramfs");
+    let out = QemuGuest::new(&art.kernel, &initrd).vhost_user_blk(qsd.socket(), 1).run().expect("run qemu");
+
+    out.assert_success();
+    assert!(out.script_output().contains("3;fio-"), "no fio terse result; console:\n{}", out.console);
+}
