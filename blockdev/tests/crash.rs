@@ -89,9 +89,8 @@ fn every_crash_mode_on_raw_file_reopened_keeps_flushed_and_old_or_new() {
         let raw: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
         let model = workload_then_crash(&io, raw.clone(), 100 + i as u64, mode);
         drop(raw);
-        // The model still holds the crashed device (and its lock): read the file beside it.
-        let reopened =
-            RawFile::open(&path, OpenOptions { read_only: true, no_lock: true, ..Default::default() }).unwrap();
+        // The crashed device let go of the file: it reopens writable (the lock is free).
+        let reopened = RawFile::open(&path, OpenOptions::default()).unwrap();
         io.block_on(model.verify_after_crash(&reopened, &io)).unwrap_or_else(|e| panic!("{mode:?} reopened: {e}"));
     }
 }
@@ -222,6 +221,27 @@ fn crash_at_every_flush_keeps_what_was_flushed() {
         let more = WorkloadConfig { seed: 1000 + k, ops: 50, ..cfg.clone() };
         io.block_on(workload::run(&io, Arc::new(next.clone()), &more)).unwrap();
         io.block_on(next.verify_all(&*mem, &io)).unwrap();
+    }
+}
+
+#[test]
+fn crash_at_each_flush_of_a_raw_file_then_reopen_and_go_on() {
+    let io = IoCtx::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorkloadConfig { queue_depth: 8, ..workload_cfg(88, 200) };
+    for k in 1..=4 {
+        let path = temp_file(&dir, SIZE);
+        let crash = CrashDev::new(Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap()));
+        crash.crash_at_flush(k, CrashMode::TearOne { seed: k, granularity: 4096 });
+        let model = ModelDev::new(Arc::new(crash.clone()));
+        let err = io.block_on(workload::run(&io, Arc::new(model.clone()), &cfg)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "flush {k}: {err}");
+        assert!(crash.inner().is_none(), "the crashed device let go of the file");
+        let reopened: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+        let next = io.block_on(model.recover(&io, reopened.clone())).unwrap_or_else(|e| panic!("flush {k}: {e}"));
+        let more = WorkloadConfig { seed: 2000 + k, ops: 100, ..cfg.clone() };
+        io.block_on(workload::run(&io, Arc::new(next.clone()), &more)).unwrap();
+        io.block_on(next.verify_all(&*reopened, &io)).unwrap();
     }
 }
 

@@ -6,9 +6,9 @@
 //! to the inner device at once (and into the log, marked stable, so ordering stays exact).
 //!
 //! [`CrashDev::crash`] keeps some of the volatile writes according to a [`CrashMode`], writes the
-//! survivors (and every stable entry) to the inner device in order, flushes it, and marks the
-//! device crashed: every later operation fails with `ErrorKind::Io`. Sitting on a `RawFile`, the
-//! file then holds exactly what survived, for a reopen or an outside checker.
+//! survivors (and every stable entry) to the inner device in order, flushes it, lets go of it, and
+//! marks the device crashed: every later operation fails with `ErrorKind::Io`. Sitting on a
+//! `RawFile`, the file then holds exactly what survived, for a reopen or an outside checker.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,7 +114,11 @@ struct Gate {
 }
 
 struct Shared {
-    inner: Arc<dyn BlockDev>,
+    /// The inner device; released (dropped) once the crash has been applied, so a test can
+    /// reopen (and re-lock) the file beneath.
+    inner: Mutex<Option<Arc<dyn BlockDev>>>,
+    name: String,
+    last_info: Mutex<DevInfo>,
     state: Mutex<CrashState>,
     gate: Gate,
 }
@@ -140,7 +144,20 @@ impl Shared {
     }
 
     fn crashed_error(&self) -> Error {
-        Error::new(ErrorKind::Io, format!("crashdev({}): the device has crashed", self.inner.describe()))
+        Error::new(ErrorKind::Io, format!("crashdev({}): the device has crashed", self.name))
+    }
+
+    /// The inner device, while it has not been released by a crash.
+    fn dev(&self) -> Result<Arc<dyn BlockDev>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| self.crashed_error())
+    }
+
+    fn info(&self) -> DevInfo {
+        let mut last = self.last_info.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(dev) = self.dev() {
+            *last = dev.info();
+        }
+        *last
     }
 
     async fn lock_gate(self: &Arc<Self>) -> GateGuard {
@@ -195,12 +212,22 @@ impl Shared {
         pieces
     }
 
-    /// Write `pieces` in order, then flush the inner device. Call with the gate held.
+    /// Write `pieces` in order, flush the inner device, then let go of it. Call with the gate
+    /// held, after `mark_crashed`.
     async fn apply(&self, io: &IoCtx, pieces: Vec<Piece>) -> Result<()> {
+        let inner = self.dev()?;
+        let mut result = Ok(());
         for p in pieces {
-            write_piece(&self.inner, io, &p).await?;
+            result = write_piece(&inner, io, &p).await;
+            if result.is_err() {
+                break;
+            }
         }
-        self.inner.flush(io, IoTag::meta("crashdev.crash")).await
+        if result.is_ok() {
+            result = inner.flush(io, IoTag::meta("crashdev.crash")).await;
+        }
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        result.map_err(|e| e.context(format_args!("crashdev({}): applying the crash", self.name)))
     }
 
     /// The auto-crash path of an op: apply the plan under the gate, then fail the op.
@@ -323,12 +350,22 @@ pub struct CrashDev {
 impl CrashDev {
     /// Wrap `inner`; the log starts empty.
     pub fn new(inner: Arc<dyn BlockDev>) -> CrashDev {
-        CrashDev { shared: Arc::new(Shared { inner, state: Mutex::new(CrashState::default()), gate: Gate::default() }) }
+        let (name, info) = (inner.describe(), inner.info());
+        CrashDev {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Some(inner)),
+                name,
+                last_info: Mutex::new(info),
+                state: Mutex::new(CrashState::default()),
+                gate: Gate::default(),
+            }),
+        }
     }
 
-    /// The wrapped device (reopen or read it after a crash).
-    pub fn inner(&self) -> &Arc<dyn BlockDev> {
-        &self.shared.inner
+    /// The wrapped device; `None` once a crash has been applied (the crash device lets go of it
+    /// then, so the file beneath can be reopened writable once the test drops its own handles).
+    pub fn inner(&self) -> Option<Arc<dyn BlockDev>> {
+        self.shared.dev().ok()
     }
 
     /// Lose the volatile writes `mode` does not keep, write the survivors to the inner device,
@@ -394,7 +431,7 @@ impl CrashDev {
 
     fn volatile_zeros(&self, io: &IoCtx, off: u64, len: u64, tag: IoTag) -> IoFuture {
         let sh = &self.shared;
-        if let Err(e) = sh.inner.info().check_write(off, len) {
+        if let Err(e) = sh.info().check_write(off, len) {
             return ready(Err(e));
         }
         match sh.admit_write(Some(self.log_entry(off, len, LogData::Zeros, false, tag))) {
@@ -407,7 +444,7 @@ impl CrashDev {
 
 impl BlockDev for CrashDev {
     fn info(&self) -> DevInfo {
-        DevInfo { volatile_cache: true, ..self.shared.inner.info() }
+        DevInfo { volatile_cache: true, ..self.shared.info() }
     }
 
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
@@ -430,7 +467,10 @@ impl BlockDev for CrashDev {
                 })
                 .collect()
         };
-        let fut = sh.inner.read(io, off, bufs.clone(), tag);
+        let fut = match sh.dev() {
+            Ok(dev) => dev.read(io, off, bufs.clone(), tag),
+            Err(e) => return ready(Err(e)),
+        };
         Box::pin(async move {
             fut.await?;
             for (at, skip, n, data) in patches {
@@ -446,7 +486,7 @@ impl BlockDev for CrashDev {
     fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, tag: IoTag) -> IoFuture {
         let sh = &self.shared;
         let len = bufs.len() as u64;
-        if let Err(e) = sh.inner.info().check_write(off, len) {
+        if let Err(e) = sh.info().check_write(off, len) {
             return ready(Err(e));
         }
         let data = LogData::Bytes(Arc::new(bufs.to_vec()));
@@ -469,7 +509,7 @@ impl BlockDev for CrashDev {
             if sh.state().crashed {
                 return Err(sh.crashed_error());
             }
-            sh.inner.write(&io, off, bufs, true, tag).await?;
+            sh.dev()?.write(&io, off, bufs, true, tag).await?;
             let mut st = sh.state();
             if st.crashed {
                 return Err(sh.crashed_error());
@@ -501,13 +541,14 @@ impl BlockDev for CrashDev {
                 sh.apply(&io, pieces).await?;
                 return Err(sh.crashed_error().context("crashed at the armed flush"));
             }
+            let inner = sh.dev()?;
             for e in &entries {
                 if sh.state().crashed {
                     return Err(sh.crashed_error());
                 }
-                write_piece(&sh.inner, &io, &whole(e.clone())).await?;
+                write_piece(&inner, &io, &whole(e.clone())).await?;
             }
-            sh.inner.flush(&io, tag).await?;
+            inner.flush(&io, tag).await?;
             let mut st = sh.state();
             if st.crashed {
                 return Err(sh.crashed_error());
@@ -526,7 +567,7 @@ impl BlockDev for CrashDev {
     }
 
     fn describe(&self) -> String {
-        format!("crash({})", self.shared.inner.describe())
+        format!("crash({})", self.shared.name)
     }
 }
 
