@@ -26,7 +26,10 @@ impl MemDisk {
             ));
         }
         let n = size.div_ceil(CHUNK) as usize;
-        Ok(MemDisk { info: DevInfo { optimal_io_size: 0, ..DevInfo::simple(size) }, chunks: (0..n).map(|_| RwLock::new(None)).collect() })
+        Ok(MemDisk {
+            info: DevInfo { optimal_io_size: 0, ..DevInfo::simple(size) },
+            chunks: (0..n).map(|_| RwLock::new(None)).collect(),
+        })
     }
 
     /// Bytes of RAM actually allocated.

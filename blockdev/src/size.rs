@@ -5,7 +5,12 @@ use crate::{Error, ErrorKind, Result};
 /// Parse `"64K"`, `"1G"`, `"4096"`, `"2MiB"`; the suffix is case-insensitive.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let bad = || Error::new(ErrorKind::InvalidInput, format!("'{s}' is not a size (use a number with an optional K, M, G or T suffix)"));
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("'{s}' is not a size (use a number with an optional K, M, G or T suffix)"),
+        )
+    };
     let lower = t.to_ascii_lowercase();
     let body = lower.strip_suffix("ib").or_else(|| lower.strip_suffix('b')).unwrap_or(&lower);
     let (digits, shift) = match body.chars().last() {

@@ -88,7 +88,8 @@ impl IoCtx {
                 .register_iowq_max_workers(&mut caps)
                 .map_err(|e| Error::from_io(e, "io_uring: cannot cap kernel worker threads"))?;
         }
-        let fixed_files = config.registered_files > 0 && ring.submitter().register_files_sparse(config.registered_files).is_ok();
+        let fixed_files =
+            config.registered_files > 0 && ring.submitter().register_files_sparse(config.registered_files).is_ok();
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -97,7 +98,11 @@ impl IoCtx {
         // SAFETY: efd is a fresh descriptor we own.
         let completion_fd = unsafe { OwnedFd::from_raw_fd(efd) };
         let queue = ReadyQueue::new()?;
-        let mailbox = Arc::new(RingMailbox { unregister: Mutex::new(Vec::new()), queue: queue.clone(), owner: wake::thread_token() });
+        let mailbox = Arc::new(RingMailbox {
+            unregister: Mutex::new(Vec::new()),
+            queue: queue.clone(),
+            owner: wake::thread_token(),
+        });
         let inner = Rc::new(Inner {
             ring: RefCell::new(ring),
             ops: RefCell::new(OpSlab::new(config.max_in_flight.max(1))),
@@ -424,10 +429,9 @@ fn build_ring(entries: u32) -> Result<IoUring> {
     match attempt {
         Ok(r) => Ok(r),
         // Older kernels (before 6.1) lack SINGLE_ISSUER / DEFER_TASKRUN: fall back to a plain ring.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .map_err(probe::explain_setup_error),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(entries * 2).build(entries).map_err(probe::explain_setup_error)
+        }
         Err(e) => Err(probe::explain_setup_error(e)),
     }
 }

@@ -95,28 +95,26 @@ fn build_sqe(target: Target, kind: Kind, bufs: &IoBufs) -> squeue::Entry {
     let nr = iov.len().min(libc::UIO_MAXIOV as usize) as u32;
     match (kind, iov) {
         // One segment: plain READ/WRITE spares the kernel importing an iovec array.
-        (Kind::Readv { off }, [one]) => with_target!(target, |fd| opcode::Read::new(
-            fd,
-            one.iov_base.cast(),
-            one.iov_len as u32
-        )
-        .offset(off)
-        .build()),
-        (Kind::Writev { off, flags }, [one]) => with_target!(target, |fd| opcode::Write::new(
-            fd,
-            one.iov_base.cast(),
-            one.iov_len as u32
-        )
-        .offset(off)
-        .rw_flags(flags)
-        .build()),
+        (Kind::Readv { off }, [one]) => {
+            with_target!(target, |fd| opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
+                .offset(off)
+                .build())
+        }
+        (Kind::Writev { off, flags }, [one]) => {
+            with_target!(target, |fd| opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
+                .offset(off)
+                .rw_flags(flags)
+                .build())
+        }
         (Kind::Readv { off }, _) => {
             with_target!(target, |fd| opcode::Readv::new(fd, iov.as_ptr(), nr).offset(off).build())
         }
         (Kind::Writev { off, flags }, _) => {
             with_target!(target, |fd| opcode::Writev::new(fd, iov.as_ptr(), nr).offset(off).rw_flags(flags).build())
         }
-        (Kind::Fdatasync, _) => with_target!(target, |fd| opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()),
+        (Kind::Fdatasync, _) => {
+            with_target!(target, |fd| opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build())
+        }
         (Kind::Fallocate { off, len, mode }, _) => {
             with_target!(target, |fd| opcode::Fallocate::new(fd, len).offset(off).mode(mode).build())
         }

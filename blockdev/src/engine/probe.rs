@@ -16,9 +16,9 @@ const REQUIRED: &[(u8, &str, &str)] = &[
 /// Check that `ring`'s kernel supports every opcode we use; the error names the missing one.
 pub fn check_opcodes(ring: &IoUring) -> Result<()> {
     let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| {
-        Error::from_io(e, "io_uring: cannot probe supported opcodes (needs Linux 5.6 or newer)")
-    })?;
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| Error::from_io(e, "io_uring: cannot probe supported opcodes (needs Linux 5.6 or newer)"))?;
     for &(code, what, since) in REQUIRED {
         if !probe.is_supported(code) {
             return Err(Error::new(

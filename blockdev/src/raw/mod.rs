@@ -61,18 +61,16 @@ impl RawFile {
         if opts.direct {
             flags |= libc::O_DIRECT;
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!opts.read_only)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) if opts.direct => Error::new(
-                    ErrorKind::Unsupported,
-                    format!("{what}: this filesystem does not support O_DIRECT (drop direct=on)"),
-                ),
-                _ => Error::from_io(e, format!("{what}: open")),
-            })?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(!opts.read_only).custom_flags(flags).open(path).map_err(
+                |e| match e.raw_os_error() {
+                    Some(libc::EINVAL) if opts.direct => Error::new(
+                        ErrorKind::Unsupported,
+                        format!("{what}: this filesystem does not support O_DIRECT (drop direct=on)"),
+                    ),
+                    _ => Error::from_io(e, format!("{what}: open")),
+                },
+            )?;
         if !opts.no_lock {
             lock::lock_file(file.as_raw_fd(), path, !opts.read_only)?;
         }
@@ -80,7 +78,10 @@ impl RawFile {
         let lbs = geo.logical_block_size;
         let size = if opts.growable { geo.size } else { geo.size - geo.size % u64::from(lbs) };
         if size == 0 && !opts.growable {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("{what}: is empty (a disk needs at least {lbs} bytes)")));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{what}: is empty (a disk needs at least {lbs} bytes)"),
+            ));
         }
         let info = DevInfo {
             size,
@@ -131,7 +132,10 @@ impl RawFile {
         if self.inner.opts.read_only {
             return Err(Error::new(ErrorKind::ReadOnly, format!("{}: read-only", self.inner.path.display())));
         }
-        self.inner._file.set_len(len).map_err(|e| Error::from_io(e, format!("{}: set length", self.inner.path.display())))?;
+        self.inner
+            ._file
+            .set_len(len)
+            .map_err(|e| Error::from_io(e, format!("{}: set length", self.inner.path.display())))?;
         self.inner.size.store(len, Ordering::Release);
         Ok(())
     }
@@ -149,7 +153,10 @@ impl RawFile {
         if inner.opts.growable {
             let lbs = u64::from(inner.info.logical_block_size.max(1));
             if !off.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
-                return Err(Error::new(ErrorKind::InvalidInput, format!("{}: request [{off}, +{len}) not {lbs}-byte aligned", inner.path.display())));
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{}: request [{off}, +{len}) not {lbs}-byte aligned", inner.path.display()),
+                ));
             }
             return off.checked_add(len).map(|_| ()).ok_or_else(|| Error::out_of_range(off, len, u64::MAX));
         }
@@ -222,7 +229,10 @@ async fn write_all(io: IoCtx, inner: Arc<Inner>, off: u64, bufs: IoBufs, fua: bo
         }
         let put = res as usize;
         if put == 0 && want > 0 {
-            return Err(Error::new(ErrorKind::Io, format!("{}: write made no progress at {pos}", inner.path.display())));
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{}: write made no progress at {pos}", inner.path.display()),
+            ));
         }
         let bufs = op.into_bufs();
         pos += put as u64;
@@ -323,7 +333,9 @@ impl BlockDev for RawFile {
         let (io, inner) = (io.clone(), self.inner.clone());
         Box::pin(async move {
             // Discard is advisory: a filesystem without hole punching just keeps the data.
-            fallocate(io, inner, off, len, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, "discard").await.map(|_| ())
+            fallocate(io, inner, off, len, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, "discard")
+                .await
+                .map(|_| ())
         })
     }
 
@@ -344,7 +356,10 @@ impl BlockDev for RawFile {
                 }
                 return Ok(());
             }
-            if unmap && fallocate(io.clone(), inner.clone(), off, len, libc::FALLOC_FL_ZERO_RANGE | keep, "write-zeroes").await? {
+            if unmap
+                && fallocate(io.clone(), inner.clone(), off, len, libc::FALLOC_FL_ZERO_RANGE | keep, "write-zeroes")
+                    .await?
+            {
                 return Ok(());
             }
             write_zero_buffers(io, inner, off, len).await
