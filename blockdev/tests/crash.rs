@@ -276,6 +276,31 @@ fn crash_devices_crash_independently() {
 }
 
 #[test]
+fn grouped_devices_lose_power_together() {
+    let io = IoCtx::new().unwrap();
+    let mems: Vec<Arc<MemDisk>> = (0..3).map(|_| Arc::new(MemDisk::new(SIZE).unwrap())).collect();
+    let devs: Vec<CrashDev> = mems.iter().map(|m| CrashDev::new(m.clone())).collect();
+    CrashDev::group(&devs);
+    let models: Vec<ModelDev> = devs.iter().map(|d| ModelDev::new(Arc::new(d.clone()))).collect();
+    for (i, m) in models.iter().enumerate() {
+        write(&io, m, 0, &[1 + i as u8; 4096], false);
+        io.block_on(m.flush(&io, IoTag::DATA)).unwrap();
+        write(&io, m, 4096, &[10 + i as u8; 4096], false);
+    }
+    // The next write to member 1 is the moment the power fails.
+    devs[1].crash_at_write(1, CrashMode::KeepNone);
+    let mut b = SharedBuf::new(512);
+    let err = io.block_on(models[1].write(&io, 8192, b.io(), false, IoTag::DATA)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    for (i, (dev, mem)) in devs.iter().zip(&mems).enumerate() {
+        assert!(dev.is_crashed(), "member {i} crashed with the others");
+        assert_eq!(read(&io, &**mem, 0, 4096), vec![1 + i as u8; 4096], "member {i} kept its flushed write");
+        assert_eq!(read(&io, &**mem, 4096, 4096), vec![0; 4096], "member {i} lost its volatile write");
+        io.block_on(models[i].verify_after_crash(&**mem, &io)).unwrap();
+    }
+}
+
+#[test]
 fn verify_after_crash_catches_a_lost_flushed_write() {
     let io = IoCtx::new().unwrap();
     let mem = Arc::new(MemDisk::new(SIZE).unwrap());

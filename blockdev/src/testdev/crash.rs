@@ -11,7 +11,7 @@
 //! `RawFile`, the file then holds exactly what survived, for a reopen or an outside checker.
 
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 
 use rand::rngs::SmallRng;
@@ -119,6 +119,8 @@ struct Shared {
     inner: Mutex<Option<Arc<dyn BlockDev>>>,
     name: String,
     last_info: Mutex<DevInfo>,
+    /// Devices that lose power with this one (see [`CrashDev::group`]).
+    peers: Mutex<Vec<Weak<Shared>>>,
     state: Mutex<CrashState>,
     gate: Gate,
 }
@@ -189,13 +191,13 @@ impl Shared {
 
     /// Record a volatile (or stable) entry, or refuse if crashed / at the crash point.
     /// Returns `Err(Some(plan))` when this op triggered the automatic crash.
-    fn admit_write(&self, entry: Option<LogEntry>) -> std::result::Result<(), Option<Vec<Piece>>> {
+    fn admit_write(&self, entry: Option<LogEntry>) -> std::result::Result<(), Option<(Vec<Piece>, CrashMode)>> {
         let mut st = self.state();
         if st.crashed {
             return Err(None);
         }
         if let Some(mode) = Self::count_write(&mut st) {
-            return Err(Some(Self::mark_crashed(&mut st, mode)));
+            return Err(Some((Self::mark_crashed(&mut st, mode), mode)));
         }
         if let Some(e) = entry {
             st.log.push(e);
@@ -231,13 +233,56 @@ impl Shared {
     }
 
     /// The auto-crash path of an op: apply the plan under the gate, then fail the op.
-    fn crash_op(self: &Arc<Self>, io: &IoCtx, pieces: Vec<Piece>) -> IoFuture {
+    fn crash_op(self: &Arc<Self>, io: &IoCtx, (pieces, mode): (Vec<Piece>, CrashMode)) -> IoFuture {
+        let peers = self.mark_peers(mode);
         let (sh, io) = (self.clone(), io.clone());
         Box::pin(async move {
-            let _gate = sh.lock_gate().await;
-            sh.apply(&io, pieces).await?;
+            {
+                let _gate = sh.lock_gate().await;
+                sh.apply(&io, pieces).await?;
+            }
+            apply_peers(&io, peers).await?;
             Err(sh.crashed_error().context("crashed at the armed crash point"))
         })
+    }
+
+    /// Crash every grouped device not crashed yet (the same power failure); each gets `mode`
+    /// with its own seed. Their plans are applied by the caller, one gate at a time.
+    fn mark_peers(&self, mode: CrashMode) -> Vec<(Arc<Shared>, Vec<Piece>)> {
+        let peers: Vec<Arc<Shared>> =
+            self.peers.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        let mut plans = Vec::new();
+        for (i, peer) in peers.into_iter().enumerate() {
+            let pieces = {
+                let mut st = peer.state();
+                if st.crashed {
+                    continue;
+                }
+                Shared::mark_crashed(&mut st, vary_seed(mode, i as u64 + 1))
+            };
+            plans.push((peer, pieces));
+        }
+        plans
+    }
+}
+
+/// Apply grouped devices' crash plans, each under its own gate (never two gates at once).
+async fn apply_peers(io: &IoCtx, plans: Vec<(Arc<Shared>, Vec<Piece>)>) -> Result<()> {
+    for (peer, pieces) in plans {
+        let _gate = peer.lock_gate().await;
+        peer.apply(io, pieces).await?;
+    }
+    Ok(())
+}
+
+/// The same mode with a different seed for the `i`th grouped device.
+fn vary_seed(mode: CrashMode, i: u64) -> CrashMode {
+    let mix = |seed: u64| seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    match mode {
+        CrashMode::RandomPrefix { seed } => CrashMode::RandomPrefix { seed: mix(seed) },
+        CrashMode::RandomSubset { seed } => CrashMode::RandomSubset { seed: mix(seed) },
+        CrashMode::TearOne { seed, granularity } => CrashMode::TearOne { seed: mix(seed), granularity },
+        other => other,
     }
 }
 
@@ -356,6 +401,7 @@ impl CrashDev {
                 inner: Mutex::new(Some(inner)),
                 name,
                 last_info: Mutex::new(info),
+                peers: Mutex::new(Vec::new()),
                 state: Mutex::new(CrashState::default()),
                 gate: Gate::default(),
             }),
@@ -370,9 +416,10 @@ impl CrashDev {
 
     /// Lose the volatile writes `mode` does not keep, write the survivors to the inner device,
     /// flush it, and mark this device crashed. Waits for a flush in progress to finish first.
+    /// Grouped devices crash too (see [`CrashDev::group`]).
     pub async fn crash(&self, io: &IoCtx, mode: CrashMode) -> Result<CrashReport> {
         let sh = &self.shared;
-        let _gate = sh.lock_gate().await;
+        let gate = sh.lock_gate().await;
         let pieces = {
             let mut st = sh.state();
             if st.crashed {
@@ -380,8 +427,22 @@ impl CrashDev {
             }
             Shared::mark_crashed(&mut st, mode)
         };
+        let peers = sh.mark_peers(mode);
         sh.apply(io, pieces).await?;
+        drop(gate);
+        apply_peers(io, peers).await?;
         Ok(self.last_crash().unwrap_or_default())
+    }
+
+    /// Put `devs` on one power supply: when any of them crashes (by [`CrashDev::crash`] or at an
+    /// armed crash point), all of them crash at that moment, each keeping its own volatile
+    /// writes by the same mode with its own seed. For RAID members that lose power together.
+    pub fn group(devs: &[CrashDev]) {
+        for d in devs {
+            let others = devs.iter().filter(|o| !Arc::ptr_eq(&o.shared, &d.shared));
+            *d.shared.peers.lock().unwrap_or_else(|p| p.into_inner()) =
+                others.map(|o| Arc::downgrade(&o.shared)).collect();
+        }
     }
 
     /// Crash automatically when the `n`th modifying operation from now (write, discard or
@@ -437,7 +498,7 @@ impl CrashDev {
         match sh.admit_write(Some(self.log_entry(off, len, LogData::Zeros, false, tag))) {
             Ok(()) => ready(Ok(())),
             Err(None) => ready(Err(sh.crashed_error())),
-            Err(Some(pieces)) => sh.crash_op(io, pieces),
+            Err(Some(plan)) => sh.crash_op(io, plan),
         }
     }
 }
@@ -494,13 +555,13 @@ impl BlockDev for CrashDev {
             return match sh.admit_write(Some(self.log_entry(off, len, data, false, tag))) {
                 Ok(()) => ready(Ok(())),
                 Err(None) => ready(Err(sh.crashed_error())),
-                Err(Some(pieces)) => sh.crash_op(io, pieces),
+                Err(Some(plan)) => sh.crash_op(io, plan),
             };
         }
         match sh.admit_write(None) {
             Ok(()) => {}
             Err(None) => return ready(Err(sh.crashed_error())),
-            Err(Some(pieces)) => return sh.crash_op(io, pieces),
+            Err(Some(plan)) => return sh.crash_op(io, plan),
         }
         let entry = self.log_entry(off, len, data, true, tag);
         let (sh, io) = (sh.clone(), io.clone());
@@ -522,7 +583,7 @@ impl BlockDev for CrashDev {
     fn flush(&self, io: &IoCtx, tag: IoTag) -> IoFuture {
         let (sh, io) = (self.shared.clone(), io.clone());
         Box::pin(async move {
-            let _gate = sh.lock_gate().await;
+            let gate = sh.lock_gate().await;
             let (entries, crash_plan) = {
                 let mut st = sh.state();
                 if st.crashed {
@@ -532,13 +593,16 @@ impl BlockDev for CrashDev {
                 match st.auto {
                     Some((AutoPoint::Flush(n), mode)) if st.flushes >= n => {
                         st.auto = None;
-                        (Vec::new(), Some(Shared::mark_crashed(&mut st, mode)))
+                        (Vec::new(), Some((Shared::mark_crashed(&mut st, mode), mode)))
                     }
                     _ => (st.log.clone(), None),
                 }
             };
-            if let Some(pieces) = crash_plan {
+            if let Some((pieces, mode)) = crash_plan {
+                let peers = sh.mark_peers(mode);
                 sh.apply(&io, pieces).await?;
+                drop(gate);
+                apply_peers(&io, peers).await?;
                 return Err(sh.crashed_error().context("crashed at the armed flush"));
             }
             let inner = sh.dev()?;

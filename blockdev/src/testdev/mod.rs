@@ -33,6 +33,9 @@
 //! - `crash_at_write(n, mode)` / `crash_at_flush(n, mode)`: crash by itself when the nth
 //!   modifying op / flush from now arrives (that op fails, writes nothing). Count the ops of a
 //!   clean run with `writes()` / `flushes()` to sweep crash points.
+//! - `CrashDev::group(&[a, b, c])`: one power supply — when any member crashes (by hand or at
+//!   its armed point) all crash at once, each by the same mode with its own seed (RAID members).
+//!   Ungrouped CrashDevs crash independently.
 //! - `is_crashed()`, `last_crash()` (with the torn write's kept ranges), `volatile_writes()`,
 //!   `inner() -> Option<Arc<dyn BlockDev>>`: after the crash is applied the CrashDev drops its
 //!   handle on `inner`, so once the test drops its own, the file reopens writable (OFD lock free).
