@@ -2,6 +2,9 @@
 //! an inner `Arc<dyn BlockDev>`, so they stack anywhere (under a RAID member, a qcow2 image
 //! file, a thin pool's metadata device) and several can be used at once.
 //!
+//! Another crate's tests get them with
+//! `[dev-dependencies] blockdev = { workspace = true, features = ["test-utils"] }`.
+//!
 //! # `FaultDev` — injected errors ([`fault`])
 //!
 //! `FaultDev::new(inner)`; rules change at run time through `&self`:
@@ -54,6 +57,9 @@
 //! - `recover(&io, new_inner).await -> ModelDev`: verify after a crash and get a model of what
 //!   the device now holds, to go on testing.
 //! - `expected(off, len) -> Result<Vec<u8>>`, `stats()`.
+//! - Requests through a `ModelDev` must be 512-byte aligned (else `InvalidInput`, not forwarded).
+//!   A sector read while an overlapping write is in flight may be any byte-wise mix of the
+//!   candidates (a page-cache copy is not atomic); everywhere else the match is exact.
 //!
 //! # Workloads ([`workload`])
 //!
