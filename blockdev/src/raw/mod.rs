@@ -11,12 +11,16 @@ mod geometry;
 pub mod lock;
 
 use std::fs::File;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use crate::engine::Op;
 use crate::{BlockDev, DevInfo, Error, ErrorKind, FileHandle, IoBufs, IoCtx, IoFuture, IoTag, Result};
 
 /// How to open a [`RawFile`].
@@ -276,6 +280,74 @@ async fn write_zero_buffers(io: IoCtx, inner: Arc<Inner>, off: u64, len: u64) ->
     Ok(())
 }
 
+/// The common case as a hand-written future: one op that moves every byte. A short transfer
+/// (rare: signals, EOF on a growable file) continues in the general loop.
+struct FastRw {
+    op: Option<Op>,
+    inner: Arc<Inner>,
+    io: IoCtx,
+    off: u64,
+    want: usize,
+    write: bool,
+    fua: bool,
+    rest: Option<IoFuture>,
+}
+
+impl Future for FastRw {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = &mut *self;
+        if let Some(rest) = this.rest.as_mut() {
+            return rest.as_mut().poll(cx);
+        }
+        let Some(op) = this.op.as_mut() else { return Poll::Ready(Ok(())) };
+        let res = match Pin::new(&mut *op).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r?,
+        };
+        let off = this.off;
+        if res < 0 {
+            let what = if this.write { "write" } else { "read" };
+            return Poll::Ready(Err(Error::from_errno(
+                -res,
+                format_args!("{}: {what} at {off}", this.inner.path.display()),
+            )));
+        }
+        let done = res as usize;
+        if done == this.want {
+            if this.write && this.inner.opts.growable {
+                this.inner.size.fetch_max(off + done as u64, Ordering::AcqRel);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        // Short: hand the rest to the general loop.
+        let bufs = this.op.take().map(Op::into_bufs).unwrap_or_default();
+        let rest_bufs = bufs.slice(done, this.want - done);
+        let (io, inner, at) = (this.io.clone(), this.inner.clone(), off + done as u64);
+        let mut rest: IoFuture = if this.write {
+            Box::pin(write_all(io, inner, at, rest_bufs, this.fua))
+        } else if done == 0 && this.inner.opts.growable {
+            rest_bufs.zero(0, rest_bufs.len());
+            Box::pin(std::future::ready(Ok(())))
+        } else {
+            Box::pin(read_all(io, inner, at, rest_bufs))
+        };
+        let r = rest.as_mut().poll(cx);
+        this.rest = Some(rest);
+        r
+    }
+}
+
+impl RawFile {
+    fn fast(&self, io: &IoCtx, off: u64, bufs: IoBufs, write: bool, fua: bool) -> IoFuture {
+        let want = bufs.len();
+        let op =
+            if write { io.writev(&self.inner.handle, off, bufs, fua) } else { io.readv(&self.inner.handle, off, bufs) };
+        Box::pin(FastRw { op: Some(op), inner: self.inner.clone(), io: io.clone(), off, want, write, fua, rest: None })
+    }
+}
+
 impl BlockDev for RawFile {
     fn info(&self) -> DevInfo {
         DevInfo { size: self.size(), ..self.inner.info }
@@ -294,6 +366,9 @@ impl BlockDev for RawFile {
                 Ok(())
             });
         }
+        if bufs.segments() <= MAX_SEGMENTS && !bufs.is_empty() {
+            return self.fast(&io, off, bufs, false, false);
+        }
         Box::pin(read_all(io, inner, off, bufs))
     }
 
@@ -308,6 +383,9 @@ impl BlockDev for RawFile {
                 bufs.copy_to_slice(0, bounce.bytes_mut());
                 write_all(io, inner, off, bounce.io(), fua).await
             });
+        }
+        if bufs.segments() <= MAX_SEGMENTS && !bufs.is_empty() {
+            return self.fast(&io, off, bufs, true, fua);
         }
         Box::pin(write_all(io, inner, off, bufs, fua))
     }
