@@ -1,0 +1,245 @@
+//! `docs/bench.md` from the saved runs in `docs/bench/*.json`: files are read in name order and
+//! grouped by their `section` (sections in order of first appearance), one table per file.
+//! The output depends only on the files, so a check can compare it with what is committed.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use blockdev::size::format_size;
+use blockdev::{Error, ErrorKind, Result};
+
+use super::report::{BenchReport, CaseResult};
+
+/// The command that regenerates the document (printed at its top).
+pub const REGENERATE: &str = "cargo run --release -p vhost-user-blk --bin blkctl -- bench-report";
+
+/// Every `*.json` in `dir`, parsed, in file-name order.
+pub fn load_reports(dir: &Path) -> Result<Vec<(String, BenchReport)>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::from_io(e, format!("{}: read directory", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::from_io(e, format!("{}: read", p.display())))?;
+            let report: BenchReport = serde_json::from_str(&text).map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, format!("{}: not a bench report: {e}", p.display()))
+            })?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Ok((name, report))
+        })
+        .collect()
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn row(c: &CaseResult, fio: bool) -> String {
+    let l = &c.lat_us;
+    let mut s = format!(
+        "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+        c.workload,
+        format_size(u64::from(c.bs)),
+        c.qd,
+        c.iops,
+        num(c.mbps),
+        num(l.p50),
+        num(l.p99),
+        num(l.p99_9),
+        num(l.max)
+    );
+    if fio {
+        match (&c.fio, c.ratio) {
+            (Some(f), Some(r)) => {
+                let _ = write!(
+                    s,
+                    " {:.0} | {} | {} | **{:.0}%** |",
+                    f.iops,
+                    num(f.lat_us.p50),
+                    num(f.lat_us.p99),
+                    r * 100.0
+                );
+            }
+            _ => s += " – | – | – | – |",
+        }
+    }
+    s
+}
+
+fn table(out: &mut String, r: &BenchReport) {
+    let fio = r.cases.iter().any(|c| c.fio.is_some());
+    out.push_str("| workload | bs | qd | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | max µs |");
+    if fio {
+        out.push_str(" fio IOPS | fio p50 µs | fio p99 µs | strata/fio |");
+    }
+    out.push('\n');
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if fio {
+        out.push_str("---:|---:|---:|---:|");
+    }
+    out.push('\n');
+    for c in &r.cases {
+        out.push_str(&row(c, fio));
+        out.push('\n');
+    }
+}
+
+/// Render the document from `(file name, report)` pairs.
+pub fn render(reports: &[(String, BenchReport)]) -> String {
+    let mut out = String::new();
+    out.push_str("# strata benchmarks\n\n");
+    let _ = writeln!(
+        out,
+        "<!-- Generated from docs/bench/*.json: do not edit by hand. -->\n\
+         Regenerate this page from the saved runs in `docs/bench/` with:\n\n```\n{REGENERATE}\n```\n\n\
+         Add a run by saving `blkctl bench ... --json --section \"SECTION\"` output as a new\n\
+         `docs/bench/NAME.json` (files are read in name order and grouped by section), then regenerate.\n\n\
+         IOPS and MB/s (10^6 bytes per second) count completed requests over the case's wall time.\n\
+         Latency runs from submission to the completion being seen by the submitting task, in\n\
+         microseconds, from a log-linear histogram (3% resolution). With `--fio`, fio runs the same\n\
+         case (`--ioengine=io_uring`, one job, same file, same range, same queue depth) right after\n\
+         strata, and `strata/fio` is the ratio of IOPS; fio's latency is its total (`lat_ns`) latency.\n"
+    );
+    let mut sections: Vec<&str> = Vec::new();
+    for (_, r) in reports {
+        if !sections.contains(&r.section.as_str()) {
+            sections.push(&r.section);
+        }
+    }
+    for section in sections {
+        let _ = writeln!(out, "## {section}\n");
+        for (name, r) in reports.iter().filter(|(_, r)| r.section == section) {
+            let m = &r.machine;
+            let _ = writeln!(out, "### `{}` — {}\n", r.spec, name);
+            let _ = writeln!(out, "```\n{}\n```\n", r.command);
+            let cpu = if m.cpu.is_empty() { String::new() } else { format!(", {}", m.cpu) };
+            let _ = writeln!(
+                out,
+                "Machine `{}`: nproc {}{cpu}, kernel {}. Run {} with strata {}; target `{}`, {} touched.\n",
+                m.host,
+                m.nproc,
+                m.kernel,
+                r.date,
+                r.strata_version,
+                r.target,
+                format_size(r.range_bytes)
+            );
+            if let Some(n) = &r.notes {
+                let _ = writeln!(out, "{n}\n");
+            }
+            table(&mut out, r);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Render `dir`'s reports into `out`. With `check`, only compare and fail if `out` differs.
+pub fn write_document(dir: &Path, out: &Path, check: bool) -> Result<usize> {
+    let reports = load_reports(dir)?;
+    if reports.is_empty() {
+        return Err(Error::new(ErrorKind::NotFound, format!("{}: no *.json bench reports", dir.display())));
+    }
+    let text = render(&reports);
+    if check {
+        let current = std::fs::read_to_string(out).unwrap_or_default();
+        if current != text {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is out of date with {} (run: {REGENERATE})", out.display(), dir.display()),
+            ));
+        }
+        return Ok(reports.len());
+    }
+    std::fs::write(out, text).map_err(|e| Error::from_io(e, format!("{}: write", out.display())))?;
+    Ok(reports.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::fio::FioResult;
+    use crate::bench::report::{Latency, Machine, SCHEMA};
+    use crate::bench::Workload;
+
+    fn report(section: &str, with_fio: bool) -> BenchReport {
+        let lat = Latency { p50: 10.0, p90: 12.0, p99: 20.0, p99_9: 40.0, max: 100.0, mean: 11.0 };
+        BenchReport {
+            schema: SCHEMA,
+            section: section.into(),
+            command: "blkctl bench format=mem,size=1G".into(),
+            date: "2025-01-01T00:00:00Z".into(),
+            strata_version: "0.1.0".into(),
+            machine: Machine { host: "h".into(), nproc: 2, kernel: "6.1".into(), cpu: String::new() },
+            spec: "format=mem,size=1G".into(),
+            target: "mem:1G".into(),
+            range_bytes: 1 << 30,
+            cases: vec![CaseResult {
+                workload: Workload::RandRead,
+                bs: 4096,
+                qd: 32,
+                ops: 10,
+                seconds: 1.0,
+                iops: 100_000.0,
+                mbps: 409.6,
+                lat_us: lat,
+                fio: with_fio.then_some(FioResult { iops: 110_000.0, mbps: 450.0, lat_us: lat }),
+                ratio: with_fio.then_some(100.0 / 110.0),
+            }],
+            notes: None,
+        }
+    }
+
+    #[test]
+    fn sections_group_files_in_order() {
+        let reports = vec![
+            ("10-a.json".to_string(), report("RAM disk", false)),
+            ("20-b.json".to_string(), report("raw file vs fio", true)),
+            ("30-c.json".to_string(), report("RAM disk", false)),
+        ];
+        let md = render(&reports);
+        let ram = md.find("## RAM disk").unwrap();
+        let raw = md.find("## raw file vs fio").unwrap();
+        assert!(ram < md.find("30-c.json").unwrap() && md.find("30-c.json").unwrap() < raw, "{md}");
+        assert_eq!(md.matches("## RAM disk").count(), 1);
+        assert!(
+            md.contains(
+                "| randread | 4K | 32 | 100000 | 410 | 10.0 | 20.0 | 40.0 | 100 | 110000 | 10.0 | 20.0 | **91%** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains(REGENERATE));
+    }
+
+    #[test]
+    fn write_then_check_agrees_and_detects_drift() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("bench");
+        std::fs::create_dir(&json).unwrap();
+        std::fs::write(json.join("a.json"), serde_json::to_string(&report("S", true)).unwrap()).unwrap();
+        let out = dir.path().join("bench.md");
+        assert_eq!(write_document(&json, &out, false).unwrap(), 1);
+        assert!(write_document(&json, &out, true).is_ok());
+        std::fs::write(json.join("b.json"), serde_json::to_string(&report("T", false)).unwrap()).unwrap();
+        assert!(write_document(&json, &out, true).unwrap_err().to_string().contains("out of date"));
+    }
+
+    #[test]
+    fn broken_json_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.json"), "{").unwrap();
+        let e = load_reports(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("x.json"), "{e}");
+    }
+}
