@@ -1,0 +1,139 @@
+//! The control socket: JSON over a Unix socket, one request per line and one answer per line,
+//! served by tokio on its own thread (the control plane only; the data path never waits on it).
+//!
+//! Requests:
+//! - `{"cmd":"list"}` → `{"ok":true,"result":[{"name":..,"disk":..,"settings":{..},"size":..},..]}`
+//! - `{"cmd":"stats","name":"NAME"}` → `{"ok":true,"result":{"reads":..,"latency_p99_us":..,..}}`
+//! - `{"cmd":"add","disk":"socket=PATH,format=FMT,..."}` → `{"ok":true}`
+//! - `{"cmd":"remove","name":"NAME"}` → `{"ok":true}` (drains and flushes first)
+//!
+//! Errors: `{"ok":false,"error":"message"}`. Lines longer than 64 KiB close the connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::server::{Daemon, DiskSpec};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One control request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// List the exports.
+    List,
+    /// Statistics of one export.
+    Stats {
+        /// Export name.
+        name: String,
+    },
+    /// Add an export from a `--disk` spec.
+    Add {
+        /// The spec.
+        disk: String,
+    },
+    /// Remove an export.
+    Remove {
+        /// Export name.
+        name: String,
+    },
+}
+
+/// The running control socket; the socket file is removed when dropped.
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Bind `path` (replacing a stale socket) and serve it on a new thread.
+    pub fn start(path: &Path, daemon: Arc<Daemon>) -> std::io::Result<ApiServer> {
+        let _ = std::fs::remove_file(path);
+        let std_listener = std::os::unix::net::UnixListener::bind(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot listen: {e}", path.display())))?;
+        std_listener.set_nonblocking(true)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("api".into()).spawn(move || {
+            rt.block_on(async move {
+                let listener = match UnixListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("control socket: {e}"),
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(serve_client(stream, daemon.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!("control socket: accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            })
+        })?;
+        tracing::info!(socket = %path.display(), "control socket listening");
+        Ok(ApiServer { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut rd).take(MAX_LINE as u64 + 1);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_LINE {
+            let _ = wr.write_all(b"{\"ok\":false,\"error\":\"request line too long\"}\n").await;
+            return;
+        }
+        let answer = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => {
+                let d = daemon.clone();
+                tokio::task::spawn_blocking(move || handle(&d, req))
+                    .await
+                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("internal error: {e}")}))
+            }
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        let mut out = answer.to_string().into_bytes();
+        out.push(b'\n');
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Carry out one request.
+pub fn handle(daemon: &Daemon, req: Request) -> Value {
+    let res: Result<Value, String> = match req {
+        Request::List => serde_json::to_value(daemon.list()).map_err(|e| e.to_string()),
+        Request::Stats { name } => daemon
+            .stats(&name)
+            .ok_or(format!("{name}: no such export"))
+            .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+        Request::Add { disk } => DiskSpec::parse(&disk).and_then(|spec| daemon.add(&spec)).map(|()| Value::Null),
+        Request::Remove { name } => daemon.remove(&name).map(|()| Value::Null),
+    };
+    match res {
+        Ok(Value::Null) => json!({"ok": true}),
+        Ok(v) => json!({"ok": true, "result": v}),
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}

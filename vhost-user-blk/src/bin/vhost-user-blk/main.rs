@@ -1,0 +1,153 @@
+//! `vhost-user-blk`: serve strata disks to QEMU, cloud-hypervisor, vmm-mini and libblkio as
+//! virtio-blk devices over vhost-user sockets. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vhost_user_blk::config::Config;
+use vhost_user_blk::server::{demo, Daemon, DiskSpec};
+
+/// Serve strata disks as virtio-blk devices over vhost-user sockets.
+///
+/// Each export listens on its own Unix socket; one frontend (QEMU, cloud-hypervisor, vmm-mini,
+/// libblkio) is served at a time, and the next one that connects is served after it leaves.
+/// The daemon runs in the foreground. SIGTERM or SIGINT finishes in-flight requests, flushes
+/// every disk and exits 0. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+#[derive(Parser, Debug)]
+#[command(name = "vhost-user-blk", version, after_long_help = EXAMPLES)]
+struct Args {
+    /// One export: socket=PATH,format=FMT plus the format's keys and export keys. Repeatable.
+    ///
+    /// Formats (always named, never probed):
+    ///   format=raw,path=FILE[,direct=on]   a file or block device (O_DIRECT with direct=on)
+    ///   format=mem,size=SIZE               a RAM disk (lost at exit)
+    ///
+    /// Export keys:
+    ///   socket=PATH                 vhost-user socket to listen on (required)
+    ///   name=NAME                   name in logs and on the control socket (default: socket path)
+    ///   num-queues=N                request queues, one worker thread each (default 1, at most 64)
+    ///   queue-size=N                descriptors per queue, a power of two (default 256, at most 1024)
+    ///   read-only=on|off            refuse writes; the image is opened read-only (default off)
+    ///   serial=ID                   device ID for GET_ID, at most 20 bytes
+    ///   logical-block-size=512|4096 block size the guest sees (default 512)
+    ///   write-cache=on|off          start in writeback (on, default) or writethrough mode
+    ///
+    /// Paths containing ',' go in a --config file.
+    #[arg(long = "disk", value_name = "SPEC", verbatim_doc_comment)]
+    disks: Vec<String>,
+
+    /// A TOML file with exports (and optionally api-socket); see docs/server.md for the format.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Create (once) a sparse 8 GiB disk under ./strata-demo/, serve it at
+    /// ./strata-demo/disk.sock and print the QEMU command line that attaches to it.
+    #[arg(long)]
+    demo: bool,
+
+    /// Serve the control socket (JSON over a Unix socket) at PATH: list exports, statistics,
+    /// add and remove exports at run time.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+}
+
+const EXAMPLES: &str = "Examples:
+  vhost-user-blk --demo
+  vhost-user-blk --disk socket=/tmp/vm1.sock,format=raw,path=vm1.raw,num-queues=2
+  vhost-user-blk --disk socket=/tmp/ram.sock,format=mem,size=1G --api-socket /tmp/strata-api.sock
+  vhost-user-blk --config strata.toml
+
+Attach QEMU (guest memory must be shared):
+  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\
+    -chardev socket,id=c0,path=/tmp/vm1.sock -device vhost-user-blk-pci,chardev=c0,num-queues=2";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Block the stop signals in every thread (they inherit the mask); main waits for them below.
+    let signals = stop_signals();
+    match run(args, &signals) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("vhost-user-blk: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
+    let mut specs = Vec::new();
+    let mut api_socket = args.api_socket;
+    if let Some(path) = &args.config {
+        let cfg = Config::load(path).map_err(|e| e.to_string())?;
+        specs.extend(cfg.exports);
+        api_socket = api_socket.or(cfg.api_socket);
+    }
+    for d in &args.disks {
+        specs.push(DiskSpec::parse(d).map_err(|e| format!("--disk {d}: {e}"))?);
+    }
+    let demo_socket = if args.demo {
+        let spec = demo::prepare(&demo::default_dir())?;
+        let socket = spec.settings.socket.clone();
+        specs.push(spec);
+        Some(socket)
+    } else {
+        None
+    };
+    if specs.is_empty() && api_socket.is_none() {
+        return Err("nothing to serve: give --disk, --config, --demo or --api-socket (see --help)".into());
+    }
+    let daemon = Daemon::new();
+    for spec in &specs {
+        if let Err(e) = daemon.add(spec) {
+            daemon.shutdown();
+            return Err(e);
+        }
+    }
+    let _api = match &api_socket {
+        Some(path) => Some(vhost_user_blk::api::ApiServer::start(path, daemon.clone()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(socket) = demo_socket {
+        println!("Serving the demo disk at {}. Attach a guest with:\n", socket.display());
+        println!("  {} \\\n    <your usual -kernel/-drive/-cdrom options>\n", demo::qemu_command(&socket));
+        println!("Stop with Ctrl-C.");
+    }
+    let sig = wait_for_signal(signals);
+    tracing::info!("signal {sig}: finishing in-flight requests and flushing");
+    let ok = daemon.shutdown();
+    if let Some(path) = &api_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask only
+    // changes this thread's mask (threads spawned later inherit it).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut sig = 0;
+        // SAFETY: `set` is an initialised signal set and `sig` a live out-parameter.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The vhost-user backend of one export: features, configuration space, and the glue between
+//! vhost-user-backend's worker threads and our per-thread queue workers.
+//!
+//! How vhost-user-backend's threading is used, and where we work around it:
+//! - One `VhostUserDaemon` (and so one set of worker threads, one per queue) is created per
+//!   frontend connection and dropped when it goes away. Its handler state (owner, vrings,
+//!   features) cannot be reset for a new frontend, and its workers exit only when it is dropped.
+//!   This backend object is shared by all connections of the export; per-connection state is reset
+//!   in [`BlkBackend::begin_connection`].
+//! - `stop_vring` (GET_VRING_BASE) is called on the frontend thread with the handler's lock held;
+//!   it waits for the queue's worker, which never takes that lock, to finish the in-flight
+//!   requests, so GET_VRING_BASE answers only after every popped request is in the used ring.
+//! - The io_uring completion eventfd of each worker is created on that worker's thread (an
+//!   `IoCtx` is `!Send`) and added to the worker's epoll set with the epoll fd recorded here.
+//! - The handler leaks the exit eventfd it gets from `exit_event` (`into_raw_fd`); we remember
+//!   those fds and close them after the daemon (and its threads) are gone.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use super::export::Export;
+use super::virtio_blk::CONFIG_WRITEBACK_OFFSET;
+use super::worker;
+
+/// Guest memory as vhost-user-backend hands it to us.
+pub type GuestMemAtomic = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Largest configuration-space read a frontend may ask for (VHOST_USER_CONFIG_SIZE).
+const CONFIG_SPACE_MAX: usize = 256;
+
+/// State of one queue shared between its worker and the frontend thread.
+#[derive(Default)]
+pub struct QueueShared {
+    /// Requests popped and not yet in the used ring.
+    pub in_flight: AtomicUsize,
+    /// The guest broke the ring protocol (avail index jump): stop until the ring is reset.
+    pub broken: AtomicBool,
+}
+
+/// What changes with every frontend connection.
+pub struct Connection {
+    /// The guest memory the handler updates on SET_MEM_TABLE.
+    pub mem: GuestMemAtomic,
+    /// Epoll fd of each worker thread (index = thread = queue).
+    pub epoll_fds: Vec<RawFd>,
+}
+
+/// The vhost-user backend of one export.
+pub struct BlkBackend {
+    /// The export served.
+    pub export: Arc<Export>,
+    /// Per-queue shared state.
+    pub queues: Vec<QueueShared>,
+    conn: Mutex<Option<Connection>>,
+    writeback: AtomicBool,
+    stopping: AtomicBool,
+    drained: (Mutex<()>, Condvar),
+    exit_fds: Mutex<Vec<RawFd>>,
+}
+
+/// epoll data of the worker's io_uring completion eventfd (above every queue index).
+pub fn completion_event(num_queues: usize) -> u16 {
+    num_queues as u16 + 1
+}
+
+impl BlkBackend {
+    /// A backend for `export`.
+    pub fn new(export: Arc<Export>) -> Arc<BlkBackend> {
+        let n = export.settings.num_queues as usize;
+        let writeback = export.settings.write_cache;
+        Arc::new(BlkBackend {
+            export,
+            queues: (0..n).map(|_| QueueShared::default()).collect(),
+            conn: Mutex::new(None),
+            writeback: AtomicBool::new(writeback),
+            stopping: AtomicBool::new(false),
+            drained: (Mutex::new(()), Condvar::new()),
+            exit_fds: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Reset per-connection state before a new daemon (and its workers) is created.
+    pub fn begin_connection(&self, mem: GuestMemAtomic) {
+        self.writeback.store(self.export.settings.write_cache, Ordering::Release);
+        for q in &self.queues {
+            q.broken.store(false, Ordering::Release);
+        }
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Connection { mem, epoll_fds: Vec::new() });
+    }
+
+    /// Record the workers' epoll fds (from `VhostUserDaemon::get_epoll_handlers`).
+    pub fn set_epoll_fds(&self, fds: Vec<RawFd>) {
+        if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            c.epoll_fds = fds;
+        }
+    }
+
+    /// After the daemon is dropped: forget the connection and close the leaked exit eventfds.
+    pub fn end_connection(&self) {
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        for fd in std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner())) {
+            // SAFETY: `fd` is the exit-event consumer vhost-user-backend took with `into_raw_fd`
+            // and never closes; its worker thread has been joined, so nothing uses it any more.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// The memory and epoll fd a worker thread needs (None before a connection starts).
+    pub fn worker_setup(&self, thread: usize) -> Option<(GuestMemAtomic, RawFd)> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = conn.as_ref()?;
+        Some((c.mem.clone(), *c.epoll_fds.get(thread)?))
+    }
+
+    /// The guest's current cache mode.
+    pub fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Acquire)
+    }
+
+    /// Stop taking new requests from the rings (shutdown or export removal).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// True once [`BlkBackend::set_stopping`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Called by a worker after it put requests of `queue` in the used ring.
+    pub fn retire(&self, queue: usize, n: usize) {
+        let Some(q) = self.queues.get(queue) else { return };
+        if q.in_flight.fetch_sub(n, Ordering::AcqRel) == n {
+            let _guard = self.drained.0.lock().unwrap_or_else(|p| p.into_inner());
+            self.drained.1.notify_all();
+        }
+    }
+
+    /// Wait until the queues in `which` have nothing in flight; false on timeout.
+    pub fn wait_drained(&self, which: impl Fn(usize) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.drained.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let busy: usize = (0..self.queues.len())
+                .filter(|&i| which(i))
+                .map(|i| self.queues[i].in_flight.load(Ordering::Acquire))
+                .sum();
+            if busy == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::error!(export = %self.export.name, "{busy} requests still in flight after {timeout:?}");
+                return false;
+            }
+            guard = self.drained.1.wait_timeout(guard, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Wait for every queue to drain.
+    pub fn drain_all(&self, timeout: Duration) -> bool {
+        self.wait_drained(|_| true, timeout)
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.export.settings.queue_size as usize
+    }
+
+    fn features(&self) -> u64 {
+        self.export.geometry.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The handler sets EVENT_IDX on each queue; `Queue::needs_notification` honours it.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut space = [0u8; CONFIG_SPACE_MAX];
+        let cfg = self.export.geometry.config_space(self.writeback());
+        space[..cfg.len()].copy_from_slice(&cfg);
+        let (off, len) = (offset as usize, size as usize);
+        match off.checked_add(len) {
+            Some(end) if end <= CONFIG_SPACE_MAX => space[off..end].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `writeback` is writable (CONFIG_WCE); everything else is read-only.
+        if offset as usize == CONFIG_WRITEBACK_OFFSET && buf.len() == 1 {
+            let wb = buf[0] != 0;
+            tracing::info!(export = %self.export.name, "guest set the write cache to {}", if wb { "writeback" } else { "writethrough" });
+            self.writeback.store(wb, Ordering::Release);
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("config space write at {offset}+{} refused", buf.len()),
+        ))
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // The same GuestMemoryAtomic we created for this connection; workers read it each turn.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.queues.len()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok((consumer, notifier)) => {
+                self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()).push(consumer.as_raw_fd());
+                Some((consumer, notifier))
+            }
+            Err(e) => {
+                tracing::error!(export = %self.export.name, "cannot create an exit eventfd: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let qi = queue_index as usize;
+        if qi >= self.queues.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no queue {queue_index}")));
+        }
+        let drained = self.wait_drained(|i| i == qi, Duration::from_secs(30));
+        // A stopped ring starts afresh: a guest that broke it gets another chance after a reset.
+        self.queues[qi].broken.store(false, Ordering::Release);
+        if drained {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("queue {queue_index}: in-flight requests did not finish"),
+            ))
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        worker::handle_event(self, device_event, vrings, thread_id);
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! The set of exports a daemon serves: added at start or through the control socket, removed at
+//! run time, all stopped (drained and flushed) at shutdown.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::disk_spec::{open_device, DiskSpec};
+use super::export::{Export, ExportSettings};
+use super::serve::ServedExport;
+use super::stats::StatsSnapshot;
+
+/// What the control socket lists for one export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportInfo {
+    /// Export name.
+    pub name: String,
+    /// The device keys it was opened with.
+    pub disk: String,
+    /// Export settings.
+    pub settings: ExportSettings,
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Device description (`raw:/path`, `mem:1G`).
+    pub device: String,
+}
+
+/// The exports of one daemon.
+#[derive(Default)]
+pub struct Daemon {
+    exports: Mutex<Vec<ServedExport>>,
+}
+
+impl Daemon {
+    /// An empty daemon.
+    pub fn new() -> Arc<Daemon> {
+        Arc::new(Daemon::default())
+    }
+
+    /// Open the device of `spec` and start serving it. Refuses a name or socket already in use.
+    pub fn add(&self, spec: &DiskSpec) -> Result<(), String> {
+        {
+            let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+            if exports.iter().any(|e| e.export.name == spec.name || e.export.settings.socket == spec.settings.socket) {
+                return Err(format!("{}: an export with this name or socket already exists", spec.name));
+            }
+        }
+        let dev = open_device(&spec.device, spec.settings.read_only).map_err(|e| format!("{}: {e}", spec.name))?;
+        let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
+        self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
+        Ok(())
+    }
+
+    /// Stop serving the export `name` (drain, flush, remove its socket).
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        let served = {
+            let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+            let i = exports.iter().position(|e| e.export.name == name).ok_or(format!("{name}: no such export"))?;
+            exports.remove(i)
+        };
+        if served.stop() {
+            Ok(())
+        } else {
+            Err(format!("{name}: removed, but the final flush failed"))
+        }
+    }
+
+    /// The exports and their settings.
+    pub fn list(&self) -> Vec<ExportInfo> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        exports
+            .iter()
+            .map(|e| ExportInfo {
+                name: e.export.name.clone(),
+                disk: e.export.source.clone(),
+                settings: e.export.settings.clone(),
+                size: e.export.geometry.size,
+                device: e.export.dev.describe(),
+            })
+            .collect()
+    }
+
+    /// Statistics of the export `name`.
+    pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        exports.iter().find(|e| e.export.name == name).map(|e| e.export.stats.snapshot())
+    }
+
+    /// Stop every export: finish in-flight requests, flush. True if every flush succeeded.
+    pub fn shutdown(&self) -> bool {
+        let all = std::mem::take(&mut *self.exports.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut ok = true;
+        for e in all {
+            let name = e.export.name.clone();
+            let flushed = e.stop();
+            tracing::info!(export = %name, flushed, "stopped");
+            ok &= flushed;
+        }
+        ok
+    }
+}

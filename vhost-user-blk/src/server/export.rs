@@ -1,0 +1,116 @@
+//! An export: one device served on one vhost-user socket, with its settings and statistics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blockdev::BlockDev;
+use serde::Serialize;
+
+use super::stats::ExportStats;
+use super::virtio_blk::{Geometry, ID_LEN};
+
+/// Largest `num-queues` accepted.
+pub const MAX_QUEUES: u16 = 64;
+/// Largest `queue-size` accepted.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// How a device is exported (the export keys of a `--disk` spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExportSettings {
+    /// The vhost-user socket path.
+    pub socket: PathBuf,
+    /// Request queues offered (1..=64).
+    pub num_queues: u16,
+    /// Descriptors per queue (a power of two, 1..=1024).
+    pub queue_size: u16,
+    /// Refuse writes (and open the device read-only).
+    pub read_only: bool,
+    /// Device ID returned by GET_ID (at most 20 bytes).
+    pub serial: String,
+    /// Block size announced to the guest: 512 or 4096.
+    pub logical_block_size: u32,
+    /// Start in writeback mode (the guest may switch with CONFIG_WCE).
+    pub write_cache: bool,
+}
+
+impl ExportSettings {
+    /// Defaults for an export at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        ExportSettings {
+            socket: socket.into(),
+            num_queues: 1,
+            queue_size: 256,
+            read_only: false,
+            serial: String::new(),
+            logical_block_size: 512,
+            write_cache: true,
+        }
+    }
+
+    /// Check the ranges the issue names; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_queues == 0 || self.num_queues > MAX_QUEUES {
+            return Err(format!("num-queues={} must be 1..={MAX_QUEUES}", self.num_queues));
+        }
+        if self.queue_size == 0 || self.queue_size > MAX_QUEUE_SIZE || !self.queue_size.is_power_of_two() {
+            return Err(format!("queue-size={} must be a power of two up to {MAX_QUEUE_SIZE}", self.queue_size));
+        }
+        if self.logical_block_size != 512 && self.logical_block_size != 4096 {
+            return Err(format!("logical-block-size={} must be 512 or 4096", self.logical_block_size));
+        }
+        if self.serial.len() > ID_LEN {
+            return Err(format!("serial={:?} is longer than {ID_LEN} bytes", self.serial));
+        }
+        Ok(())
+    }
+}
+
+/// A device and how it is served.
+pub struct Export {
+    /// Name used in logs and on the control socket (the socket path unless given).
+    pub name: String,
+    /// The export keys.
+    pub settings: ExportSettings,
+    /// The device stack.
+    pub dev: Arc<dyn BlockDev>,
+    /// What the guest sees.
+    pub geometry: Geometry,
+    /// GET_ID answer, NUL-padded.
+    pub serial: [u8; ID_LEN],
+    /// Counters since start.
+    pub stats: ExportStats,
+    /// How the device was described (the disk spec without export keys).
+    pub source: String,
+}
+
+impl Export {
+    /// Build an export of `dev`; fails when the device cannot be announced with these settings.
+    pub fn new(
+        name: String,
+        settings: ExportSettings,
+        dev: Arc<dyn BlockDev>,
+        source: String,
+    ) -> Result<Export, String> {
+        settings.validate()?;
+        let info = dev.info();
+        if info.logical_block_size > settings.logical_block_size {
+            return Err(format!(
+                "{name}: logical-block-size={} is smaller than the device's block size {}",
+                settings.logical_block_size, info.logical_block_size
+            ));
+        }
+        if info.size < u64::from(settings.logical_block_size) {
+            return Err(format!("{name}: the device is smaller than one block"));
+        }
+        let geometry = Geometry::new(
+            &info,
+            settings.logical_block_size,
+            settings.num_queues,
+            settings.queue_size,
+            settings.read_only,
+        );
+        let mut serial = [0u8; ID_LEN];
+        serial[..settings.serial.len()].copy_from_slice(settings.serial.as_bytes());
+        Ok(Export { name, settings, dev, geometry, serial, stats: ExportStats::default(), source })
+    }
+}

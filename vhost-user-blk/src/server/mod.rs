@@ -1,0 +1,27 @@
+//! The vhost-user-blk server: virtio-blk request handling over vhost-user, one worker thread per
+//! queue with its own io_uring, guest buffers handed to the kernel without copying.
+//!
+//! - [`virtio_blk`]: the spec's constants, features and configuration space;
+//! - [`chain`]: descriptor chains from untrusted guest memory, mapped into `IoBufs`;
+//! - [`request`]: parsing, validation and execution of one request;
+//! - [`backend`] and `worker`: the vhost-user backend and the per-queue data path;
+//! - [`serve`]: the socket of one export and its frontend connections;
+//! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
+
+pub mod backend;
+pub mod chain;
+pub mod daemon;
+pub mod demo;
+pub mod disk_spec;
+pub mod export;
+pub mod request;
+pub mod serve;
+pub mod stats;
+pub mod virtio_blk;
+mod worker;
+
+pub use daemon::Daemon;
+pub use disk_spec::DiskSpec;
+pub use export::{Export, ExportSettings};
+pub use serve::ServedExport;
+pub use stats::StatsSnapshot;

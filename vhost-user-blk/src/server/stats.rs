@@ -1,0 +1,158 @@
+//! Per-export statistics, updated lock-free from the queue workers and read by the control socket.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::request::OpClass;
+
+/// Latency buckets: bucket `i` holds requests that took less than `2^i` microseconds.
+const BUCKETS: usize = 32;
+
+/// Counters for one export (all connections since start).
+#[derive(Default)]
+pub struct ExportStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+    discards: AtomicU64,
+    others: AtomicU64,
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    connections: AtomicU64,
+    latency_us: [AtomicU64; BUCKETS],
+}
+
+/// A point-in-time copy of [`ExportStats`], as the control socket reports it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    /// Read requests completed.
+    pub reads: u64,
+    /// Write requests completed.
+    pub writes: u64,
+    /// Flush requests completed.
+    pub flushes: u64,
+    /// Discard and write-zeroes requests completed.
+    pub discards: u64,
+    /// Other requests (GET_ID, refused ones).
+    pub others: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Requests completed with a status other than OK.
+    pub errors: u64,
+    /// Requests being processed now.
+    pub in_flight: u64,
+    /// Frontend connections accepted.
+    pub connections: u64,
+    /// Median latency in microseconds (upper bound of its power-of-two bucket).
+    pub latency_p50_us: u64,
+    /// 99th percentile latency in microseconds (bucket upper bound).
+    pub latency_p99_us: u64,
+    /// 99.9th percentile latency in microseconds (bucket upper bound).
+    pub latency_p999_us: u64,
+}
+
+impl ExportStats {
+    /// A request entered processing.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A request finished: `ok` says whether its status was OK.
+    pub fn finished(&self, class: OpClass, bytes: u64, ok: bool, took: Duration) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        let counter = match class {
+            OpClass::Read => {
+                self.read_bytes.fetch_add(bytes, Relaxed);
+                &self.reads
+            }
+            OpClass::Write => {
+                self.write_bytes.fetch_add(bytes, Relaxed);
+                &self.writes
+            }
+            OpClass::Flush => &self.flushes,
+            OpClass::Discard => &self.discards,
+            OpClass::Other => &self.others,
+        };
+        counter.fetch_add(1, Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
+        self.latency_us[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// A frontend connected.
+    pub fn connected(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Copy the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let hist: Vec<u64> = self.latency_us.iter().map(|b| b.load(Relaxed)).collect();
+        StatsSnapshot {
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            flushes: self.flushes.load(Relaxed),
+            discards: self.discards.load(Relaxed),
+            others: self.others.load(Relaxed),
+            read_bytes: self.read_bytes.load(Relaxed),
+            write_bytes: self.write_bytes.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            latency_p50_us: percentile(&hist, 0.5),
+            latency_p99_us: percentile(&hist, 0.99),
+            latency_p999_us: percentile(&hist, 0.999),
+        }
+    }
+}
+
+/// Upper bound (in µs) of the bucket holding the `q` quantile; 0 with no samples.
+fn percentile(hist: &[u64], q: f64) -> u64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return 1u64 << i;
+        }
+    }
+    1u64 << (hist.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let s = ExportStats::default();
+        for _ in 0..99 {
+            s.started();
+            s.finished(OpClass::Read, 4096, true, Duration::from_micros(10));
+        }
+        s.started();
+        s.finished(OpClass::Write, 512, false, Duration::from_micros(5000));
+        let snap = s.snapshot();
+        assert_eq!((snap.reads, snap.writes, snap.errors, snap.in_flight), (99, 1, 1, 0));
+        assert_eq!(snap.read_bytes, 99 * 4096);
+        assert_eq!(snap.latency_p50_us, 16);
+        assert_eq!(snap.latency_p999_us, 8192);
+    }
+}

@@ -1,0 +1,236 @@
+//! The queue worker: runs on a vhost-user-backend worker thread (one per queue), owns that
+//! thread's io engine, pops requests, runs them as tasks so many are in flight, and puts
+//! completions in the used ring in batches, notifying the guest only when EVENT_IDX says so.
+//!
+//! Data path: kick → pop chains → map descriptors (zero copy) → validate → spawn a task on the
+//! thread's `IoCtx` → completion eventfd (in the same epoll set) → `run_once` → used ring.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blockdev::{EngineConfig, IoCtx, Keepalive};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{Error as QueueError, QueueOwnedT, QueueT};
+use vm_memory::GuestAddressSpace;
+
+use super::backend::{completion_event, BlkBackend, GuestMemAtomic};
+use super::chain::{map_chain, GuestMem};
+use super::export::Export;
+use super::request::{execute, ExportView, Request};
+use super::virtio_blk::status;
+
+thread_local! {
+    /// This thread's worker, created on its first event (an `IoCtx` must be made on its thread).
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Per-thread state: the io engine and the queues this thread serves.
+struct Worker {
+    io: IoCtx,
+    mem: GuestMemAtomic,
+    queues: Vec<Rc<QueueRt>>,
+}
+
+/// One queue's state on its worker thread.
+struct QueueRt {
+    /// Global queue index.
+    index: usize,
+    /// Completed requests (head, used length) not yet in the used ring.
+    done: RefCell<Vec<(u16, u32)>>,
+    /// Popping stopped because the queue had `queue_size` requests in flight.
+    throttled: Cell<bool>,
+}
+
+/// Entry point from `VhostUserBackend::handle_event`.
+pub fn handle_event(backend: &BlkBackend, device_event: u16, vrings: &[VringRwLock], thread: usize) {
+    WORKER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            match Worker::new(backend, vrings.len(), thread) {
+                Ok(w) => *slot = Some(w),
+                Err(e) => {
+                    tracing::error!(export = %backend.export.name, queue = thread, "cannot start the queue worker: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(w) = slot.as_ref() else { return };
+        let local = device_event as usize;
+        if local < vrings.len() {
+            w.process_queue(backend, local, &vrings[local]);
+        }
+        w.turn(backend, vrings);
+    });
+}
+
+impl Worker {
+    fn new(backend: &BlkBackend, nvrings: usize, thread: usize) -> Result<Worker, String> {
+        let (mem, epoll_fd) = backend.worker_setup(thread).ok_or("no connection state for this thread")?;
+        let qsize = u32::from(backend.export.settings.queue_size);
+        let config = EngineConfig { sq_entries: qsize.max(64), max_in_flight: qsize * 4, ..EngineConfig::default() };
+        let io = IoCtx::with_config(config).map_err(|e| e.to_string())?;
+        let fd = io.completion_fd();
+        let mut ev =
+            libc::epoll_event { events: libc::EPOLLIN as u32, u64: u64::from(completion_event(backend.queues.len())) };
+        // SAFETY: epoll_ctl on the worker's live epoll fd (its handler outlives this thread's
+        // work) with a valid event struct; the completion eventfd lives as long as `io`.
+        let rc = unsafe { libc::epoll_ctl(epoll_fd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if rc < 0 {
+            return Err(format!("cannot add the completion eventfd to epoll: {}", std::io::Error::last_os_error()));
+        }
+        // With one queue per thread the thread index is the queue index.
+        let queues = (0..nvrings)
+            .map(|i| {
+                Rc::new(QueueRt { index: thread + i, done: RefCell::new(Vec::new()), throttled: Cell::new(false) })
+            })
+            .collect();
+        tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
+        Ok(Worker { io, mem, queues })
+    }
+
+    /// Run completions and put them in the used rings; resume throttled queues.
+    fn turn(&self, backend: &BlkBackend, vrings: &[VringRwLock]) {
+        for _ in 0..64 {
+            self.io.run_once();
+            let mut resumed = false;
+            for (i, q) in self.queues.iter().enumerate() {
+                self.flush_used(backend, q, &vrings[i]);
+                if q.throttled.get() && self.room(backend, q) > 0 {
+                    q.throttled.set(false);
+                    resumed |= self.process_queue(backend, i, &vrings[i]) > 0;
+                }
+            }
+            if !resumed {
+                break;
+            }
+        }
+    }
+
+    fn room(&self, backend: &BlkBackend, q: &QueueRt) -> usize {
+        let cap = backend.export.settings.queue_size as usize;
+        cap.saturating_sub(backend.queues[q.index].in_flight.load(Ordering::Acquire))
+    }
+
+    /// Pop every available chain (up to the in-flight cap) and start it. Returns how many.
+    fn process_queue(&self, backend: &BlkBackend, local: usize, vring: &VringRwLock) -> usize {
+        let q = &self.queues[local];
+        let shared = &backend.queues[q.index];
+        if backend.stopping() || shared.broken.load(Ordering::Acquire) {
+            return 0;
+        }
+        let export = &backend.export;
+        let ring_mem = self.mem.memory();
+        let mut heads: Vec<u16> = Vec::new();
+        let (table, size) = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            let (table, size) = (queue.desc_table(), queue.size());
+            loop {
+                let room = self.room(backend, q).saturating_sub(heads.len());
+                if room == 0 {
+                    q.throttled.set(true);
+                    break;
+                }
+                if let Err(e) = queue.disable_notification(&*ring_mem) {
+                    tracing::debug!(export = %export.name, queue = q.index, "cannot disable notifications: {e}");
+                }
+                match queue.iter(&*ring_mem) {
+                    Ok(iter) => heads.extend(iter.take(room).map(|c| c.head_index())),
+                    Err(QueueError::InvalidAvailRingIndex) => {
+                        tracing::error!(
+                            export = %export.name,
+                            queue = q.index,
+                            "the guest moved the avail index by more than the queue size: queue stopped until it is reset"
+                        );
+                        shared.broken.store(true, Ordering::Release);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(export = %export.name, queue = q.index, "queue not usable: {e}");
+                        break;
+                    }
+                }
+                if self.room(backend, q) <= heads.len() {
+                    continue;
+                }
+                match queue.enable_notification(&*ring_mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            }
+            (table, size)
+        };
+        drop(ring_mem);
+        if heads.is_empty() {
+            return 0;
+        }
+        // Map buffers with a snapshot taken after the avail index was read: a frontend adds a
+        // memory region (and waits for our ack) before it publishes requests that use it, so this
+        // snapshot holds every region those requests name.
+        let snap: Arc<GuestMem> = self.mem.memory().into_inner();
+        shared.in_flight.fetch_add(heads.len(), Ordering::AcqRel);
+        let keep: Keepalive = Rc::new(snap.clone());
+        let max_descs = export.geometry.seg_max + 2;
+        let view = ExportView { geometry: &export.geometry, writeback: backend.writeback(), serial: &export.serial };
+        for &head in &heads {
+            match map_chain(&snap, &keep, table, size, head, max_descs) {
+                Ok(chain) => self.start(export, q, Request::parse(chain, view)),
+                Err(e) => {
+                    tracing::warn!(export = %export.name, queue = q.index, head, "malformed descriptor chain: {e}");
+                    q.done.borrow_mut().push((head, 0));
+                }
+            }
+        }
+        heads.len()
+    }
+
+    /// Spawn `req` as a task on this thread's engine.
+    fn start(&self, export: &Arc<Export>, q: &Rc<QueueRt>, req: Request) {
+        export.stats.started();
+        let started = Instant::now();
+        let export = export.clone();
+        let io = self.io.clone();
+        let q = q.clone();
+        self.io.spawn(async move {
+            let st = execute(export.dev.clone(), io, &req.op, export.serial, &export.name).await;
+            let len = req.complete(st);
+            export.stats.finished(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());
+            q.done.borrow_mut().push((req.head, len));
+        });
+    }
+
+    /// Put finished requests in the used ring and notify the guest if it asked for it.
+    fn flush_used(&self, backend: &BlkBackend, q: &QueueRt, vring: &VringRwLock) {
+        let done = std::mem::take(&mut *q.done.borrow_mut());
+        if done.is_empty() {
+            return;
+        }
+        let mem = self.mem.memory();
+        {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            for &(head, len) in &done {
+                if let Err(e) = queue.add_used(&*mem, head, len) {
+                    tracing::warn!(export = %backend.export.name, queue = q.index, head, "cannot add to the used ring: {e}");
+                }
+            }
+            let notify = queue.needs_notification(&*mem).unwrap_or(true);
+            if notify {
+                if let Err(e) = state.signal_used_queue() {
+                    tracing::debug!(export = %backend.export.name, queue = q.index, "cannot notify the guest: {e}");
+                }
+            }
+        }
+        backend.retire(q.index, done.len());
+        // Give the allocation back for the next batch.
+        let mut done = done;
+        done.clear();
+        let mut slot = q.done.borrow_mut();
+        if slot.is_empty() {
+            *slot = done;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Shared helpers for the server tests: start an export in-process, and a small libblkio client.
+
+#![allow(dead_code)]
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use blockdev::{BlockDev, MemDisk};
+use vhost_user_blk::server::{Export, ExportSettings, ServedExport};
+
+/// Send the server's logs to the test output (RUST_LOG, default warn).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Serve `dev` at `dir/name.sock` with `settings` tweaked by `f`.
+pub fn serve(dir: &Path, name: &str, dev: Arc<dyn BlockDev>, f: impl FnOnce(&mut ExportSettings)) -> ServedExport {
+    init_logs();
+    let mut s = ExportSettings::new(dir.join(format!("{name}.sock")));
+    s.serial = "strata-test".into();
+    f(&mut s);
+    let export = Export::new(name.to_string(), s, dev, "test".into()).expect("export");
+    ServedExport::start(Arc::new(export)).expect("serve")
+}
+
+/// A RAM disk of `size` bytes.
+pub fn mem_disk(size: u64) -> Arc<dyn BlockDev> {
+    Arc::new(MemDisk::new(size).unwrap())
+}
+
+/// A libblkio virtio-blk-vhost-user client with one shared buffer region.
+pub struct Client {
+    pub queues: Vec<Blkioq>,
+    pub region: MemoryRegion,
+    pub blkio: Blkio,
+}
+
+/// Result of one request: (user_data, ret).
+pub type Done = (usize, i32);
+
+impl Client {
+    /// Connect to `socket` with `queues` queues and a `buf_len`-byte buffer region.
+    pub fn connect(socket: &Path, queues: i32, buf_len: usize) -> Client {
+        Self::try_connect(socket, queues, buf_len).expect("libblkio connect")
+    }
+
+    /// As `connect`, reporting failure.
+    pub fn try_connect(socket: &Path, queues: i32, buf_len: usize) -> blkio::Result<Client> {
+        Self::connect_with(socket, queues, buf_len, false)
+    }
+
+    /// Connect, declaring the device read-only when `read_only` (libblkio insists on it for RO devices).
+    pub fn connect_with(socket: &Path, queues: i32, buf_len: usize, read_only: bool) -> blkio::Result<Client> {
+        let mut b = Blkio::new("virtio-blk-vhost-user")?;
+        b.set_str("path", socket.to_str().unwrap())?;
+        b.set_bool("read-only", read_only)?;
+        b.connect()?;
+        b.set_i32("num-queues", queues)?;
+        let out = b.start()?;
+        let region = b.alloc_mem_region(buf_len)?;
+        b.map_mem_region(&region)?;
+        Ok(Client { queues: out.queues, region, blkio: b })
+    }
+
+    /// The buffer region as a byte slice.
+    pub fn buf(&mut self) -> &mut [u8] {
+        // SAFETY: the region is a live shared mapping of `len` bytes owned by `blkio`; the tests
+        // only touch it while no request using the same bytes is in flight.
+        unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, self.region.len) }
+    }
+
+    /// Pointer to byte `off` of the region.
+    pub fn ptr(&self, off: usize) -> *mut u8 {
+        (self.region.addr + off) as *mut u8
+    }
+
+    /// Wait for at least `min` completions on queue `q`.
+    pub fn reap(&mut self, q: usize, min: usize) -> Vec<Done> {
+        let mut c: Vec<MaybeUninit<Completion>> = (0..64).map(|_| MaybeUninit::uninit()).collect();
+        let mut out = Vec::new();
+        while out.len() < min {
+            let n = self.queues[q].do_io(&mut c, 1, None, None).expect("do_io");
+            for x in &c[..n] {
+                // SAFETY: do_io initialised the first n completions.
+                let x = unsafe { x.assume_init_ref() };
+                out.push((x.user_data, x.ret));
+            }
+        }
+        out
+    }
+
+    /// Submit one request built by `f` on queue `q` and wait for it; returns its `ret`.
+    pub fn one(&mut self, q: usize, f: impl FnOnce(&mut Blkioq, *mut u8)) -> i32 {
+        let p = self.ptr(0);
+        f(&mut self.queues[q], p);
+        self.reap(q, 1)[0].1
+    }
+
+    /// Write `data` (copied into the region at 0) at `off`; returns `ret`.
+    pub fn write(&mut self, q: usize, off: u64, data: &[u8]) -> i32 {
+        self.buf()[..data.len()].copy_from_slice(data);
+        let len = data.len();
+        self.one(q, |qq, p| qq.write(off, p, len, 0, ReqFlags::empty()))
+    }
+
+    /// Read `len` bytes at `off`.
+    pub fn read(&mut self, q: usize, off: u64, len: usize) -> (i32, Vec<u8>) {
+        let ret = self.one(q, |qq, p| qq.read(off, p, len, 0, ReqFlags::empty()));
+        (ret, self.buf()[..len].to_vec())
+    }
+
+    /// Flush.
+    pub fn flush(&mut self, q: usize) -> i32 {
+        self.one(q, |qq, _| qq.flush(0, ReqFlags::empty()))
+    }
+}
+
+/// A scratch directory for sockets and images.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Path of the daemon binary.
+pub fn daemon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-blk"))
+}
