@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use blockdev::{size::parse_size, BlockDev, MemDisk, OpenOptions, RawFile};
+use blockdev::BlockDev;
+
+use crate::spec::Spec;
+use crate::stack::{open_disk, OpenCtx};
 
 use super::export::ExportSettings;
 
@@ -22,19 +25,10 @@ pub struct DiskSpec {
     pub device: Vec<(String, String)>,
 }
 
-/// Split `a=b,c=d` into pairs; every item must have a `=`, and no key may repeat.
-pub fn split_pairs(spec: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for item in spec.split(',').filter(|s| !s.is_empty()) {
-        let Some((k, v)) = item.split_once('=') else {
-            return Err(format!("{item:?} is not KEY=VALUE"));
-        };
-        if out.iter().any(|(key, _)| key == k) {
-            return Err(format!("key {k:?} given twice"));
-        }
-        out.push((k.to_string(), v.to_string()));
-    }
-    Ok(out)
+/// Split `a=b,c=d` into pairs with the spec syntax rules of [`Spec::parse`].
+pub fn split_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let spec = Spec::parse(text).map_err(|e| e.to_string())?;
+    Ok(spec.keys().map(|k| (k.to_string(), spec.get(k).unwrap_or_default().to_string())).collect())
 }
 
 /// Parse `on|off|true|false|yes|no|1|0` for `key`.
@@ -93,34 +87,12 @@ impl DiskSpec {
     }
 }
 
-/// Open a device from its keys: `format=raw,path=FILE[,direct=on]` or `format=mem,size=SIZE`.
-///
-/// A stand-in for the stack builder (`stack::open_disk`) until it lands; unknown keys are refused.
+/// Open a device from its keys with the stack builder (`format=raw,path=...`, `format=mem,...`
+/// and every format registered there); `read_only` opens the whole stack read-only.
 pub fn open_device(keys: &[(String, String)], read_only: bool) -> Result<Arc<dyn BlockDev>, String> {
-    let get = |k: &str| keys.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let format = get("format").ok_or("missing format=FMT")?;
-    let allowed: &[&str] = match format {
-        "raw" => &["format", "path", "direct"],
-        "mem" => &["format", "size"],
-        other => return Err(format!("format={other}: unknown format (raw, mem)")),
-    };
-    if let Some((k, _)) = keys.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-        return Err(format!("format={format}: unknown key {k:?}"));
-    }
-    match format {
-        "raw" => {
-            let path = get("path").ok_or("format=raw needs path=FILE")?;
-            let direct = get("direct").map(|v| parse_bool("direct", v)).transpose()?.unwrap_or(false);
-            let dev = RawFile::open(path, OpenOptions { read_only, direct, ..OpenOptions::default() })
-                .map_err(|e| e.to_string())?;
-            Ok(Arc::new(dev))
-        }
-        _ => {
-            let size = get("size").ok_or("format=mem needs size=SIZE")?;
-            let size = parse_size(size).map_err(|e| format!("size={size}: {e}"))?;
-            Ok(Arc::new(MemDisk::new(size).map_err(|e| e.to_string())?))
-        }
-    }
+    let mut spec = Spec::from_pairs(keys.iter().cloned()).map_err(|e| e.to_string())?;
+    let ctx = OpenCtx { read_only, ..OpenCtx::default() };
+    open_disk(&mut spec, &ctx).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -144,6 +116,7 @@ mod tests {
         assert!(DiskSpec::parse("socket=s,format=mem,queue-size=1000").unwrap_err().contains("queue-size"));
         assert!(DiskSpec::parse("socket=s,format=mem,read-only=maybe").unwrap_err().contains("read-only"));
         assert!(DiskSpec::parse("socket=s,socket=t,format=mem").unwrap_err().contains("twice"));
+        assert!(DiskSpec::parse("socket=s,format=mem,,size=1M").is_err());
     }
 
     #[test]
