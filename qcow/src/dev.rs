@@ -1,0 +1,124 @@
+//! `Qcow2`: an open image as a `BlockDev`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use blockdev::{ready, BlockDev, DevInfo, IoBufs, IoCtx, IoFuture, IoTag, Result};
+
+use crate::header::Header;
+use crate::shared::Shared;
+
+/// An open qcow2 image.
+pub struct Qcow2 {
+    sh: Arc<Shared>,
+}
+
+impl Qcow2 {
+    /// Wrap shared state (used by `open`).
+    pub(crate) fn from_shared(sh: Arc<Shared>) -> Self {
+        Qcow2 { sh }
+    }
+
+    /// The shared state (metadata, file, backing).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.sh
+    }
+
+    /// A copy of the header as it is now.
+    pub fn header(&self) -> Header {
+        self.sh.lock().header.clone()
+    }
+
+    /// The backing device, if any.
+    pub fn backing(&self) -> Option<&Arc<dyn BlockDev>> {
+        self.sh.backing.as_ref()
+    }
+
+    /// Write every cache back and sync (a clean close; the device stays usable). A flush that
+    /// released references leaves their refcount updates dirty, so this flushes until clean.
+    pub async fn close(&self, io: &IoCtx) -> Result<()> {
+        for _ in 0..3 {
+            crate::write::flush(&self.sh, io).await?;
+            if self.dirty_items() == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn dirty_items(&self) -> usize {
+        let m = self.sh.lock();
+        m.l2.dirty_count() + m.rc.dirty_count() + m.l1_dirty.len() + m.reftable_dirty.len() + m.pending_free.len()
+    }
+}
+
+impl Drop for Qcow2 {
+    fn drop(&mut self) {
+        if self.sh.read_only || Arc::strong_count(&self.sh) > 1 {
+            return;
+        }
+        if self.dirty_items() == 0 {
+            return;
+        }
+        // Safety net for an owner that did not call `close`: write the caches back on a ring of our own.
+        tracing::warn!("{}: dropped with unwritten metadata; writing it back (call close() instead)", self.sh.name);
+        let res = IoCtx::new().and_then(|io| io.block_on(self.close(&io)));
+        if let Err(e) = res {
+            tracing::error!("{}: writing metadata back on close failed: {e}", self.sh.name);
+        }
+    }
+}
+
+impl BlockDev for Qcow2 {
+    fn info(&self) -> DevInfo {
+        let cs = self.sh.geo.cluster_size() as u32;
+        DevInfo {
+            size: self.sh.size.load(Ordering::Acquire),
+            logical_block_size: 512,
+            physical_block_size: 512,
+            mem_align: 1,
+            read_only: self.sh.read_only,
+            discard: true,
+            write_zeroes: true,
+            optimal_io_size: cs,
+            volatile_cache: true,
+        }
+    }
+
+    fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_range(off, bufs.len() as u64) {
+            return ready(Err(e));
+        }
+        Box::pin(crate::read::read(self.sh.clone(), io.clone(), off, bufs))
+    }
+
+    fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, bufs.len() as u64) {
+            return ready(Err(e));
+        }
+        Box::pin(crate::write::write(self.sh.clone(), io.clone(), off, bufs, fua))
+    }
+
+    fn flush(&self, io: &IoCtx, _tag: IoTag) -> IoFuture {
+        let (sh, io) = (self.sh.clone(), io.clone());
+        Box::pin(async move { crate::write::flush(&sh, &io).await })
+    }
+
+    fn discard(&self, io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, len) {
+            return ready(Err(e));
+        }
+        Box::pin(crate::zero::discard(self.sh.clone(), io.clone(), off, len))
+    }
+
+    fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, len) {
+            return ready(Err(e));
+        }
+        Box::pin(crate::zero::write_zeroes(self.sh.clone(), io.clone(), off, len, unmap))
+    }
+
+    fn describe(&self) -> String {
+        format!("qcow2:{}", self.sh.name)
+    }
+}

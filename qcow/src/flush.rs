@@ -1,0 +1,189 @@
+//! Writing the metadata caches back, in the order that keeps the image consistent at every
+//! instant on disk (run with the allocation lock held):
+//!
+//! 1. refcount block slices, then sync — new references are counted before anything uses them;
+//! 2. refcount table entries and L2 slices, then sync — tables point only at durable blocks;
+//! 3. L1 entries, then sync — the L1 points only at durable L2 tables;
+//! 4. references dropped by unmapping (discard, COW of shared clusters) are released only now,
+//!    when no durable L2 entry points at them any more.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use blockdev::{IoCtx, Result};
+
+use crate::header::incompat;
+use crate::imagefile::{self, site};
+use crate::open::pad512;
+use crate::overlap::{overlap_error, Kind, MetaRanges};
+use crate::shared::Shared;
+
+/// Write `data` at `off` after checking it overlaps no metadata but its own kind; on overlap,
+/// mark the image corrupt and refuse.
+pub async fn guarded_write(
+    sh: &Shared,
+    io: &IoCtx,
+    off: u64,
+    data: &[u8],
+    tag: &'static str,
+    kind: Kind,
+) -> Result<()> {
+    let conflict = {
+        let m = sh.lock();
+        if m.corrupt {
+            return Err(blockdev::Error::new(
+                blockdev::ErrorKind::Corrupt,
+                format!("{}: image is marked corrupt; metadata writes refused", sh.name),
+            ));
+        }
+        MetaRanges::of(&m).conflict(off, data.len() as u64, kind)
+    };
+    if let Some(what) = conflict {
+        mark_corrupt(sh, io).await;
+        return Err(overlap_error(&sh.name, off, data.len() as u64, what, kind));
+    }
+    imagefile::write_meta(io, &sh.file, off, data, tag).await?;
+    sh.writeback_gen.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Set the corrupt bit (best effort: the write that found the problem is already failing).
+pub async fn mark_corrupt(sh: &Shared, io: &IoCtx) {
+    {
+        let mut m = sh.lock();
+        m.corrupt = true;
+        if m.header.version == 3 {
+            m.header.incompatible_features |= incompat::CORRUPT;
+        }
+    }
+    tracing::error!("{}: metadata overlap detected; marking the image corrupt", sh.name);
+    let _ = write_header(sh, io).await;
+    let _ = imagefile::sync(io, &sh.file).await;
+}
+
+/// Write the header (the whole header cluster's used part).
+pub async fn write_header(sh: &Shared, io: &IoCtx) -> Result<()> {
+    let bytes = sh.lock().header.serialize()?;
+    imagefile::write_meta(io, &sh.file, 0, &pad512(bytes), site::HEADER).await
+}
+
+/// Write every dirty refcount slice; true if any was written.
+pub async fn write_refcount_slices(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    let dirty = sh.lock().rc.dirty_slices();
+    for (off, data) in &dirty {
+        guarded_write(sh, io, *off, data, site::REFCOUNT_UPDATE, Kind::Refblock).await?;
+        sh.lock().rc.mark_clean(*off, data);
+    }
+    Ok(!dirty.is_empty())
+}
+
+async fn write_l2_slices(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    let dirty = sh.lock().l2.dirty_slices();
+    for (off, data) in &dirty {
+        guarded_write(sh, io, *off, data, site::L2_UPDATE, Kind::L2).await?;
+        sh.lock().l2.mark_clean(*off, data);
+    }
+    Ok(!dirty.is_empty())
+}
+
+/// Write the 512-byte sectors of a table holding dirty entries.
+async fn write_table_sectors(
+    sh: &Shared,
+    io: &IoCtx,
+    dirty: BTreeSet<usize>,
+    table_off: u64,
+    entries: &[u64],
+    tag: &'static str,
+    kind: Kind,
+) -> Result<bool> {
+    let sectors: BTreeSet<usize> = dirty.iter().map(|i| i / 64).collect();
+    for s in &sectors {
+        let mut buf = vec![0u8; 512];
+        for (j, e) in entries.iter().skip(s * 64).take(64).enumerate() {
+            buf[j * 8..j * 8 + 8].copy_from_slice(&e.to_be_bytes());
+        }
+        guarded_write(sh, io, table_off + *s as u64 * 512, &buf, tag, kind).await?;
+    }
+    Ok(!sectors.is_empty())
+}
+
+async fn write_reftable(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    let (dirty, off, entries) = {
+        let mut m = sh.lock();
+        (std::mem::take(&mut m.reftable_dirty), m.header.refcount_table_offset, m.reftable.clone())
+    };
+    let res = write_table_sectors(sh, io, dirty.clone(), off, &entries, site::REFTABLE_UPDATE, Kind::Reftable).await;
+    if res.is_err() {
+        sh.lock().reftable_dirty.extend(dirty);
+    }
+    res
+}
+
+async fn write_l1(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    let (dirty, off, entries) = {
+        let mut m = sh.lock();
+        (std::mem::take(&mut m.l1_dirty), m.header.l1_table_offset, m.l1.clone())
+    };
+    let res = write_table_sectors(sh, io, dirty.clone(), off, &entries, site::L1_UPDATE, Kind::L1).await;
+    if res.is_err() {
+        sh.lock().l1_dirty.extend(dirty);
+    }
+    res
+}
+
+/// Write back every cache in order and make it durable; then release pending frees.
+/// Returns true if the file was synced.
+pub async fn flush_metadata(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    let mut synced = false;
+    if write_refcount_slices(sh, io).await? {
+        imagefile::sync(io, &sh.file).await?;
+        synced = true;
+    }
+    let a = write_reftable(sh, io).await?;
+    let b = write_l2_slices(sh, io).await?;
+    if a || b {
+        imagefile::sync(io, &sh.file).await?;
+        synced = true;
+    }
+    if write_l1(sh, io).await? {
+        imagefile::sync(io, &sh.file).await?;
+        synced = true;
+    }
+    release_pending_frees(sh, io).await?;
+    Ok(synced)
+}
+
+/// Drop one reference from each cluster whose unmapping is now durable; punch holes in the
+/// clusters that become free.
+async fn release_pending_frees(sh: &Shared, io: &IoCtx) -> Result<()> {
+    let frees = std::mem::take(&mut sh.lock().pending_free);
+    let cs = sh.geo.cluster_size();
+    let mut freed = Vec::new();
+    for (i, off) in frees.iter().enumerate() {
+        let c = off / cs;
+        let res = sh
+            .lookup(io, |m| {
+                let rc = m.refcount(c)?;
+                let new = rc.saturating_sub(1);
+                m.set_refcount(c, new)?;
+                if new == 0 {
+                    m.free_hint = m.free_hint.min(c);
+                }
+                Ok(new)
+            })
+            .await;
+        match res {
+            Ok(0) => freed.push(*off),
+            Ok(_) => {}
+            Err(e) => {
+                sh.lock().pending_free.extend_from_slice(&frees[i..]);
+                return Err(e);
+            }
+        }
+    }
+    for off in freed {
+        // Advisory: a file system without hole punching keeps the bytes.
+        let _ = sh.file.discard(io, off, cs, blockdev::IoTag::data(site::DATA)).await;
+    }
+    Ok(())
+}
