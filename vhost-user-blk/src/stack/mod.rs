@@ -9,6 +9,7 @@
 //! sit on a RAID array without either knowing the other.
 
 mod mem;
+mod qcow2;
 mod raw;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ pub struct Format {
 
 /// Every format the builder knows. To add one: a file in `stack/` defining a `FORMAT` constant,
 /// its `mod` line above, and one line here.
-pub static FORMATS: &[Format] = &[raw::FORMAT, mem::FORMAT];
+pub static FORMATS: &[Format] = &[raw::FORMAT, mem::FORMAT, qcow2::FORMAT];
 
 /// Prefix of a path-valued key that names an already-built node instead of a file.
 pub const NODE_PREFIX: &str = "node:";
