@@ -1,8 +1,11 @@
 //! The ceiling: the same case run by `fio --ioengine=io_uring` on the same file, one job, so a
 //! report shows how close strata comes to the kernel's best on this machine.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use blockdev::{Error, ErrorKind, Result};
 
@@ -16,8 +19,15 @@ pub struct FioResult {
     pub iops: f64,
     /// Megabytes (10^6 bytes) per second.
     pub mbps: f64,
+    /// Requests completed.
+    #[serde(default)]
+    pub ops: u64,
     /// Total latency (submission to completion) in microseconds.
     pub lat_us: Latency,
+    /// CPU time (user + system, fio's job process with its io_uring workers) per request, in
+    /// microseconds: unlike IOPS, it barely moves when other processes share the CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
 }
 
 /// How to run fio on a file.
@@ -74,20 +84,60 @@ impl FioRunner {
         std::iter::once("fio".to_string()).chain(self.args(case)).collect::<Vec<_>>().join(" ")
     }
 
-    /// Run `case` under fio.
+    /// Run `case` under fio. Its CPU time is fio's whole process tree (job process and io_uring
+    /// workers included, as for strata), taken from `wait4`.
     pub fn run(&self, case: &Case) -> Result<FioResult> {
-        let out = Command::new(&self.program)
+        let mut child = Command::new(&self.program)
             .args(self.args(case))
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| Error::from_io(e, "--fio: cannot run fio"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("fio failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-            ));
+        let mut stderr = child.stderr.take();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut text);
+            }
+            text
+        });
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_string(&mut stdout).map_err(|e| Error::from_io(e, "--fio: read fio's output"))?;
         }
-        parse_output(&stdout, case.workload.is_write())
+        let (status, cpu) = wait_with_cpu(&mut child)?;
+        let errors = errors.join().unwrap_or_default();
+        if !status.success() {
+            return Err(Error::new(ErrorKind::Io, format!("fio failed ({status}): {}", errors.trim())));
+        }
+        let mut result = parse_output(&stdout, case.workload.is_write())?;
+        if let Some(cpu) = cpu.filter(|_| result.ops > 0) {
+            result.cpu_us_per_op = Some(cpu.as_secs_f64() * 1e6 / result.ops as f64);
+        }
+        Ok(result)
+    }
+}
+
+/// Reap `child` with `wait4`, returning its exit status and the CPU time (user + system) of it
+/// and the descendants it reaped. Falls back to a plain wait (no CPU time) if `wait4` fails.
+fn wait_with_cpu(child: &mut Child) -> Result<(ExitStatus, Option<Duration>)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; zeroed is valid, and wait4 fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own unreaped child; status and ru are live out-pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if rc == pid {
+            let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+            return Ok((ExitStatus::from_raw(status), Some(tv(ru.ru_utime) + tv(ru.ru_stime))));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            let status = child.wait().map_err(|e| Error::from_io(e, "--fio: wait for fio"))?;
+            return Ok((status, None));
+        }
     }
 }
 
@@ -101,18 +151,29 @@ pub fn parse_output(text: &str, write: bool) -> Result<FioResult> {
     let start = text.find('{').ok_or_else(|| bad("no JSON object"))?;
     let v: serde_json::Value = serde_json::from_str(&text[start..]).map_err(bad)?;
     let dir = if write { "write" } else { "read" };
-    let job = v
-        .get("jobs")
-        .and_then(|j| j.get(0))
-        .and_then(|j| j.get(dir))
-        .ok_or_else(|| bad(format!("no jobs[0].{dir}")))?;
+    let job0 = v.get("jobs").and_then(|j| j.get(0)).ok_or_else(|| bad("no jobs[0]"))?;
+    let job = job0.get(dir).ok_or_else(|| bad(format!("no jobs[0].{dir}")))?;
     let num = |val: Option<&serde_json::Value>, what: &str| {
         val.and_then(|x| x.as_f64()).ok_or_else(|| bad(format!("no {dir}.{what}")))
     };
     let lat = job.get("lat_ns").ok_or_else(|| bad(format!("no {dir}.lat_ns")))?;
     let pct = lat.get("percentile").ok_or_else(|| bad("no lat_ns.percentile (fio too old for --lat_percentiles?)"))?;
     let p = |key: &str| num(pct.get(key), &format!("lat_ns.percentile.{key}")).map(|ns| ns / 1000.0);
+    let job_num = |k: &str| job0.get(k).and_then(|x| x.as_f64());
+    let cpu_us_per_op = match (
+        job_num("usr_cpu"),
+        job_num("sys_cpu"),
+        job_num("job_runtime"),
+        job.get("total_ios").and_then(|x| x.as_f64()),
+    ) {
+        (Some(usr), Some(sys), Some(runtime_ms), Some(ios)) if ios > 0.0 => {
+            Some((usr + sys) / 100.0 * runtime_ms * 1000.0 / ios)
+        }
+        _ => None,
+    };
     Ok(FioResult {
+        cpu_us_per_op,
+        ops: job.get("total_ios").and_then(|x| x.as_u64()).unwrap_or(0),
         iops: num(job.get("iops"), "iops")?,
         mbps: num(job.get("bw_bytes"), "bw_bytes")? / 1e6,
         lat_us: Latency {
@@ -132,7 +193,7 @@ mod tests {
     use crate::bench::Workload;
 
     const SAMPLE: &str = r#"note: a warning line
-{"fio version":"fio-3.33","jobs":[{"read":{"iops":1000.5,"bw_bytes":4098048,
+{"fio version":"fio-3.33","jobs":[{"usr_cpu":10.0,"sys_cpu":40.0,"job_runtime":1000,"read":{"iops":1000.5,"bw_bytes":4098048,"total_ios":1000,
  "lat_ns":{"min":1,"max":90000,"mean":2500.0,"percentile":{"50.000000":2000,"90.000000":3000,
  "99.000000":5000,"99.900000":8000}}},"write":{"iops":0}}]}"#;
 
@@ -142,6 +203,7 @@ mod tests {
         assert_eq!(r.iops, 1000.5);
         assert!((r.mbps - 4.098048).abs() < 1e-9);
         assert_eq!((r.lat_us.p50, r.lat_us.p99_9, r.lat_us.max, r.lat_us.mean), (2.0, 8.0, 90.0, 2.5));
+        assert_eq!(r.cpu_us_per_op, Some(500.0));
     }
 
     #[test]

@@ -45,10 +45,14 @@ fn num(v: f64) -> String {
     }
 }
 
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), num)
+}
+
 fn row(c: &CaseResult, fio: bool) -> String {
     let l = &c.lat_us;
     let mut s = format!(
-        "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
         c.workload,
         format_size(u64::from(c.bs)),
         c.qd,
@@ -57,21 +61,23 @@ fn row(c: &CaseResult, fio: bool) -> String {
         num(l.p50),
         num(l.p99),
         num(l.p99_9),
-        num(l.max)
+        num(l.max),
+        opt(c.cpu_us_per_op)
     );
     if fio {
         match (&c.fio, c.ratio) {
             (Some(f), Some(r)) => {
                 let _ = write!(
                     s,
-                    " {:.0} | {} | {} | **{:.0}%** |",
+                    " {:.0} | {} | {} | {} | **{:.0}%** |",
                     f.iops,
                     num(f.lat_us.p50),
                     num(f.lat_us.p99),
+                    opt(f.cpu_us_per_op),
                     r * 100.0
                 );
             }
-            _ => s += " – | – | – | – |",
+            _ => s += " – | – | – | – | – |",
         }
     }
     s
@@ -79,14 +85,14 @@ fn row(c: &CaseResult, fio: bool) -> String {
 
 fn table(out: &mut String, r: &BenchReport) {
     let fio = r.cases.iter().any(|c| c.fio.is_some());
-    out.push_str("| workload | bs | qd | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | max µs |");
+    out.push_str("| workload | bs | qd | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/op |");
     if fio {
-        out.push_str(" fio IOPS | fio p50 µs | fio p99 µs | strata/fio |");
+        out.push_str(" fio IOPS | fio p50 µs | fio p99 µs | fio CPU µs/op | strata/fio |");
     }
     out.push('\n');
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     if fio {
-        out.push_str("---:|---:|---:|---:|");
+        out.push_str("---:|---:|---:|---:|---:|");
     }
     out.push('\n');
     for c in &r.cases {
@@ -109,7 +115,9 @@ pub fn render(reports: &[(String, BenchReport)]) -> String {
          Latency runs from submission to the completion being seen by the submitting task, in\n\
          microseconds, from a log-linear histogram (3% resolution). With `--fio`, fio runs the same\n\
          case (`--ioengine=io_uring`, one job, same file, same range, same queue depth) right after\n\
-         strata, and `strata/fio` is the ratio of IOPS; fio's latency is its total (`lat_ns`) latency.\n"
+         strata, and `strata/fio` is the ratio of IOPS; fio's latency is its total (`lat_ns`) latency.\n\
+         CPU µs/op is the process's user + system CPU time (io_uring workers included) per request:\n\
+         on a shared machine IOPS swing with other load, CPU per request much less.\n"
     );
     let mut sections: Vec<&str> = Vec::new();
     for (_, r) in reports {
@@ -194,7 +202,14 @@ mod tests {
                 iops: 100_000.0,
                 mbps: 409.6,
                 lat_us: lat,
-                fio: with_fio.then_some(FioResult { iops: 110_000.0, mbps: 450.0, lat_us: lat }),
+                cpu_us_per_op: Some(3.0),
+                fio: with_fio.then_some(FioResult {
+                    iops: 110_000.0,
+                    mbps: 450.0,
+                    ops: 110_000,
+                    lat_us: lat,
+                    cpu_us_per_op: Some(4.0),
+                }),
                 ratio: with_fio.then_some(100.0 / 110.0),
             }],
             notes: None,
@@ -215,7 +230,7 @@ mod tests {
         assert_eq!(md.matches("## RAM disk").count(), 1);
         assert!(
             md.contains(
-                "| randread | 4K | 32 | 100000 | 410 | 10.0 | 20.0 | 40.0 | 100 | 110000 | 10.0 | 20.0 | **91%** |"
+                "| randread | 4K | 32 | 100000 | 410 | 10.0 | 20.0 | 40.0 | 100 | 3.00 | 110000 | 10.0 | 20.0 | 4.00 | **91%** |"
             ),
             "{md}"
         );

@@ -3,6 +3,8 @@
 //! The schema only grows: new fields are optional (`#[serde(default)]`) so older saved files
 //! still render. `section` groups files in `docs/bench.md`.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::fio::FioResult;
@@ -64,6 +66,10 @@ pub struct CaseResult {
     pub mbps: f64,
     /// Latency in microseconds.
     pub lat_us: Latency,
+    /// CPU time (user + system of this process, io_uring workers included) per request, in
+    /// microseconds: unlike IOPS, it barely moves when other processes share the CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
     /// fio on the same file, when `--fio` was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fio: Option<FioResult>,
@@ -74,7 +80,14 @@ pub struct CaseResult {
 
 impl CaseResult {
     /// Build a row from measured stats.
-    pub fn new(workload: Workload, bs: u32, qd: u32, stats: &CaseStats, fio: Option<FioResult>) -> Self {
+    pub fn new(
+        workload: Workload,
+        bs: u32,
+        qd: u32,
+        stats: &CaseStats,
+        cpu: Option<Duration>,
+        fio: Option<FioResult>,
+    ) -> Self {
         let iops = stats.iops();
         let ratio = fio.as_ref().filter(|f| f.iops > 0.0).map(|f| iops / f.iops);
         CaseResult {
@@ -86,6 +99,7 @@ impl CaseResult {
             iops,
             mbps: stats.mbps(),
             lat_us: Latency::from_histogram(&stats.latency),
+            cpu_us_per_op: cpu.filter(|_| stats.ops > 0).map(|c| c.as_secs_f64() * 1e6 / stats.ops as f64),
             fio,
             ratio,
         }
@@ -144,14 +158,18 @@ fn num(v: f64) -> String {
     }
 }
 
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), num)
+}
+
 /// The text table's header (with fio columns when `fio`).
 pub fn table_header(fio: bool) -> String {
     let mut s = format!(
-        "{:<9} {:>4} {:>4} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "workload", "bs", "qd", "IOPS", "MB/s", "p50us", "p90us", "p99us", "p99.9us", "maxus"
+        "{:<9} {:>4} {:>4} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "workload", "bs", "qd", "IOPS", "MB/s", "p50us", "p90us", "p99us", "p99.9us", "maxus", "cpu/op"
     );
     if fio {
-        s += &format!(" | {:>10} {:>8} {:>8} {:>6}", "fio IOPS", "fio p50", "fio p99", "ratio");
+        s += &format!(" | {:>10} {:>8} {:>8} {:>7} {:>6}", "fio IOPS", "fio p50", "fio p99", "cpu/op", "ratio");
     }
     s
 }
@@ -160,7 +178,7 @@ pub fn table_header(fio: bool) -> String {
 pub fn table_row(c: &CaseResult, fio: bool) -> String {
     let l = &c.lat_us;
     let mut s = format!(
-        "{:<9} {:>4} {:>4} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<9} {:>4} {:>4} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
         c.workload.name(),
         format_size(u64::from(c.bs)),
         c.qd,
@@ -170,20 +188,22 @@ pub fn table_row(c: &CaseResult, fio: bool) -> String {
         num(l.p90),
         num(l.p99),
         num(l.p99_9),
-        num(l.max)
+        num(l.max),
+        opt(c.cpu_us_per_op)
     );
     if fio {
         match (&c.fio, c.ratio) {
             (Some(f), Some(r)) => {
                 s += &format!(
-                    " | {:>10.0} {:>8} {:>8} {:>5.0}%",
+                    " | {:>10.0} {:>8} {:>8} {:>7} {:>5.0}%",
                     f.iops,
                     num(f.lat_us.p50),
                     num(f.lat_us.p99),
+                    opt(f.cpu_us_per_op),
                     r * 100.0
                 )
             }
-            _ => s += &format!(" | {:>10} {:>8} {:>8} {:>6}", "-", "-", "-", "-"),
+            _ => s += &format!(" | {:>10} {:>8} {:>8} {:>7} {:>6}", "-", "-", "-", "-", "-"),
         }
     }
     s
@@ -203,7 +223,14 @@ mod tests {
             iops: 1000.0,
             mbps: 4.096,
             lat_us: Latency { p50: 1.0, p90: 2.0, p99: 3.0, p99_9: 4.0, max: 5.0, mean: 1.5 },
-            fio: Some(FioResult { iops: 2000.0, mbps: 8.2, lat_us: Latency::default() }),
+            cpu_us_per_op: Some(1.5),
+            fio: Some(FioResult {
+                iops: 2000.0,
+                mbps: 8.2,
+                ops: 2000,
+                lat_us: Latency::default(),
+                cpu_us_per_op: None,
+            }),
             ratio: Some(0.5),
         }
     }

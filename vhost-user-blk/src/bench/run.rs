@@ -111,6 +111,18 @@ pub fn prefill(target: &mut dyn BenchTarget, range: u64, seed: u64) -> Result<()
     target.run(&case).map(|_| ()).map_err(|e| e.context("bench prefill"))
 }
 
+/// User plus system CPU time of this process so far (every thread, io_uring workers included).
+pub fn process_cpu_time() -> Option<Duration> {
+    // SAFETY: rusage is plain data; zeroed is valid, and getrusage fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a live, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
 /// Run `cases` on `target` (fio beside each when given), reporting each row as it is done.
 pub fn run_cases(
     target: &mut dyn BenchTarget,
@@ -121,7 +133,9 @@ pub fn run_cases(
     let mut rows = Vec::with_capacity(cases.len());
     for case in cases {
         tracing::info!(target = %target.describe(), "bench {} bs={} qd={}", case.workload, case.bs, case.qd);
+        let cpu_before = process_cpu_time();
         let stats = target.run(case)?;
+        let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
         let fio_result = match fio {
             Some(f) => {
                 tracing::info!("{}", f.command_line(case));
@@ -129,7 +143,7 @@ pub fn run_cases(
             }
             None => None,
         };
-        let row = CaseResult::new(case.workload, case.bs, case.qd, &stats, fio_result);
+        let row = CaseResult::new(case.workload, case.bs, case.qd, &stats, cpu, fio_result);
         on_case(&row);
         rows.push(row);
     }

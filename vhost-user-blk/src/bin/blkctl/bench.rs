@@ -138,8 +138,13 @@ fn bench(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The table goes to stdout, or to stderr when stdout carries JSON.
     let print = |line: &str| if a.json { eprintln!("{line}") } else { println!("{line}") };
-    print(&table_header(opts.fio));
-    let mut report = run_bench(&opts, &mut |row| print(&table_row(row, opts.fio)))?;
+    let mut header = Some(table_header(opts.fio));
+    let mut report = run_bench(&opts, &mut |row| {
+        if let Some(h) = header.take() {
+            print(&h);
+        }
+        print(&table_row(row, opts.fio));
+    })?;
     report.notes = a.note;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -57,8 +57,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut cmd = Cli::command();
+    // Augmenting copies a group's doc comment into the top-level about: keep ours.
+    let (about, long_about) = (cmd.get_about().cloned(), cmd.get_long_about().cloned());
     for g in GROUPS {
         cmd = (g.augment)(cmd);
+    }
+    if let Some(a) = about {
+        cmd = cmd.about(a);
+    }
+    if let Some(a) = long_about {
+        cmd = cmd.long_about(a);
     }
     let matches = cmd.get_matches();
     let Some((name, _)) = matches.subcommand() else { return ExitCode::FAILURE };
