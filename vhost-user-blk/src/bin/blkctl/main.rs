@@ -41,6 +41,7 @@ macro_rules! groups {
 // One line per subcommand group.
 groups! {
     bench,
+    qcow2,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
