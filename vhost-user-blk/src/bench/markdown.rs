@@ -49,7 +49,11 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), num)
 }
 
-fn row(c: &CaseResult, fio: bool) -> String {
+fn kilo(list: &[f64]) -> String {
+    list.iter().map(|v| format!("{:.0}k", v / 1000.0)).collect::<Vec<_>>().join(" ")
+}
+
+fn row(c: &CaseResult, fio: bool, rounds: bool) -> String {
     let l = &c.lat_us;
     let mut s = format!(
         "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
@@ -80,23 +84,37 @@ fn row(c: &CaseResult, fio: bool) -> String {
             _ => s += " – | – | – | – | – |",
         }
     }
+    if rounds {
+        let _ = write!(s, " {}", kilo(&c.iops_rounds));
+        if fio {
+            let _ = write!(s, " / {}", kilo(&c.fio_iops_rounds));
+        }
+        s += " |";
+    }
     s
 }
 
 fn table(out: &mut String, r: &BenchReport) {
     let fio = r.cases.iter().any(|c| c.fio.is_some());
+    let rounds = r.cases.iter().any(|c| !c.iops_rounds.is_empty());
     out.push_str("| workload | bs | qd | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/op |");
     if fio {
         out.push_str(" fio IOPS | fio p50 µs | fio p99 µs | fio CPU µs/op | strata/fio |");
+    }
+    if rounds {
+        out.push_str(if fio { " IOPS per round (strata / fio) |" } else { " IOPS per round |" });
     }
     out.push('\n');
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     if fio {
         out.push_str("---:|---:|---:|---:|---:|");
     }
+    if rounds {
+        out.push_str("---|");
+    }
     out.push('\n');
     for c in &r.cases {
-        out.push_str(&row(c, fio));
+        out.push_str(&row(c, fio, rounds));
         out.push('\n');
     }
 }
@@ -117,7 +135,8 @@ pub fn render(reports: &[(String, BenchReport)]) -> String {
          case (`--ioengine=io_uring`, one job, same file, same range, same queue depth) right after\n\
          strata, and `strata/fio` is the ratio of IOPS; fio's latency is its total (`lat_ns`) latency.\n\
          CPU µs/op is the process's user + system CPU time (io_uring workers included) per request:\n\
-         on a shared machine IOPS swing with other load, CPU per request much less.\n"
+         on a shared machine IOPS swing with other load, CPU per request much less. With `--rounds N`\n\
+         each case runs N times alternating with fio, and the row shows each side's median round.\n"
     );
     let mut sections: Vec<&str> = Vec::new();
     for (_, r) in reports {
@@ -211,6 +230,8 @@ mod tests {
                     cpu_us_per_op: Some(4.0),
                 }),
                 ratio: with_fio.then_some(100.0 / 110.0),
+                iops_rounds: Vec::new(),
+                fio_iops_rounds: Vec::new(),
             }],
             notes: None,
         }

@@ -76,6 +76,12 @@ pub struct CaseResult {
     /// strata IOPS / fio IOPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
+    /// strata's IOPS in every round, when the case ran several rounds (the row is the median one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iops_rounds: Vec<f64>,
+    /// fio's IOPS in every round (rounds alternate: strata, fio, strata, fio, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fio_iops_rounds: Vec<f64>,
 }
 
 impl CaseResult {
@@ -102,7 +108,16 @@ impl CaseResult {
             cpu_us_per_op: cpu.filter(|_| stats.ops > 0).map(|c| c.as_secs_f64() * 1e6 / stats.ops as f64),
             fio,
             ratio,
+            iops_rounds: Vec::new(),
+            fio_iops_rounds: Vec::new(),
         }
+    }
+
+    /// The same row with `fio` beside it (and the ratio recomputed).
+    pub fn with_fio(mut self, fio: Option<FioResult>) -> Self {
+        self.ratio = fio.as_ref().filter(|f| f.iops > 0.0).map(|f| self.iops / f.iops);
+        self.fio = fio;
+        self
     }
 }
 
@@ -232,6 +247,8 @@ mod tests {
                 cpu_us_per_op: None,
             }),
             ratio: Some(0.5),
+            iops_rounds: Vec::new(),
+            fio_iops_rounds: Vec::new(),
         }
     }
 

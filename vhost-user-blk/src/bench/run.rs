@@ -45,6 +45,8 @@ pub struct BenchOptions {
     pub command: String,
     /// Seed of the offset generators.
     pub seed: u64,
+    /// Times each case runs (alternating with fio); the row is the median round.
+    pub rounds: u32,
 }
 
 impl Default for BenchOptions {
@@ -59,6 +61,7 @@ impl Default for BenchOptions {
             section: "blkctl bench".to_string(),
             command: String::new(),
             seed: 0x5EED,
+            rounds: 1,
         }
     }
 }
@@ -123,27 +126,46 @@ pub fn process_cpu_time() -> Option<Duration> {
     Some(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
+/// The element of `items` with the median `key` (the lower one of an even count).
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = items.len().saturating_sub(1) / 2;
+    items.into_iter().nth(mid)
+}
+
 /// Run `cases` on `target` (fio beside each when given), reporting each row as it is done.
+/// With `rounds` > 1 each case runs that many times, alternating with fio, and the row holds the
+/// median round of each side (every round's IOPS is kept in the row).
 pub fn run_cases(
     target: &mut dyn BenchTarget,
     cases: &[Case],
+    rounds: u32,
     fio: Option<&FioRunner>,
     on_case: &mut dyn FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>> {
     let mut rows = Vec::with_capacity(cases.len());
     for case in cases {
-        tracing::info!(target = %target.describe(), "bench {} bs={} qd={}", case.workload, case.bs, case.qd);
-        let cpu_before = process_cpu_time();
-        let stats = target.run(case)?;
-        let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
-        let fio_result = match fio {
-            Some(f) => {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for round in 0..rounds.max(1) {
+            tracing::info!(target = %target.describe(), "bench {} bs={} qd={} round {round}", case.workload, case.bs, case.qd);
+            let cpu_before = process_cpu_time();
+            let stats = target.run(case)?;
+            let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+            ours.push(CaseResult::new(case.workload, case.bs, case.qd, &stats, cpu, None));
+            if let Some(f) = fio {
                 tracing::info!("{}", f.command_line(case));
-                Some(f.run(case)?)
+                theirs.push(f.run(case)?);
             }
-            None => None,
-        };
-        let row = CaseResult::new(case.workload, case.bs, case.qd, &stats, cpu, fio_result);
+        }
+        let iops_rounds: Vec<f64> = ours.iter().map(|r| r.iops).collect();
+        let fio_iops_rounds: Vec<f64> = theirs.iter().map(|r| r.iops).collect();
+        let Some(mut row) = median_by(ours, |r| r.iops) else { continue };
+        row = row.with_fio(median_by(theirs, |r| r.iops));
+        if rounds > 1 {
+            row.iops_rounds = iops_rounds;
+            row.fio_iops_rounds = fio_iops_rounds;
+        }
         on_case(&row);
         rows.push(row);
     }
@@ -174,7 +196,7 @@ pub fn run_bench(opts: &BenchOptions, on_case: &mut dyn FnMut(&CaseResult)) -> R
         prefill(&mut target, range, opts.seed)?;
     }
     let cases = plan(opts, range);
-    let rows = run_cases(&mut target, &cases, fio.as_ref(), on_case)?;
+    let rows = run_cases(&mut target, &cases, opts.rounds, fio.as_ref(), on_case)?;
     Ok(BenchReport {
         schema: SCHEMA,
         section: opts.section.clone(),
@@ -193,6 +215,30 @@ pub fn run_bench(opts: &BenchOptions, on_case: &mut dyn FnMut(&CaseResult)) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_picks_the_middle_round() {
+        assert_eq!(median_by(vec![3.0, 1.0, 2.0], |v| *v), Some(2.0));
+        assert_eq!(median_by(vec![4.0, 1.0, 3.0, 2.0], |v| *v), Some(2.0));
+        assert_eq!(median_by(Vec::<f64>::new(), |v| *v), None);
+    }
+
+    #[test]
+    fn rounds_keep_every_rounds_iops() {
+        let opts = BenchOptions {
+            spec: "format=mem,size=2M".into(),
+            workloads: vec![Workload::RandRead],
+            qds: vec![2],
+            limit: Limit::Ops(100),
+            rounds: 3,
+            ..Default::default()
+        };
+        let report = run_bench(&opts, &mut |_| {}).unwrap();
+        let row = &report.cases[0];
+        assert_eq!(row.iops_rounds.len(), 3);
+        assert!(row.iops_rounds.contains(&row.iops));
+        assert!(row.fio_iops_rounds.is_empty());
+    }
 
     #[test]
     fn plan_is_workload_major() {

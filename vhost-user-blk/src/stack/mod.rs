@@ -36,7 +36,13 @@ pub struct Format {
 
 /// Every format the builder knows. To add one: a file in `stack/` defining a `FORMAT` constant,
 /// its `mod` line above, and one line here.
-pub static FORMATS: &[Format] = &[raw::FORMAT, mem::FORMAT, qcow2::FORMAT];
+/// (One line per format, kept so by `rustfmt::skip`, so parallel additions merge cleanly.)
+#[rustfmt::skip]
+pub static FORMATS: &[Format] = &[
+    raw::FORMAT,
+    mem::FORMAT,
+    qcow2::FORMAT,
+];
 
 /// Prefix of a path-valued key that names an already-built node instead of a file.
 pub const NODE_PREFIX: &str = "node:";

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Seed of the random offsets.
     #[arg(long, default_value_t = 0x5EED)]
     seed: u64,
+    /// Run each case this many times (alternating with fio) and report the median round: on a
+    /// shared machine IOPS swing with other load.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    rounds: u32,
 }
 
 fn parse_qd(s: &str) -> Result<String, String> {
@@ -135,6 +139,7 @@ fn bench(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         section: a.section,
         command: argv.iter().map(|s| quote(s)).collect::<Vec<_>>().join(" "),
         seed: a.seed,
+        rounds: a.rounds,
     };
     // The table goes to stdout, or to stderr when stdout carries JSON.
     let print = |line: &str| if a.json { eprintln!("{line}") } else { println!("{line}") };
