@@ -3,6 +3,26 @@
 //! slices, and only clean slices are evicted (the owner writes dirty ones back first).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Slice keys are file offsets: one multiply spreads them well enough (SipHash costs more than
+/// the rest of a cached lookup).
+#[derive(Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n >> 9).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 struct Slot {
     data: Vec<u8>,
@@ -14,14 +34,14 @@ struct Slot {
 pub struct SliceCache {
     slice_size: usize,
     capacity: usize,
-    slots: HashMap<u64, Slot>,
+    slots: HashMap<u64, Slot, BuildHasherDefault<OffsetHasher>>,
     tick: u64,
 }
 
 impl SliceCache {
     /// A cache of at most `capacity` slices of `slice_size` bytes.
     pub fn new(slice_size: usize, capacity: usize) -> Self {
-        SliceCache { slice_size, capacity: capacity.max(4), slots: HashMap::new(), tick: 0 }
+        SliceCache { slice_size, capacity: capacity.max(4), slots: HashMap::default(), tick: 0 }
     }
 
     /// Bytes per slice.
