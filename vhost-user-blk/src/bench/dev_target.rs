@@ -177,7 +177,16 @@ impl BenchTarget for DevTarget {
             return Err(e);
         }
         let ops = shared.latency.count();
-        let latency = std::mem::take(&mut Rc::try_unwrap(shared).ok().expect("bench slots finished").latency);
+        // Every slot task has finished and dropped its handle, so this is normally the only one;
+        // copying the counters covers the case where one is still alive.
+        let latency = match Rc::try_unwrap(shared) {
+            Ok(sh) => sh.latency,
+            Err(sh) => {
+                let copy = Histogram::new();
+                copy.merge(&sh.latency);
+                copy
+            }
+        };
         Ok(CaseStats { ops, bytes: ops * u64::from(case.bs), elapsed, latency })
     }
 }

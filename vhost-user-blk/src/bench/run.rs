@@ -186,6 +186,20 @@ pub fn run_bench(opts: &BenchOptions, on_case: &mut dyn FnMut(&CaseResult)) -> R
     };
     let dev = open_disk(&mut spec, &OpenCtx::new())?;
     let mut target = DevTarget::new(dev)?;
+    run_on_target(opts, &mut target, fio.as_ref(), on_case)
+}
+
+/// The run for `opts` on an already-open target (a vhost-user client, say): prefill, every case,
+/// the report. `opts.spec` is recorded as given (a socket path is fine).
+pub fn run_on_target(
+    opts: &BenchOptions,
+    target: &mut dyn BenchTarget,
+    fio: Option<&FioRunner>,
+    on_case: &mut dyn FnMut(&CaseResult),
+) -> Result<BenchReport> {
+    if opts.workloads.is_empty() || opts.qds.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "bench: no workloads or no queue depths to run"));
+    }
     let range = bench_range(target.size(), opts.size_limit)?;
     if target.read_only() {
         if let Some(w) = opts.workloads.iter().find(|w| w.is_write()) {
@@ -193,10 +207,10 @@ pub fn run_bench(opts: &BenchOptions, on_case: &mut dyn FnMut(&CaseResult)) -> R
         }
     } else {
         tracing::info!("bench: prefilling {} bytes of {}", range, target.describe());
-        prefill(&mut target, range, opts.seed)?;
+        prefill(target, range, opts.seed)?;
     }
     let cases = plan(opts, range);
-    let rows = run_cases(&mut target, &cases, opts.rounds, fio.as_ref(), on_case)?;
+    let rows = run_cases(target, &cases, opts.rounds, fio, on_case)?;
     Ok(BenchReport {
         schema: SCHEMA,
         section: opts.section.clone(),
@@ -238,6 +252,25 @@ mod tests {
         assert_eq!(row.iops_rounds.len(), 3);
         assert!(row.iops_rounds.contains(&row.iops));
         assert!(row.fio_iops_rounds.is_empty());
+    }
+
+    #[test]
+    fn read_only_disk_runs_reads_and_refuses_writes() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(2 << 20).unwrap();
+        let spec = format!("format=raw,path={},read-only=on", f.path().display());
+        let reads = BenchOptions {
+            spec: spec.clone(),
+            workloads: vec![Workload::RandRead],
+            limit: Limit::Ops(50),
+            ..Default::default()
+        };
+        let report = run_bench(&reads, &mut |_| {}).unwrap();
+        assert_eq!(report.cases.len(), 2);
+        let writes = BenchOptions { workloads: vec![Workload::SeqWrite], ..reads };
+        let e = run_bench(&writes, &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ReadOnly);
+        assert!(e.to_string().contains("seqwrite"), "{e}");
     }
 
     #[test]
