@@ -462,5 +462,12 @@ impl Drop for Inner {
                 break;
             }
         }
+        // Release registered files now: the kernel tears a ring down asynchronously after its fd
+        // is closed (even after the process exits), and until then the registrations keep the
+        // files open — and their OFD locks held, so `qemu-img` right after a clean daemon exit
+        // would find the image still locked.
+        if self.fixed_files {
+            let _ = self.ring.borrow().submitter().unregister_files();
+        }
     }
 }
