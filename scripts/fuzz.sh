@@ -42,7 +42,10 @@ run_one() {
     echo "fuzz: $target for ${secs}s"
     mkdir -p "corpus/$target"
     local rc=0
-    cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" "$@" >"$log" 2>&1 || rc=$?
+    # Checked-in seeds (tests/fuzz/seeds/TARGET: e.g. small valid images) join the corpus.
+    local seeds=()
+    [ -d "seeds/$target" ] && seeds=("seeds/$target")
+    cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$secs" "$@" >"$log" 2>&1 || rc=$?
     local done_line
     done_line="$(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1 || true)"
     if [ "$rc" -ne 0 ]; then

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use vhost_user_blk::config::Config;
 use vhost_user_blk::server::{demo, Daemon, DiskSpec};
 
@@ -15,13 +15,10 @@ use vhost_user_blk::server::{demo, Daemon, DiskSpec};
 /// The daemon runs in the foreground. SIGTERM or SIGINT finishes in-flight requests, flushes
 /// every disk and exits 0. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
 #[derive(Parser, Debug)]
-#[command(name = "vhost-user-blk", version, after_long_help = EXAMPLES)]
+#[command(name = "vhost-user-blk", version)]
 struct Args {
     /// One export: socket=PATH,format=FMT plus the format's keys and export keys. Repeatable.
-    ///
-    /// Formats (always named, never probed):
-    ///   format=raw,path=FILE[,direct=on]   a file or block device (O_DIRECT with direct=on)
-    ///   format=mem,size=SIZE               a RAM disk (lost at exit)
+    /// The formats are listed at the end of this help.
     ///
     /// Export keys:
     ///   socket=PATH                 vhost-user socket to listen on (required)
@@ -62,8 +59,26 @@ Attach QEMU (guest memory must be shared):
   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\
     -chardev socket,id=c0,path=/tmp/vm1.sock -device vhost-user-blk-pci,chardev=c0,num-queues=2";
 
+/// The long help's tail: every format the stack builder knows (from its registry, so a new
+/// format shows up here by itself), then examples.
+fn after_long_help() -> String {
+    let mut text = String::from("Formats (always named, never probed):\n");
+    for f in vhost_user_blk::stack::FORMATS {
+        text.push_str("  ");
+        text.push_str(f.help);
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(EXAMPLES);
+    text
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().after_long_help(after_long_help()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
