@@ -53,7 +53,7 @@ pub async fn alloc_clusters(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
                 continue 'retry;
             }
             // The first free cluster of an uncovered range becomes that range's refcount block.
-            make_refblock(sh, c);
+            make_refblock(sh, c)?;
             continue 'retry;
         }
         for c in start..start + n {
@@ -65,7 +65,8 @@ pub async fn alloc_clusters(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
 }
 
 /// Turn free cluster `c` (in a range with no refcount block) into the block for its range.
-fn make_refblock(sh: &Shared, c: u64) {
+/// A damaged image can still make the self-reference fail (an error, never a panic).
+fn make_refblock(sh: &Shared, c: u64) -> Result<()> {
     let cs = sh.geo.cluster_size();
     let per_block = sh.geo.refblock_entries();
     let mut m = sh.lock();
@@ -79,8 +80,12 @@ fn make_refblock(sh: &Shared, c: u64) {
     m.reftable_dirty.insert(idx);
     // The block counts itself.
     match m.set_refcount(c, 1) {
-        Ok(()) => {}
-        Err(LookupErr::Miss(_)) | Err(LookupErr::Err(_)) => unreachable!("new refcount block slices are cached"),
+        Ok(()) => Ok(()),
+        Err(LookupErr::Err(e)) => Err(e),
+        Err(LookupErr::Miss(_)) => Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("{}: new refcount block at cluster {c} does not cover its own refcount", sh.name),
+        )),
     }
 }
 
