@@ -16,12 +16,14 @@ pub mod markdown;
 pub mod report;
 pub mod run;
 pub mod sysinfo;
+mod vhost_user;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use dev_target::DevTarget;
 pub use hist::Histogram;
+pub use vhost_user::VhostUserTarget;
 
 /// What one case does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
