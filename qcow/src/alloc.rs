@@ -13,15 +13,31 @@ use crate::imagefile::{self, site};
 use crate::meta::{set_bits, LookupErr};
 use crate::shared::Shared;
 
+/// How far past the end of the file a free-cluster scan goes before calling the image damaged.
+const SCAN_MARGIN: u64 = 1 << 20;
+
 /// First index of a run of `n` clusters with refcount 0, at or after the free hint.
 async fn find_free_run(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
     let mut start = sh.lock().free_hint;
     let mut len = 0;
     let mut c = start;
     let limit = 1u64 << (56 - sh.geo.cluster_bits);
+    // Refcounts that claim clusters far past the end of the file can only come from a damaged
+    // image; stop scanning there rather than walk billions of clusters (a hang).
+    let file_clusters = sh.file.info().size >> sh.geo.cluster_bits;
+    let scan_end = file_clusters.saturating_add(n).saturating_add(SCAN_MARGIN).max(start.saturating_add(n));
     while len < n {
         if c >= limit {
             return Err(Error::new(ErrorKind::NoSpace, format!("{}: no free clusters below 2^56 bytes", sh.name)));
+        }
+        if c >= scan_end {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{}: refcounts claim every cluster up to {c}, far past the end of the image file                      ({file_clusters} clusters); run check --repair all",
+                    sh.name
+                ),
+            ));
         }
         let rc = sh.lookup(io, |m| m.refcount(c)).await?;
         if rc == 0 {

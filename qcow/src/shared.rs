@@ -69,7 +69,7 @@ impl Shared {
             }
         };
         let file_end = self.file.info().size.next_multiple_of(self.geo.cluster_size());
-        if off + len as u64 > file_end {
+        if off.checked_add(len as u64).is_none_or(|end| end > file_end) {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!("{}: {what} at {off:#x} lies past the end of the image file ({file_end} bytes)", self.name),
