@@ -1,5 +1,5 @@
-//! `--demo`: a sparse 8 GiB raw disk under `./strata-demo/`, served at `./strata-demo/disk.sock`,
-//! and the QEMU command line that attaches to it.
+//! `--demo`: an 8 GiB qcow2 disk (created by strata, empty until the guest writes) under
+//! `./strata-demo/`, served at `./strata-demo/disk.sock`, and the QEMU command line that attaches.
 
 use std::path::{Path, PathBuf};
 
@@ -8,15 +8,16 @@ use super::disk_spec::DiskSpec;
 /// Size of the demo disk.
 pub const DEMO_SIZE: u64 = 8 << 30;
 
-/// Create `dir/disk.raw` once (sparse) and return the spec that serves it at `dir/disk.sock`.
+/// Create `dir/disk.qcow2` once and return the spec that serves it at `dir/disk.sock`.
 pub fn prepare(dir: &Path) -> Result<DiskSpec, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
-    let image = dir.join("disk.raw");
+    let image = dir.join("disk.qcow2");
     if !image.exists() {
-        let f = std::fs::File::create(&image).map_err(|e| format!("{}: cannot create: {e}", image.display()))?;
-        f.set_len(DEMO_SIZE).map_err(|e| format!("{}: cannot size: {e}", image.display()))?;
-        tracing::info!("created the sparse 8 GiB demo disk {}", image.display());
+        let io = blockdev::IoCtx::new().map_err(|e| e.to_string())?;
+        let opts = qcow::CreateOptions { size: DEMO_SIZE, ..Default::default() };
+        qcow::create_path(&io, &image, &opts).map_err(|e| format!("{}: cannot create: {e}", image.display()))?;
+        tracing::info!("created the 8 GiB qcow2 demo disk {}", image.display());
     }
     let socket = dir.join("disk.sock");
     for p in [&image, &socket] {
@@ -25,7 +26,7 @@ pub fn prepare(dir: &Path) -> Result<DiskSpec, String> {
         }
     }
     DiskSpec::parse(&format!(
-        "socket={},format=raw,path={},name=demo,serial=strata-demo",
+        "socket={},format=qcow2,path={},name=demo,serial=strata-demo",
         socket.display(),
         image.display()
     ))

@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Create (once) a sparse 8 GiB disk under ./strata-demo/, serve it at
+    /// Create (once) an 8 GiB qcow2 disk under ./strata-demo/, serve it at
     /// ./strata-demo/disk.sock and print the QEMU command line that attaches to it.
     #[arg(long)]
     demo: bool,
