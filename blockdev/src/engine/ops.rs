@@ -89,7 +89,24 @@ macro_rules! with_target {
     };
 }
 
+/// Requests at least this large go straight to io_uring's worker threads (IOSQE_ASYNC).
+///
+/// Large buffered copies are punted there anyway once the non-blocking attempt fails, and io-wq
+/// only starts a second worker for work marked concurrent (which IOSQE_ASYNC does): without it every
+/// large copy queues behind one worker thread and sequential throughput is one CPU's memcpy.
+/// Small requests keep the inline attempt, which completes page-cache hits without a thread hop.
+pub const ASYNC_THRESHOLD: usize = 128 << 10;
+
 fn build_sqe(target: Target, kind: Kind, bufs: &IoBufs) -> squeue::Entry {
+    let sqe = build_sqe_inner(target, kind, bufs);
+    if matches!(kind, Kind::Readv { .. } | Kind::Writev { .. }) && bufs.len() >= ASYNC_THRESHOLD {
+        sqe.flags(squeue::Flags::ASYNC)
+    } else {
+        sqe
+    }
+}
+
+fn build_sqe_inner(target: Target, kind: Kind, bufs: &IoBufs) -> squeue::Entry {
     let iov = bufs.iovecs();
     // The kernel caps one readv/writev at IOV_MAX segments; callers split before that.
     let nr = iov.len().min(libc::UIO_MAXIOV as usize) as u32;
