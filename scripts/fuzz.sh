@@ -45,7 +45,12 @@ run_one() {
     # Checked-in seeds (tests/fuzz/seeds/TARGET: e.g. small valid images) join the corpus.
     local seeds=()
     [ -d "seeds/$target" ] && seeds=("seeds/$target")
-    cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$secs" "$@" >"$log" 2>&1 || rc=$?
+    # Per-target libFuzzer options (tests/fuzz/options/TARGET: one per line, # comments).
+    local extra=()
+    if [ -f "options/$target" ]; then
+        mapfile -t extra < <(grep -v '^\s*#' "options/$target" | grep -v '^\s*$')
+    fi
+    cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$secs" "${extra[@]}" "$@" >"$log" 2>&1 || rc=$?
     local done_line
     done_line="$(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1 || true)"
     if [ "$rc" -ne 0 ]; then

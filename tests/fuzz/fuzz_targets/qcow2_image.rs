@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
-use blockdev::{BlockDev, IoCtx, IoTag, MemDisk, SharedBuf};
+use blockdev::{BlockDev, EngineConfig, IoCtx, IoTag, MemDisk, SharedBuf};
 use libfuzzer_sys::fuzz_target;
 use qcow::check::{check, Repair};
 use qcow::{open_dev, Options};
 
 thread_local! {
-    static IO: IoCtx = IoCtx::new().expect("io_uring engine");
+    // A small buffer pool: the default keeps up to 64 buffers per size class for queue depth,
+    // which only inflates this single-request target's memory (and libFuzzer's RSS limit).
+    static IO: IoCtx = IoCtx::with_config(EngineConfig { pool_buffers_per_class: 2, ..EngineConfig::default() })
+        .expect("io_uring engine");
 }
 
 /// Room for the image to grow into when a write allocates clusters.
