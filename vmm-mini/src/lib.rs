@@ -1,1 +1,45 @@
-//! wip
+//! vmm-mini: a minimal KVM VMM whose disks are vhost-user-blk backends.
+//!
+//! `vmm-mini probe` boots a tiny built-in bare-metal guest that checks a backend end to end.
+//! Guest memory is a shared memfd; disks are virtio-mmio (version 2) devices whose queues the
+//! backend serves directly (KVM ioeventfd for kicks, irqfd for interrupts). This crate uses no
+//! storage crate of the workspace: disks come only over vhost-user sockets.
+
+pub mod blk_device;
+pub mod cpu;
+pub mod devices;
+pub mod disk_spec;
+pub mod layout;
+pub mod memory;
+pub mod probe;
+pub mod serial;
+pub mod vcpu;
+pub mod vhost_frontend;
+pub mod virtio_mmio;
+pub mod vm;
+
+/// Everything that can stop vmm-mini before or while running a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm is missing or unusable.
+    #[error("KVM is not available: {0}")]
+    NoKvm(String),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// Guest memory could not be written.
+    #[error("writing guest memory: {0}")]
+    GuestMemory(vm_memory::GuestMemoryError),
+    /// A disk could not be set up.
+    #[error(transparent)]
+    Disk(#[from] blk_device::BlkDeviceError),
+    /// A KVM VM ioctl failed.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+}

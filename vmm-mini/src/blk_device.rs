@@ -1,0 +1,111 @@
+//! A virtio-mmio block device whose queues run in a vhost-user backend: the transport's
+//! register file plus the frontend connection, the kick eventfds (KVM ioeventfds on
+//! `QueueNotify`) and the call eventfds (KVM irqfds, or polled by the probe guest).
+
+use std::io;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::disk_spec::DiskSpec;
+use crate::vhost_frontend::{BlkFrontend, FrontendError, VIRTIO_BLK_F_RO};
+use crate::virtio_mmio::{MmioTransport, TransportEvent, DEVICE_ID_BLOCK};
+
+/// Largest queue size offered to the driver.
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// Errors building a block device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkDeviceError {
+    /// Talking to the backend failed.
+    #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(io::Error),
+}
+
+/// One vhost-user-blk disk on a virtio-mmio window.
+pub struct BlkDevice {
+    transport: MmioTransport,
+    frontend: BlkFrontend,
+    mem: GuestMemoryMmap,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    running: bool,
+}
+
+impl BlkDevice {
+    /// Connects to the disk's backend and builds the device the guest will see.
+    pub fn new(spec: &DiskSpec, mem: GuestMemoryMmap) -> Result<Self, BlkDeviceError> {
+        let frontend = BlkFrontend::connect(&spec.socket, spec.num_queues)?;
+        let mut features = frontend.guest_features();
+        if spec.read_only {
+            features |= VIRTIO_BLK_F_RO;
+        }
+        let n = usize::from(frontend.num_queues());
+        let eventfds = || (0..n).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>();
+        let kicks = eventfds().map_err(BlkDeviceError::EventFd)?;
+        let calls = eventfds().map_err(BlkDeviceError::EventFd)?;
+        let transport = MmioTransport::new(DEVICE_ID_BLOCK, features, n, QUEUE_MAX_SIZE, frontend.config().to_vec());
+        Ok(BlkDevice { transport, frontend, mem, kicks, calls, running: false })
+    }
+
+    /// The eventfds the guest's `QueueNotify` writes must signal, one per queue (register them
+    /// as KVM ioeventfds with the queue index as datamatch).
+    pub fn kick_fds(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// The eventfds the backend signals when it used buffers, one per queue (register them as
+    /// KVM irqfds of the device's interrupt line).
+    pub fn call_fds(&self) -> &[EventFd] {
+        &self.calls
+    }
+
+    /// The backend connection.
+    pub fn frontend(&self) -> &BlkFrontend {
+        &self.frontend
+    }
+
+    /// Stops the backend's vrings if the guest started them.
+    pub fn stop(&mut self) -> Result<(), FrontendError> {
+        self.running = false;
+        self.frontend.stop()
+    }
+
+    /// A guest read in the device's window.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        self.transport.read(offset, data);
+    }
+
+    /// A guest write in the device's window. A backend that refuses to start or stop leaves
+    /// the device in DEVICE_NEEDS_RESET and the error is returned for logging; the guest
+    /// carries on.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FrontendError> {
+        match self.transport.write(offset, data) {
+            Some(TransportEvent::DriverOk) => {
+                let queues = self.transport.queues().to_vec();
+                let features = self.transport.driver_features();
+                let started = self.frontend.start(&self.mem, features, &queues, &self.kicks, &self.calls);
+                self.running = true;
+                if let Err(e) = started {
+                    self.transport.set_needs_reset();
+                    return Err(e);
+                }
+            }
+            Some(TransportEvent::Reset) if self.running => {
+                self.running = false;
+                self.frontend.stop()?;
+            }
+            Some(TransportEvent::Notify(queue)) => {
+                if let Some(kick) = self.kicks.get(queue as usize) {
+                    // A full eventfd counter already means "kicked": nothing is lost.
+                    let _ = kick.write(1);
+                }
+            }
+            Some(TransportEvent::Reset) | None => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! `vmm-mini probe`: boots the built-in bare-metal guest (guest/probe.S) against one
+//! vhost-user-blk disk and reports which checks passed.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::blk_device::BlkDevice;
+use crate::cpu::{enter_long_mode, set_cpuid, write_boot_tables};
+use crate::devices::{Devices, GuestExit};
+use crate::disk_spec::DiskSpec;
+use crate::layout::{PROBE_ENTRY, PROBE_STACK_TOP};
+use crate::memory::create_guest_memory;
+use crate::serial::new_serial;
+use crate::vcpu::{lock, VcpuThreads};
+use crate::vm::Vm;
+use crate::Error;
+
+/// The probe guest, assembled by build.rs.
+pub static PROBE_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe.bin"));
+
+/// Names of the probe's checks; check `n` (as the guest numbers them) is `CHECKS[n - 1]`.
+/// Keep in sync with the CHECK_* numbers in guest/probe.S.
+pub const CHECKS: [&str; 10] =
+    ["device", "features", "queue", "capacity", "id", "write", "flush", "read", "compare", "past-end"];
+
+/// Guest RAM of the probe VM: enough for its tables, code, rings and buffers.
+const PROBE_MEMORY: u64 = 4 << 20;
+
+/// Default seed of the data pattern ("STRATA" and a counter).
+pub const DEFAULT_SEED: u64 = 0x5354_5241_5441_0000;
+
+/// What to probe and how long to wait.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// The disk.
+    pub disk: DiskSpec,
+    /// Give up (and name the running check) after this long.
+    pub timeout: Duration,
+    /// Qword `i` of the pattern written to sectors 0-1 is `seed + i`; the last sector gets
+    /// qwords 64-127.
+    pub seed: u64,
+}
+
+/// How the probe ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Every check passed.
+    Passed,
+    /// The named check failed.
+    Failed(&'static str),
+    /// The guest was still running the named check when the timeout hit.
+    TimedOut(&'static str),
+    /// The guest stopped without a result.
+    GuestFault(String),
+}
+
+impl std::fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeOutcome::Passed => write!(f, "all checks passed"),
+            ProbeOutcome::Failed(check) => write!(f, "check '{check}' failed"),
+            ProbeOutcome::TimedOut(check) => write!(f, "timed out in check '{check}'"),
+            ProbeOutcome::GuestFault(why) => write!(f, "guest stopped without a result: {why}"),
+        }
+    }
+}
+
+fn check_name(number: u8) -> &'static str {
+    usize::from(number).checked_sub(1).and_then(|i| CHECKS.get(i)).copied().unwrap_or("unknown")
+}
+
+/// The result of a probe run.
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    /// How it ended.
+    pub outcome: ProbeOutcome,
+    /// From process start of the VM set-up to the guest's last exit.
+    pub elapsed: Duration,
+    /// Time to connect, negotiate and build the VM, before the vCPU first runs.
+    pub setup: Duration,
+}
+
+/// Runs the probe guest against `opts.disk`; its serial output goes to stdout.
+pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
+    let start = Instant::now();
+    let mem = create_guest_memory(PROBE_MEMORY)?;
+    let disk = BlkDevice::new(&opts.disk, mem.clone())?;
+    let vm = Vm::new(mem.clone())?;
+    for (queue, kick) in disk.kick_fds().iter().enumerate() {
+        vm.register_kick(0, queue as u32, kick)?;
+    }
+    write_boot_tables(&mem).map_err(Error::GuestMemory)?;
+    mem.write_slice(PROBE_GUEST, GuestAddress(PROBE_ENTRY)).map_err(Error::GuestMemory)?;
+    let vcpu = vm.create_vcpu(0)?;
+    set_cpuid(&vcpu, 0, &vm.supported_cpuid()?)?;
+    enter_long_mode(&vcpu, 0, PROBE_ENTRY, PROBE_STACK_TOP, 0, opts.seed)?;
+
+    let progress = Arc::new(AtomicU8::new(0));
+    let serial = new_serial(Box::new(std::io::stdout())).map_err(Error::Io)?;
+    let devices = Arc::new(Mutex::new(Devices { serial, disks: vec![disk], probe: Some(progress.clone()) }));
+    let (exits, exit_rx) = mpsc::channel();
+    let setup = start.elapsed();
+    let threads = VcpuThreads::spawn(vec![vcpu], devices.clone(), exits).map_err(Error::Io)?;
+    let outcome = match exit_rx.recv_timeout(opts.timeout) {
+        Ok(GuestExit::ProbeResult(0)) => ProbeOutcome::Passed,
+        Ok(GuestExit::ProbeResult(n)) => ProbeOutcome::Failed(check_name(n)),
+        Ok(other) => ProbeOutcome::GuestFault(format!("{other:?}")),
+        Err(_) => ProbeOutcome::TimedOut(check_name(progress.load(Ordering::Relaxed))),
+    };
+    let elapsed = start.elapsed();
+    threads.stop();
+    lock(&devices).stop_disks();
+    Ok(ProbeReport { outcome, elapsed, setup })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_numbers_map_to_names() {
+        assert_eq!(check_name(1), "device");
+        assert_eq!(check_name(10), "past-end");
+        assert_eq!(check_name(0), "unknown");
+        assert_eq!(check_name(200), "unknown");
+    }
+
+    #[test]
+    fn probe_guest_is_assembled_and_small() {
+        assert!(!PROBE_GUEST.is_empty());
+        assert!(PROBE_GUEST.len() < 0x1_0000, "the guest must fit below its rings");
+    }
+}

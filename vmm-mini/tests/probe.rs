@@ -1,0 +1,190 @@
+//! `vmm-mini probe` end to end against real vhost-user-blk backends: qemu-storage-daemon and
+//! strata's own daemon serving the same file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SECTOR: u64 = 512;
+
+fn vmm_mini() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmm-mini"))
+}
+
+/// strata's daemon, built next to vmm-mini by `cargo build/test --workspace`.
+fn strata_daemon() -> Option<PathBuf> {
+    let path = vmm_mini().parent()?.join("vhost-user-blk");
+    path.exists().then_some(path)
+}
+
+fn have_kvm() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    eprintln!("SKIPPED: /dev/kvm is missing");
+    false
+}
+
+fn have_qsd() -> bool {
+    let found = Command::new("qemu-storage-daemon").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: qemu-storage-daemon is not installed");
+    }
+    found
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-mini-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A backend process, killed on drop.
+struct Backend(Child);
+
+impl Backend {
+    fn start(cmd: &mut Command, socket: &Path) -> Backend {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the backend");
+        let backend = Backend(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "backend never created {}", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        backend
+    }
+
+    fn qsd(image: &Path, socket: &Path) -> Backend {
+        let blockdev = format!("driver=file,node-name=f,filename={}", image.display());
+        let export =
+            format!("type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on", socket.display());
+        Backend::start(Command::new("qemu-storage-daemon").args(["--blockdev", &blockdev, "--export", &export]), socket)
+    }
+
+    fn strata(daemon: &Path, image: &Path, socket: &Path) -> Backend {
+        let disk = format!("socket={},format=raw,path={},serial=strata-probe", socket.display(), image.display());
+        Backend::start(Command::new(daemon).args(["--disk", &disk]), socket)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM lets both daemons flush and exit.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn probe(socket: &Path, seed: u64) -> Output {
+    let started = Instant::now();
+    let out = Command::new(vmm_mini())
+        .args(["probe", "--disk", &format!("socket={}", socket.display()), "--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the probe must finish in under 10 s");
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sectors 0-1 hold qwords seed+0..127, the last sector qwords seed+64..127.
+fn assert_pattern_on_disk(image: &Path, seed: u64) {
+    let data = std::fs::read(image).unwrap();
+    let qword = |off: usize| u64::from_le_bytes(data[off..off + 8].try_into().unwrap());
+    for i in 0..128 {
+        assert_eq!(qword(i * 8), seed + i as u64, "sectors 0-1, qword {i}");
+    }
+    let last = data.len() - SECTOR as usize;
+    for i in 0..64 {
+        assert_eq!(qword(last + i * 8), seed + 64 + i as u64, "last sector, qword {i}");
+    }
+}
+
+fn image(dir: &TempDir, sectors: u64) -> PathBuf {
+    let path = dir.0.join("disk.img");
+    std::fs::File::create(&path).unwrap().set_len(sectors * SECTOR).unwrap();
+    path
+}
+
+#[test]
+fn probe_passes_against_qsd_and_strata_serving_the_same_file() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    let Some(daemon) = strata_daemon() else {
+        eprintln!("SKIPPED: strata's daemon is not built (cargo build -p vhost-user-blk --bin vhost-user-blk)");
+        return;
+    };
+    let dir = TempDir::new("both");
+    let img = image(&dir, 2048);
+
+    let socket = dir.0.join("qsd.sock");
+    let qsd = Backend::qsd(&img, &socket);
+    let out = probe(&socket, 0x1111_0000);
+    qsd.stop();
+    assert!(out.status.success(), "qsd: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("capacity 0x0000000000000800 ok"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("id vhost_user_blk ok"), "{}", stdout(&out));
+    assert_pattern_on_disk(&img, 0x1111_0000);
+
+    let socket = dir.0.join("strata.sock");
+    let strata = Backend::strata(&daemon, &img, &socket);
+    let out = probe(&socket, 0x2222_0000);
+    strata.stop();
+    assert!(out.status.success(), "strata: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("capacity 0x0000000000000800 ok"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("id strata-probe ok"), "{}", stdout(&out));
+    assert!(stdout(&out).ends_with("PASS\n"), "{}", stdout(&out));
+    assert_pattern_on_disk(&img, 0x2222_0000);
+}
+
+#[test]
+fn probe_names_the_failed_check() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    let dir = TempDir::new("tiny");
+    let img = image(&dir, 2);
+    let socket = dir.0.join("qsd.sock");
+    let _qsd = Backend::qsd(&img, &socket);
+
+    let out = probe(&socket, 1);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("capacity 0x0000000000000002 FAIL"), "{}", stdout(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("check 'capacity' failed"), "{stderr}");
+}
+
+#[test]
+fn probe_without_a_backend_names_the_socket() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new("nobackend");
+    let socket = dir.0.join("missing.sock");
+
+    let out = probe(&socket, 1);
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.sock") && stderr.contains("connect"), "{stderr}");
+}
