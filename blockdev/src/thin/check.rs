@@ -52,3 +52,32 @@ pub async fn check(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thin::PoolConfig;
+    use crate::{IoTag, MemDisk, SharedBuf};
+
+    #[test]
+    fn leaks_give_exit_3_and_repair_fixes_them() {
+        let io = IoCtx::new().unwrap();
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDisk::new(16 << 20).unwrap());
+        let pool = io.block_on(Pool::create(&io, dev.clone(), None, PoolConfig::default())).unwrap();
+        io.block_on(pool.create_volume(&io, "a", 1 << 20)).unwrap();
+        let vol = pool.volume("a").unwrap();
+        let mut b = SharedBuf::from_slice(&[1; 512]);
+        io.block_on(vol.write(&io, 0, b.io(), true, IoTag::DATA)).unwrap();
+        pool.set_refcount_for_test(0, 2);
+        pool.set_refcount_for_test(5, 1);
+        io.block_on(pool.commit(&io)).unwrap();
+        drop((vol, pool));
+
+        let report = io.block_on(check(&io, dev.clone(), None, false)).unwrap();
+        assert_eq!(report.exit_code(), 3, "{report:?}");
+        assert_eq!(report.leaks, vec![(0, 2, 1), (5, 1, 0)]);
+        let repaired = io.block_on(check(&io, dev.clone(), None, true)).unwrap();
+        assert_eq!((repaired.exit_code(), repaired.repaired), (0, 2));
+        assert_eq!(io.block_on(check(&io, dev, None, false)).unwrap().exit_code(), 0);
+    }
+}

@@ -381,6 +381,14 @@ impl Pool {
         Ok(n)
     }
 
+    /// Overwrite a stored reference count (tests make leaks with it).
+    #[cfg(test)]
+    pub(crate) fn set_refcount_for_test(&self, block: u64, rc: u64) {
+        let mut st = self.inner.lock();
+        st.sm.set(block, rc);
+        st.meta_dirty = true;
+    }
+
     /// Audit the in-memory state (tests; the checker audits what is on disk).
     pub fn audit(&self) -> Audit {
         load::audit(&self.inner.lock())
