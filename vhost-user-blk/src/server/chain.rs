@@ -121,8 +121,8 @@ fn map_range(mem: &GuestMem, addr: u64, len: u32, out: &mut IoBufs) -> Result<()
 
 /// Walk the chain starting at `head` in the descriptor table at `table` (a queue of `queue_size`),
 /// mapping every buffer. `keep` (the guest memory snapshot `mem` comes from) is attached to both
-/// buffer lists. At most `max_descs` descriptors are mapped; past that the chain is still walked
-/// (so a loop is still caught) but only counted.
+/// buffer lists. At most `max_descs` descriptors and the last one are mapped; past that the chain
+/// is still walked (so a loop is still caught) but only counted.
 pub fn map_chain(
     mem: &Arc<GuestMem>,
     keep: &Keepalive,
@@ -175,7 +175,9 @@ pub fn map_chain(
         }
         in_writable |= writable;
         out.descriptors += 1;
-        if out.descriptors <= max_descs {
+        // The last descriptor is always mapped: it holds the status byte, which even a refused
+        // request (too many segments) must find in its place, not in a data buffer.
+        if out.descriptors <= max_descs || d.flags & F_NEXT == 0 {
             let dst = if writable { &mut out.writable } else { &mut out.readable };
             map_range(mem, d.addr, d.len, dst)?;
         }
@@ -274,6 +276,20 @@ mod tests {
         put(&m, 0x5000, 2, 0x4000, 1, F_WRITE, 0);
         let c = walk(&m, 0).unwrap();
         assert_eq!((c.readable.len(), c.writable.len()), (16, 4097));
+    }
+
+    #[test]
+    fn chain_longer_than_max_descs_still_maps_its_last_descriptor() {
+        let m = mem();
+        put(&m, TABLE, 0, 0x2000, 16, F_NEXT, 1);
+        for i in 1..7 {
+            put(&m, TABLE, i, 0x3000 + u64::from(i) * 0x100, 16, F_NEXT | F_WRITE, i + 1);
+        }
+        put(&m, TABLE, 7, 0x4000, 1, F_WRITE, 0);
+        let keep: Keepalive = Rc::new(m.clone());
+        let c = map_chain(&m, &keep, TABLE, 8, 0, 3).unwrap();
+        // Header, two data buffers, then the status descriptor; the rest only counted.
+        assert_eq!((c.descriptors, c.readable.len(), c.writable.len()), (8, 16, 33));
     }
 
     #[test]

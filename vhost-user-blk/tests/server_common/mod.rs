@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod ring;
+
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
