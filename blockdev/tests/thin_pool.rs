@@ -253,3 +253,68 @@ fn random_workloads_on_several_volumes_match_their_models_across_reopen() {
         assert_eq!(report.exit_code(), 0, "{report:?}");
     }
 }
+
+#[test]
+fn periodic_commit_makes_unflushed_writes_durable() {
+    let io = IoCtx::new().unwrap();
+    let disk = mem(16 << 20);
+    let crash = blockdev::testdev::CrashDev::new(disk.clone());
+    let pool = create(&io, Arc::new(crash.clone()));
+    io.block_on(pool.create_volume(&io, "a", 1 << 20)).unwrap();
+    let a = pool.volume("a").unwrap();
+    pool.start_periodic_commit(std::time::Duration::from_millis(20)).unwrap();
+    let tx = pool.info().transaction_id;
+    write(&io, &a, 0, &[6; 4096], false).unwrap();
+    assert!(pool.is_dirty());
+    let start = std::time::Instant::now();
+    while pool.info().transaction_id == tx && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(pool.info().transaction_id > tx, "no periodic commit within 10 s");
+    io.block_on(crash.crash(&io, blockdev::testdev::CrashMode::KeepNone)).unwrap();
+    drop((a, pool));
+    let pool = io.block_on(Pool::open(&io, disk, None)).unwrap();
+    assert_eq!(read(&io, &pool.volume("a").unwrap(), 0, 4096), vec![6; 4096]);
+}
+
+/// A device that does not support write-zeroes (so a new pool knows no block to be zero).
+struct NoWriteZeroes(Arc<dyn BlockDev>);
+
+impl BlockDev for NoWriteZeroes {
+    fn info(&self) -> blockdev::DevInfo {
+        blockdev::DevInfo { write_zeroes: false, ..self.0.info() }
+    }
+    fn read(&self, io: &IoCtx, off: u64, bufs: blockdev::IoBufs, tag: IoTag) -> IoFuture {
+        self.0.read(io, off, bufs, tag)
+    }
+    fn write(&self, io: &IoCtx, off: u64, bufs: blockdev::IoBufs, fua: bool, tag: IoTag) -> IoFuture {
+        self.0.write(io, off, bufs, fua, tag)
+    }
+    fn flush(&self, io: &IoCtx, tag: IoTag) -> IoFuture {
+        self.0.flush(io, tag)
+    }
+    fn discard(&self, io: &IoCtx, off: u64, len: u64, tag: IoTag) -> IoFuture {
+        self.0.discard(io, off, len, tag)
+    }
+    fn write_zeroes(&self, _io: &IoCtx, _off: u64, _len: u64, _unmap: bool, _tag: IoTag) -> IoFuture {
+        blockdev::ready(Err(blockdev::Error::new(ErrorKind::Unsupported, "no write-zeroes")))
+    }
+}
+
+#[test]
+fn pool_on_a_device_without_write_zeroes_zero_fills_every_first_write() {
+    let io = IoCtx::new().unwrap();
+    let disk = mem(8 << 20);
+    // Garbage where the data blocks will be.
+    write(&io, &*disk, 1 << 20, &vec![0xff; 7 << 20], false).unwrap();
+    let dev: Arc<dyn BlockDev> = Arc::new(NoWriteZeroes(disk));
+    let pool = create(&io, dev);
+    let blocks = pool.info().data_blocks;
+    io.block_on(pool.create_volume(&io, "a", blocks * BS)).unwrap();
+    let a = pool.volume("a").unwrap();
+    for b in 0..blocks {
+        write(&io, &a, b * BS + 512, &[1; 512], false).unwrap();
+        let got = read(&io, &a, b * BS, 2048);
+        assert_eq!(got, [vec![0; 512], vec![1; 512], vec![0; 1024]].concat(), "block {b}");
+    }
+}

@@ -188,6 +188,7 @@ impl Pool {
         write_pages(io, &meta, &[(0, vec![0; PAGE_SIZE]), (1, vec![0; PAGE_SIZE])], IoTag::meta("thin.superblock"))
             .await?;
         let mut st = PoolState::new(sb);
+        st.rebuild_free_list();
         st.meta_dirty = true;
         let pool = Pool::from_state(meta, data, shared_dev, st);
         pool.commit(io).await?;
@@ -232,6 +233,40 @@ impl Pool {
     /// Commit everything done so far (what a FLUSH does).
     pub async fn commit(&self, io: &IoCtx) -> Result<()> {
         commit(&self.inner, io).await
+    }
+
+    /// Commit from a background thread of its own every `every` while the pool has uncommitted
+    /// changes. The thread ends once the pool is dropped (within one interval).
+    pub fn start_periodic_commit(&self, every: std::time::Duration) -> Result<()> {
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("thin-commit".into())
+            .spawn(move || {
+                let io = match IoCtx::new() {
+                    Ok(io) => io,
+                    Err(e) => return tracing::error!("thin pool: periodic commit thread has no io ring: {e}"),
+                };
+                loop {
+                    std::thread::sleep(every);
+                    let Some(inner) = weak.upgrade() else { return };
+                    let dirty = {
+                        let st = inner.lock();
+                        st.meta_dirty && st.failed.is_none()
+                    };
+                    if dirty {
+                        if let Err(e) = io.block_on(commit(&inner, &io)) {
+                            tracing::warn!("thin pool: periodic commit failed: {e}");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::from_io(e, "thin pool: start the periodic commit thread"))?;
+        Ok(())
+    }
+
+    /// True when changes wait for a commit.
+    pub fn is_dirty(&self) -> bool {
+        self.inner.lock().meta_dirty
     }
 
     /// Commit and stop (the pool stays usable).

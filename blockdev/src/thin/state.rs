@@ -4,7 +4,7 @@
 //!
 //! Held under a `std::sync::Mutex` that is never kept across an `.await`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::task::Waker;
 
 use super::dir;
@@ -107,6 +107,10 @@ pub struct PoolState {
     pub waiters: Vec<Waker>,
     /// Blocks whose stored refcount exceeded their references at open.
     pub leaked: u64,
+    /// Data blocks with reads in flight, and how many.
+    pins: HashMap<u64, u32>,
+    /// Freed blocks held back until the reads in flight on them finish.
+    deferred: HashSet<u64>,
 }
 
 fn corrupt(msg: impl Into<String>) -> Error {
@@ -143,6 +147,8 @@ impl PoolState {
             committing: false,
             waiters: Vec::new(),
             leaked: 0,
+            pins: HashMap::new(),
+            deferred: HashSet::new(),
             sb,
         }
     }
@@ -169,6 +175,24 @@ impl PoolState {
     /// refcount 0).
     pub fn rebuild_free_list(&mut self) {
         self.free = (0..self.fresh_next).rev().filter(|&b| self.sm.get(b) == 0).collect();
+    }
+
+    /// A read of data block `block` starts: it is not reused before `unpin`.
+    pub fn pin(&mut self, block: u64) {
+        *self.pins.entry(block).or_default() += 1;
+    }
+
+    /// A read of data block `block` finished.
+    pub fn unpin(&mut self, block: u64) {
+        if let Some(n) = self.pins.get_mut(&block) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&block);
+                if self.deferred.remove(&block) {
+                    self.free.push(block);
+                }
+            }
+        }
     }
 
     /// Wake every waiting task.
@@ -383,8 +407,13 @@ impl PoolState {
             }
         }
         self.dir_pages = plan.dir_pages;
-        let freed = std::mem::take(&mut self.freed_in_commit);
-        self.free.extend(freed);
+        for b in std::mem::take(&mut self.freed_in_commit) {
+            if self.pins.contains_key(&b) {
+                self.deferred.insert(b);
+            } else {
+                self.free.push(b);
+            }
+        }
         self.new_in_commit.clear();
     }
 }

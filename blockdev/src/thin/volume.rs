@@ -226,15 +226,35 @@ async fn write(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs
     Ok(())
 }
 
+/// Data blocks a read is using: freed blocks are not reused until it is dropped.
+struct Pins {
+    inner: Arc<PoolInner>,
+    blocks: Vec<u64>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        for &b in &self.blocks {
+            st.unpin(b);
+        }
+    }
+}
+
 async fn read(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs) -> Result<()> {
     let segs = segments(inner.block_size, off, bufs.len() as u64);
-    let blocks: Vec<u64> = {
-        let st = inner.lock();
+    let (entries, _pins) = {
+        let mut st = inner.lock();
         let v = st.volumes.get(&id).ok_or_else(|| Error::new(ErrorKind::NotFound, "thin volume was removed"))?;
-        segs.iter().map(|s| v.map.get(s.vb)).collect()
+        let entries: Vec<u64> = segs.iter().map(|s| v.map.get(s.vb)).collect();
+        let blocks: Vec<u64> = entries.iter().filter(|&&e| e != 0).map(|e| e - 1).collect();
+        for &b in &blocks {
+            st.pin(b);
+        }
+        (entries, Pins { inner: inner.clone(), blocks })
     };
     let mut futs: Vec<IoFuture> = Vec::new();
-    for (s, e) in segs.iter().zip(blocks) {
+    for (s, e) in segs.iter().zip(entries) {
         let b = bufs.slice(s.at, s.len as usize);
         if e == 0 {
             b.zero(0, b.len());

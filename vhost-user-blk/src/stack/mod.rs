@@ -11,6 +11,7 @@
 mod mem;
 mod qcow2;
 mod raw;
+mod thin;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub static FORMATS: &[Format] = &[
     raw::FORMAT,
     mem::FORMAT,
     qcow2::FORMAT,
+    thin::FORMAT,
 ];
 
 /// Prefix of a path-valued key that names an already-built node instead of a file.

@@ -42,6 +42,7 @@ macro_rules! groups {
 groups! {
     bench,
     qcow2,
+    thin,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
