@@ -1,8 +1,26 @@
-//! The daemon's TOML configuration file: the control socket and a list of exports, each a table
-//! of the same keys a `--disk` spec takes (so paths may contain `,` or `:`).
+//! The daemon's TOML configuration file: the control socket, named nodes and a list of exports,
+//! each a table of the same keys a `--disk` spec takes (so paths may contain `,` or `:`).
+//!
+//! A `[[node]]` is a device built once and named; later nodes and exports refer to it from any
+//! path-valued key as `node:NAME` (a stack), and an export serves a node as it is with
+//! `node = "NAME"` in place of `format`. Nodes are built in file order.
 //!
 //! ```toml
 //! api-socket = "/run/strata/api.sock"     # optional
+//!
+//! [[node]]
+//! name = "base"
+//! format = "raw"
+//! path = "/images/base.raw"
+//!
+//! [[node]]
+//! name = "vm2"
+//! format = "qcow2"
+//! path = "node:base"                      # a qcow2 image inside the raw node
+//!
+//! [[export]]
+//! socket = "/run/strata/vm2.sock"
+//! node = "vm2"
 //!
 //! [[export]]
 //! socket = "/run/strata/vm1.sock"
@@ -26,8 +44,19 @@ use crate::server::DiskSpec;
 pub struct Config {
     /// `api-socket`: where the control socket listens, if anywhere.
     pub api_socket: Option<PathBuf>,
+    /// Named nodes, in file order (each may refer to the ones before it).
+    pub nodes: Vec<NodeSpec>,
     /// The exports, in file order.
     pub exports: Vec<DiskSpec>,
+}
+
+/// A `[[node]]` table: a device built once and referred to as `node:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's name.
+    pub name: String,
+    /// Its device keys (`format` and the format's keys).
+    pub device: Vec<(String, String)>,
 }
 
 /// Errors reading a configuration file; each names the file and the place.
@@ -56,36 +85,62 @@ impl Config {
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         let invalid = |msg: String| ConfigError::Invalid(name.to_string(), msg);
         let table: toml::Table = text.parse().map_err(|e| ConfigError::Toml(name.to_string(), e))?;
-        let mut cfg = Config { api_socket: None, exports: Vec::new() };
+        let mut cfg = Config { api_socket: None, nodes: Vec::new(), exports: Vec::new() };
         for (key, value) in table {
             match (key.as_str(), value) {
                 ("api-socket", toml::Value::String(s)) => cfg.api_socket = Some(s.into()),
                 ("export", toml::Value::Array(items)) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        let toml::Value::Table(t) = item else {
-                            return Err(invalid(format!("export #{}: must be a table ([[export]])", i + 1)));
-                        };
-                        let pairs = t
-                            .into_iter()
-                            .map(|(k, v)| {
-                                scalar(&v)
-                                    .map(|v| (k.clone(), v))
-                                    .ok_or(format!("export #{}: key {k:?} must be a string, number or boolean", i + 1))
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(invalid)?;
+                        let pairs = pairs_of("export", i, item).map_err(&invalid)?;
                         let spec =
                             DiskSpec::from_pairs(pairs).map_err(|e| invalid(format!("export #{}: {e}", i + 1)))?;
                         cfg.exports.push(spec);
                     }
                 }
+                ("node", toml::Value::Array(items)) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let node = node_of(i, pairs_of("node", i, item).map_err(&invalid)?).map_err(&invalid)?;
+                        if cfg.nodes.iter().any(|n| n.name == node.name) {
+                            return Err(invalid(format!("node #{}: the name {:?} is used twice", i + 1, node.name)));
+                        }
+                        cfg.nodes.push(node);
+                    }
+                }
                 (other, _) => {
-                    return Err(invalid(format!("unknown or mistyped key {other:?} (api-socket, [[export]])")))
+                    return Err(invalid(format!(
+                        "unknown or mistyped key {other:?} (api-socket, [[node]], [[export]])"
+                    )))
                 }
             }
         }
         Ok(cfg)
     }
+}
+
+/// The keys of the `i`th `[[what]]` table as strings.
+fn pairs_of(what: &str, i: usize, item: toml::Value) -> Result<Vec<(String, String)>, String> {
+    let toml::Value::Table(t) = item else {
+        return Err(format!("{what} #{}: must be a table ([[{what}]])", i + 1));
+    };
+    t.into_iter()
+        .map(|(k, v)| {
+            scalar(&v)
+                .map(|v| (k.clone(), v))
+                .ok_or(format!("{what} #{}: key {k:?} must be a string, number or boolean", i + 1))
+        })
+        .collect()
+}
+
+fn node_of(i: usize, mut pairs: Vec<(String, String)>) -> Result<NodeSpec, String> {
+    let at = pairs.iter().position(|(k, _)| k == "name").ok_or(format!("node #{}: missing name", i + 1))?;
+    let name = pairs.remove(at).1;
+    if name.is_empty() || name.contains([',', ':', '=']) {
+        return Err(format!("node #{}: name {name:?} must be non-empty without ',', ':' or '='", i + 1));
+    }
+    if !pairs.iter().any(|(k, _)| k == "format") {
+        return Err(format!("node {name}: missing format (formats are named, never probed)"));
+    }
+    Ok(NodeSpec { name, device: pairs })
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {
@@ -113,6 +168,31 @@ mod tests {
         assert_eq!(e.settings.num_queues, 2);
         assert!(e.settings.read_only);
         assert!(e.device.contains(&("path".to_string(), "/x/a,b:c.raw".to_string())));
+    }
+
+    #[test]
+    fn nodes_and_node_exports_parse_in_order() {
+        let cfg = Config::parse(
+            "t.toml",
+            "[[node]]\nname = \"base\"\nformat = \"mem\"\nsize = \"1M\"\n\
+             [[node]]\nname = \"img\"\nformat = \"qcow2\"\npath = \"node:base\"\n\
+             [[export]]\nsocket = \"/tmp/a.sock\"\nnode = \"img\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.nodes.len(), 2);
+        assert_eq!(cfg.nodes[1].name, "img");
+        assert!(cfg.nodes[1].device.contains(&("path".to_string(), "node:base".to_string())));
+        assert_eq!(cfg.exports[0].device, vec![("node".to_string(), "img".to_string())]);
+    }
+
+    #[test]
+    fn bad_nodes_are_refused_with_the_node_named() {
+        let dup = "[[node]]\nname = \"a\"\nformat = \"mem\"\n[[node]]\nname = \"a\"\nformat = \"mem\"\n";
+        assert!(Config::parse("t.toml", dup).unwrap_err().to_string().contains("twice"));
+        let nameless = "[[node]]\nformat = \"mem\"\n";
+        assert!(Config::parse("t.toml", nameless).unwrap_err().to_string().contains("missing name"));
+        let formatless = "[[node]]\nname = \"a\"\n";
+        assert!(Config::parse("t.toml", formatless).unwrap_err().to_string().contains("format"));
     }
 
     #[test]

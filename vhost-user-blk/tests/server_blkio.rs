@@ -149,3 +149,25 @@ fn raw_file_export_is_flushed_to_the_file_on_stop() {
     let file = std::fs::read(&path).unwrap();
     assert_eq!(&file[3 * MIB as usize..3 * MIB as usize + data.len()], &data[..]);
 }
+
+#[test]
+fn queues_sharing_a_worker_thread_all_serve() {
+    let dir = tempdir();
+    let served = serve(dir.path(), "qpt", mem_disk(8 * MIB), |s| {
+        s.num_queues = 3;
+        s.queues_per_thread = 2;
+    });
+    let mut c = Client::connect(&served.export.settings.socket, 3, MIB as usize);
+    assert_eq!(c.queues.len(), 3);
+    // Each queue writes its own pattern; another queue reads it back.
+    for q in 0..3usize {
+        let data: Vec<u8> = (0..16384u32).map(|i| (i % 239) as u8 ^ q as u8).collect();
+        assert_eq!(c.write(q, q as u64 * MIB, &data), 0, "queue {q} write");
+        let (r, back) = c.read((q + 1) % 3, q as u64 * MIB, data.len());
+        assert_eq!(r, 0);
+        assert!(back == data, "queue {} read other data than queue {q} wrote", (q + 1) % 3);
+    }
+    assert_eq!(served.export.stats.snapshot().writes, 3);
+    drop(c);
+    served.stop();
+}

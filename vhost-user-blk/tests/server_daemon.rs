@@ -103,3 +103,72 @@ fn help_explains_the_keys() {
         assert!(text.contains(word), "--help lacks {word}");
     }
 }
+
+#[test]
+fn config_file_stacks_named_nodes_and_serves_one() {
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: config_file_stacks_named_nodes_and_serves_one needs qemu-img (qemu-utils)");
+        return;
+    }
+    // Arrange: a qcow2 image in a file whose name has ',' and ':', opened as a raw node, with the
+    // qcow2 format stacked on that node and the qcow2 node exported with two queues on one thread.
+    // A raw node does not grow, so the image is preallocated (its clusters already in the file).
+    let dir = tempdir();
+    let image = dir.path().join("vm, 1:a.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata"])
+        .arg(&image)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sock = dir.path().join("vm.sock");
+    let config = dir.path().join("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[node]]\nname = \"file\"\nformat = \"raw\"\npath = {:?}\n\n\
+             [[node]]\nname = \"img\"\nformat = \"qcow2\"\npath = \"node:file\"\n\n\
+             [[export]]\nsocket = {:?}\nnode = \"img\"\nnum-queues = 2\nqueues-per-thread = 2\n",
+            image.display().to_string(),
+            sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(daemon_bin()).arg("--config").arg(&config).stderr(Stdio::null()).spawn().unwrap();
+    wait_for(&sock, &mut child);
+
+    // Act: write through both queues, flush, stop the daemon.
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
+    {
+        let mut c = Client::connect(&sock, 2, 1 << 20);
+        assert_eq!(c.blkio.get_u64("capacity").unwrap(), 8 << 20);
+        assert_eq!(c.write(0, 1 << 20, &data), 0);
+        assert_eq!(c.write(1, 4 << 20, &data), 0);
+        assert_eq!(c.flush(0), 0);
+    }
+    assert!(terminate(&mut child).success(), "daemon did not exit 0");
+
+    // Assert: qemu-img finds a clean image holding the data at both offsets.
+    let check = Command::new("qemu-img").args(["check", "-q", "-f", "qcow2"]).arg(&image).status().unwrap();
+    assert!(check.success(), "qemu-img check failed");
+    let raw = dir.path().join("out.raw");
+    let conv = Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&image).arg(&raw).status();
+    assert!(conv.unwrap().success());
+    let out = std::fs::read(&raw).unwrap();
+    assert_eq!(&out[1 << 20..(1 << 20) + data.len()], &data[..]);
+    assert_eq!(&out[4 << 20..(4 << 20) + data.len()], &data[..]);
+}
+
+#[test]
+fn config_export_naming_an_unknown_node_exits_nonzero_naming_it() {
+    let dir = tempdir();
+    let config = dir.path().join("strata.toml");
+    let sock = dir.path().join("x.sock");
+    std::fs::write(&config, format!("[[export]]\nsocket = {:?}\nnode = \"ghost\"\n", sock.display().to_string()))
+        .unwrap();
+    let out = Command::new(daemon_bin()).arg("--config").arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ghost"), "{err}");
+}

@@ -50,7 +50,7 @@ pub struct QueueShared {
 pub struct Connection {
     /// The guest memory the handler updates on SET_MEM_TABLE.
     pub mem: GuestMemAtomic,
-    /// Epoll fd of each worker thread (index = thread = queue).
+    /// Epoll fd of each worker thread (index = thread).
     pub epoll_fds: Vec<RawFd>,
 }
 
@@ -70,6 +70,23 @@ pub struct BlkBackend {
 /// epoll data of the worker's io_uring completion eventfd (above every queue index).
 pub fn completion_event(num_queues: usize) -> u16 {
     num_queues as u16 + 1
+}
+
+/// Queue bitmasks of the worker threads: thread `t` serves queues `t*per..t*per+per`.
+pub fn queue_masks(num_queues: usize, per_thread: usize) -> Vec<u64> {
+    let per = per_thread.clamp(1, 64);
+    (0..num_queues.div_ceil(per))
+        .map(|t| {
+            let first = t * per;
+            let n = per.min(num_queues - first);
+            (((1u128 << n) - 1) as u64) << first
+        })
+        .collect()
+}
+
+/// The global index of the first queue served by worker thread `thread`.
+pub fn first_queue_of_thread(thread: usize, per_thread: usize) -> usize {
+    thread * per_thread.max(1)
 }
 
 impl BlkBackend {
@@ -115,6 +132,7 @@ impl BlkBackend {
     }
 
     /// The memory and epoll fd a worker thread needs (None before a connection starts).
+    /// Thread `t` serves the queues of [`queue_masks`]`[t]`.
     pub fn worker_setup(&self, thread: usize) -> Option<(GuestMemAtomic, RawFd)> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let c = conn.as_ref()?;
@@ -230,7 +248,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.queues.len()).map(|i| 1u64 << i).collect()
+        queue_masks(self.queues.len(), usize::from(self.export.settings.queues_per_thread))
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -273,5 +291,19 @@ impl VhostUserBackend for BlkBackend {
     ) -> io::Result<()> {
         worker::handle_event(self, device_event, vrings, thread_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_masks_group_consecutive_queues() {
+        assert_eq!(queue_masks(3, 1), vec![0b1, 0b10, 0b100]);
+        assert_eq!(queue_masks(5, 2), vec![0b11, 0b1100, 0b10000]);
+        assert_eq!(queue_masks(4, 4), vec![0b1111]);
+        assert_eq!(queue_masks(64, 64), vec![u64::MAX]);
+        assert_eq!(first_queue_of_thread(2, 2), 4);
     }
 }

@@ -1,7 +1,10 @@
 //! The set of exports a daemon serves: added at start or through the control socket, removed at
 //! run time, all stopped (drained and flushed) at shutdown.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use blockdev::BlockDev;
 
 use serde::Serialize;
 
@@ -29,12 +32,25 @@ pub struct ExportInfo {
 #[derive(Default)]
 pub struct Daemon {
     exports: Mutex<Vec<ServedExport>>,
+    /// Named nodes (config file `[[node]]`), for `node:NAME` keys and `node=NAME` exports.
+    nodes: Mutex<HashMap<String, Arc<dyn BlockDev>>>,
 }
 
 impl Daemon {
     /// An empty daemon.
     pub fn new() -> Arc<Daemon> {
         Arc::new(Daemon::default())
+    }
+
+    /// Build the named node `name` from `device` keys (which may name earlier nodes).
+    pub fn add_node(&self, name: &str, device: &[(String, String)]) -> Result<(), String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if nodes.contains_key(name) {
+            return Err(format!("node {name}: already defined"));
+        }
+        let dev = open_device(device, false, &nodes).map_err(|e| format!("node {name}: {e}"))?;
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), dev);
+        Ok(())
     }
 
     /// Open the device of `spec` and start serving it. Refuses a name or socket already in use.
@@ -45,7 +61,9 @@ impl Daemon {
                 return Err(format!("{}: an export with this name or socket already exists", spec.name));
             }
         }
-        let dev = open_device(&spec.device, spec.settings.read_only).map_err(|e| format!("{}: {e}", spec.name))?;
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let dev =
+            open_device(&spec.device, spec.settings.read_only, &nodes).map_err(|e| format!("{}: {e}", spec.name))?;
         let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
@@ -96,6 +114,24 @@ impl Daemon {
             let flushed = e.stop();
             tracing::info!(export = %name, flushed, "stopped");
             ok &= flushed;
+        }
+        // Nodes no export uses any more are flushed too (an export flushes only its own stack).
+        let nodes = std::mem::take(&mut *self.nodes.lock().unwrap_or_else(|p| p.into_inner()));
+        if !nodes.is_empty() {
+            match blockdev::IoCtx::new() {
+                Ok(io) => {
+                    for (name, dev) in nodes {
+                        if let Err(e) = io.block_on(dev.flush(&io, blockdev::IoTag::data("vhost-user-blk.shutdown"))) {
+                            tracing::error!(node = %name, "flush failed: {e}");
+                            ok = false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot flush the named nodes: {e}");
+                    ok = false;
+                }
+            }
         }
         ok
     }

@@ -1,6 +1,7 @@
 //! A `--disk` spec (`socket=PATH,format=FMT,KEY=VALUE,...`): the export keys are taken here, the
 //! rest describes the device and goes to the opener.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use blockdev::BlockDev;
@@ -66,6 +67,7 @@ impl DiskSpec {
                 "serial" => s.serial = v,
                 "logical-block-size" => s.logical_block_size = parse_num(&k, &v)?,
                 "write-cache" => s.write_cache = parse_bool(&k, &v)?,
+                "queues-per-thread" => s.queues_per_thread = parse_num(&k, &v)?,
                 _ => device.push((k, v)),
             }
         }
@@ -75,8 +77,12 @@ impl DiskSpec {
         }
         s.socket = socket.clone().into();
         s.validate()?;
-        if !device.iter().any(|(k, _)| k == "format") {
-            return Err("missing format=FMT (formats are named, never probed)".into());
+        let has_node = device.iter().any(|(k, _)| k == "node");
+        if has_node && device.len() != 1 {
+            return Err("node=NAME serves a named node as it is: no format or other device keys with it".into());
+        }
+        if !has_node && !device.iter().any(|(k, _)| k == "format") {
+            return Err("missing format=FMT (formats are named, never probed) or node=NAME".into());
         }
         Ok(DiskSpec { name: name.unwrap_or(socket), settings: s, device })
     }
@@ -88,10 +94,27 @@ impl DiskSpec {
 }
 
 /// Open a device from its keys with the stack builder (`format=raw,path=...`, `format=mem,...`
-/// and every format registered there); `read_only` opens the whole stack read-only.
-pub fn open_device(keys: &[(String, String)], read_only: bool) -> Result<Arc<dyn BlockDev>, String> {
+/// and every format registered there); `read_only` opens the whole stack read-only. `nodes` are
+/// the named nodes a path-valued key may name as `node:NAME`; `node=NAME` alone is that node.
+pub fn open_device(
+    keys: &[(String, String)],
+    read_only: bool,
+    nodes: &HashMap<String, Arc<dyn BlockDev>>,
+) -> Result<Arc<dyn BlockDev>, String> {
+    if let [(k, name)] = keys {
+        if k == "node" {
+            return nodes.get(name).cloned().ok_or_else(|| {
+                let mut known: Vec<&str> = nodes.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                format!(
+                    "node={name}: no such node (known: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )
+            });
+        }
+    }
     let mut spec = Spec::from_pairs(keys.iter().cloned()).map_err(|e| e.to_string())?;
-    let ctx = OpenCtx { read_only, ..OpenCtx::default() };
+    let ctx = OpenCtx { read_only, nodes: nodes.clone() };
     open_disk(&mut spec, &ctx).map_err(|e| e.to_string())
 }
 
@@ -109,11 +132,20 @@ mod tests {
     }
 
     #[test]
+    fn queues_per_thread_groups_queues_onto_threads() {
+        let d = DiskSpec::parse("socket=s,format=mem,size=1M,num-queues=5,queues-per-thread=2").unwrap();
+        assert_eq!((d.settings.queues_per_thread, d.settings.threads()), (2, 3));
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,num-queues=3").unwrap().settings.threads(), 3);
+    }
+
+    #[test]
     fn bad_specs_are_refused_with_the_key_named() {
         assert!(DiskSpec::parse("format=mem,size=1M").unwrap_err().contains("socket"));
         assert!(DiskSpec::parse("socket=s,size=1M").unwrap_err().contains("format"));
         assert!(DiskSpec::parse("socket=s,format=mem,num-queues=65").unwrap_err().contains("num-queues"));
         assert!(DiskSpec::parse("socket=s,format=mem,queue-size=1000").unwrap_err().contains("queue-size"));
+        let qpt = DiskSpec::parse("socket=s,format=mem,num-queues=2,queues-per-thread=3").unwrap_err();
+        assert!(qpt.contains("queues-per-thread"), "{qpt}");
         assert!(DiskSpec::parse("socket=s,format=mem,read-only=maybe").unwrap_err().contains("read-only"));
         assert!(DiskSpec::parse("socket=s,socket=t,format=mem").unwrap_err().contains("twice"));
         assert!(DiskSpec::parse("socket=s,format=mem,,size=1M").is_err());
@@ -122,8 +154,20 @@ mod tests {
     #[test]
     fn opener_refuses_unknown_format_and_keys() {
         let keys = |s: &str| split_pairs(s).unwrap();
-        assert!(open_device(&keys("format=qcow9"), false).is_err());
-        assert!(open_device(&keys("format=mem,size=1M,bogus=1"), false).err().unwrap().contains("bogus"));
-        assert_eq!(open_device(&keys("format=mem,size=1M"), false).unwrap().info().size, 1 << 20);
+        let none = HashMap::new();
+        assert!(open_device(&keys("format=qcow9"), false, &none).is_err());
+        assert!(open_device(&keys("format=mem,size=1M,bogus=1"), false, &none).err().unwrap().contains("bogus"));
+        assert_eq!(open_device(&keys("format=mem,size=1M"), false, &none).unwrap().info().size, 1 << 20);
+    }
+
+    #[test]
+    fn node_key_serves_a_named_node_and_unknown_nodes_are_named() {
+        let keys = |s: &str| split_pairs(s).unwrap();
+        let mut nodes = HashMap::new();
+        nodes.insert("a".to_string(), open_device(&keys("format=mem,size=2M"), false, &HashMap::new()).unwrap());
+        assert_eq!(open_device(&keys("node=a"), false, &nodes).unwrap().info().size, 2 << 20);
+        let e = open_device(&keys("node=b"), false, &nodes).err().unwrap();
+        assert!(e.contains("node=b") && e.contains("known: a"), "{e}");
+        assert!(DiskSpec::parse("socket=s,node=a,format=raw").unwrap_err().contains("node=NAME"));
     }
 }

@@ -31,6 +31,8 @@ pub struct ExportSettings {
     pub logical_block_size: u32,
     /// Start in writeback mode (the guest may switch with CONFIG_WCE).
     pub write_cache: bool,
+    /// Queues served by one worker thread (and its io_uring): 1..=num_queues.
+    pub queues_per_thread: u16,
 }
 
 impl ExportSettings {
@@ -44,13 +46,25 @@ impl ExportSettings {
             serial: String::new(),
             logical_block_size: 512,
             write_cache: true,
+            queues_per_thread: 1,
         }
+    }
+
+    /// Worker threads: `num_queues` split into groups of `queues_per_thread`.
+    pub fn threads(&self) -> usize {
+        usize::from(self.num_queues).div_ceil(usize::from(self.queues_per_thread.max(1)))
     }
 
     /// Check the ranges the issue names; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.num_queues == 0 || self.num_queues > MAX_QUEUES {
             return Err(format!("num-queues={} must be 1..={MAX_QUEUES}", self.num_queues));
+        }
+        if self.queues_per_thread == 0 || self.queues_per_thread > self.num_queues {
+            return Err(format!(
+                "queues-per-thread={} must be 1..=num-queues ({})",
+                self.queues_per_thread, self.num_queues
+            ));
         }
         if self.queue_size == 0 || self.queue_size > MAX_QUEUE_SIZE || !self.queue_size.is_power_of_two() {
             return Err(format!("queue-size={} must be a power of two up to {MAX_QUEUE_SIZE}", self.queue_size));

@@ -16,7 +16,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Error as QueueError, QueueOwnedT, QueueT};
 use vm_memory::GuestAddressSpace;
 
-use super::backend::{completion_event, BlkBackend, GuestMemAtomic};
+use super::backend::{completion_event, first_queue_of_thread, BlkBackend, GuestMemAtomic};
 use super::chain::{map_chain, GuestMem};
 use super::export::Export;
 use super::request::{execute, ExportView, Request};
@@ -81,11 +81,10 @@ impl Worker {
         if rc < 0 {
             return Err(format!("cannot add the completion eventfd to epoll: {}", std::io::Error::last_os_error()));
         }
-        // With one queue per thread the thread index is the queue index.
+        // vhost-user-backend gives thread `t` the queues of `queue_masks()[t]`, in order.
+        let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
         let queues = (0..nvrings)
-            .map(|i| {
-                Rc::new(QueueRt { index: thread + i, done: RefCell::new(Vec::new()), throttled: Cell::new(false) })
-            })
+            .map(|i| Rc::new(QueueRt { index: first + i, done: RefCell::new(Vec::new()), throttled: Cell::new(false) }))
             .collect();
         tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
         Ok(Worker { io, mem, queues })

@@ -23,7 +23,8 @@ struct Args {
     /// Export keys:
     ///   socket=PATH                 vhost-user socket to listen on (required)
     ///   name=NAME                   name in logs and on the control socket (default: socket path)
-    ///   num-queues=N                request queues, one worker thread each (default 1, at most 64)
+    ///   num-queues=N                request queues (default 1, at most 64)
+    ///   queues-per-thread=N         queues sharing one worker thread and io_uring (default 1)
     ///   queue-size=N                descriptors per queue, a power of two (default 256, at most 1024)
     ///   read-only=on|off            refuse writes; the image is opened read-only (default off)
     ///   serial=ID                   device ID for GET_ID, at most 20 bytes
@@ -99,9 +100,11 @@ fn main() -> ExitCode {
 
 fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let mut specs = Vec::new();
+    let mut nodes = Vec::new();
     let mut api_socket = args.api_socket;
     if let Some(path) = &args.config {
         let cfg = Config::load(path).map_err(|e| e.to_string())?;
+        nodes = cfg.nodes;
         specs.extend(cfg.exports);
         api_socket = api_socket.or(cfg.api_socket);
     }
@@ -120,6 +123,12 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         return Err("nothing to serve: give --disk, --config, --demo or --api-socket (see --help)".into());
     }
     let daemon = Daemon::new();
+    for node in &nodes {
+        if let Err(e) = daemon.add_node(&node.name, &node.device) {
+            daemon.shutdown();
+            return Err(e);
+        }
+    }
     for spec in &specs {
         if let Err(e) = daemon.add(spec) {
             daemon.shutdown();
