@@ -132,6 +132,34 @@ pub fn enter_long_mode(vcpu: &VcpuFd, index: u8, rip: u64, rsp: u64, rsi: u64, r
     Ok(())
 }
 
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+fn set_delivery_mode(regs: &mut [std::ffi::c_char], offset: usize, mode: u32) {
+    let mut bytes = [0u8; 4];
+    for (b, r) in bytes.iter_mut().zip(&regs[offset..offset + 4]) {
+        *b = *r as u8;
+    }
+    let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+    for (r, b) in regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
+        *r = b as std::ffi::c_char;
+    }
+}
+
+/// Local APIC virtual-wire set-up: LINT0 delivers the PIC's ExtINT, LINT1 NMIs (what a BIOS
+/// leaves for Linux); x87 and SSE control words at their reset values.
+pub fn set_lint_and_fpu(vcpu: &VcpuFd, index: u8) -> Result<(), CpuError> {
+    let err = |step| move |source| CpuError { vcpu: index, step, source };
+    let mut lapic = vcpu.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+    set_delivery_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+    set_delivery_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
+    let fpu = kvm_bindings::kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(err("KVM_SET_FPU"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,35 @@ pub enum GuestExit {
     Reset,
     /// The probe guest finished: 0 passed, else the number of the failed check.
     ProbeResult(u8),
+    /// A vhost-user backend went away.
+    BackendLost(String),
     /// The guest or KVM failed (triple fault, entry failure, ...).
     Fault(String),
+}
+
+impl GuestExit {
+    /// vmm-mini's exit status for this end: power-off 0, reset 3, a fault 1, a lost backend 4
+    /// (the probe maps its own results).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GuestExit::PowerOff => 0,
+            GuestExit::ProbeResult(0) => 0,
+            GuestExit::ProbeResult(_) | GuestExit::Fault(_) => 1,
+            GuestExit::Reset => 3,
+            GuestExit::BackendLost(_) => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestExit::PowerOff => write!(f, "guest powered off"),
+            GuestExit::Reset => write!(f, "guest reset (vmm-mini does not reboot)"),
+            GuestExit::ProbeResult(n) => write!(f, "probe result {n}"),
+            GuestExit::BackendLost(why) | GuestExit::Fault(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 /// Where the probe guest records the check it is running.

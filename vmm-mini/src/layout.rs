@@ -41,3 +41,22 @@ pub const PD_ADDR: u64 = 0xb000;
 pub const PROBE_ENTRY: u64 = 0x1_0000;
 /// Top of the probe guest's stack.
 pub const PROBE_STACK_TOP: u64 = 0x3_0000;
+
+/// Linux's zero page (`struct boot_params`).
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack of the boot vCPU (below the page tables).
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// The kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Room for the command line (the kernel's own limit, `cmdline_size`, may be smaller).
+pub const CMDLINE_MAX: usize = 0x1_0000;
+/// Start of the BIOS area where Linux looks for the RSDP; the ACPI tables follow it.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End of the ACPI area (start of high memory).
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// End of conventional memory given as RAM in the e820 map (the EBDA would start here).
+pub const LOW_RAM_END: u64 = 0x9_fc00;
+/// The local APIC's address.
+pub const APIC_ADDR: u32 = 0xfee0_0000;
+/// The IOAPIC's address.
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;

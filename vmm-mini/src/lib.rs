@@ -1,15 +1,22 @@
 //! vmm-mini: a minimal KVM VMM whose disks are vhost-user-blk backends.
 //!
-//! `vmm-mini probe` boots a tiny built-in bare-metal guest that checks a backend end to end.
+//! `vmm-mini --kernel ...` boots Linux (bzImage or ELF vmlinux) with ACPI-described virtio-mmio
+//! disks; `vmm-mini probe` boots a tiny built-in bare-metal guest that checks a backend end to end.
 //! Guest memory is a shared memfd; disks are virtio-mmio (version 2) devices whose queues the
 //! backend serves directly (KVM ioeventfd for kicks, irqfd for interrupts). This crate uses no
 //! storage crate of the workspace: disks come only over vhost-user sockets.
 
+pub mod acpi;
+pub mod backend_watch;
 pub mod blk_device;
+pub mod boot_params;
+pub mod console;
 pub mod cpu;
 pub mod devices;
 pub mod disk_spec;
+pub mod kernel;
 pub mod layout;
+pub mod linux;
 pub mod memory;
 pub mod probe;
 pub mod serial;
@@ -39,6 +46,18 @@ pub enum Error {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    /// The kernel, command line or initrd could not be loaded.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// The ACPI tables do not fit.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiTooBig),
+    /// The zero page could not be written.
+    #[error("writing boot parameters: {0}")]
+    Boot(String),
+    /// A bad option value.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A system call failed.
     #[error("{0}")]
     Io(std::io::Error),

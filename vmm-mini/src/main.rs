@@ -1,18 +1,56 @@
 //! `vmm-mini`: command-line front end; parses arguments and calls the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use vmm_mini::console::Console;
+use vmm_mini::devices::GuestExit;
 use vmm_mini::disk_spec::DiskSpec;
+use vmm_mini::linux::{parse_memory_size, run_linux, LinuxOptions, DEFAULT_CMDLINE};
 use vmm_mini::probe::{run_probe, ProbeOptions, ProbeOutcome, DEFAULT_SEED};
 
 /// A minimal KVM VMM whose disks are vhost-user-blk backends.
+///
+/// Exit status: 0 guest power-off, 1 guest fault (triple fault, KVM error), 2 set-up error,
+/// 3 guest reset, 4 a vhost-user backend went away, 77 /dev/kvm missing.
 #[derive(Parser)]
-#[command(name = "vmm-mini", version)]
+#[command(name = "vmm-mini", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+/// Booting Linux.
+#[derive(Args)]
+struct BootArgs {
+    /// bzImage or ELF vmlinux.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// initrd / initramfs.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Guest RAM (K, M or G suffix), at most 3G.
+    #[arg(long, default_value = "512M", value_parser = parse_memory_size)]
+    memory: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// socket=PATH[,num-queues=N][,read-only=on]; repeat for more disks.
+    #[arg(long)]
+    disk: Vec<DiskSpec>,
+    /// stdio or file=PATH.
+    #[arg(long, default_value = "stdio")]
+    console: Console,
+    /// Describe disks as virtio_mmio.device= command-line options instead of ACPI.
+    #[arg(long)]
+    virtio_mmio_cmdline: bool,
 }
 
 #[derive(Subcommand)]
@@ -39,33 +77,75 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("'{s}': {e}"))
 }
 
+fn kvm_present(what: &str) -> bool {
+    let present = std::path::Path::new("/dev/kvm").exists();
+    if !present {
+        eprintln!("SKIPPED: vmm-mini {what}: /dev/kvm is missing");
+    }
+    present
+}
+
+fn probe(disk: DiskSpec, timeout: u64, seed: u64) -> ExitCode {
+    if !kvm_present("probe") {
+        return ExitCode::from(77);
+    }
+    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed };
+    match run_probe(&opts) {
+        Ok(report) => {
+            eprintln!(
+                "vmm-mini probe: {} (set-up {:.1} ms, total {:.1} ms)",
+                report.outcome,
+                report.setup.as_secs_f64() * 1e3,
+                report.elapsed.as_secs_f64() * 1e3
+            );
+            match report.outcome {
+                ProbeOutcome::Passed => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("vmm-mini probe: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn boot(args: BootArgs) -> ExitCode {
+    let Some(kernel) = args.kernel else {
+        eprintln!("vmm-mini: --kernel PATH is required (or use `vmm-mini probe --disk socket=PATH`)");
+        return ExitCode::from(2);
+    };
+    if !kvm_present("boot") {
+        return ExitCode::from(77);
+    }
+    let opts = LinuxOptions {
+        kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        cpus: args.cpus,
+        disks: args.disk,
+        console: args.console,
+        virtio_mmio_cmdline: args.virtio_mmio_cmdline,
+    };
+    match run_linux(&opts) {
+        Ok(exit) => {
+            if exit != GuestExit::PowerOff {
+                eprintln!("vmm-mini: {exit}");
+            }
+            ExitCode::from(exit.exit_code())
+        }
+        Err(e) => {
+            eprintln!("vmm-mini: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Probe { disk, timeout, seed } => {
-            if !std::path::Path::new("/dev/kvm").exists() {
-                eprintln!("SKIPPED: vmm-mini probe: /dev/kvm is missing");
-                return ExitCode::from(77);
-            }
-            let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed };
-            match run_probe(&opts) {
-                Ok(report) => {
-                    eprintln!(
-                        "vmm-mini probe: {} (set-up {:.1} ms, total {:.1} ms)",
-                        report.outcome,
-                        report.setup.as_secs_f64() * 1e3,
-                        report.elapsed.as_secs_f64() * 1e3
-                    );
-                    match report.outcome {
-                        ProbeOutcome::Passed => ExitCode::SUCCESS,
-                        _ => ExitCode::from(1),
-                    }
-                }
-                Err(e) => {
-                    eprintln!("vmm-mini probe: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Some(Command::Probe { disk, timeout, seed }) => probe(disk, timeout, seed),
+        None => boot(cli.boot),
     }
 }

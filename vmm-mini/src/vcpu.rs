@@ -48,7 +48,7 @@ pub fn run_vcpu(vcpu: &mut VcpuFd, index: u8, devices: &Mutex<Devices>, stop: &A
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 Some(GuestExit::Fault(format!("vCPU {index}: entry failed, reason {reason:#x} on host cpu {cpu}")))
             }
-            Ok(VcpuExit::InternalError) => Some(GuestExit::Fault(format!("vCPU {index}: KVM internal error"))),
+            Ok(VcpuExit::InternalError) => Some(GuestExit::Fault(internal_error(vcpu, index))),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => Some(GuestExit::Fault(format!("vCPU {index}: unexpected exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
@@ -58,6 +58,20 @@ pub fn run_vcpu(vcpu: &mut VcpuFd, index: u8, devices: &Mutex<Devices>, stop: &A
             return exit;
         }
     }
+}
+
+/// Describes a KVM_EXIT_INTERNAL_ERROR: suberror, its data words and the guest's rip.
+fn internal_error(vcpu: &mut VcpuFd, index: u8) -> String {
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+    let run = vcpu.get_kvm_run();
+    // SAFETY: KVM filled the `internal` member of the exit union for KVM_EXIT_INTERNAL_ERROR.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    format!(
+        "vCPU {index}: KVM internal error, suberror {} data {:x?} at rip {rip:#x}",
+        internal.suberror,
+        &internal.data[..n]
+    )
 }
 
 /// The signal that interrupts KVM_RUN in a vCPU thread.
