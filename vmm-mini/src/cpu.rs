@@ -107,12 +107,17 @@ pub struct CpuError {
     pub source: kvm_ioctls::Error,
 }
 
-/// Gives `cpuid` this vCPU's APIC id (leaf 1 EBX[31:24], leaf 0xb EDX) and installs it.
+/// Gives `cpuid` this vCPU's APIC id (leaf 1 EBX[31:24], leaf 0xb EDX) and the hypervisor bit
+/// (leaf 1 ECX[31]), and installs it.
 pub fn set_cpuid(vcpu: &VcpuFd, index: u8, cpuid: &CpuId) -> Result<(), CpuError> {
     let mut cpuid = cpuid.clone();
     for entry in cpuid.as_mut_slice() {
         match entry.function {
-            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(index) << 24),
+            1 => {
+                entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(index) << 24);
+                // "Running on a hypervisor": Linux then finds KVM's leaves (kvm-clock, PV EOI).
+                entry.ecx |= 1 << 31;
+            }
             0xb | 0x1f => entry.edx = u32::from(index),
             _ => {}
         }

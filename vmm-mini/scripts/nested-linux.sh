@@ -1,0 +1,112 @@
+#!/bin/sh
+# nested-linux.sh: boot Linux under vmm-mini with a strata disk, inside a QEMU TCG guest that
+# provides nested KVM (this machine's own KVM is too slow to boot Linux; DESIGN.md).
+#
+# The outer guest (QEMU -accel tcg -cpu max, Debian's cloud kernel) loads irqbypass, kvm and
+# kvm-amd, starts strata's vhost-user-blk daemon on a 64 MiB file in its RAM and runs vmm-mini
+# with the same kernel and an inner busybox initramfs. The inner guest loads the virtio-mmio
+# stack, writes a pattern to /dev/vda with O_DIRECT, reads it back, compares, and powers off
+# (ACPI S5). The outer guest prints both exit statuses; this script exits 0 only if the inner
+# check passed, vmm-mini exited 0 (power-off) and the daemon exited 0.
+#
+# Usage: vmm-mini/scripts/nested-linux.sh [TARGET_DIR]
+#   TARGET_DIR holds debug/vmm-mini and debug/vhost-user-blk (default: $CARGO_TARGET_DIR or
+#   target); guest artifacts come from $GUEST_ARTIFACTS (default: target/guest-artifacts of the
+#   repository, fetched by the tests crate's GuestArtifacts::ensure). OUTER_CMDLINE and
+#   INNER_CMDLINE replace "quiet" on the two kernels' command lines (e.g. loglevel=7).
+set -eu
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+target=${1:-${CARGO_TARGET_DIR:-$repo/target}}
+art=${GUEST_ARTIFACTS:-$repo/target/guest-artifacts}
+vmm=$target/debug/vmm-mini
+daemon=$target/debug/vhost-user-blk
+kdir=$(ls -d "$art"/linux-image-*-cloud-amd64_* | head -n1)
+kernel=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
+mods=$(ls -d "$kdir"/lib/modules/* | head -n1)/kernel
+busybox=$(ls "$art"/busybox-static_*/bin/busybox | head -n1)
+for f in "$vmm" "$daemon" "$kernel" "$busybox"; do
+    [ -e "$f" ] || { echo "SKIPPED: missing $f" >&2; exit 77; }
+done
+command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: qemu-system-x86_64 missing" >&2; exit 77; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# A directory tree with busybox and the given modules: $1 = root, rest = module paths.
+populate() {
+    root=$1; shift
+    mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp" "$root/lib/modules"
+    cp "$busybox" "$root/bin/busybox"
+    for m in "$@"; do cp "$mods/$m" "$root/lib/modules/"; done
+}
+
+# Copies a dynamically linked binary and its libraries into $1.
+copy_binary() {
+    root=$1; bin=$2
+    strip -o "$root/bin/$(basename "$bin")" "$bin"
+    for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+
+cpio_of() { (cd "$1" && find . | cpio -o -H newc --quiet) > "$2"; }
+
+# The inner guest: virtio-mmio disk check.
+inner=$work/inner
+populate "$inner" drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_mmio.ko \
+    drivers/block/virtio_blk.ko
+cat > "$inner/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /lib/modules/$m.ko; done
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
+result=FAIL
+if [ -b /dev/vda ]; then
+    echo "INNER: /dev/vda $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial 2>/dev/null)"
+    i=0; while [ $i -lt 256 ]; do echo "strata nested pattern line $i"; i=$((i + 1)); done > /tmp/pattern
+    dd if=/dev/zero bs=4096 count=4 2>/dev/null >> /tmp/pattern
+    head -c 8192 /tmp/pattern > /tmp/want
+    dd if=/tmp/want of=/dev/vda bs=4096 count=2 oflag=direct 2>/dev/null &&
+        dd if=/dev/vda of=/tmp/got bs=4096 count=2 iflag=direct 2>/dev/null &&
+        cmp /tmp/want /tmp/got && result=PASS
+fi
+echo "INNER: $result"
+poweroff -f
+INIT
+chmod +x "$inner/init"
+
+# The outer guest: KVM, the daemon, vmm-mini.
+outer=$work/outer
+populate "$outer" virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko
+copy_binary "$outer" "$vmm"
+copy_binary "$outer" "$daemon"
+cp "$kernel" "$outer/vmlinuz"
+cpio_of "$inner" "$outer/inner.cpio"
+cat > "$outer/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "OUTER: insmod $m failed"; done
+truncate -s 64M /tmp/disk.img
+/bin/vhost-user-blk --disk socket=/tmp/d.sock,format=raw,path=/tmp/disk.img,serial=nested 2>/tmp/daemon.log &
+daemon=$!
+for i in $(seq 1 50); do [ -S /tmp/d.sock ] && break; sleep 0.1; done
+start=$(date +%s)
+/bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
+    --cmdline "@INNER_CMDLINE@" --disk socket=/tmp/d.sock
+echo "OUTER: vmm-mini exit $? after $(( $(date +%s) - start )) s"
+kill $daemon; wait $daemon
+echo "OUTER: daemon exit $?"
+poweroff -f
+INIT
+sed -i "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" "$outer/init"
+chmod +x "$outer/init"
+cpio_of "$outer" "$work/outer.cpio"
+
+log=$work/console.log
+timeout 600 qemu-system-x86_64 -accel tcg -cpu max -m 2G -smp 1 -nographic -no-reboot \
+    -kernel "$kernel" -initrd "$work/outer.cpio" -append "console=ttyS0 panic=-1 ${OUTER_CMDLINE:-quiet}" </dev/null | tee "$log"
+grep -q "INNER: PASS" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" && grep -q "OUTER: daemon exit 0" "$log"
