@@ -87,6 +87,10 @@ pub struct PoolState {
     pub new_blocks: HashSet<u64>,
     /// Blocks newly mapped by the commit in flight.
     pub new_in_commit: HashSet<u64>,
+    /// Blocks that stopped being shared since the last commit snapshot / by the commit in
+    /// flight: still shared in the last commit, so never written in place until it changes.
+    pub unshared_now: HashSet<u64>,
+    unshared_in_commit: HashSet<u64>,
     meta_used: Vec<bool>,
     meta_free: u64,
     meta_cursor: u64,
@@ -134,6 +138,8 @@ impl PoolState {
             freed_in_commit: Vec::new(),
             new_blocks: HashSet::new(),
             new_in_commit: HashSet::new(),
+            unshared_now: HashSet::new(),
+            unshared_in_commit: HashSet::new(),
             meta_free: sb.meta_pages - SB_PAGES,
             meta_used,
             meta_cursor: SB_PAGES,
@@ -244,6 +250,8 @@ impl PoolState {
         self.sm.set(block, rc - 1);
         if rc == 1 {
             self.freed_now.push(block);
+        } else {
+            self.unshared_now.insert(block);
         }
         self.meta_dirty = true;
     }
@@ -379,6 +387,7 @@ impl PoolState {
         self.meta_release_in_commit = release;
         self.freed_in_commit.append(&mut self.freed_now);
         self.new_in_commit.extend(self.new_blocks.drain());
+        self.unshared_in_commit.extend(self.unshared_now.drain());
         self.meta_dirty = false;
         let sb = Superblock {
             txid,
@@ -415,5 +424,12 @@ impl PoolState {
             }
         }
         self.new_in_commit.clear();
+        self.unshared_in_commit.clear();
+    }
+
+    /// True when `block` may be written in place: one reference now, and not shared in the
+    /// last commit either (otherwise a crash would bring back a sharer that sees the write).
+    pub fn writable_in_place(&self, block: u64) -> bool {
+        self.sm.get(block) == 1 && !self.unshared_now.contains(&block) && !self.unshared_in_commit.contains(&block)
     }
 }

@@ -124,7 +124,7 @@ async fn write_seg(inner: Arc<PoolInner>, io: IoCtx, id: u64, seg: Seg, bufs: Io
                 return Err(Error::new(ErrorKind::Io, format!("thin pool failed: {f}")));
             }
             let e = st.volumes.get(&id).map_or(0, |v| v.map.get(seg.vb));
-            if e != 0 && st.sm.get(e - 1) == 1 {
+            if e != 0 && st.writable_in_place(e - 1) {
                 let block = e - 1;
                 let uncommitted = st.new_blocks.contains(&block) || st.new_in_commit.contains(&block);
                 WritePlan::InPlace { block, uncommitted }
