@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::backend_watch::BackendWatch;
 use crate::blk_device::BlkDevice;
 use crate::cpu::{enter_long_mode, set_cpuid, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
@@ -53,6 +54,8 @@ pub enum ProbeOutcome {
     Failed(&'static str),
     /// The guest was still running the named check when the timeout hit.
     TimedOut(&'static str),
+    /// The backend's socket hung up during the probe.
+    BackendLost(String),
     /// The guest stopped without a result.
     GuestFault(String),
 }
@@ -63,6 +66,7 @@ impl std::fmt::Display for ProbeOutcome {
             ProbeOutcome::Passed => write!(f, "all checks passed"),
             ProbeOutcome::Failed(check) => write!(f, "check '{check}' failed"),
             ProbeOutcome::TimedOut(check) => write!(f, "timed out in check '{check}'"),
+            ProbeOutcome::BackendLost(why) => write!(f, "{why}"),
             ProbeOutcome::GuestFault(why) => write!(f, "guest stopped without a result: {why}"),
         }
     }
@@ -100,19 +104,25 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
 
     let progress = Arc::new(AtomicU8::new(0));
     let serial = new_serial(Box::new(std::io::stdout())).map_err(Error::Io)?;
+    let socket = vec![(disk.frontend().socket_fd(), disk.frontend().socket().to_path_buf())];
     let devices = Arc::new(Mutex::new(Devices { serial, disks: vec![disk], probe: Some(progress.clone()) }));
     let (exits, exit_rx) = mpsc::channel();
+    let watch = BackendWatch::start(socket, exits.clone()).map_err(Error::Io)?;
     let setup = start.elapsed();
     let threads = VcpuThreads::spawn(vec![vcpu], devices.clone(), exits).map_err(Error::Io)?;
     let outcome = match exit_rx.recv_timeout(opts.timeout) {
         Ok(GuestExit::ProbeResult(0)) => ProbeOutcome::Passed,
         Ok(GuestExit::ProbeResult(n)) => ProbeOutcome::Failed(check_name(n)),
-        Ok(other) => ProbeOutcome::GuestFault(format!("{other:?}")),
+        Ok(GuestExit::BackendLost(why)) => ProbeOutcome::BackendLost(why),
+        Ok(other) => ProbeOutcome::GuestFault(other.to_string()),
         Err(_) => ProbeOutcome::TimedOut(check_name(progress.load(Ordering::Relaxed))),
     };
     let elapsed = start.elapsed();
     threads.stop();
-    lock(&devices).stop_disks();
+    watch.stop();
+    if !matches!(outcome, ProbeOutcome::BackendLost(_)) {
+        lock(&devices).stop_disks();
+    }
     Ok(ProbeReport { outcome, elapsed, setup })
 }
 

@@ -188,3 +188,25 @@ fn probe_without_a_backend_names_the_socket() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("missing.sock") && stderr.contains("connect"), "{stderr}");
 }
+
+#[test]
+fn probe_against_a_backend_that_hangs_up_fails_cleanly() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new("hangup");
+    let socket = dir.0.join("hangup.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        drop(conn);
+    });
+
+    let out = probe(&socket, 1);
+
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let step_named = stderr.contains("SET_OWNER") || stderr.contains("GET_FEATURES");
+    assert!(stderr.contains("hangup.sock") && step_named, "{stderr}");
+}
