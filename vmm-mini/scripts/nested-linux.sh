@@ -13,7 +13,8 @@
 #   TARGET_DIR holds debug/vmm-mini and debug/vhost-user-blk (default: $CARGO_TARGET_DIR or
 #   target); guest artifacts come from $GUEST_ARTIFACTS (default: target/guest-artifacts of the
 #   repository, fetched by the tests crate's GuestArtifacts::ensure). OUTER_CMDLINE and
-#   INNER_CMDLINE replace "quiet" on the two kernels' command lines (e.g. loglevel=7).
+#   INNER_CMDLINE replace "quiet" on the two kernels' command lines (e.g. loglevel=7);
+#   NUM_QUEUES (default 2) sets the disk's queues on both the daemon and vmm-mini.
 set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -65,7 +66,8 @@ for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /lib/modules/$m.ko
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
 result=FAIL
 if [ -b /dev/vda ]; then
-    echo "INNER: /dev/vda $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial 2>/dev/null)"
+    echo "INNER: /dev/vda $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial 2>/dev/null)," \
+        "$(ls /sys/block/vda/mq | wc -l) queues"
     i=0; while [ $i -lt 256 ]; do echo "strata nested pattern line $i"; i=$((i + 1)); done > /tmp/pattern
     dd if=/dev/zero bs=4096 count=4 2>/dev/null >> /tmp/pattern
     head -c 8192 /tmp/pattern > /tmp/want
@@ -91,18 +93,20 @@ cat > "$outer/init" <<'INIT'
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "OUTER: insmod $m failed"; done
 truncate -s 64M /tmp/disk.img
-/bin/vhost-user-blk --disk socket=/tmp/d.sock,format=raw,path=/tmp/disk.img,serial=nested 2>/tmp/daemon.log &
+/bin/vhost-user-blk --disk socket=/tmp/d.sock,format=raw,path=/tmp/disk.img,serial=nested,num-queues=@QUEUES@ \
+    2>/tmp/daemon.log &
 daemon=$!
 for i in $(seq 1 50); do [ -S /tmp/d.sock ] && break; sleep 0.1; done
 start=$(date +%s)
 /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
-    --cmdline "@INNER_CMDLINE@" --disk socket=/tmp/d.sock
+    --cmdline "@INNER_CMDLINE@" --disk socket=/tmp/d.sock,num-queues=@QUEUES@
 echo "OUTER: vmm-mini exit $? after $(( $(date +%s) - start )) s"
 kill $daemon; wait $daemon
 echo "OUTER: daemon exit $?"
 poweroff -f
 INIT
-sed -i "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" "$outer/init"
+sed -i -e "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" -e "s|@QUEUES@|${NUM_QUEUES:-2}|g" \
+    "$outer/init"
 chmod +x "$outer/init"
 cpio_of "$outer" "$work/outer.cpio"
 

@@ -22,6 +22,17 @@ const DEVICE_TYPE_FEATURES: u64 = (1 << 24) - 1;
 /// VIRTIO_BLK_F_RO.
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 
+/// Offset of `num_queues` (u16) in `struct virtio_blk_config`.
+const CONFIG_NUM_QUEUES: usize = 34;
+
+/// The guest must see the queue count vmm-mini agreed on, not the backend's (with
+/// VIRTIO_BLK_F_MQ the driver sets up `num_queues` queues).
+fn set_config_num_queues(config: &mut [u8], num_queues: u16) {
+    if let Some(field) = config.get_mut(CONFIG_NUM_QUEUES..CONFIG_NUM_QUEUES + 2) {
+        field.copy_from_slice(&num_queues.to_le_bytes());
+    }
+}
+
 /// A vhost-user request that failed, naming the socket and the step.
 #[derive(Debug, thiserror::Error)]
 #[error("vhost-user backend {socket}: {step}: {source}")]
@@ -75,8 +86,9 @@ impl BlkFrontend {
             1
         };
         let buf = [0u8; BLK_CONFIG_SIZE as usize];
-        let (_, config) =
+        let (_, mut config) =
             frontend.get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf).map_err(err("GET_CONFIG"))?;
+        set_config_num_queues(&mut config, num_queues);
         Ok(BlkFrontend {
             socket: socket.to_path_buf(),
             frontend,
@@ -171,5 +183,21 @@ impl BlkFrontend {
             self.frontend.get_vring_base(index).map_err(self.err("GET_VRING_BASE"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_num_queues_is_the_agreed_count() {
+        let mut config = vec![0xffu8; BLK_CONFIG_SIZE as usize];
+        set_config_num_queues(&mut config, 2);
+        assert_eq!(&config[34..36], &[2, 0]);
+        assert_eq!(config[33], 0xff);
+        let mut short = vec![0u8; 8];
+        set_config_num_queues(&mut short, 2);
+        assert_eq!(short, vec![0u8; 8], "a short config is left alone");
     }
 }
