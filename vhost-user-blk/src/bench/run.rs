@@ -178,15 +178,16 @@ pub fn run_bench(opts: &BenchOptions, on_case: &mut dyn FnMut(&CaseResult)) -> R
         return Err(Error::new(ErrorKind::InvalidInput, "bench: no workloads or no queue depths to run"));
     }
     let mut spec = Spec::parse(&opts.spec)?;
-    // `socket=PATH[,read-only=on]`: a vhost-user-blk server (ours, qemu-storage-daemon, SPDK),
+    // `socket=PATH[,read-only=on][,num-queues=N]`: a vhost-user-blk server (ours, qemu-storage-daemon, SPDK),
     // driven through libblkio instead of opening a disk in this process.
     if let Some(socket) = spec.take("socket") {
         let read_only = spec.take_bool("read-only")?.unwrap_or(false);
-        spec.finish(&["socket", "read-only"])?;
+        let num_queues = spec.take_u32("num-queues")?.unwrap_or(1);
+        spec.finish(&["socket", "read-only", "num-queues"])?;
         if opts.fio {
             return Err(Error::new(ErrorKind::InvalidInput, "bench: --fio needs a format=raw file, not a socket"));
         }
-        let mut target = super::VhostUserTarget::connect(std::path::Path::new(&socket), read_only)?;
+        let mut target = super::VhostUserTarget::connect(std::path::Path::new(&socket), read_only, num_queues)?;
         return run_on_target(opts, &mut target, None, on_case);
     }
     let fio = if opts.fio {

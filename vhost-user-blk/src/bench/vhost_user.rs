@@ -1,6 +1,7 @@
 //! A vhost-user-blk server as a bench target: libblkio's `virtio-blk-vhost-user` driver drives
 //! any server (strata's daemon, qemu-storage-daemon, SPDK) through its socket, from one thread
-//! and one queue, with the same offsets, histogram and limits as [`super::DevTarget`].
+//! with one or more queues (`socket=PATH,num-queues=N`: slot `s` of the queue depth goes to
+//! queue `s % N`), with the same offsets, histogram and limits as [`super::DevTarget`].
 
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use super::{BenchTarget, Case, CaseStats, Histogram, Limit, OffsetGen};
 pub struct VhostUserTarget {
     socket: PathBuf,
     blkio: Blkio,
-    queue: Blkioq,
+    queues: Vec<Blkioq>,
     size: u64,
     read_only: bool,
     block: u32,
@@ -27,9 +28,10 @@ fn blkio_err(socket: &Path, what: &str, e: blkio::Error) -> Error {
 }
 
 impl VhostUserTarget {
-    /// Connect to the server at `socket` with one queue. `read_only` declares the device
-    /// read-only (libblkio refuses to attach a read-only device otherwise).
-    pub fn connect(socket: &Path, read_only: bool) -> Result<VhostUserTarget> {
+    /// Connect to the server at `socket` with `num_queues` queues (at least 1). `read_only`
+    /// declares the device read-only (libblkio refuses to attach a read-only device otherwise).
+    pub fn connect(socket: &Path, read_only: bool, num_queues: u32) -> Result<VhostUserTarget> {
+        let num_queues = i32::try_from(num_queues.clamp(1, 64)).unwrap_or(1);
         let path = socket.to_str().ok_or_else(|| {
             Error::new(ErrorKind::InvalidInput, format!("socket path {} is not UTF-8", socket.display()))
         })?;
@@ -37,15 +39,19 @@ impl VhostUserTarget {
         b.set_str("path", path).map_err(|e| blkio_err(socket, "set path", e))?;
         b.set_bool("read-only", read_only).map_err(|e| blkio_err(socket, "set read-only", e))?;
         b.connect().map_err(|e| blkio_err(socket, "connect", e))?;
-        b.set_i32("num-queues", 1).map_err(|e| blkio_err(socket, "set num-queues", e))?;
-        let mut started = b.start().map_err(|e| blkio_err(socket, "start", e))?;
-        let queue = started
-            .queues
-            .pop()
-            .ok_or_else(|| Error::new(ErrorKind::Io, format!("vhost-user {}: no queue", socket.display())))?;
+        b.set_i32("num-queues", num_queues).map_err(|e| blkio_err(socket, "set num-queues", e))?;
+        let mut queues = b.start().map_err(|e| blkio_err(socket, "start", e))?.queues;
+        if queues.is_empty() {
+            return Err(Error::new(ErrorKind::Io, format!("vhost-user {}: no queue", socket.display())));
+        }
+        if queues.len() > 1 {
+            for q in &mut queues {
+                q.set_completion_fd_enabled(true);
+            }
+        }
         let size = b.get_u64("capacity").map_err(|e| blkio_err(socket, "capacity", e))?;
         let block = b.get_i32("request-alignment").unwrap_or(512).max(1) as u32;
-        Ok(VhostUserTarget { socket: socket.to_path_buf(), blkio: b, queue, size, read_only, block })
+        Ok(VhostUserTarget { socket: socket.to_path_buf(), blkio: b, queues, size, read_only, block })
     }
 }
 
@@ -58,7 +64,10 @@ struct Slot {
 
 impl BenchTarget for VhostUserTarget {
     fn describe(&self) -> String {
-        format!("vhost-user:{}", self.socket.display())
+        match self.queues.len() {
+            1 => format!("vhost-user:{}", self.socket.display()),
+            n => format!("vhost-user:{} ({n} queues)", self.socket.display()),
+        }
     }
 
     fn size(&self) -> u64 {
@@ -119,7 +128,9 @@ impl VhostUserTarget {
             Limit::Time(d) => Some(start + d),
             Limit::Ops(_) => None,
         };
-        let mut submit = |slot: usize, queue: &mut Blkioq, slots: &mut [Slot], now: Instant| {
+        let nq = self.queues.len();
+        let mut submit = |slot: usize, queues: &mut [Blkioq], slots: &mut [Slot], now: Instant| {
+            let queue = &mut queues[slot % queues.len()];
             let off = if random {
                 gens[slot].next_random()
             } else {
@@ -141,14 +152,31 @@ impl VhostUserTarget {
             if issued >= max_ops {
                 break;
             }
-            submit(slot, &mut self.queue, &mut slots, now);
+            submit(slot, &mut self.queues, &mut slots, now);
             issued += 1;
             in_flight += 1;
         }
         let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
         let mut failure = None;
+        let mut next_queue = 0usize;
+        // Start with "found some" so the first pass submits before anything sleeps.
+        let mut pass_completions = 1usize;
         while in_flight > 0 {
-            let n = self.queue.do_io(&mut comps, 1, None, None).map_err(|e| blkio_err(&self.socket, "do_io", e))?;
+            let qi = next_queue;
+            next_queue = (next_queue + 1) % nq;
+            if nq > 1 && qi == 0 {
+                // A whole pass over the queues (each do_io also submits what was queued) found
+                // nothing: sleep until a queue signals.
+                if pass_completions == 0 {
+                    wait_for_completions(&self.queues, &self.socket)?;
+                }
+                pass_completions = 0;
+            }
+            // One queue: block in libblkio. Several: take what each has without blocking.
+            let min = usize::from(nq == 1);
+            let n =
+                self.queues[qi].do_io(&mut comps, min, None, None).map_err(|e| blkio_err(&self.socket, "do_io", e))?;
+            pass_completions += n;
             let now = Instant::now();
             let stop = deadline.is_some_and(|d| now >= d) || failure.is_some();
             for c in &comps[..n] {
@@ -180,7 +208,7 @@ impl VhostUserTarget {
                     latency.record(now.duration_since(t).as_nanos() as u64);
                 }
                 if !stop && failure.is_none() && issued < max_ops {
-                    submit(slot, &mut self.queue, &mut slots, now);
+                    submit(slot, &mut self.queues, &mut slots, now);
                     issued += 1;
                     in_flight += 1;
                 }
@@ -193,4 +221,34 @@ impl VhostUserTarget {
         let ops = latency.count();
         Ok(CaseStats { ops, bytes: ops * u64::from(case.bs), elapsed, latency })
     }
+}
+
+/// Sleep until one of `queues` signals its completion eventfd, and clear the signals.
+fn wait_for_completions(queues: &[Blkioq], socket: &Path) -> Result<()> {
+    let mut fds: Vec<libc::pollfd> = queues
+        .iter()
+        .filter_map(|q| q.get_completion_fd())
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
+    loop {
+        // SAFETY: poll(2) on a live array of `fds.len()` pollfds owned by this frame.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if rc > 0 {
+            break;
+        }
+        if rc == 0 {
+            // Nothing signalled in a second: look at the queues anyway (a missed edge costs a poll).
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::new(ErrorKind::Io, format!("vhost-user {}: poll: {e}", socket.display())));
+        }
+    }
+    for p in fds.iter().filter(|p| p.revents & libc::POLLIN != 0) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from libblkio's non-blocking completion eventfd.
+        unsafe { libc::read(p.fd, (&mut v as *mut u64).cast(), 8) };
+    }
+    Ok(())
 }

@@ -64,6 +64,9 @@ pub struct BlkBackend {
     writeback: AtomicBool,
     stopping: AtomicBool,
     drained: (Mutex<()>, Condvar),
+    /// Threads inside [`BlkBackend::wait_drained`]: a retiring worker signals the condvar only
+    /// then (a condvar notify is a futex syscall even with nobody waiting, once per request at QD1).
+    drain_waiters: AtomicUsize,
     exit_fds: Mutex<Vec<RawFd>>,
 }
 
@@ -101,6 +104,7 @@ impl BlkBackend {
             writeback: AtomicBool::new(writeback),
             stopping: AtomicBool::new(false),
             drained: (Mutex::new(()), Condvar::new()),
+            drain_waiters: AtomicUsize::new(0),
             exit_fds: Mutex::new(Vec::new()),
         })
     }
@@ -157,7 +161,8 @@ impl BlkBackend {
     /// Called by a worker after it put requests of `queue` in the used ring.
     pub fn retire(&self, queue: usize, n: usize) {
         let Some(q) = self.queues.get(queue) else { return };
-        if q.in_flight.fetch_sub(n, Ordering::AcqRel) == n {
+        // SeqCst pairs with `wait_drained`: either it sees the count reach zero or we see it waiting.
+        if q.in_flight.fetch_sub(n, Ordering::SeqCst) == n && self.drain_waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.drained.0.lock().unwrap_or_else(|p| p.into_inner());
             self.drained.1.notify_all();
         }
@@ -165,12 +170,19 @@ impl BlkBackend {
 
     /// Wait until the queues in `which` have nothing in flight; false on timeout.
     pub fn wait_drained(&self, which: impl Fn(usize) -> bool, timeout: Duration) -> bool {
+        self.drain_waiters.fetch_add(1, Ordering::SeqCst);
+        let drained = self.wait_drained_counted(which, timeout);
+        self.drain_waiters.fetch_sub(1, Ordering::SeqCst);
+        drained
+    }
+
+    fn wait_drained_counted(&self, which: impl Fn(usize) -> bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.drained.0.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let busy: usize = (0..self.queues.len())
                 .filter(|&i| which(i))
-                .map(|i| self.queues[i].in_flight.load(Ordering::Acquire))
+                .map(|i| self.queues[i].in_flight.load(Ordering::SeqCst))
                 .sum();
             if busy == 0 {
                 return true;

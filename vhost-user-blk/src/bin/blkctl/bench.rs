@@ -31,7 +31,7 @@ fn formats_help() -> String {
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// The disk, e.g. format=mem,size=1G or format=raw,path=/dev/shm/x.img,direct=on; or
-    /// socket=PATH[,read-only=on] to drive a vhost-user-blk server through libblkio.
+    /// socket=PATH[,read-only=on][,num-queues=N] to drive a vhost-user-blk server through libblkio.
     spec: String,
     /// Workloads, comma-separated: randread, randwrite, seqread, seqwrite.
     #[arg(long, value_delimiter = ',', default_value = "randread,randwrite,seqread,seqwrite")]
