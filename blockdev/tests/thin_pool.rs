@@ -101,12 +101,14 @@ fn overcommitted_pool_fails_writes_with_nospace_and_stays_sound() {
     let blocks = pool.info().data_blocks;
     io.block_on(pool.create_volume(&io, "big", 1 << 40)).unwrap();
     let vol = pool.volume("big").unwrap();
+    assert!(!pool.info().below_low_water);
     for b in 0..blocks {
         write(&io, &vol, b * BS, &[b as u8 + 1; 4096], false).unwrap();
     }
     flush(&io, &vol);
     let err = write(&io, &vol, blocks * BS, &[9; 4096], false).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert!(pool.info().below_low_water);
     // The pool is not damaged: overwrites still work and everything reads back after reopen.
     write(&io, &vol, 0, &[0xee; 512], true).unwrap();
     drop(vol);
@@ -317,4 +319,36 @@ fn pool_on_a_device_without_write_zeroes_zero_fills_every_first_write() {
         let got = read(&io, &a, b * BS, 2048);
         assert_eq!(got, [vec![0; 512], vec![1; 512], vec![0; 1024]].concat(), "block {b}");
     }
+}
+
+#[test]
+fn full_pool_grows_onto_a_larger_file_and_accepts_writes_again() {
+    let io = IoCtx::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.img");
+    let f = blockdev::RawFile::create(&path, 8 << 20, blockdev::OpenOptions::default()).unwrap();
+    let pool = create(&io, Arc::new(f));
+    let blocks = pool.info().data_blocks;
+    io.block_on(pool.create_volume(&io, "a", 1 << 30)).unwrap();
+    let a = pool.volume("a").unwrap();
+    for b in 0..blocks {
+        write(&io, &a, b * BS, &[1; 512], false).unwrap();
+    }
+    assert_eq!(write(&io, &a, blocks * BS, &[2; 512], false).unwrap_err().kind(), ErrorKind::NoSpace);
+    flush(&io, &a);
+    drop((a, pool));
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(16 << 20).unwrap();
+    let f = blockdev::RawFile::open(&path, blockdev::OpenOptions::default()).unwrap();
+    let pool = io.block_on(Pool::open(&io, Arc::new(f), None)).unwrap();
+    assert_eq!(io.block_on(pool.grow(&io)).unwrap(), blocks + 128);
+    let a = pool.volume("a").unwrap();
+    write(&io, &a, blocks * BS + 512, &[2; 512], false).unwrap();
+    assert_eq!(read(&io, &a, blocks * BS, 1024), [vec![0; 512], vec![2; 512]].concat());
+    flush(&io, &a);
+    assert!(pool.audit().errors.is_empty());
+    drop((a, pool));
+    let f = blockdev::RawFile::open(&path, blockdev::OpenOptions::default()).unwrap();
+    let pool = io.block_on(Pool::open(&io, Arc::new(f), None)).unwrap();
+    assert_eq!(pool.info().data_blocks, blocks + 128);
+    assert_eq!(read(&io, &pool.volume("a").unwrap(), blocks * BS, 1024), [vec![0; 512], vec![2; 512]].concat());
 }

@@ -35,6 +35,8 @@ pub const KIND_ARRAY: u32 = 1;
 pub const KIND_DIR: u32 = 2;
 
 const SB_CRC_AT: usize = 88;
+/// Transaction ids and volume ids stay below this (room to count up without overflow).
+const MAX_COUNTER: u64 = 1 << 62;
 
 /// The pool superblock: geometry plus the root of the last committed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,12 @@ impl Superblock {
             zero_from: le64(b, 72),
             next_volume_id: le64(b, 80),
         };
+        if sb.txid >= MAX_COUNTER || sb.next_volume_id >= MAX_COUNTER {
+            return Err(corrupt(format!(
+                "superblock: transaction id {} or next volume id {} out of range",
+                sb.txid, sb.next_volume_id
+            )));
+        }
         if !valid_block_size(u64::from(sb.block_size)) {
             return Err(corrupt(format!("superblock: block size {} is not a power of two in 64K..1M", sb.block_size)));
         }
@@ -262,6 +270,12 @@ mod tests {
     fn superblock_with_flipped_bit_is_corrupt() {
         let mut b = sb().encode();
         b[40] ^= 1;
+        assert_eq!(Superblock::decode(&b).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn superblock_with_a_transaction_id_that_cannot_grow_is_corrupt() {
+        let b = Superblock { txid: u64::MAX, ..sb() }.encode();
         assert_eq!(Superblock::decode(&b).unwrap_err().kind(), ErrorKind::Corrupt);
     }
 

@@ -58,6 +58,8 @@ pub struct PoolInfo {
     pub metadata_free_pages: u64,
     /// Number of volumes.
     pub volumes: usize,
+    /// Less than a tenth of the data blocks is available.
+    pub below_low_water: bool,
 }
 
 /// A volume as listed.
@@ -286,6 +288,7 @@ impl Pool {
             metadata_pages: st.sb.meta_pages,
             metadata_free_pages: st.meta_free_pages(),
             volumes: st.volumes.len(),
+            below_low_water: st.below_low_water(),
         }
     }
 
@@ -385,6 +388,32 @@ impl Pool {
             st.resize_volume(id, size);
         }
         self.commit(io).await
+    }
+
+    /// Take in data blocks added at the end of a data device that has grown (a file extended,
+    /// an array reshaped) and commit. Returns the new number of data blocks.
+    pub async fn grow(&self, io: &IoCtx) -> Result<u64> {
+        let (bs, off) = (self.inner.block_size, self.inner.data_offset);
+        let old = self.inner.lock().sb.data_blocks;
+        let new = (self.inner.data.info().size.saturating_sub(off) / bs).min(1 << 36);
+        if new <= old {
+            return Ok(old);
+        }
+        let data = &self.inner.data;
+        let zeroed = data.info().write_zeroes
+            && data
+                .write_zeroes(io, off + old * bs, (new - old) * bs, true, IoTag::meta("thin.grow_zero"))
+                .await
+                .is_ok();
+        {
+            let mut st = self.inner.lock();
+            if st.sb.data_blocks != old {
+                return Err(Error::new(ErrorKind::InvalidInput, "thin pool: grown twice at once"));
+            }
+            st.grow_data(new, zeroed);
+        }
+        self.commit(io).await?;
+        Ok(new)
     }
 
     /// Open volume `name` as a block device.

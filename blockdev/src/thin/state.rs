@@ -115,6 +115,8 @@ pub struct PoolState {
     pins: HashMap<u64, u32>,
     /// Freed blocks held back until the reads in flight on them finish.
     deferred: HashSet<u64>,
+    /// The low-water warning was logged (reset when space is back above the mark).
+    low_water_warned: bool,
 }
 
 fn corrupt(msg: impl Into<String>) -> Error {
@@ -155,6 +157,7 @@ impl PoolState {
             leaked: 0,
             pins: HashMap::new(),
             deferred: HashSet::new(),
+            low_water_warned: false,
             sb,
         }
     }
@@ -217,8 +220,29 @@ impl PoolState {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("thin volume '{name}' does not exist")))
     }
 
+    /// Data blocks that can be allocated now or after the next commit.
+    pub fn available_blocks(&self) -> u64 {
+        (self.free.len() + self.freed_now.len() + self.freed_in_commit.len() + self.deferred.len()) as u64
+            + self.sb.data_blocks.saturating_sub(self.fresh_next)
+    }
+
+    /// True when less than a tenth of the pool is available.
+    pub fn below_low_water(&self) -> bool {
+        self.available_blocks() * 10 < self.sb.data_blocks
+    }
+
     /// Reserve a data block.
     pub fn alloc(&mut self) -> Alloc {
+        let low = self.below_low_water();
+        if low && !self.low_water_warned {
+            tracing::warn!(
+                "thin pool {}: below the low-water mark ({} of {} data blocks available)",
+                self.sb.uuid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                self.available_blocks(),
+                self.sb.data_blocks
+            );
+        }
+        self.low_water_warned = low;
         if self.fresh_next < self.sb.zero_from {
             let block = self.fresh_next;
             self.fresh_next += 1;
@@ -259,7 +283,7 @@ impl PoolState {
     /// Add one reference to `block`.
     pub fn inc_ref(&mut self, block: u64) {
         let rc = self.sm.get(block);
-        self.sm.set(block, rc + 1);
+        self.sm.set(block, rc.saturating_add(1));
         self.meta_dirty = true;
     }
 
@@ -299,6 +323,22 @@ impl PoolState {
         self.meta_release_now.extend(released);
         for b in dropped {
             self.dec_ref(b);
+        }
+        self.meta_dirty = true;
+    }
+
+    /// Extend the pool to `blocks` data blocks; `zeroed` when the new ones read zeros.
+    pub fn grow_data(&mut self, blocks: u64, zeroed: bool) {
+        let old = self.sb.data_blocks;
+        if blocks <= old {
+            return;
+        }
+        self.sm.resize(blocks);
+        self.sb.data_blocks = blocks;
+        if !zeroed {
+            // Nothing from the old fresh region on is known to be zero any more.
+            self.free.extend((self.fresh_next..blocks).rev());
+            self.fresh_next = blocks;
         }
         self.meta_dirty = true;
     }

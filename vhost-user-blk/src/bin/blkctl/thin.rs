@@ -42,6 +42,11 @@ pub enum ThinCmd {
         #[arg(long)]
         metadata_size: Option<String>,
     },
+    /// Take in space added at the end of the pool's (data) device.
+    PoolGrow {
+        #[command(flatten)]
+        pool: PoolArg,
+    },
     /// Show size, usage, transaction id and volumes.
     PoolInfo {
         #[command(flatten)]
@@ -126,6 +131,12 @@ impl crate::Group for Cmd {
                 Ok(())
             }
             ThinCmd::PoolInfo { pool, json } => pool_info(&io, &pool, json),
+            ThinCmd::PoolGrow { pool } => {
+                let p = open(&io, &pool, false)?;
+                let blocks = io.block_on(p.grow(&io))?;
+                emit(&format!("thin pool has {blocks} data blocks\n"));
+                Ok(())
+            }
             ThinCmd::Create { pool, name, size } => {
                 let p = open(&io, &pool, false)?;
                 Ok(io.block_on(p.create_volume(&io, &name, parse_size(&size)?))?)
@@ -182,11 +193,12 @@ fn pool_info(io: &IoCtx, p: &PoolArg, json: bool) -> CmdResult {
             "metadata-pages": i.metadata_pages,
             "metadata-free-pages": i.metadata_free_pages,
             "volumes": i.volumes,
+            "below-low-water": i.below_low_water,
         });
         emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     } else {
         emit(&format!(
-            "uuid: {}\nblock size: {}\nsize: {}\nused: {} ({} of {} blocks)\nfree: {}\ntransaction id: {}\n\
+            "uuid: {}\nblock size: {}\nsize: {}\nused: {} ({} of {} blocks)\nfree: {}{}\ntransaction id: {}\n\
              metadata: {} of {} pages free\nvolumes: {}\n",
             i.uuid,
             format_size(i.block_size),
@@ -195,6 +207,7 @@ fn pool_info(io: &IoCtx, p: &PoolArg, json: bool) -> CmdResult {
             i.used_blocks,
             i.data_blocks,
             format_size(free * i.block_size),
+            if i.below_low_water { " (below the 10% low-water mark)" } else { "" },
             i.transaction_id,
             i.metadata_free_pages,
             i.metadata_pages,
