@@ -1,0 +1,237 @@
+//! `Array`: a running RAID array, the [`BlockDev`] its users see, plus the management calls
+//! (status, fail, replace, rebuild, scrub, close).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
+
+use crate::core::Core;
+use crate::member::MemberState;
+use crate::superblock::{format_uuid, Level};
+use crate::{raid0, raid1, raid5};
+
+/// A running array. Cheap to share (`Arc<Array>` as `Arc<dyn BlockDev>`).
+pub struct Array {
+    pub(crate) core: Arc<Core>,
+}
+
+/// One member in a status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Role (index).
+    pub role: usize,
+    /// The name it was opened under (path), or `-` when missing.
+    pub name: String,
+    /// `active`, `faulty`, `rebuilding` or `missing`.
+    pub state: &'static str,
+    /// Errors seen on it since it joined.
+    pub errors: u32,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Array UUID.
+    pub uuid: String,
+    /// RAID level (0, 1, 5).
+    pub level: u32,
+    /// Chunk size in bytes.
+    pub chunk: u64,
+    /// Size the array exposes, in bytes.
+    pub size: u64,
+    /// `clean`, `active` (dirty), `degraded` or `rebuilding`.
+    pub state: &'static str,
+    /// Some member is not active.
+    pub degraded: bool,
+    /// Every role.
+    pub members: Vec<MemberStatus>,
+    /// Rebuild progress in [0, 1] while a member is rebuilding.
+    pub rebuild_progress: Option<f64>,
+    /// Mismatches found by scrubs since the array started.
+    pub mismatches: u64,
+    /// Read errors repaired from redundancy.
+    pub read_errors_fixed: u64,
+    /// Superblock events counter.
+    pub events: u64,
+    /// Partial parity log on (RAID 5 write hole closed).
+    pub ppl: bool,
+    /// Write-intent bitmap on.
+    pub bitmap: bool,
+}
+
+impl Array {
+    /// The level.
+    pub fn level(&self) -> Level {
+        self.core.level()
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> Status {
+        let c = &self.core;
+        let members: Vec<MemberStatus> = c
+            .members
+            .iter()
+            .enumerate()
+            .map(|(role, m)| MemberStatus {
+                role,
+                name: if m.state() == MemberState::Missing { "-".into() } else { m.name() },
+                state: m.state().as_str(),
+                errors: m.errors.load(Ordering::Relaxed),
+            })
+            .collect();
+        let degraded = c.members.iter().any(|m| m.state() != MemberState::Active);
+        let rebuilding = c.members.iter().find(|m| m.state() == MemberState::Rebuilding);
+        let rebuild_progress = rebuilding
+            .map(|m| m.rebuild_pos.load(Ordering::Relaxed).min(c.geo.data_size) as f64 / c.geo.data_size as f64);
+        let state = if rebuilding.is_some() {
+            "rebuilding"
+        } else if degraded {
+            "degraded"
+        } else if c.dirty.load(Ordering::Relaxed) {
+            "active"
+        } else {
+            "clean"
+        };
+        Status {
+            uuid: format_uuid(&c.uuid),
+            level: c.level().number(),
+            chunk: c.geo.chunk,
+            size: c.geo.array_size(),
+            state,
+            degraded,
+            members,
+            rebuild_progress,
+            mismatches: c.counters.mismatches.load(Ordering::Relaxed),
+            read_errors_fixed: c.counters.read_errors_fixed.load(Ordering::Relaxed),
+            events: c.sb.lock().unwrap_or_else(|p| p.into_inner()).events,
+            ppl: c.ppl.is_some(),
+            bitmap: c.bitmap.is_some(),
+        }
+    }
+
+    /// The device in role `role` (None when missing).
+    pub fn member_device(&self, role: usize) -> Option<Arc<dyn BlockDev>> {
+        self.core.members.get(role).and_then(|m| m.dev())
+    }
+
+    /// Role of the member opened as `name`, if any.
+    pub fn role_of(&self, name: &str) -> Option<usize> {
+        self.core.members.iter().position(|m| m.state() != MemberState::Missing && m.name() == name)
+    }
+
+    /// Mark member `role` faulty (as if it had failed); refused when the array would not survive.
+    pub async fn fail_member(&self, io: &IoCtx, role: usize) -> Result<()> {
+        let c = &self.core;
+        if role >= c.members.len() {
+            return Err(Error::new(ErrorKind::InvalidInput, format!("{}: no member {role}", c.name)));
+        }
+        if !c.member(role).writable() {
+            return Ok(());
+        }
+        let err = Error::new(
+            ErrorKind::InvalidInput,
+            format!("{}: failing member {role} ({}) would stop the array", c.name, c.member(role).name()),
+        );
+        c.member_failed(io, role, err).await
+    }
+
+    /// Flush and mark the array clean on every member (a clean shutdown: no resync at the next
+    /// assembly).
+    pub async fn close(&self, io: &IoCtx) -> Result<()> {
+        let c = &self.core;
+        c.flush_all(io).await?;
+        if let Some(bm) = &c.bitmap {
+            bm.clear_all(c, io).await?;
+        }
+        c.dirty.store(false, Ordering::Release);
+        c.write_superblocks(io).await
+    }
+}
+
+impl BlockDev for Array {
+    fn info(&self) -> DevInfo {
+        let c = &self.core;
+        let mut lbs = 512u32;
+        let mut align = 1u32;
+        let mut read_only = false;
+        let mut discard = c.level() == Level::Raid0;
+        for m in &c.members {
+            if let Some(d) = m.dev() {
+                let i = d.info();
+                lbs = lbs.max(i.logical_block_size);
+                align = align.max(i.mem_align);
+                read_only |= i.read_only;
+                discard &= i.discard;
+            }
+        }
+        DevInfo {
+            size: c.geo.array_size(),
+            logical_block_size: lbs,
+            physical_block_size: lbs.max(4096),
+            mem_align: align,
+            read_only,
+            discard,
+            write_zeroes: true,
+            optimal_io_size: u32::try_from(c.geo.stripe_bytes()).unwrap_or(0),
+            volatile_cache: true,
+        }
+    }
+
+    fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_range(off, bufs.len() as u64) {
+            return blockdev::ready(Err(e));
+        }
+        let (c, io) = (self.core.clone(), io.clone());
+        match c.level() {
+            Level::Raid0 => Box::pin(raid0::read(c, io, off, bufs, tag)),
+            Level::Raid1 => Box::pin(raid1::read(c, io, off, bufs, tag)),
+            Level::Raid5 => Box::pin(raid5::read(c, io, off, bufs, tag)),
+        }
+    }
+
+    fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, bufs.len() as u64) {
+            return blockdev::ready(Err(e));
+        }
+        let (c, io) = (self.core.clone(), io.clone());
+        match c.level() {
+            Level::Raid0 => Box::pin(raid0::write(c, io, off, bufs, fua, tag)),
+            Level::Raid1 => Box::pin(raid1::write(c, io, off, bufs, fua, tag)),
+            Level::Raid5 => Box::pin(raid5::write(c, io, off, bufs, fua)),
+        }
+    }
+
+    fn flush(&self, io: &IoCtx, _tag: IoTag) -> IoFuture {
+        let (c, io) = (self.core.clone(), io.clone());
+        Box::pin(async move { c.flush_all(&io).await })
+    }
+
+    fn discard(&self, io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, len) {
+            return blockdev::ready(Err(e));
+        }
+        let (c, io) = (self.core.clone(), io.clone());
+        match c.level() {
+            Level::Raid0 => Box::pin(raid0::zero(c, io, off, len, true, true)),
+            // Discarding under redundancy could leave mirrors or parity disagreeing: a no-op.
+            Level::Raid1 | Level::Raid5 => blockdev::ready(Ok(())),
+        }
+    }
+
+    fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, _tag: IoTag) -> IoFuture {
+        if let Err(e) = self.info().check_write(off, len) {
+            return blockdev::ready(Err(e));
+        }
+        let (c, io) = (self.core.clone(), io.clone());
+        match c.level() {
+            Level::Raid0 => Box::pin(raid0::zero(c, io, off, len, false, unmap)),
+            Level::Raid1 => Box::pin(raid1::write_zeroes(c, io, off, len, unmap)),
+            Level::Raid5 => Box::pin(raid5::write_zeroes(c, io, off, len)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.core.describe()
+    }
+}
