@@ -341,7 +341,7 @@ impl Pool {
                 return Poll::Ready(Err(e));
             }
             if !st.volumes[&id].busy.is_empty() {
-                st.waiters.push(cx.waker().clone());
+                st.park(cx.waker());
                 return Poll::Pending;
             }
             let (size, map) = {
@@ -476,7 +476,7 @@ pub(crate) async fn commit(inner: &Arc<PoolInner>, io: &IoCtx) -> Result<()> {
                 return Poll::Ready(Ok(None));
             }
             if st.committing {
-                st.waiters.push(cx.waker().clone());
+                st.park(cx.waker());
                 return Poll::Pending;
             }
             let gen = st.gen_requested;

@@ -204,6 +204,15 @@ impl PoolState {
         }
     }
 
+    /// Register a task to wake at the next `wake_all`, once however often it is polled (a task
+    /// woken twice is polled twice; without this each poll would add a waker and the list would
+    /// grow with every wake-up).
+    pub fn park(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+    }
+
     /// Wake every waiting task.
     pub fn wake_all(&mut self) {
         for w in self.waiters.drain(..) {

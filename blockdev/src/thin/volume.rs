@@ -78,7 +78,7 @@ async fn acquire(inner: &Arc<PoolInner>, id: u64, vb: u64) -> Result<Busy> {
         if v.busy.insert(vb) {
             return Poll::Ready(Ok(Busy { inner: inner.clone(), id, vb }));
         }
-        st.waiters.push(cx.waker().clone());
+        st.park(cx.waker());
         Poll::Pending
     })
     .await
