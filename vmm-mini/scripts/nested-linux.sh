@@ -6,8 +6,10 @@
 # kvm-amd, starts strata's vhost-user-blk daemon on a 64 MiB file in its RAM and runs vmm-mini
 # with the same kernel and an inner busybox initramfs. The inner guest loads the virtio-mmio
 # stack, writes a pattern to /dev/vda with O_DIRECT, reads it back, compares, and powers off
-# (ACPI S5). The outer guest prints both exit statuses; this script exits 0 only if the inner
-# check passed, vmm-mini exited 0 (power-off) and the daemon exited 0.
+# (ACPI S5). Then the same guest resets (vmm-mini must exit 3), and a third run loses its
+# daemon (kill -9) while the guest reads (vmm-mini must exit 4 naming the socket). The outer
+# guest prints every exit status; this script exits 0 only if all of them are as expected and
+# the first daemon exited 0 after SIGTERM.
 #
 # Usage: vmm-mini/scripts/nested-linux.sh [TARGET_DIR]
 #   TARGET_DIR holds debug/vmm-mini and debug/vhost-user-blk (default: $CARGO_TARGET_DIR or
@@ -76,6 +78,12 @@ if [ -b /dev/vda ]; then
         cmp /tmp/want /tmp/got && result=PASS
 fi
 echo "INNER: $result"
+case "$(cat /proc/cmdline)" in
+*inner.mode=reboot*) echo "INNER: rebooting"; reboot -f ;;
+*inner.mode=wait*)
+    echo "INNER: waiting"
+    while true; do dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; sleep 0.2; done ;;
+esac
 poweroff -f
 INIT
 chmod +x "$inner/init"
@@ -98,11 +106,28 @@ truncate -s 64M /tmp/disk.img
 daemon=$!
 for i in $(seq 1 50); do [ -S /tmp/d.sock ] && break; sleep 0.1; done
 start=$(date +%s)
-/bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
+timeout 120 /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
     --cmdline "@INNER_CMDLINE@" --disk socket=/tmp/d.sock,num-queues=@QUEUES@
 echo "OUTER: vmm-mini exit $? after $(( $(date +%s) - start )) s"
+# A guest reset ends vmm-mini with 3.
+timeout 120 /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M \
+    --cmdline "@INNER_CMDLINE@ inner.mode=reboot" --disk socket=/tmp/d.sock > /tmp/reboot.log 2>&1
+echo "OUTER: reboot run: vmm-mini exit $?"
+sed 's/^/OUTER: reboot run: /' /tmp/reboot.log | tail -n 15
 kill $daemon; wait $daemon
 echo "OUTER: daemon exit $?"
+# A backend that dies under a running guest ends vmm-mini with 4 and names the socket.
+/bin/vhost-user-blk --disk socket=/tmp/e.sock,format=raw,path=/tmp/disk.img 2>/tmp/daemon2.log &
+daemon=$!
+for i in $(seq 1 50); do [ -S /tmp/e.sock ] && break; sleep 0.1; done
+/bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M \
+    --cmdline "@INNER_CMDLINE@ inner.mode=wait" --disk socket=/tmp/e.sock > /tmp/wait.log 2>/tmp/wait.err &
+vmm=$!
+for i in $(seq 1 1200); do grep -q "INNER: waiting" /tmp/wait.log && break; sleep 0.1; done
+kill -9 $daemon
+wait $vmm
+echo "OUTER: lost-backend run: vmm-mini exit $?: $(cat /tmp/wait.err)"
+sed 's/^/OUTER: lost-backend run: /' /tmp/wait.log | tail -n 5
 poweroff -f
 INIT
 sed -i -e "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" -e "s|@QUEUES@|${NUM_QUEUES:-2}|g" \
@@ -113,4 +138,6 @@ cpio_of "$outer" "$work/outer.cpio"
 log=$work/console.log
 timeout 600 qemu-system-x86_64 -accel tcg -cpu max -m 2G -smp 1 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/outer.cpio" -append "console=ttyS0 panic=-1 ${OUTER_CMDLINE:-quiet}" </dev/null | tee "$log"
-grep -q "INNER: PASS" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" && grep -q "OUTER: daemon exit 0" "$log"
+grep -q "INNER: PASS" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" && grep -q "OUTER: daemon exit 0" "$log" &&
+    grep -q "OUTER: reboot run: vmm-mini exit 3" "$log" &&
+    grep -q "OUTER: lost-backend run: vmm-mini exit 4: vmm-mini: vhost-user backend /tmp/e.sock went away" "$log"

@@ -60,3 +60,5 @@ pub const LOW_RAM_END: u64 = 0x9_fc00;
 pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// The IOAPIC's address.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// The x86 reset vector (real mode `f000:fff0`). Linux's last-resort reboot jumps here.
+pub const RESET_VECTOR: u64 = 0xf_fff0;

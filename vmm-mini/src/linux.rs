@@ -18,8 +18,8 @@ use crate::devices::{Devices, GuestExit};
 use crate::disk_spec::DiskSpec;
 use crate::kernel::{load_command_line, load_initrd, load_kernel};
 use crate::layout::{
-    BOOT_STACK_TOP, CMDLINE_ADDR, MAX_VIRTIO_DEVICES, SERIAL_IRQ, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
-    ZERO_PAGE_ADDR,
+    BOOT_STACK_TOP, CMDLINE_ADDR, MAX_VIRTIO_DEVICES, RESET_VECTOR, SERIAL_IRQ, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_SIZE, ZERO_PAGE_ADDR,
 };
 use crate::memory::create_guest_memory;
 use crate::serial::new_serial;
@@ -53,6 +53,19 @@ pub struct LinuxOptions {
     /// (for kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES`).
     pub virtio_mmio_cmdline: bool,
 }
+
+/// What sits at the reset vector instead of a BIOS: real-mode code that writes
+/// [`crate::layout::RESET_VALUE`] to the ACPI reset register and halts.
+///
+/// Linux picks the EFI reboot method on hardware-reduced ACPI machines, finds no EFI and falls
+/// back to jumping to the BIOS at `f000:fff0`; this turns that jump into a reset vmm-mini sees.
+pub const RESET_STUB: [u8; 8] = [
+    0xb0, 0x01, // mov al, RESET_VALUE
+    0xba, 0x01, 0x06, // mov dx, RESET_PORT (0x601)
+    0xee, // out dx, al
+    0xf4, // hlt
+    0xf4, // hlt
+];
 
 /// Parses a memory size: bytes, or a number with K, M or G (binary units).
 pub fn parse_memory_size(s: &str) -> Result<u64, String> {
@@ -128,6 +141,7 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)), &mem)
         .map_err(|e| Error::Boot(e.to_string()))?;
     write_boot_tables(&mem).map_err(Error::GuestMemory)?;
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR)).map_err(Error::GuestMemory)?;
 
     let cpuid = vm.supported_cpuid()?;
     let mut vcpus = Vec::new();
@@ -169,6 +183,14 @@ mod tests {
         assert!(parse_memory_size("M").is_err());
         assert!(parse_memory_size("12X").is_err());
         assert!(parse_memory_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn reset_stub_writes_the_reset_value_to_the_reset_port() {
+        use crate::layout::{RESET_PORT, RESET_VALUE};
+        assert_eq!(RESET_STUB[1], RESET_VALUE);
+        assert_eq!(u16::from_le_bytes([RESET_STUB[3], RESET_STUB[4]]), RESET_PORT);
+        assert!(RESET_VECTOR + RESET_STUB.len() as u64 <= 0x10_0000, "stays below 1 MiB");
     }
 
     #[test]
