@@ -349,15 +349,15 @@ async fn recover(io: &IoCtx, core: &Core, degraded: bool, opts: AssembleOptions)
         }
         return Ok(());
     }
+    let regions = match &core.bitmap {
+        Some(bm) => bm.dirty_regions(),
+        None => vec![(0, core.geo.data_size)],
+    };
     if let Some(ppl) = &core.ppl {
         // Not needed for consistency here (the resync below recomputes parity), but it moves
         // the log past its entries.
         ppl.recover(core, io).await?;
     }
-    let regions = match &core.bitmap {
-        Some(bm) => bm.dirty_regions(),
-        None => vec![(0, core.geo.data_size)],
-    };
     let mut fixed = 0;
     for (off, len) in &regions {
         fixed += resync_range(core, io, *off, *len).await?;

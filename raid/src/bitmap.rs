@@ -62,9 +62,10 @@ impl Bitmap {
             nbits,
             state: Mutex::new(State {
                 persisted: mem.clone(),
+                // Bits found on disk stay set until a resync clears them all.
+                last_epoch: (0..nbits).map(|i| if mem[i / 64] & (1 << (i % 64)) != 0 { u64::MAX } else { 0 }).collect(),
                 mem,
                 inflight: vec![0; nbits],
-                last_epoch: vec![0; nbits],
             }),
             write_lock: futures::lock::Mutex::new(()),
         }
@@ -147,12 +148,16 @@ impl Bitmap {
         Ok(())
     }
 
-    /// Clear every bit (after a full resync).
+    /// Clear every bit of regions with no write in flight (after a resync or a clean stop).
     pub async fn clear_all(&self, core: &Core, io: &IoCtx) -> Result<()> {
         {
             let mut st = self.state();
-            for w in st.mem.iter_mut() {
-                *w = 0;
+            let st = &mut *st;
+            for (i, e) in st.last_epoch.iter_mut().enumerate() {
+                if st.inflight[i] == 0 {
+                    st.mem[i / 64] &= !(1 << (i % 64));
+                    *e = 0;
+                }
             }
         }
         let _g = self.write_lock.lock().await;
