@@ -48,7 +48,7 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Rebuild progress in [0, 1] while a member is rebuilding.
     pub rebuild_progress: Option<f64>,
-    /// Mismatches found by scrubs since the array started.
+    /// Mismatches the last scrub found.
     pub mismatches: u64,
     /// Read errors repaired from redundancy.
     pub read_errors_fixed: u64,
@@ -93,6 +93,10 @@ impl Array {
         } else {
             "clean"
         };
+        let (events, mismatches) = {
+            let sb = c.sb.lock().unwrap_or_else(|p| p.into_inner());
+            (sb.events, sb.mismatches)
+        };
         Status {
             uuid: format_uuid(&c.uuid),
             level: c.level().number(),
@@ -102,9 +106,9 @@ impl Array {
             degraded,
             members,
             rebuild_progress,
-            mismatches: c.counters.mismatches.load(Ordering::Relaxed),
+            mismatches,
             read_errors_fixed: c.counters.read_errors_fixed.load(Ordering::Relaxed),
-            events: c.sb.lock().unwrap_or_else(|p| p.into_inner()).events,
+            events,
             ppl: c.ppl.is_some(),
             bitmap: c.bitmap.is_some(),
         }

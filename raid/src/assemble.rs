@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use blockdev::{BlockDev, Error, ErrorKind, IoCtx, IoTag, Result};
 use rand::RngCore;
 
-use crate::array::Array;
+use crate::array::{Array, MemberStatus, Status};
 use crate::bitmap::Bitmap;
 use crate::core::{Core, Counters};
 use crate::layout::{align_up, Geometry};
@@ -139,6 +139,7 @@ pub async fn create(io: &IoCtx, members: Vec<(String, Arc<dyn BlockDev>)>, opts:
         ppl_len,
         rebuild_checkpoint: IN_SYNC,
         flags: if use_ppl { FLAG_PPL } else { 0 },
+        mismatches: 0,
         role_states: vec![RoleState::Active; n],
     };
     let slots: Vec<Member> =
@@ -166,6 +167,9 @@ pub async fn create(io: &IoCtx, members: Vec<(String, Arc<dyn BlockDev>)>, opts:
     Ok(Array { core })
 }
 
+/// Members as assembly takes them: (name, device or `None` when missing).
+pub type MemberList = Vec<(String, Option<Arc<dyn BlockDev>>)>;
+
 /// A member device with its name and superblock.
 type FoundMember = (String, Arc<dyn BlockDev>, Superblock);
 
@@ -183,11 +187,7 @@ pub async fn read_superblock(io: &IoCtx, name: &str, dev: &dyn BlockDev) -> Resu
 }
 
 /// Assemble the array on `members` (name, device; `None` when the member is missing).
-pub async fn assemble(
-    io: &IoCtx,
-    members: Vec<(String, Option<Arc<dyn BlockDev>>)>,
-    opts: AssembleOptions,
-) -> Result<Array> {
+pub async fn assemble(io: &IoCtx, members: MemberList, opts: AssembleOptions) -> Result<Array> {
     let mut found: Vec<FoundMember> = Vec::new();
     for (name, dev) in &members {
         if let Some(dev) = dev {
@@ -368,4 +368,68 @@ async fn recover(io: &IoCtx, core: &Core, degraded: bool, opts: AssembleOptions)
     }
     tracing::info!("{}: resynced {} regions after an unclean stop ({fixed} rows fixed)", core.name, regions.len());
     Ok(())
+}
+
+/// The array's state as its members' superblocks describe it, without assembling or writing
+/// anything (`blkctl raid status`).
+pub async fn examine(io: &IoCtx, members: MemberList) -> Result<Status> {
+    let mut found: Vec<(String, Superblock)> = Vec::new();
+    for (name, dev) in &members {
+        if let Some(dev) = dev {
+            found.push((name.clone(), read_superblock(io, name, &**dev).await?));
+        }
+    }
+    let Some(newest) = found.iter().map(|(_, sb)| sb).max_by_key(|sb| sb.events).cloned() else {
+        return Err(Error::new(ErrorKind::NotFound, "examine: no member present"));
+    };
+    let n = newest.members as usize;
+    let mut roles: Vec<MemberStatus> =
+        (0..n).map(|role| MemberStatus { role, name: "-".into(), state: "missing", errors: 0 }).collect();
+    let mut progress = None;
+    for (name, sb) in &found {
+        if sb.uuid != newest.uuid {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("member {name} belongs to array {}, not {}", format_uuid(&sb.uuid), format_uuid(&newest.uuid)),
+            ));
+        }
+        let role = (sb.role as usize).min(n - 1);
+        let state = match newest.role_states[role] {
+            RoleState::Faulty => "faulty",
+            _ if sb.events + 1 < newest.events => "stale",
+            RoleState::Rebuilding => {
+                let cp = if sb.rebuild_checkpoint == IN_SYNC { 0 } else { sb.rebuild_checkpoint };
+                progress = Some(cp as f64 / sb.data_size as f64);
+                "rebuilding"
+            }
+            RoleState::Active => "active",
+        };
+        roles[role] = MemberStatus { role, name: name.clone(), state, errors: 0 };
+    }
+    let geo = Geometry { level: newest.level, members: n, chunk: u64::from(newest.chunk), data_size: newest.data_size };
+    let degraded = roles.iter().any(|m| m.state != "active");
+    let state = if progress.is_some() {
+        "rebuilding"
+    } else if degraded {
+        "degraded"
+    } else if newest.dirty {
+        "active"
+    } else {
+        "clean"
+    };
+    Ok(Status {
+        uuid: format_uuid(&newest.uuid),
+        level: newest.level.number(),
+        chunk: geo.chunk,
+        size: geo.array_size(),
+        state,
+        degraded,
+        members: roles,
+        rebuild_progress: progress,
+        mismatches: newest.mismatches,
+        read_errors_fixed: 0,
+        events: newest.events,
+        ppl: newest.flags & FLAG_PPL != 0,
+        bitmap: newest.bitmap_len > 0,
+    })
 }

@@ -22,7 +22,6 @@ pub const MAX_MEMBER_ERRORS: u32 = 16;
 #[derive(Default)]
 pub(crate) struct Counters {
     pub read_errors_fixed: AtomicU64,
-    pub mismatches: AtomicU64,
     pub rebuild_bytes: AtomicU64,
 }
 

@@ -27,7 +27,7 @@ pub mod superblock;
 mod timer;
 
 pub use array::{Array, MemberStatus, Status};
-pub use assemble::{assemble, create, read_superblock, AssembleOptions, CreateOptions};
+pub use assemble::{assemble, create, examine, read_superblock, AssembleOptions, CreateOptions, MemberList};
 pub use member::MemberState;
 pub use rebuild::RebuildOptions;
 pub use scrub::ScrubReport;

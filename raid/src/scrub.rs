@@ -1,8 +1,6 @@
 //! Checking redundancy row by row: scrub (count mismatches, optionally repair) and the resync
 //! after a crash (regions the write-intent bitmap marked dirty).
 
-use std::sync::atomic::Ordering;
-
 use blockdev::{Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
 
 use crate::array::Array;
@@ -127,10 +125,11 @@ impl Array {
                 }
             }
         }
-        c.counters.mismatches.fetch_add(rep.mismatches, Ordering::Relaxed);
         if repair && rep.repaired > 0 {
             c.flush_all(io).await?;
         }
+        c.sb.lock().unwrap_or_else(|p| p.into_inner()).mismatches = rep.mismatches;
+        c.write_superblocks(io).await?;
         Ok(rep)
     }
 }

@@ -131,6 +131,8 @@ pub struct Superblock {
     pub rebuild_checkpoint: u64,
     /// Feature flags ([`FLAG_PPL`]).
     pub flags: u32,
+    /// Mismatches the last scrub found.
+    pub mismatches: u64,
     /// The array's view of every role.
     pub role_states: Vec<RoleState>,
 }
@@ -163,6 +165,7 @@ fn put_u64(b: &mut [u8], at: usize, v: u64) {
 
 const CRC_AT: usize = SB_SIZE - 4;
 const STATES_AT: usize = 128;
+const MISMATCHES_AT: usize = STATES_AT + MAX_MEMBERS;
 
 fn bad(member: &str, field: &str, what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Corrupt, format!("member {member}: superblock field '{field}': {what}"))
@@ -190,6 +193,7 @@ impl Superblock {
         put_u64(&mut b, 104, self.ppl_len);
         put_u64(&mut b, 112, self.rebuild_checkpoint);
         put_u32(&mut b, 120, self.flags);
+        put_u64(&mut b, MISMATCHES_AT, self.mismatches);
         for (i, s) in self.role_states.iter().take(MAX_MEMBERS).enumerate() {
             b[STATES_AT + i] = s.to_byte();
         }
@@ -240,6 +244,7 @@ impl Superblock {
             ppl_len: get_u64(b, 104),
             rebuild_checkpoint: get_u64(b, 112),
             flags: get_u32(b, 120),
+            mismatches: get_u64(b, MISMATCHES_AT),
             role_states: Vec::new(),
         };
         let n = sb.members as usize;
@@ -389,6 +394,7 @@ mod tests {
             ppl_len: 69632 * 4,
             rebuild_checkpoint: IN_SYNC,
             flags: FLAG_PPL,
+            mismatches: 3,
             role_states: vec![RoleState::Active, RoleState::Faulty, RoleState::Rebuilding],
         }
     }

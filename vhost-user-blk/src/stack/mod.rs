@@ -10,6 +10,7 @@
 
 mod mem;
 mod qcow2;
+pub mod raid;
 mod raw;
 mod thin;
 
@@ -44,6 +45,7 @@ pub static FORMATS: &[Format] = &[
     mem::FORMAT,
     qcow2::FORMAT,
     thin::FORMAT,
+    raid::FORMAT,
 ];
 
 /// Prefix of a path-valued key that names an already-built node instead of a file.

@@ -43,6 +43,7 @@ groups! {
     bench,
     qcow2,
     thin,
+    raid,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
