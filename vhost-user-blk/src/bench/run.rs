@@ -47,6 +47,9 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Times each case runs (alternating with fio); the row is the median round.
     pub rounds: u32,
+    /// Skip the prefill, so writes land on blocks never written before (the allocating-write
+    /// cost of qcow2 and thin volumes); reads of unwritten blocks measure the layer's hole path.
+    pub no_prefill: bool,
 }
 
 impl Default for BenchOptions {
@@ -62,6 +65,7 @@ impl Default for BenchOptions {
             command: String::new(),
             seed: 0x5EED,
             rounds: 1,
+            no_prefill: false,
         }
     }
 }
@@ -217,6 +221,8 @@ pub fn run_on_target(
         if let Some(w) = opts.workloads.iter().find(|w| w.is_write()) {
             return Err(Error::new(ErrorKind::ReadOnly, format!("bench: {w} on read-only disk '{}'", opts.spec)));
         }
+    } else if opts.no_prefill {
+        tracing::info!("bench: no prefill: writes land on unwritten blocks of {}", target.describe());
     } else {
         tracing::info!("bench: prefilling {} bytes of {}", range, target.describe());
         prefill(target, range, opts.seed)?;

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// shared machine IOPS swing with other load.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     rounds: u32,
+    /// Do not prefill the range first: writes then land on blocks never written (the
+    /// allocating-write path of qcow2 and thin volumes). Use a fresh disk per run.
+    #[arg(long)]
+    no_prefill: bool,
 }
 
 fn parse_qd(s: &str) -> Result<String, String> {
@@ -141,6 +145,7 @@ fn bench(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         command: argv.iter().map(|s| quote(s)).collect::<Vec<_>>().join(" "),
         seed: a.seed,
         rounds: a.rounds,
+        no_prefill: a.no_prefill,
     };
     // The table goes to stdout, or to stderr when stdout carries JSON.
     let print = |line: &str| if a.json { eprintln!("{line}") } else { println!("{line}") };
