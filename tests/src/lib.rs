@@ -1,13 +1,13 @@
 //! Integration and end-to-end test support for strata.
 //!
-//! - [`guest`]: a Debian cloud kernel, busybox and an initramfs built on first use and cached
-//!   under the workspace `target/guest-artifacts/`, and a QEMU (TCG) runner that boots them with
-//!   vhost-user-blk disks and captures the serial console.
+//! - [`guest`]: the `strata-guest` crate (re-exported): a Debian cloud kernel, busybox and an
+//!   initramfs built on first use and cached under the workspace `target/guest-artifacts/`, and
+//!   a QEMU (TCG) runner that boots them with vhost-user-blk disks and captures the serial console.
 //! - [`bins`]: find (and if needed build) the workspace's binaries from a test.
-//! - [`scratch`]: a self-deleting scratch directory.
+//! - [`scratch`]: a self-deleting scratch directory (from `strata-guest`).
 //!
 //! The tests themselves live in `tests/tests/`.
 
 pub mod bins;
-pub mod guest;
-pub mod scratch;
+pub use strata_guest as guest;
+pub use strata_guest::scratch;

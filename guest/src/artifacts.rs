@@ -33,7 +33,8 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("STRATA_GUEST_CACHE") {
         return PathBuf::from(dir);
     }
-    let workspace = crate::bins::workspace_root();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().unwrap_or(manifest);
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace.join(dir), // an absolute CARGO_TARGET_DIR replaces the base
         None => workspace.join("target"),

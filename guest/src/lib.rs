@@ -1,9 +1,10 @@
-//! Guests for end-to-end tests: Debian's cloud kernel and busybox, a generated initramfs,
-//! and a QEMU (TCG) runner.
+//! strata-guest: real guests for strata's end-to-end tests and for `blkctl fio`: Debian's cloud
+//! kernel and busybox, a generated initramfs (optionally carrying fio), a QEMU (TCG) runner, a
+//! qemu-storage-daemon wrapper (the reference server) and a self-deleting scratch directory.
 //!
 //! ```no_run
-//! use strata_tests::guest::{GuestArtifacts, Initramfs, QemuGuest};
-//! # fn main() -> Result<(), strata_tests::guest::Error> {
+//! use strata_guest::{GuestArtifacts, Initramfs, QemuGuest};
+//! # fn main() -> Result<(), strata_guest::Error> {
 //! let art = GuestArtifacts::ensure()?;
 //! let initrd = std::env::temp_dir().join("initrd.cpio");
 //! Initramfs::builder().artifacts(&art).script("echo hello from the guest").build(&initrd)?;
@@ -20,6 +21,7 @@ mod artifacts;
 mod cpio;
 mod initramfs;
 mod qemu;
+pub mod scratch;
 
 pub use artifacts::{cache_root, GuestArtifacts, VIRTIO_MODULES};
 pub use cpio::CpioWriter;
