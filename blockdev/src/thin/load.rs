@@ -106,7 +106,7 @@ pub async fn load(io: &IoCtx, meta: &Arc<dyn BlockDev>, sb: Superblock) -> Resul
         }
         let what = format!("thin volume '{}' mapping", v.name);
         let map = read_array(io, meta, &mut st, v.size.div_ceil(bs), &v.pages, &what).await?;
-        let vs = VolumeState { id: v.id, name: v.name, size: v.size, map, busy: HashSet::new(), open: 0 };
+        let vs = VolumeState::new(v.id, v.name, v.size, map);
         st.volumes.insert(vs.id, vs);
     }
     Ok(st)

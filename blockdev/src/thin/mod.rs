@@ -17,6 +17,7 @@ mod metaio;
 mod paged;
 mod pool;
 mod state;
+mod timer;
 mod volume;
 
 pub use load::Audit;

@@ -7,7 +7,6 @@
 //! the superblock copy for the new transaction and flushes again. Blocks freed by a transaction
 //! are reused only after it is committed (the previous transaction still maps them).
 
-use std::collections::HashSet;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -311,7 +310,7 @@ impl Pool {
             let id = st.next_volume_id;
             st.next_volume_id += 1;
             let map = PagedArray::new(size.div_ceil(self.inner.block_size));
-            st.volumes.insert(id, VolumeState { id, name: name.into(), size, map, busy: HashSet::new(), open: 0 });
+            st.volumes.insert(id, VolumeState::new(id, name.into(), size, map));
             st.meta_dirty = true;
         }
         self.commit(io).await
@@ -328,9 +327,14 @@ impl Pool {
     }
 
     /// Writable snapshot `name` of volume (or snapshot) `origin`, sharing its blocks; commits.
+    ///
+    /// The origin may be in use: as dm-thin suspends the origin, new write requests to it wait
+    /// while those in progress finish, then the mapping is copied in one step and the origin
+    /// resumes. So every write request is wholly in the snapshot (it completed before) or wholly
+    /// out of it (it started after), however many blocks it spans.
     pub async fn snapshot(&self, io: &IoCtx, origin: &str, name: &str) -> Result<()> {
         check_name(name)?;
-        // Wait for writes in progress on the origin, then copy its mapping in one step.
+        let mut suspended: Option<Suspend> = None;
         poll_fn(|cx| {
             let mut st = self.inner.lock();
             let id = match st.volume_id(origin) {
@@ -340,25 +344,34 @@ impl Pool {
             if let Err(e) = self.check_new_name(&st, name) {
                 return Poll::Ready(Err(e));
             }
-            if !st.volumes[&id].busy.is_empty() {
+            if suspended.is_none() {
+                let v = st.volumes.get_mut(&id).expect("looked up above");
+                if v.suspended {
+                    // Another snapshot of this origin is being taken.
+                    st.park(cx.waker());
+                    return Poll::Pending;
+                }
+                v.suspended = true;
+                suspended = Some(Suspend { inner: self.inner.clone(), id });
+            }
+            let o = &st.volumes[&id];
+            if o.writers > 0 || !o.busy.is_empty() {
                 st.park(cx.waker());
                 return Poll::Pending;
             }
-            let (size, map) = {
-                let o = &st.volumes[&id];
-                (o.size, o.map.clone_dirty())
-            };
+            let (size, map) = (o.size, o.map.clone_dirty());
             for (_, e) in map.nonzero() {
                 st.inc_ref(e - 1);
             }
             let new_id = st.next_volume_id;
             st.next_volume_id += 1;
-            let vs = VolumeState { id: new_id, name: name.into(), size, map, busy: HashSet::new(), open: 0 };
+            let vs = VolumeState::new(new_id, name.into(), size, map);
             st.volumes.insert(new_id, vs);
             st.meta_dirty = true;
             Poll::Ready(Ok(()))
         })
         .await?;
+        drop(suspended);
         self.commit(io).await
     }
 
@@ -368,7 +381,10 @@ impl Pool {
             let mut st = self.inner.lock();
             let id = st.volume_id(name)?;
             if st.volumes[&id].open > 0 {
-                return Err(Error::new(ErrorKind::Locked, format!("thin volume '{name}' is open")));
+                return Err(Error::new(
+                    ErrorKind::Locked,
+                    format!("thin volume '{name}' is in use (open or served): stop using it before removing it"),
+                ));
             }
             st.drop_volume(id);
         }
@@ -459,6 +475,22 @@ impl Pool {
     }
 }
 
+/// A volume's writes are held back (for a snapshot) until this is dropped.
+struct Suspend {
+    inner: Arc<PoolInner>,
+    id: u64,
+}
+
+impl Drop for Suspend {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some(v) = st.volumes.get_mut(&self.id) {
+            v.suspended = false;
+        }
+        st.wake_all();
+    }
+}
+
 /// Commit (see the module docs); returns once a commit that started after the call finished.
 pub(crate) async fn commit(inner: &Arc<PoolInner>, io: &IoCtx) -> Result<()> {
     let ticket = {
@@ -498,10 +530,11 @@ pub(crate) async fn commit(inner: &Arc<PoolInner>, io: &IoCtx) -> Result<()> {
         let mut st = inner.lock();
         st.committing = false;
         match res {
-            Ok(()) => {
+            Ok(zeroed) => {
                 if let Some(p) = plan {
                     st.finish_commit(p);
                 }
+                st.mark_zeroed(&zeroed);
                 st.gen_done = st.gen_done.max(gen);
                 st.wake_all();
             }
@@ -515,9 +548,11 @@ pub(crate) async fn commit(inner: &Arc<PoolInner>, io: &IoCtx) -> Result<()> {
     }
 }
 
-async fn run_commit(inner: &PoolInner, io: &IoCtx, plan: Option<&CommitPlan>, freed: &[u64]) -> Result<()> {
+/// Write one commit; returns the freed data blocks that now read zeros.
+async fn run_commit(inner: &PoolInner, io: &IoCtx, plan: Option<&CommitPlan>, freed: &[u64]) -> Result<Vec<u64>> {
     let Some(CommitPlan { pages, sb, .. }) = plan else {
-        return inner.data.flush(io, IoTag::meta("thin.commit_data_flush")).await;
+        inner.data.flush(io, IoTag::meta("thin.commit_data_flush")).await?;
+        return Ok(Vec::new());
     };
     write_pages(io, &inner.meta, pages, IoTag::meta("thin.meta_page")).await?;
     // Created only now: a flush covers the writes completed before it is issued.
@@ -530,13 +565,42 @@ async fn run_commit(inner: &PoolInner, io: &IoCtx, plan: Option<&CommitPlan>, fr
     let slot = sb.txid % 2;
     inner.meta.write(io, slot * PAGE_SIZE as u64, b.io(), false, IoTag::meta("thin.superblock")).await?;
     inner.meta.flush(io, IoTag::meta("thin.superblock_flush")).await?;
-    if inner.data.info().discard {
-        for &blk in freed {
-            let off = inner.data_offset + blk * inner.block_size;
-            if let Err(e) = inner.data.discard(io, off, inner.block_size, IoTag::data("thin.discard_free")).await {
-                tracing::warn!("thin pool: discard of freed data block {blk} failed: {e}");
-            }
-        }
+    Ok(discard_freed(inner, io, freed).await)
+}
+
+/// Discard the data blocks a commit freed (nothing maps them any more). Where the data device
+/// can discard so that it reads zeros (a write-zeroes that unmaps: a punched hole), the blocks
+/// become known-zero and their next first write needs no zero-fill; they are returned. Runs of
+/// neighbouring blocks go down as one request.
+async fn discard_freed(inner: &PoolInner, io: &IoCtx, freed: &[u64]) -> Vec<u64> {
+    let info = inner.data.info();
+    if !info.discard || freed.is_empty() {
+        return Vec::new();
     }
-    Ok(())
+    let zeroing = info.write_zeroes;
+    let mut sorted = freed.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut zeroed = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 {
+            j += 1;
+        }
+        let (first, n) = (sorted[i], (j - i) as u64);
+        let (off, len) = (inner.data_offset + first * inner.block_size, n * inner.block_size);
+        let res = if zeroing {
+            inner.data.write_zeroes(io, off, len, true, IoTag::data("thin.discard_free")).await
+        } else {
+            inner.data.discard(io, off, len, IoTag::data("thin.discard_free")).await
+        };
+        match res {
+            Ok(()) if zeroing => zeroed.extend_from_slice(&sorted[i..j]),
+            Ok(()) => {}
+            Err(e) => tracing::warn!("thin pool: discard of freed data blocks {first}..+{n} failed: {e}"),
+        }
+        i = j;
+    }
+    zeroed
 }

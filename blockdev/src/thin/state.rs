@@ -29,9 +29,19 @@ pub struct VolumeState {
     pub busy: HashSet<u64>,
     /// Open handles (a volume in use cannot be removed).
     pub open: u32,
+    /// Write, write-zeroes and discard requests in progress (each counted once, however many
+    /// blocks it spans).
+    pub writers: u32,
+    /// A snapshot is being taken: new write requests wait until it is done.
+    pub suspended: bool,
 }
 
 impl VolumeState {
+    /// A volume with nothing in progress.
+    pub fn new(id: u64, name: String, size: u64, map: PagedArray) -> VolumeState {
+        VolumeState { id, name, size, map, busy: HashSet::new(), open: 0, writers: 0, suspended: false }
+    }
+
     /// Mapped virtual blocks.
     pub fn mapped(&self) -> u64 {
         self.map.nonzero().count() as u64
@@ -78,6 +88,9 @@ pub struct PoolState {
     pub next_volume_id: u64,
     /// Reusable data blocks (refcount 0, free since a committed transaction).
     pub free: Vec<u64>,
+    /// Those of `free` (or `deferred`) known to read zeros: discarded on a data device whose
+    /// discard reads back zeros, and not written since.
+    free_zeroed: HashSet<u64>,
     /// Next never-written block to hand out.
     pub fresh_next: u64,
     /// Blocks freed since the last commit snapshot / by the commit in flight.
@@ -135,6 +148,7 @@ impl PoolState {
             volumes: BTreeMap::new(),
             next_volume_id: sb.next_volume_id,
             free: Vec::new(),
+            free_zeroed: HashSet::new(),
             fresh_next: sb.zero_from,
             freed_now: Vec::new(),
             freed_in_commit: Vec::new(),
@@ -184,6 +198,17 @@ impl PoolState {
     /// refcount 0).
     pub fn rebuild_free_list(&mut self) {
         self.free = (0..self.fresh_next).rev().filter(|&b| self.sm.get(b) == 0).collect();
+        self.free_zeroed.clear();
+    }
+
+    /// Free data blocks that now read zeros (discarded after the commit that freed them).
+    pub fn mark_zeroed(&mut self, blocks: &[u64]) {
+        self.free_zeroed.extend(blocks.iter().copied());
+    }
+
+    /// Free blocks known to read zeros (tests and reports).
+    pub fn zeroed_free_blocks(&self) -> usize {
+        self.free_zeroed.len()
     }
 
     /// A read of data block `block` starts: it is not reused before `unpin`.
@@ -191,17 +216,19 @@ impl PoolState {
         *self.pins.entry(block).or_default() += 1;
     }
 
-    /// A read of data block `block` finished.
-    pub fn unpin(&mut self, block: u64) {
+    /// A read of data block `block` finished. True when that made a freed block allocatable.
+    pub fn unpin(&mut self, block: u64) -> bool {
         if let Some(n) = self.pins.get_mut(&block) {
             *n -= 1;
             if *n == 0 {
                 self.pins.remove(&block);
                 if self.deferred.remove(&block) {
                     self.free.push(block);
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// Register a task to wake at the next `wake_all`, once however often it is polled (a task
@@ -258,7 +285,8 @@ impl PoolState {
             return Alloc::Block { block, zeroed: true };
         }
         if let Some(block) = self.free.pop() {
-            return Alloc::Block { block, zeroed: false };
+            let zeroed = self.free_zeroed.remove(&block);
+            return Alloc::Block { block, zeroed };
         }
         if self.fresh_next < self.sb.data_blocks || !self.freed_now.is_empty() || !self.freed_in_commit.is_empty() {
             self.meta_dirty = true; // the commit must run even if nothing else changed
@@ -270,6 +298,7 @@ impl PoolState {
 
     /// Give back a reserved block that was never mapped (its contents are no longer known).
     pub fn unreserve(&mut self, block: u64) {
+        self.free_zeroed.remove(&block);
         self.free.push(block);
     }
 

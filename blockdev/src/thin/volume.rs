@@ -7,13 +7,21 @@
 //! it fully (copying a shared block, zero-filling what the write does not cover unless the block
 //! is known to read zeros), and only then map it. A FUA write that made or used an uncommitted
 //! mapping completes after the commit that records it.
+//!
+//! Every write, write-zeroes and discard request counts itself in the volume's `writers` while it
+//! runs, and waits first while a snapshot holds the volume suspended.
+//!
+//! Out of space: a write that needs a block when none is free fails at once with `NoSpace`, or,
+//! with a `no_space_wait`, waits up to that long for space (blocks freed, the pool grown).
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use super::pool::{commit, PoolInner};
 use super::state::Alloc;
+use super::timer;
 use crate::join::try_join_all;
 use crate::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
 
@@ -22,11 +30,19 @@ pub struct ThinVolume {
     inner: Arc<PoolInner>,
     id: u64,
     name: String,
+    no_space_wait: Duration,
 }
 
 impl ThinVolume {
     pub(crate) fn new(inner: Arc<PoolInner>, id: u64, name: &str) -> ThinVolume {
-        ThinVolume { inner, id, name: name.into() }
+        ThinVolume { inner, id, name: name.into(), no_space_wait: Duration::ZERO }
+    }
+
+    /// How long a write that needs a data block waits for one when the pool is full before it
+    /// fails with `NoSpace` (zero, the default: fail at once). Space comes back when blocks are
+    /// freed (discard, a volume removed) or the pool is grown.
+    pub fn set_no_space_wait(&mut self, wait: Duration) {
+        self.no_space_wait = wait;
     }
 
     /// The volume's name.
@@ -50,6 +66,65 @@ impl Drop for ThinVolume {
             v.open = v.open.saturating_sub(1);
         }
     }
+}
+
+/// A write request in progress on volume `id` until this is dropped (a snapshot waits for it).
+struct Writer {
+    inner: Arc<PoolInner>,
+    id: u64,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        let Some(v) = st.volumes.get_mut(&self.id) else { return };
+        v.writers = v.writers.saturating_sub(1);
+        if v.writers == 0 && v.suspended {
+            st.wake_all();
+        }
+    }
+}
+
+/// Count a write request in, once no snapshot holds the volume suspended.
+async fn enter(inner: &Arc<PoolInner>, id: u64) -> Result<Writer> {
+    poll_fn(|cx| {
+        let mut st = inner.lock();
+        let Some(v) = st.volumes.get_mut(&id) else {
+            return Poll::Ready(Err(Error::new(ErrorKind::NotFound, "thin volume was removed")));
+        };
+        if !v.suspended {
+            v.writers += 1;
+            return Poll::Ready(Ok(Writer { inner: inner.clone(), id }));
+        }
+        st.park(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+/// Wait until the pool may have space again (any wake-up: blocks freed, a commit, the pool
+/// grown) or until `deadline`. `timer_set` records that the deadline wake-up is registered.
+async fn wait_for_space(inner: &PoolInner, deadline: Instant, timer_set: &mut bool) {
+    let mut parked = false;
+    poll_fn(|cx| {
+        if parked || Instant::now() >= deadline {
+            return Poll::Ready(());
+        }
+        if !*timer_set {
+            if !timer::wake_at(deadline, cx.waker()) {
+                return Poll::Ready(());
+            }
+            *timer_set = true;
+        }
+        inner.lock().park(cx.waker());
+        parked = true;
+        Poll::Pending
+    })
+    .await
+}
+
+fn no_space() -> Error {
+    Error::new(ErrorKind::NoSpace, "thin pool: out of data space")
 }
 
 /// Virtual block `vb` of volume `id` is being written or discarded until this is dropped.
@@ -110,13 +185,25 @@ enum WritePlan {
     InPlace { block: u64, uncommitted: bool },
     Provision { block: u64, zeroed: bool, src: Option<u64> },
     NeedCommit,
+    NoSpace,
 }
 
 /// Write one segment; returns true when its mapping is not committed yet.
-async fn write_seg(inner: Arc<PoolInner>, io: IoCtx, id: u64, seg: Seg, bufs: IoBufs, fua: bool) -> Result<bool> {
+/// A write that finds the pool full waits up to `space_wait` for space.
+async fn write_seg(
+    inner: Arc<PoolInner>,
+    io: IoCtx,
+    id: u64,
+    seg: Seg,
+    bufs: IoBufs,
+    fua: bool,
+    space_wait: Duration,
+) -> Result<bool> {
     let _busy = acquire(&inner, id, seg.vb).await?;
     let bs = inner.block_size;
     let mut waits = 0;
+    let mut deadline: Option<Instant> = None;
+    let mut timer_set = false;
     let plan = loop {
         let plan = {
             let mut st = inner.lock();
@@ -132,9 +219,7 @@ async fn write_seg(inner: Arc<PoolInner>, io: IoCtx, id: u64, seg: Seg, bufs: Io
                 match st.alloc() {
                     Alloc::Block { block, zeroed } => WritePlan::Provision { block, zeroed, src: e.checked_sub(1) },
                     Alloc::NeedCommit => WritePlan::NeedCommit,
-                    Alloc::NoSpace => {
-                        return Err(Error::new(ErrorKind::NoSpace, "thin pool: out of data space"));
-                    }
+                    Alloc::NoSpace => WritePlan::NoSpace,
                 }
             }
         };
@@ -143,7 +228,17 @@ async fn write_seg(inner: Arc<PoolInner>, io: IoCtx, id: u64, seg: Seg, bufs: Io
                 waits += 1;
                 commit(&inner, &io).await?;
             }
-            WritePlan::NeedCommit => return Err(Error::new(ErrorKind::NoSpace, "thin pool: out of data space")),
+            WritePlan::NeedCommit | WritePlan::NoSpace => {
+                if space_wait.is_zero() {
+                    return Err(no_space());
+                }
+                let until = *deadline.get_or_insert_with(|| Instant::now() + space_wait);
+                if Instant::now() >= until {
+                    return Err(no_space());
+                }
+                wait_for_space(&inner, until, &mut timer_set).await;
+                waits = 0;
+            }
             p => break p,
         }
     };
@@ -169,7 +264,7 @@ async fn write_seg(inner: Arc<PoolInner>, io: IoCtx, id: u64, seg: Seg, bufs: Io
                 }
             }
         }
-        WritePlan::NeedCommit => unreachable!("handled above"),
+        WritePlan::NeedCommit | WritePlan::NoSpace => unreachable!("handled above"),
     }
 }
 
@@ -197,10 +292,19 @@ async fn provision(
     inner.data.write(io, dst, block.io(), false, IoTag::data("thin.provision")).await
 }
 
-async fn write(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs, fua: bool) -> Result<()> {
+async fn write(
+    inner: Arc<PoolInner>,
+    io: IoCtx,
+    id: u64,
+    off: u64,
+    bufs: IoBufs,
+    fua: bool,
+    wait: Duration,
+) -> Result<()> {
+    let _writer = enter(&inner, id).await?;
     let segs = segments(inner.block_size, off, bufs.len() as u64);
     let uncommitted = if segs.len() == 1 {
-        write_seg(inner.clone(), io.clone(), id, segs[0], bufs, fua).await?
+        write_seg(inner.clone(), io.clone(), id, segs[0], bufs, fua, wait).await?
     } else {
         let flags = std::rc::Rc::new(std::cell::Cell::new(false));
         let futs: Vec<IoFuture> = segs
@@ -210,7 +314,7 @@ async fn write(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs
                     (inner.clone(), io.clone(), flags.clone(), bufs.slice(s.at, s.len as usize));
                 let s = *s;
                 Box::pin(async move {
-                    if write_seg(inner, io, id, s, b, fua).await? {
+                    if write_seg(inner, io, id, s, b, fua, wait).await? {
                         flags.set(true);
                     }
                     Ok(())
@@ -235,8 +339,12 @@ struct Pins {
 impl Drop for Pins {
     fn drop(&mut self) {
         let mut st = self.inner.lock();
+        let mut released = false;
         for &b in &self.blocks {
-            st.unpin(b);
+            released |= st.unpin(b);
+        }
+        if released {
+            st.wake_all(); // a write may be waiting for space
         }
     }
 }
@@ -272,7 +380,16 @@ async fn read(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs)
 
 /// Unmap the whole blocks of `[off, off+len)`; with `zero_partial`, write zeros over the mapped
 /// parts of partial blocks (write-zeroes), otherwise leave them (discard).
-async fn unmap(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, len: u64, zero_partial: bool) -> Result<()> {
+async fn unmap(
+    inner: Arc<PoolInner>,
+    io: IoCtx,
+    id: u64,
+    off: u64,
+    len: u64,
+    zero_partial: bool,
+    wait: Duration,
+) -> Result<()> {
+    let _writer = enter(&inner, id).await?;
     let bs = inner.block_size;
     for s in segments(bs, off, len) {
         if s.len == bs {
@@ -290,7 +407,7 @@ async fn unmap(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, len: u64, ze
                 let mut z = io.pool().shared(s.len as usize);
                 z.bytes_mut().fill(0);
                 let seg = Seg { at: 0, ..s };
-                write_seg(inner.clone(), io.clone(), id, seg, z.io(), false).await?;
+                write_seg(inner.clone(), io.clone(), id, seg, z.io(), false, wait).await?;
             }
         }
     }
@@ -324,7 +441,7 @@ impl BlockDev for ThinVolume {
         if let Err(e) = self.info().check_write(off, bufs.len() as u64) {
             return crate::ready(Err(e));
         }
-        Box::pin(write(self.inner.clone(), io.clone(), self.id, off, bufs, fua))
+        Box::pin(write(self.inner.clone(), io.clone(), self.id, off, bufs, fua, self.no_space_wait))
     }
 
     fn flush(&self, io: &IoCtx, _tag: IoTag) -> IoFuture {
@@ -336,14 +453,14 @@ impl BlockDev for ThinVolume {
         if let Err(e) = self.info().check_write(off, len) {
             return crate::ready(Err(e));
         }
-        Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, false))
+        Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, false, self.no_space_wait))
     }
 
     fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, _unmap: bool, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_write(off, len) {
             return crate::ready(Err(e));
         }
-        Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, true))
+        Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, true, self.no_space_wait))
     }
 
     fn describe(&self) -> String {
