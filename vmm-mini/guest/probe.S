@@ -52,6 +52,7 @@
         .set IDBUF, 0x23200             # GET_ID answer, 20 bytes and a NUL we add
         .set WBUF, 0x24000              # the pattern written, 1024 bytes
         .set RBUF, 0x28000              # the data read back, 1536 bytes
+        .set BEFORE, 0x2c000            # read-only disks: the data before the refused writes
         .set QSIZE, 8
 
         # virtio-blk request types and descriptor flags.
@@ -61,8 +62,9 @@
         .set T_GET_ID, 8
         .set F_NEXT, 1
         .set F_WRITE, 2
+        .set BLK_F_RO, 1 << 5           # VIRTIO_BLK_F_RO: the device refuses writes
 
-        # Check numbers, also the exit code: keep in sync with src/probe/check.rs.
+        # Check numbers, also the exit code: keep in sync with CHECKS in src/probe.rs.
         .set CHECK_DEVICE, 1
         .set CHECK_FEATURES, 2
         .set CHECK_QUEUE, 3
@@ -84,7 +86,11 @@
         .endm
 
 # Register use: rbx = MMIO_BASE, rbp = current check, r12 = pattern seed, r13 = avail idx,
-# r15 = capacity in sectors.
+# r14 = BLK_F_RO if the device is read-only (else 0), r15 = capacity in sectors.
+#
+# A read-only device (VIRTIO_BLK_F_RO offered) turns the write check around: the guest reads
+# the sectors first, its writes must end with IOERR, and the compare check expects the data
+# read afterwards to be what was there before.
         .text
         .globl _start
 _start:
@@ -102,7 +108,8 @@ _start:
         jne fail
         call ok
 
-        # Reset, ACKNOWLEDGE|DRIVER, accept VERSION_1 (and FLUSH if offered), FEATURES_OK sticks.
+        # Reset, ACKNOWLEDGE|DRIVER, accept VERSION_1 (and FLUSH and RO if offered), FEATURES_OK
+        # sticks.
         begin CHECK_FEATURES, s_features
         mov dword ptr [rbx + STATUS_REG], 0
         mov dword ptr [rbx + STATUS_REG], 3
@@ -113,7 +120,9 @@ _start:
         mov dword ptr [rbx + DRIVER_FEATURES], 1
         mov dword ptr [rbx + DEVICE_FEATURES_SEL], 0
         mov eax, [rbx + DEVICE_FEATURES]
-        and eax, 1 << 9                                 # VIRTIO_BLK_F_FLUSH
+        and eax, (1 << 9) | BLK_F_RO                    # VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO
+        mov r14d, eax
+        and r14d, BLK_F_RO
         mov dword ptr [rbx + DRIVER_FEATURES_SEL], 0
         mov [rbx + DRIVER_FEATURES], eax
         mov dword ptr [rbx + STATUS_REG], 11
@@ -165,8 +174,18 @@ _start:
         call ok
 
         # Pattern: qword i of WBUF = seed + i. Sectors 0-1 get WBUF, the last sector WBUF+512.
+        # On a read-only device the same sectors are read into BEFORE first and both writes
+        # must end with IOERR.
         begin CHECK_WRITE, s_write
-        mov edi, WBUF
+        test r14d, r14d
+        jz 3f
+        lea rsi, [rip + s_read_only]
+        call puts
+        mov edx, BEFORE
+        call read_sectors
+        test al, al
+        jnz fail
+3:      mov edi, WBUF
         mov rax, r12
         mov ecx, 128
 1:      mov [rdi], rax
@@ -180,16 +199,14 @@ _start:
         mov ecx, 1024
         xor r8d, r8d
         call request
-        test al, al
-        jnz fail
+        call check_write_status
         mov edi, T_OUT
         lea rsi, [r15 - 1]
         mov edx, WBUF + 512
         mov ecx, 512
         xor r8d, r8d
         call request
-        test al, al
-        jnz fail
+        call check_write_status
         call ok
 
         begin CHECK_FLUSH, s_flush
@@ -204,31 +221,26 @@ _start:
         call ok
 
         begin CHECK_READ, s_read
-        mov edi, T_IN
-        xor esi, esi
         mov edx, RBUF
-        mov ecx, 1024
-        mov r8d, F_WRITE
-        call request
-        test al, al
-        jnz fail
-        mov edi, T_IN
-        lea rsi, [r15 - 1]
-        mov edx, RBUF + 1024
-        mov ecx, 512
-        mov r8d, F_WRITE
-        call request
+        call read_sectors
         test al, al
         jnz fail
         call ok
 
+        # Writable: what was read is the pattern. Read-only: it is what was there before.
         begin CHECK_COMPARE, s_compare
         mov esi, WBUF
+        mov eax, BEFORE
+        test r14d, r14d
+        cmovnz esi, eax
         mov edi, RBUF
         mov ecx, 128
         repe cmpsq
         jne fail
         mov esi, WBUF + 512
+        mov eax, BEFORE + 1024
+        test r14d, r14d
+        cmovnz esi, eax
         mov edi, RBUF + 1024
         mov ecx, 64
         repe cmpsq
@@ -262,6 +274,38 @@ fail:
         out EXIT_PORT, al
 1:      hlt
         jmp 1b
+
+# read_sectors: reads sectors 0-1 to [rdx] and the last sector to [rdx + 1024].
+# Out: al = 0 if both reads succeeded, else the failing status.
+read_sectors:
+        push rdx
+        mov edi, T_IN
+        xor esi, esi
+        mov ecx, 1024
+        mov r8d, F_WRITE
+        call request
+        pop rdx
+        test al, al
+        jnz 1f
+        mov edi, T_IN
+        lea rsi, [r15 - 1]
+        add edx, 1024
+        mov ecx, 512
+        mov r8d, F_WRITE
+        call request
+1:      ret
+
+# check_write_status: al is a write's status; it must be OK (0), or IOERR (1) on a read-only
+# device. Jumps to fail otherwise.
+check_write_status:
+        test r14d, r14d
+        jnz 1f
+        test al, al
+        jnz fail
+        ret
+1:      cmp al, 1
+        jne fail
+        ret
 
 # request: one virtio-blk request on descriptors 0 (header), 1 (data), 2 (status); waits for it.
 # In: edi type, rsi sector, rdx data address, ecx data length (0: no data descriptor),
@@ -339,6 +383,7 @@ s_queue:    .asciz "queue"
 s_capacity: .asciz "capacity "
 s_id:       .asciz "id "
 s_write:    .asciz "write"
+s_read_only: .asciz " (read-only: refused with ioerr)"
 s_flush:    .asciz "flush"
 s_read:     .asciz "read"
 s_compare:  .asciz "compare"

@@ -3,6 +3,7 @@
 //! `QueueNotify`) and the call eventfds (KVM irqfds, or polled by the probe guest).
 
 use std::io;
+use std::path::PathBuf;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -23,6 +24,24 @@ pub enum BlkDeviceError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(io::Error),
+    /// `read-only=on` was asked for, but the backend serves the disk writable: vhost-user has
+    /// no way to tell it, and the guest's requests go straight to it, so it must refuse writes
+    /// itself.
+    #[error(
+        "vhost-user backend {0}: read-only=on, but the backend serves the disk writable (it does not offer \
+         VIRTIO_BLK_F_RO), so a guest's writes would reach the disk; export it read-only \
+         (strata: --disk ...,read-only=on; qemu-storage-daemon: --export ...,writable=off)"
+    )]
+    BackendWritable(PathBuf),
+}
+
+/// The features the guest is offered: the backend's, which must include VIRTIO_BLK_F_RO when
+/// the disk is to be read-only (the backend, not vmm-mini, sees the guest's requests).
+pub fn offered_features(spec: &DiskSpec, backend: u64) -> Result<u64, BlkDeviceError> {
+    if spec.read_only && backend & VIRTIO_BLK_F_RO == 0 {
+        return Err(BlkDeviceError::BackendWritable(spec.socket.clone()));
+    }
+    Ok(backend)
 }
 
 /// One vhost-user-blk disk on a virtio-mmio window.
@@ -39,10 +58,7 @@ impl BlkDevice {
     /// Connects to the disk's backend and builds the device the guest will see.
     pub fn new(spec: &DiskSpec, mem: GuestMemoryMmap) -> Result<Self, BlkDeviceError> {
         let frontend = BlkFrontend::connect(&spec.socket, spec.num_queues)?;
-        let mut features = frontend.guest_features();
-        if spec.read_only {
-            features |= VIRTIO_BLK_F_RO;
-        }
+        let features = offered_features(spec, frontend.guest_features())?;
         let n = usize::from(frontend.num_queues());
         let eventfds = || (0..n).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>();
         let kicks = eventfds().map_err(BlkDeviceError::EventFd)?;
@@ -107,5 +123,32 @@ impl BlkDevice {
             Some(TransportEvent::Reset) | None => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(read_only: bool) -> DiskSpec {
+        DiskSpec { socket: "/run/d.sock".into(), num_queues: 1, read_only }
+    }
+
+    #[test]
+    fn read_only_disk_needs_a_read_only_backend() {
+        let flush = 1 << 9;
+        assert_eq!(offered_features(&spec(true), flush | VIRTIO_BLK_F_RO).unwrap(), flush | VIRTIO_BLK_F_RO);
+        let e = offered_features(&spec(true), flush).unwrap_err();
+        assert!(e.to_string().contains("/run/d.sock") && e.to_string().contains("writable=off"), "{e}");
+    }
+
+    #[test]
+    fn writable_disk_passes_the_backend_features_through() {
+        assert_eq!(offered_features(&spec(false), 1 << 9).unwrap(), 1 << 9);
+        assert_eq!(
+            offered_features(&spec(false), VIRTIO_BLK_F_RO).unwrap(),
+            VIRTIO_BLK_F_RO,
+            "a read-only backend stays read-only"
+        );
     }
 }

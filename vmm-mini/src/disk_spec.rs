@@ -13,7 +13,8 @@ pub struct DiskSpec {
     pub socket: PathBuf,
     /// Queues to use (at most what the backend offers).
     pub num_queues: u16,
-    /// Show the disk read-only to the guest (VIRTIO_BLK_F_RO).
+    /// The disk must be read-only: the backend has to offer VIRTIO_BLK_F_RO (it refuses the
+    /// guest's writes), else vmm-mini refuses to start.
     pub read_only: bool,
 }
 

@@ -42,7 +42,8 @@ struct BootArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
-    /// socket=PATH[,num-queues=N][,read-only=on]; repeat for more disks.
+    /// socket=PATH[,num-queues=N][,read-only=on]; repeat for more disks. read-only=on needs a
+    /// backend that exports the disk read-only (it offers VIRTIO_BLK_F_RO and fails writes).
     #[arg(long)]
     disk: Vec<DiskSpec>,
     /// stdio or file=PATH.
@@ -57,7 +58,9 @@ struct BootArgs {
 enum Command {
     /// Boot the built-in probe guest against one disk and check it end to end.
     Probe {
-        /// socket=PATH[,num-queues=N][,read-only=on]
+        /// socket=PATH[,num-queues=N][,read-only=on]. A read-only disk (read-only=on, or a
+        /// backend offering VIRTIO_BLK_F_RO) must refuse the probe's writes with IOERR and keep
+        /// its data.
         #[arg(long)]
         disk: DiskSpec,
         /// Seconds to wait for the guest.

@@ -66,14 +66,27 @@ impl Backend {
     }
 
     fn qsd(image: &Path, socket: &Path) -> Backend {
-        let blockdev = format!("driver=file,node-name=f,filename={}", image.display());
-        let export =
-            format!("type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on", socket.display());
+        Backend::qsd_export(image, socket, true)
+    }
+
+    fn qsd_export(image: &Path, socket: &Path, writable: bool) -> Backend {
+        let read_only = if writable { "" } else { ",read-only=on" };
+        let blockdev = format!("driver=file,node-name=f,filename={}{read_only}", image.display());
+        let writable = if writable { "on" } else { "off" };
+        let export = format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable={writable}",
+            socket.display()
+        );
         Backend::start(Command::new("qemu-storage-daemon").args(["--blockdev", &blockdev, "--export", &export]), socket)
     }
 
     fn strata(daemon: &Path, image: &Path, socket: &Path) -> Backend {
-        let disk = format!("socket={},format=raw,path={},serial=strata-probe", socket.display(), image.display());
+        Backend::strata_export(daemon, image, socket, "")
+    }
+
+    fn strata_export(daemon: &Path, image: &Path, socket: &Path, extra: &str) -> Backend {
+        let disk =
+            format!("socket={},format=raw,path={},serial=strata-probe{extra}", socket.display(), image.display());
         Backend::start(Command::new(daemon).args(["--disk", &disk]), socket)
     }
 
@@ -92,11 +105,12 @@ impl Drop for Backend {
 }
 
 fn probe(socket: &Path, seed: u64) -> Output {
+    probe_disk(&format!("socket={}", socket.display()), seed)
+}
+
+fn probe_disk(disk: &str, seed: u64) -> Output {
     let started = Instant::now();
-    let out = Command::new(vmm_mini())
-        .args(["probe", "--disk", &format!("socket={}", socket.display()), "--seed", &seed.to_string()])
-        .output()
-        .unwrap();
+    let out = Command::new(vmm_mini()).args(["probe", "--disk", disk, "--seed", &seed.to_string()]).output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "the probe must finish in under 10 s");
     out
 }
@@ -154,6 +168,65 @@ fn probe_passes_against_qsd_and_strata_serving_the_same_file() {
     assert!(stdout(&out).contains("id strata-probe ok"), "{}", stdout(&out));
     assert!(stdout(&out).ends_with("PASS\n"), "{}", stdout(&out));
     assert_pattern_on_disk(&img, 0x2222_0000);
+}
+
+/// Fills `image` with a recognisable byte per sector, so a write that got through shows.
+fn fill_sectors(image: &Path) -> Vec<u8> {
+    let len = std::fs::metadata(image).unwrap().len() as usize;
+    let data: Vec<u8> = (0..len).map(|i| (i / SECTOR as usize) as u8 ^ 0x5a).collect();
+    std::fs::write(image, &data).unwrap();
+    data
+}
+
+#[test]
+fn read_only_disks_refuse_the_probes_writes_on_qsd_and_strata() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    let Some(daemon) = strata_daemon() else {
+        eprintln!("SKIPPED: strata's daemon is not built (cargo build -p vhost-user-blk --bin vhost-user-blk)");
+        return;
+    };
+    let dir = TempDir::new("ro");
+    let img = image(&dir, 2048);
+    let before = fill_sectors(&img);
+
+    let socket = dir.0.join("qsd.sock");
+    let qsd = Backend::qsd_export(&img, &socket, false);
+    let out = probe_disk(&format!("socket={},read-only=on", socket.display()), 7);
+    qsd.stop();
+    assert!(out.status.success(), "qsd: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("write (read-only: refused with ioerr) ok"), "{}", stdout(&out));
+    assert!(std::fs::read(&img).unwrap() == before, "qsd: the read-only disk changed");
+
+    // Without read-only=on the guest still sees the backend's VIRTIO_BLK_F_RO.
+    let socket = dir.0.join("strata.sock");
+    let strata = Backend::strata_export(&daemon, &img, &socket, ",read-only=on");
+    let out = probe(&socket, 8);
+    strata.stop();
+    assert!(out.status.success(), "strata: {}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("write (read-only: refused with ioerr) ok"), "{}", stdout(&out));
+    assert!(stdout(&out).ends_with("PASS\n"), "{}", stdout(&out));
+    assert!(std::fs::read(&img).unwrap() == before, "strata: the read-only disk changed");
+}
+
+#[test]
+fn read_only_on_a_writable_backend_is_refused() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    let dir = TempDir::new("ro-refused");
+    let img = image(&dir, 64);
+    let before = fill_sectors(&img);
+    let socket = dir.0.join("qsd.sock");
+    let _qsd = Backend::qsd(&img, &socket);
+
+    let out = probe_disk(&format!("socket={},read-only=on", socket.display()), 9);
+
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("qsd.sock") && stderr.contains("read-only=on") && stderr.contains("writable"), "{stderr}");
+    assert!(std::fs::read(&img).unwrap() == before, "nothing may be written");
 }
 
 #[test]
