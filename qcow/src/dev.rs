@@ -38,6 +38,7 @@ impl Qcow2 {
 
     /// Write every cache back and sync (a clean close; the device stays usable). A flush that
     /// released references leaves their refcount updates dirty, so this flushes until clean.
+    /// With lazy refcounts the dirty bit is cleared once everything is written back.
     pub async fn close(&self, io: &IoCtx) -> Result<()> {
         for _ in 0..3 {
             crate::write::flush(&self.sh, io).await?;
@@ -45,7 +46,19 @@ impl Qcow2 {
                 break;
             }
         }
+        if self.sh.read_only {
+            return Ok(());
+        }
+        let _g = self.sh.alloc.lock().await;
+        if self.dirty_items() == 0 {
+            crate::flush::mark_clean(&self.sh, io).await?;
+        }
         Ok(())
+    }
+
+    /// True when lazy refcounts left the dirty bit set (cleared by `close`).
+    fn lazy_dirty(&self) -> bool {
+        self.sh.lazy && self.sh.lock().header.is_dirty()
     }
 
     /// The host offset of `[off, off+len)` when it lies in one cluster that is allocated (and,
@@ -86,7 +99,7 @@ impl Drop for Qcow2 {
         if self.sh.read_only || Arc::strong_count(&self.sh) > 1 {
             return;
         }
-        if self.dirty_items() == 0 {
+        if self.dirty_items() == 0 && !self.lazy_dirty() {
             return;
         }
         // Safety net for an owner that did not call `close`: write the caches back on a ring of our own.

@@ -2,10 +2,18 @@
 //! instant on disk (run with the allocation lock held):
 //!
 //! 1. refcount block slices, then sync — new references are counted before anything uses them;
-//! 2. refcount table entries and L2 slices, then sync — tables point only at durable blocks;
-//! 3. L1 entries, then sync — the L1 points only at durable L2 tables;
-//! 4. references dropped by unmapping (discard, COW of shared clusters) are released only now,
+//! 2. refcount table entries, then sync — the table points only at durable blocks, and the
+//!    clusters a new block covers are used only once the table points at it;
+//! 3. L2 slices, then sync — L2 entries use only counted clusters;
+//! 4. L1 entries, then sync — the L1 points only at durable L2 tables;
+//! 5. references dropped by unmapping (discard, COW of shared clusters) are released only now,
 //!    when no durable L2 entry points at them any more.
+//!
+//! With lazy refcounts (as QEMU) the dirty bit is made durable first; refcount values then need
+//! no ordering against the L2 tables (a crash leaves the bit set and the next writable open
+//! rebuilds them), so steps 1 and 3 share one sync. New refcount blocks and refcount table
+//! entries still go first with a sync of their own: the rebuild needs a refcount structure that
+//! covers every cluster a durable L2 entry uses.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -131,17 +139,85 @@ async fn write_l1(sh: &Shared, io: &IoCtx) -> Result<bool> {
     res
 }
 
+/// Lazy refcounts: set the dirty bit and make it durable (once; a no-op while it is set).
+/// Runs with the allocation lock held, before the first metadata change reaches the disk.
+pub async fn mark_dirty(sh: &Shared, io: &IoCtx) -> Result<()> {
+    if !sh.lazy {
+        return Ok(());
+    }
+    {
+        let mut m = sh.lock();
+        if m.header.is_dirty() {
+            return Ok(());
+        }
+        m.header.incompatible_features |= incompat::DIRTY;
+    }
+    let res = async {
+        write_header(sh, io).await?;
+        imagefile::sync(io, &sh.file).await
+    }
+    .await;
+    if res.is_err() {
+        // Not known to be durable: the next metadata change tries again.
+        sh.lock().header.incompatible_features &= !incompat::DIRTY;
+    }
+    res
+}
+
+/// Lazy refcounts: after every cache is written back and synced, clear the dirty bit (a clean
+/// close). A no-op when the bit is not set or the image does not use lazy refcounts.
+pub async fn mark_clean(sh: &Shared, io: &IoCtx) -> Result<()> {
+    {
+        let mut m = sh.lock();
+        if !sh.lazy || !m.header.is_dirty() {
+            return Ok(());
+        }
+        m.header.incompatible_features &= !incompat::DIRTY;
+    }
+    let res = async {
+        write_header(sh, io).await?;
+        imagefile::sync(io, &sh.file).await
+    }
+    .await;
+    if res.is_err() {
+        sh.lock().header.incompatible_features |= incompat::DIRTY;
+    }
+    res
+}
+
+/// True when the next write-back may skip the sync between refcount blocks and L2 tables: lazy
+/// refcounts with the dirty bit set, and no new refcount block or table entry waiting.
+fn lazy_order(sh: &Shared) -> bool {
+    let m = sh.lock();
+    sh.lazy && m.header.is_dirty() && m.reftable_dirty.is_empty()
+}
+
 /// Write back every cache in order and make it durable; then release pending frees.
 /// Returns true if the file was synced.
 pub async fn flush_metadata(sh: &Shared, io: &IoCtx) -> Result<bool> {
     let mut synced = false;
-    if write_refcount_slices(sh, io).await? {
+    let anything = {
+        let m = sh.lock();
+        m.l2.dirty_count() + m.rc.dirty_count() + m.l1_dirty.len() + m.reftable_dirty.len() > 0
+    };
+    if anything {
+        mark_dirty(sh, io).await?;
+    }
+    // Lazy: one sync below covers the refcount blocks with the L2 tables.
+    let mut rc_unsynced = false;
+    if lazy_order(sh) {
+        rc_unsynced = write_refcount_slices(sh, io).await?;
+    } else if write_refcount_slices(sh, io).await? {
         imagefile::sync(io, &sh.file).await?;
         synced = true;
     }
-    let a = write_reftable(sh, io).await?;
-    let b = write_l2_slices(sh, io).await?;
-    if a || b {
+    // A new refcount block is pointed at only once it is durable, and used only once the
+    // pointer is (QEMU writes the table entry with a sync of its own, too).
+    if write_reftable(sh, io).await? {
+        imagefile::sync(io, &sh.file).await?;
+        synced = true;
+    }
+    if write_l2_slices(sh, io).await? || rc_unsynced {
         imagefile::sync(io, &sh.file).await?;
         synced = true;
     }

@@ -126,6 +126,7 @@ pub async fn open_dev(
         geo,
         compression: header.compression,
         read_only,
+        lazy: !read_only && header.version >= 3 && header.lazy_refcounts(),
         size: AtomicU64::new(header.size),
         meta: Mutex::new(meta),
         alloc: futures::lock::Mutex::new(()),

@@ -23,6 +23,10 @@ pub struct Shared {
     pub compression: Compression,
     /// Writes refused.
     pub read_only: bool,
+    /// Lazy refcounts in use (a writable v3 image with the compatible bit): the dirty bit is set
+    /// before the first metadata write-back, refcount blocks are written without a sync of their
+    /// own before the L2 tables, and a clean close clears the bit.
+    pub lazy: bool,
     /// The metadata, under a short lock never held across I/O.
     pub meta: Mutex<Meta>,
     /// Serialises allocation and metadata write-back (async-aware: waiters on other threads are woken).

@@ -117,6 +117,11 @@ pub async fn lock_cluster<'a>(sh: &'a Shared, io: &IoCtx, gc: u64) -> Result<fut
             drop(ev.lock_owned().await);
             continue;
         }
+        // Lazy refcounts: the first metadata change sets the dirty bit (as QEMU does).
+        if let Err(e) = crate::flush::mark_dirty(sh, io).await {
+            drop(g);
+            return Err(e);
+        }
         let full = {
             let m = sh.lock();
             m.l2.needs_writeback() || m.rc.needs_writeback()

@@ -67,8 +67,12 @@ fn workload(io: &IoCtx, dev: &Qcow2, seed: u64, ops: usize) -> Run {
 }
 
 fn new_image(io: &IoCtx, dir: &std::path::Path, cluster_size: u64) -> std::path::PathBuf {
+    new_image_with(io, dir, CreateOptions { size: SIZE, cluster_size, ..Default::default() })
+}
+
+fn new_image_with(io: &IoCtx, dir: &std::path::Path, opts: CreateOptions) -> std::path::PathBuf {
     let img = dir.join("crash.qcow2");
-    qcow::create_path(io, &img, &CreateOptions { size: SIZE, cluster_size, ..Default::default() }).unwrap();
+    qcow::create_path(io, &img, &opts).unwrap();
     // CrashDev has a fixed size: give the image file room to grow into (sparse).
     std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4 * SIZE).unwrap();
     img
@@ -78,11 +82,25 @@ fn open_on(io: &IoCtx, file: Arc<dyn BlockDev>) -> Qcow2 {
     io.block_on(qcow::open_dev(io, file, None, &Options::default())).unwrap()
 }
 
+/// True when the image file's header has the dirty bit (incompatible feature bit 0).
+fn dirty_on_disk(img: &std::path::Path) -> bool {
+    let b = std::fs::read(img).unwrap();
+    u64::from_be_bytes(b[72..80].try_into().unwrap()) & 1 != 0
+}
+
 /// Crash the workload at one point and check the image.
 fn crash_once(cluster_size: u64, seed: u64, ops: usize, arm: impl FnOnce(&CrashDev), what: &str) {
+    crash_image(CreateOptions { size: SIZE, cluster_size, ..Default::default() }, seed, ops, arm, what);
+}
+
+/// Crash the workload on an image made with `opts`. With lazy refcounts, the crashed image is
+/// dirty: a writable open by strata must rebuild its refcounts, after which `qemu-img check` is
+/// clean (leaks included). Returns whether the crash left the dirty bit set.
+fn crash_image(opts: CreateOptions, seed: u64, ops: usize, arm: impl FnOnce(&CrashDev), what: &str) -> bool {
     let dir = tmp();
     let io = IoCtx::new().unwrap();
-    let img = new_image(&io, dir.path(), cluster_size);
+    let lazy = opts.lazy_refcounts;
+    let img = new_image_with(&io, dir.path(), opts);
     let run = {
         let raw: Arc<dyn BlockDev> =
             Arc::new(RawFile::open(&img, OpenOptions { growable: true, ..Default::default() }).unwrap());
@@ -98,6 +116,17 @@ fn crash_once(cluster_size: u64, seed: u64, ops: usize, arm: impl FnOnce(&CrashD
         }
         run
     };
+    let was_dirty = dirty_on_disk(&img);
+    assert!(!was_dirty || lazy, "{what}: dirty bit set on an image without lazy refcounts");
+    if was_dirty {
+        // The rebuild on a writable open, then a clean close.
+        let dev = open(&io, &img, false);
+        io.block_on(dev.close(&io)).unwrap();
+        drop(dev);
+        assert!(!dirty_on_disk(&img), "{what}: dirty bit still set after the rebuild and a clean close");
+        let (code, out) = qemu_check(&img);
+        assert_eq!(code, 0, "{what}: qemu-img check after the rebuild: {out}");
+    }
     let (code, out) = qemu_check(&img);
     assert!(code == 0 || code == 3, "{what}: qemu-img check found corruption (exit {code}): {out}");
     if code == 3 {
@@ -119,6 +148,53 @@ fn crash_once(cluster_size: u64, seed: u64, ops: usize, arm: impl FnOnce(&CrashD
         let r = s * SECTOR..(s + 1) * SECTOR;
         assert_eq!(&got[r.clone()], &run.stable[r], "{what}: stable sector {s} did not read back");
     }
+    was_dirty
+}
+
+fn lazy_opts(cluster_size: u64) -> CreateOptions {
+    CreateOptions { size: SIZE, cluster_size, lazy_refcounts: true, ..Default::default() }
+}
+
+#[test]
+fn lazy_refcounts_crash_at_every_flush_reopens_rebuilt_and_clean() {
+    if !have_qemu("lazy_crash_at_every_flush") {
+        return;
+    }
+    let mut dirty = 0;
+    for n in 1..=12 {
+        let mode = match n % 3 {
+            0 => CrashMode::KeepNone,
+            1 => CrashMode::RandomPrefix { seed: n },
+            _ => CrashMode::TearOne { seed: n, granularity: 512 },
+        };
+        // 512-byte clusters: a refcount block covers 128 KiB, so the workload adds blocks too.
+        let cs = if n % 2 == 0 { 512 } else { 4096 };
+        let what = format!("lazy flush {n} {mode:?} cs={cs}");
+        dirty += u32::from(crash_image(lazy_opts(cs), 42 + n, 600, |c| c.crash_at_flush(n, mode), &what));
+    }
+    assert!(dirty >= 10, "only {dirty} of 12 crashes left a dirty image: lazy refcounts not in use");
+}
+
+#[test]
+fn lazy_refcounts_crash_at_random_points_of_a_ten_thousand_op_workload() {
+    if !have_qemu("lazy_crash_random_points") {
+        return;
+    }
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut dirty = 0;
+    for k in 0..6u64 {
+        let at = rng.gen_range(1..4000);
+        let mode = match k % 3 {
+            0 => CrashMode::RandomPrefix { seed: k },
+            1 => CrashMode::RandomSubset { seed: k },
+            _ => CrashMode::TearOne { seed: k, granularity: 512 },
+        };
+        let cs = [65536, 4096, 512][k as usize % 3];
+        let what = format!("lazy write {at} {mode:?} cs={cs}");
+        dirty += u32::from(crash_image(lazy_opts(cs), 200 + k, 10_000, |c| c.crash_at_write(at, mode), &what));
+    }
+    dirty += u32::from(crash_image(lazy_opts(4096), 998, 10_000, |_| {}, "lazy end of workload"));
+    assert!(dirty >= 6, "only {dirty} of 7 crashes left a dirty image: lazy refcounts not in use");
 }
 
 #[test]
@@ -149,7 +225,8 @@ fn crash_at_random_points_of_a_ten_thousand_op_workload() {
             1 => CrashMode::RandomSubset { seed: k },
             _ => CrashMode::TearOne { seed: k, granularity: 512 },
         };
-        let cs = if k % 2 == 0 { 65536 } else { 4096 };
+        // 512-byte clusters add refcount blocks (one covers 128 KiB) under the workload.
+        let cs = [65536, 4096, 512][k as usize % 3];
         crash_once(cs, 100 + k, 10_000, |c| c.crash_at_write(at, mode), &format!("write {at} {mode:?} cs={cs}"));
     }
     // And one that runs all 10,000 operations before losing its unflushed writes.
