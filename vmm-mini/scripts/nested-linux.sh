@@ -6,10 +6,13 @@
 # kvm-amd, starts strata's vhost-user-blk daemon on a 64 MiB file in its RAM and runs vmm-mini
 # with the same kernel and an inner busybox initramfs. The inner guest loads the virtio-mmio
 # stack, writes a pattern to /dev/vda with O_DIRECT, reads it back, compares, and powers off
-# (ACPI S5). Then the same guest resets (vmm-mini must exit 3), and a third run loses its
-# daemon (kill -9) while the guest reads (vmm-mini must exit 4 naming the socket). The outer
-# guest prints every exit status; this script exits 0 only if all of them are as expected and
-# the first daemon exited 0 after SIGTERM.
+# (ACPI S5). Then the ELF vmlinux extracted from the same bzImage boots through its PVH entry,
+# runs the same check and resets (vmm-mini must exit 3), and a third run loses its daemon
+# (kill -9) while the guest reads (vmm-mini must exit 4 naming the socket). The inner guest
+# prints its boot_params' type_of_loader: 0xff is vmm-mini's zero page (64-bit boot protocol),
+# 0xb0 the one Linux builds itself at its PVH entry. The outer guest prints every exit status;
+# this script exits 0 only if all of them are as expected and the first daemon exited 0 after
+# SIGTERM.
 #
 # Usage: vmm-mini/scripts/nested-linux.sh [TARGET_DIR]
 #   TARGET_DIR holds debug/vmm-mini and debug/vhost-user-blk (default: $CARGO_TARGET_DIR or
@@ -17,6 +20,9 @@
 #   repository, fetched by the tests crate's GuestArtifacts::ensure). OUTER_CMDLINE and
 #   INNER_CMDLINE replace "quiet" on the two kernels' command lines (e.g. loglevel=7);
 #   NUM_QUEUES (default 2) sets the disk's queues on both the daemon and vmm-mini.
+#   INNER_TIMEOUT (default 300) and OUTER_TIMEOUT (default 1200) bound each inner boot (in the
+#   outer guest's seconds) and the whole QEMU run; on this loaded 2-core machine one inner boot
+#   took from 10 s to over 2 minutes.
 set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,6 +38,7 @@ for f in "$vmm" "$daemon" "$kernel" "$busybox"; do
     [ -e "$f" ] || { echo "SKIPPED: missing $f" >&2; exit 77; }
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: qemu-system-x86_64 missing" >&2; exit 77; }
+command -v lz4 >/dev/null || { echo "SKIPPED: lz4 missing (needed to extract vmlinux)" >&2; exit 77; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -68,6 +75,7 @@ for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /lib/modules/$m.ko
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
 result=FAIL
 if [ -b /dev/vda ]; then
+    echo "INNER: loader 0x$(dd if=/sys/kernel/boot_params/data bs=1 skip=528 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')"
     echo "INNER: /dev/vda $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial 2>/dev/null)," \
         "$(ls /sys/block/vda/mq | wc -l) queues"
     i=0; while [ $i -lt 256 ]; do echo "strata nested pattern line $i"; i=$((i + 1)); done > /tmp/pattern
@@ -94,6 +102,7 @@ populate "$outer" virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd
 copy_binary "$outer" "$vmm"
 copy_binary "$outer" "$daemon"
 cp "$kernel" "$outer/vmlinuz"
+"$repo/vmm-mini/scripts/extract-vmlinux.sh" "$kernel" > "$outer/vmlinux"
 cpio_of "$inner" "$outer/inner.cpio"
 cat > "$outer/init" <<'INIT'
 #!/bin/busybox sh
@@ -106,14 +115,15 @@ truncate -s 64M /tmp/disk.img
 daemon=$!
 for i in $(seq 1 50); do [ -S /tmp/d.sock ] && break; sleep 0.1; done
 start=$(date +%s)
-timeout 120 /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
+timeout @INNER_TIMEOUT@ /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
     --cmdline "@INNER_CMDLINE@" --disk socket=/tmp/d.sock,num-queues=@QUEUES@
 echo "OUTER: vmm-mini exit $? after $(( $(date +%s) - start )) s"
-# A guest reset ends vmm-mini with 3.
-timeout 120 /bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M \
+# The ELF vmlinux through its PVH entry, 2 vCPUs; its reset ends vmm-mini with 3.
+start=$(date +%s)
+timeout @INNER_TIMEOUT@ /bin/vmm-mini --kernel /vmlinux --initrd /inner.cpio --memory 256M --cpus 2 \
     --cmdline "@INNER_CMDLINE@ inner.mode=reboot" --disk socket=/tmp/d.sock > /tmp/reboot.log 2>&1
-echo "OUTER: reboot run: vmm-mini exit $?"
-sed 's/^/OUTER: reboot run: /' /tmp/reboot.log | tail -n 15
+echo "OUTER: pvh reboot run: vmm-mini exit $? after $(( $(date +%s) - start )) s"
+grep -v '^$' /tmp/reboot.log | sed 's/^/OUTER: pvh reboot run: /' | tail -n 25
 kill $daemon; wait $daemon
 echo "OUTER: daemon exit $?"
 # A backend that dies under a running guest ends vmm-mini with 4 and names the socket.
@@ -131,13 +141,15 @@ sed 's/^/OUTER: lost-backend run: /' /tmp/wait.log | tail -n 5
 poweroff -f
 INIT
 sed -i -e "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" -e "s|@QUEUES@|${NUM_QUEUES:-2}|g" \
-    "$outer/init"
+    -e "s|@INNER_TIMEOUT@|${INNER_TIMEOUT:-300}|g" "$outer/init"
 chmod +x "$outer/init"
 cpio_of "$outer" "$work/outer.cpio"
 
 log=$work/console.log
-timeout 600 qemu-system-x86_64 -accel tcg -cpu max -m 2G -smp 1 -nographic -no-reboot \
+timeout "${OUTER_TIMEOUT:-1200}" qemu-system-x86_64 -accel tcg -cpu max -m 2G -smp 1 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/outer.cpio" -append "console=ttyS0 panic=-1 ${OUTER_CMDLINE:-quiet}" </dev/null | tee "$log"
-grep -q "INNER: PASS" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" && grep -q "OUTER: daemon exit 0" "$log" &&
-    grep -q "OUTER: reboot run: vmm-mini exit 3" "$log" &&
+grep -q "^INNER: PASS" "$log" && grep -q "^INNER: loader 0xff" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" &&
+    grep -q "OUTER: daemon exit 0" "$log" &&
+    grep -q "OUTER: pvh reboot run: vmm-mini exit 3 " "$log" && grep -q "OUTER: pvh reboot run: INNER: PASS" "$log" &&
+    grep -q "OUTER: pvh reboot run: INNER: loader 0xb0" "$log" &&
     grep -q "OUTER: lost-backend run: vmm-mini exit 4: vmm-mini: vhost-user backend /tmp/e.sock went away" "$log"

@@ -1,5 +1,6 @@
-//! 64-bit entry state: identity-mapped page tables, a flat GDT, long-mode special registers,
-//! CPUID and general registers.
+//! Entry state: identity-mapped page tables, a flat GDT, long-mode special registers (Linux's
+//! 64-bit boot protocol, the probe) or 32-bit protected mode without paging (PVH), CPUID and
+//! general registers.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, CpuId};
 use kvm_ioctls::VcpuFd;
@@ -23,6 +24,10 @@ pub const CODE_SELECTOR: u16 = 0x8;
 pub const DATA_SELECTOR: u16 = 0x10;
 /// Selector of the task state segment in the boot GDT.
 pub const TSS_SELECTOR: u16 = 0x18;
+/// Selector of the 32-bit code segment in the boot GDT (PVH entry).
+pub const CODE32_SELECTOR: u16 = 0x20;
+/// Limit of the TSS at PVH entry ("32-bit TSS with base 0 and limit 0x67").
+const PVH_TSS_LIMIT: u32 = 0x67;
 
 /// Builds a GDT descriptor from the access/flags word (`0xa09b` style), base and limit.
 pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -34,9 +39,15 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0xffff)
 }
 
-/// The boot GDT: null, 64-bit code, data, TSS.
-pub fn boot_gdt() -> [u64; 4] {
-    [0, gdt_entry(0xa09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x808b, 0, 0xfffff)]
+/// The boot GDT: null, 64-bit code, data, TSS, 32-bit code.
+pub fn boot_gdt() -> [u64; 5] {
+    [
+        0,
+        gdt_entry(0xa09b, 0, 0xfffff),
+        gdt_entry(0xc093, 0, 0xfffff),
+        gdt_entry(0x808b, 0, 0xfffff),
+        gdt_entry(0xc09b, 0, 0xfffff),
+    ]
 }
 
 fn segment(selector: u16, type_: u8, long: bool, system: bool) -> kvm_segment {
@@ -84,14 +95,36 @@ pub fn set_long_mode(sregs: &mut kvm_sregs) {
     sregs.cs = code;
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
     sregs.tr = tss;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of::<[u64; 4]>() - 1) as u16;
-    sregs.idt.base = 0;
-    sregs.idt.limit = 0;
+    set_gdt_and_idt(sregs);
     sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
+}
+
+fn set_gdt_and_idt(sregs: &mut kvm_sregs) {
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(&boot_gdt()) - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+}
+
+/// Turns `sregs` into the PVH entry state: 32-bit protected mode, paging off (CR0 = PE|ET,
+/// CR4 = 0, EFER = 0), flat 4 GiB 32-bit code and data segments, a 32-bit TSS with limit 0x67.
+pub fn set_protected_mode(sregs: &mut kvm_sregs) {
+    let code = segment(CODE32_SELECTOR, 0xb, false, false);
+    let data = segment(DATA_SELECTOR, 0x3, false, false);
+    let mut tss = segment(TSS_SELECTOR, 0xb, false, true);
+    tss.g = 0;
+    tss.limit = PVH_TSS_LIMIT;
+    sregs.cs = code;
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.tr = tss;
+    set_gdt_and_idt(sregs);
+    sregs.cr0 = CR0_PE | CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
 }
 
 /// Errors setting up a vCPU.
@@ -137,6 +170,18 @@ pub fn enter_long_mode(vcpu: &VcpuFd, index: u8, rip: u64, rsp: u64, rsi: u64, r
     Ok(())
 }
 
+/// Puts the vCPU at a PVH entry: 32-bit protected mode at `eip` with `ebx` = the guest address
+/// of the `hvm_start_info`, interrupts off.
+pub fn enter_protected_mode(vcpu: &VcpuFd, index: u8, eip: u64, start_info: u64) -> Result<(), CpuError> {
+    let err = |step| move |source| CpuError { vcpu: index, step, source };
+    let mut sregs = vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+    set_protected_mode(&mut sregs);
+    vcpu.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
+    let regs = kvm_regs { rflags: 0x2, rip: eip, rbx: start_info, ..Default::default() };
+    vcpu.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
+    Ok(())
+}
+
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
@@ -174,6 +219,34 @@ mod tests {
     fn gdt_entries_match_the_canonical_flat_descriptors() {
         assert_eq!(boot_gdt()[1], 0x00af_9b00_0000_ffff);
         assert_eq!(boot_gdt()[2], 0x00cf_9300_0000_ffff);
+        assert_eq!(boot_gdt()[(CODE32_SELECTOR / 8) as usize], 0x00cf_9b00_0000_ffff);
+    }
+
+    #[test]
+    fn gdt_is_written_whole() {
+        let mem = create_guest_memory(1 << 20).unwrap();
+        write_boot_tables(&mem).unwrap();
+        let code32: u64 = mem.read_obj(GuestAddress(GDT_ADDR + u64::from(CODE32_SELECTOR))).unwrap();
+        assert_eq!(code32, boot_gdt()[4]);
+        let mut sregs = kvm_sregs::default();
+        set_long_mode(&mut sregs);
+        assert_eq!(sregs.gdt.limit, 5 * 8 - 1);
+    }
+
+    #[test]
+    fn pvh_entry_is_flat_32_bit_protected_mode_without_paging() {
+        let mut sregs = kvm_sregs::default();
+        set_long_mode(&mut sregs); // whatever was there before must not leak through
+        set_protected_mode(&mut sregs);
+        assert_eq!(sregs.cr0, CR0_PE | CR0_ET);
+        assert_eq!((sregs.cr3, sregs.cr4, sregs.efer), (0, 0, 0));
+        let cs = sregs.cs;
+        assert_eq!((cs.selector, cs.l, cs.db, cs.s, cs.type_), (CODE32_SELECTOR, 0, 1, 1, 0xb));
+        assert_eq!((cs.base, cs.limit, cs.g), (0, 0xffff_ffff, 1));
+        for seg in [sregs.ds, sregs.es, sregs.ss] {
+            assert_eq!((seg.selector, seg.db, seg.type_, seg.base, seg.limit), (DATA_SELECTOR, 1, 0x3, 0, 0xffff_ffff));
+        }
+        assert_eq!((sregs.tr.base, sregs.tr.limit, sregs.tr.type_), (0, 0x67, 0xb));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
-use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
+use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot_params::initrd_address;
@@ -64,6 +64,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage's setup header (`None` for ELF).
     pub header: Option<setup_header>,
+    /// The 32-bit PVH entry of an ELF kernel with a `XEN_ELFNOTE_PHYS32_ENTRY` note.
+    pub pvh_entry: Option<u64>,
 }
 
 fn open(path: &Path) -> Result<File, KernelError> {
@@ -71,18 +73,26 @@ fn open(path: &Path) -> Result<File, KernelError> {
 }
 
 /// Loads `path` as a bzImage (protected-mode code at 1 MiB, 64-bit entry 0x200 past it), or
-/// failing that as an ELF vmlinux (entered at its ELF entry with the 64-bit boot protocol).
+/// failing that as an ELF vmlinux: entered at its PVH entry when it has one, else at its ELF
+/// entry with the 64-bit boot protocol.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, KernelError> {
     let mut file = open(path)?;
     let high = Some(GuestAddress(HIGH_MEMORY_START));
     let bzimage = match BzImage::load(mem, None, &mut file, high) {
         Ok(r) => {
-            return Ok(LoadedKernel { entry: r.kernel_load.0 + 0x200, end: r.kernel_end, header: r.setup_header });
+            let entry = r.kernel_load.0 + 0x200;
+            return Ok(LoadedKernel { entry, end: r.kernel_end, header: r.setup_header, pvh_entry: None });
         }
         Err(e) => e,
     };
     let elf = match Elf::load(mem, None, &mut file, high) {
-        Ok(r) => return Ok(LoadedKernel { entry: r.kernel_load.0, end: r.kernel_end, header: None }),
+        Ok(r) => {
+            let pvh_entry = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+                PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => None,
+            };
+            return Ok(LoadedKernel { entry: r.kernel_load.0, end: r.kernel_end, header: None, pvh_entry });
+        }
         Err(e) => e,
     };
     Err(KernelError::Format { path: path.into(), bzimage, elf })

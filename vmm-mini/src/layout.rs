@@ -42,6 +42,12 @@ pub const PROBE_ENTRY: u64 = 0x1_0000;
 /// Top of the probe guest's stack.
 pub const PROBE_STACK_TOP: u64 = 0x3_0000;
 
+/// PVH boot: the `hvm_start_info` (its address goes to the kernel in `ebx`).
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH boot: the module list (module 0 is the initrd).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH boot: the memory map (`hvm_memmap_table_entry`s, the same ranges as the e820 map).
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 /// Linux's zero page (`struct boot_params`).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack of the boot vCPU (below the page tables).

@@ -1,6 +1,6 @@
 //! vmm-mini: a minimal KVM VMM whose disks are vhost-user-blk backends.
 //!
-//! `vmm-mini --kernel ...` boots Linux (bzImage or ELF vmlinux) with ACPI-described virtio-mmio
+//! `vmm-mini --kernel ...` boots Linux (bzImage, or ELF vmlinux through its PVH entry) with ACPI-described virtio-mmio
 //! disks; `vmm-mini probe` boots a tiny built-in bare-metal guest that checks a backend end to end.
 //! Guest memory is a shared memfd; disks are virtio-mmio (version 2) devices whose queues the
 //! backend serves directly (KVM ioeventfd for kicks, irqfd for interrupts). This crate uses no
@@ -19,6 +19,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod probe;
+pub mod pvh;
 pub mod serial;
 pub mod vcpu;
 pub mod vhost_frontend;

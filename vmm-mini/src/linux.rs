@@ -13,7 +13,7 @@ use crate::backend_watch::BackendWatch;
 use crate::blk_device::BlkDevice;
 use crate::boot_params::{build_boot_params, BootLayout};
 use crate::console::Console;
-use crate::cpu::{enter_long_mode, set_cpuid, set_lint_and_fpu, write_boot_tables};
+use crate::cpu::{enter_long_mode, enter_protected_mode, set_cpuid, set_lint_and_fpu, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
 use crate::disk_spec::DiskSpec;
 use crate::kernel::{load_command_line, load_initrd, load_kernel};
@@ -22,6 +22,7 @@ use crate::layout::{
     VIRTIO_MMIO_SIZE, ZERO_PAGE_ADDR,
 };
 use crate::memory::create_guest_memory;
+use crate::pvh::{pvh_start_info, write_pvh_start_info};
 use crate::serial::new_serial;
 use crate::vcpu::{lock, VcpuThreads};
 use crate::vm::Vm;
@@ -137,9 +138,17 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
         initrd,
         rsdp_addr: acpi.tables[0].0,
     };
-    let params = build_boot_params(kernel.header, &layout);
-    LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)), &mem)
-        .map_err(|e| Error::Boot(e.to_string()))?;
+    // PVH when the kernel has the entry (ebx = start info), else the 64-bit boot protocol
+    // (rsi = zero page).
+    let pvh = match kernel.pvh_entry {
+        Some(entry) => Some((entry, write_pvh_start_info(&mem, &pvh_start_info(&layout)).map_err(Error::Boot)?)),
+        None => {
+            let params = build_boot_params(kernel.header, &layout);
+            LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)), &mem)
+                .map_err(|e| Error::Boot(e.to_string()))?;
+            None
+        }
+    };
     write_boot_tables(&mem).map_err(Error::GuestMemory)?;
     mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR)).map_err(Error::GuestMemory)?;
 
@@ -149,8 +158,10 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
         let vcpu = vm.create_vcpu(index)?;
         set_cpuid(&vcpu, index, &cpuid)?;
         set_lint_and_fpu(&vcpu, index)?;
-        if index == 0 {
-            enter_long_mode(&vcpu, 0, kernel.entry, BOOT_STACK_TOP, ZERO_PAGE_ADDR, 0)?;
+        match (index, pvh) {
+            (0, Some((entry, start_info))) => enter_protected_mode(&vcpu, 0, entry, start_info)?,
+            (0, None) => enter_long_mode(&vcpu, 0, kernel.entry, BOOT_STACK_TOP, ZERO_PAGE_ADDR, 0)?,
+            _ => {}
         }
         vcpus.push(vcpu);
     }
