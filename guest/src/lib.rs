@@ -19,6 +19,7 @@
 
 mod artifacts;
 mod cpio;
+pub mod fio;
 mod initramfs;
 mod qemu;
 pub mod scratch;
@@ -26,7 +27,7 @@ pub mod scratch;
 pub use artifacts::{cache_root, GuestArtifacts, VIRTIO_MODULES};
 pub use cpio::CpioWriter;
 pub use initramfs::{Initramfs, InitramfsBuilder, END_MARKER, START_MARKER};
-pub use qemu::{qemu_binary, require_qemu, GuestOutput, QemuGuest, StorageDaemon};
+pub use qemu::{qemu_binary, qemu_escape, require_qemu, GuestOutput, QemuGuest, StorageDaemon};
 
 use std::path::PathBuf;
 
@@ -55,6 +56,14 @@ pub enum Error {
     /// Something expected in a package or on the host is not there.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The guest ran but did not do what was asked; `console` is its serial console.
+    #[error("{what}; console:\n{console}")]
+    Guest {
+        /// What went wrong.
+        what: String,
+        /// The console.
+        console: String,
+    },
     /// The guest did not power off in time; `output` is the console so far.
     #[error("guest timed out after {secs} s; console:\n{output}")]
     Timeout {

@@ -47,6 +47,8 @@ enum Disk {
     VhostUserBlk { socket: PathBuf, num_queues: u16 },
     /// A raw file on QEMU's own virtio-blk (for comparisons).
     Raw(PathBuf),
+    /// A raw file on QEMU's virtio-blk with a serial and a fixed PCI slot, page-cache backed.
+    Plain { path: PathBuf, serial: String, slot: u8 },
 }
 
 /// A QEMU TCG guest booted from a kernel and an initramfs, with its console captured.
@@ -61,6 +63,7 @@ pub struct QemuGuest {
     disks: Vec<Disk>,
     extra: Vec<String>,
     timeout: Duration,
+    quiet: bool,
 }
 
 impl QemuGuest {
@@ -76,6 +79,7 @@ impl QemuGuest {
             disks: Vec::new(),
             extra: Vec::new(),
             timeout: Duration::from_secs(120),
+            quiet: false,
         }
     }
 
@@ -116,6 +120,20 @@ impl QemuGuest {
         self
     }
 
+    /// Attaches a raw file through QEMU's virtio-blk (host page cache, no O_DIRECT, so tmpfs
+    /// works) at PCI slot `slot` with GET_ID answer `serial`. Linux names virtio disks in slot
+    /// order, so a high slot (e.g. 0x1f) makes this disk come after every vhost-user-blk disk.
+    pub fn plain_disk(mut self, path: impl AsRef<Path>, serial: &str, slot: u8) -> Self {
+        self.disks.push(Disk::Plain { path: path.as_ref().to_path_buf(), serial: serial.into(), slot });
+        self
+    }
+
+    /// Do not echo the console and QEMU's stderr to our stderr (they are still captured).
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
     /// Adds raw QEMU arguments.
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.extra.extend(args.into_iter().map(Into::into));
@@ -152,6 +170,12 @@ impl QemuGuest {
                         &format!("file={},format=raw,if=virtio,cache=none,aio=io_uring", qemu_escape(path)),
                     ]);
                 }
+                Disk::Plain { path, serial, slot } => {
+                    cmd.args(["-drive", &format!("file={},format=raw,if=none,id=drv{i}", qemu_escape(path))]).args([
+                        "-device",
+                        &format!("virtio-blk-pci,drive=drv{i},serial={},addr={slot:#x}", serial.replace(',', ",,")),
+                    ]);
+                }
             }
         }
         cmd.args(&self.extra);
@@ -165,7 +189,9 @@ impl QemuGuest {
     pub fn run(&self) -> Result<GuestOutput> {
         let mut cmd = self.command();
         let shown = format!("{cmd:?}");
-        eprintln!("guest: {shown}");
+        if !self.quiet {
+            eprintln!("guest: {shown}");
+        }
         let start = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -176,8 +202,8 @@ impl QemuGuest {
         let console = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = [
-            child.stdout.take().map(|s| pump(s, console.clone(), "guest| ")),
-            child.stderr.take().map(|s| pump(s, stderr.clone(), "qemu stderr| ")),
+            child.stdout.take().map(|s| pump(s, console.clone(), (!self.quiet).then_some("guest| "))),
+            child.stderr.take().map(|s| pump(s, stderr.clone(), (!self.quiet).then_some("qemu stderr| "))),
         ];
         let text = |buf: &Arc<Mutex<Vec<u8>>>| {
             String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
@@ -201,18 +227,20 @@ impl QemuGuest {
         };
         readers.into_iter().flatten().for_each(|r| drop(r.join()));
         let out = GuestOutput { console: text(&console), stderr: text(&stderr), status, elapsed: start.elapsed() };
-        eprintln!("guest: exited with {} after {:.1} s", out.status, out.elapsed.as_secs_f64());
+        if !self.quiet {
+            eprintln!("guest: exited with {} after {:.1} s", out.status, out.elapsed.as_secs_f64());
+        }
         Ok(out)
     }
 }
 
 /// Escapes a path for a QEMU option value (a comma is written twice).
-fn qemu_escape(path: &Path) -> String {
+pub fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
-/// Copies a pipe into `buf`, echoing complete lines to stderr with `prefix`.
-fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: &'static str) -> JoinHandle<()> {
+/// Copies a pipe into `buf`, echoing complete lines to stderr with `prefix` (if any).
+fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: Option<&'static str>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         let mut line = Vec::new();
@@ -222,6 +250,7 @@ fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: &
                 Ok(n) => n,
             };
             buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+            let Some(prefix) = prefix else { continue };
             for &b in &chunk[..n] {
                 if b == b'\n' {
                     eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end_matches('\r'));
@@ -231,7 +260,7 @@ fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: &
                 }
             }
         }
-        if !line.is_empty() {
+        if let (Some(prefix), false) = (prefix, line.is_empty()) {
             eprintln!("{prefix}{}", String::from_utf8_lossy(&line));
         }
     })
@@ -297,12 +326,23 @@ impl StorageDaemon {
     /// Exports `file` (writable) on a new unix socket `socket` with `num_queues` queues and
     /// waits up to 10 s for the socket to appear.
     pub fn export_raw(file: impl AsRef<Path>, socket: impl AsRef<Path>, num_queues: u16) -> Result<Self> {
+        let blockdev = format!("driver=file,node-name=f,filename={}", qemu_escape(file.as_ref()));
+        Self::export(&[blockdev], "f", socket, num_queues)
+    }
+
+    /// Starts qemu-storage-daemon with one `--blockdev` per entry of `blockdevs` (QEMU's
+    /// `KEY=VALUE,...` syntax, paths escaped with [`qemu_escape`]) and exports node `node`
+    /// (writable) on a new unix socket `socket`; waits up to 10 s for the socket to appear.
+    pub fn export(blockdevs: &[String], node: &str, socket: impl AsRef<Path>, num_queues: u16) -> Result<Self> {
         let socket = socket.as_ref().to_path_buf();
         let mut cmd = Command::new("qemu-storage-daemon");
-        cmd.args(["--blockdev", &format!("driver=file,node-name=f,filename={}", qemu_escape(file.as_ref()))]).args([
+        for b in blockdevs {
+            cmd.args(["--blockdev", b]);
+        }
+        cmd.args([
             "--export",
             &format!(
-                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
+                "type=vhost-user-blk,id=e,node-name={node},addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
                 qemu_escape(&socket)
             ),
         ]);

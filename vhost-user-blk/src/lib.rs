@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod fio;
 pub mod server;
 pub mod spec;
 pub mod stack;

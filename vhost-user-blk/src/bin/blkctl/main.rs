@@ -41,6 +41,7 @@ macro_rules! groups {
 // One line per subcommand group.
 groups! {
     bench,
+    fio,
     qcow2,
     thin,
     raid,
