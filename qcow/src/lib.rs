@@ -21,6 +21,7 @@ pub mod open;
 pub mod overlap;
 pub mod plan;
 pub mod read;
+pub mod resize;
 mod shared;
 pub mod write;
 mod zero;

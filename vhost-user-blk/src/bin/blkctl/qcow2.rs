@@ -1,13 +1,16 @@
-//! `blkctl qcow2 create|info`: parse the options and call the qcow crate.
+//! `blkctl qcow2 create|info|check|resize|...`: parse the options and call the qcow crate.
+//! The image operations each have their file under `qcow2/`.
 
 use std::path::PathBuf;
+
+mod resize;
 
 use blockdev::IoCtx;
 
 /// The qcow2 subcommands.
 #[derive(clap::Subcommand)]
 pub enum Cmd {
-    /// Create and inspect qcow2 images.
+    /// Create, inspect, resize, snapshot, map and convert qcow2 images.
     #[command(subcommand)]
     Qcow2(Qcow2Cmd),
 }
@@ -21,6 +24,8 @@ pub enum Qcow2Cmd {
     Info(InfoArgs),
     /// Check the metadata; exit 0 clean, 2 corruptions, 3 leaks only (as qemu-img check).
     Check(CheckArgs),
+    /// Change the virtual size: blkctl qcow2 resize disk.qcow2 20G (or +10G; smaller needs --shrink).
+    Resize(resize::ResizeArgs),
 }
 
 /// Options of `blkctl qcow2 check`.
@@ -86,6 +91,7 @@ impl crate::Group for Cmd {
             Qcow2Cmd::Create(a) => create(a),
             Qcow2Cmd::Info(a) => info(a),
             Qcow2Cmd::Check(a) => check(a),
+            Qcow2Cmd::Resize(a) => resize::run(a),
         }
     }
 }
