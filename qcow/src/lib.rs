@@ -23,6 +23,7 @@ pub mod plan;
 pub mod read;
 pub mod resize;
 mod shared;
+pub mod snapshot;
 pub mod write;
 mod zero;
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 mod resize;
+mod snapshot;
 
 use blockdev::IoCtx;
 
@@ -26,6 +27,8 @@ pub enum Qcow2Cmd {
     Check(CheckArgs),
     /// Change the virtual size: blkctl qcow2 resize disk.qcow2 20G (or +10G; smaller needs --shrink).
     Resize(resize::ResizeArgs),
+    /// Internal snapshots: -l list, -c NAME create, -a NAME apply, -d NAME delete.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Options of `blkctl qcow2 check`.
@@ -92,6 +95,7 @@ impl crate::Group for Cmd {
             Qcow2Cmd::Info(a) => info(a),
             Qcow2Cmd::Check(a) => check(a),
             Qcow2Cmd::Resize(a) => resize::run(a),
+            Qcow2Cmd::Snapshot(a) => snapshot::run(a),
         }
     }
 }
@@ -177,7 +181,7 @@ fn info(a: InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Print to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
