@@ -16,6 +16,7 @@ pub mod flush;
 pub mod header;
 pub mod imagefile;
 pub mod l1l2;
+pub mod map;
 pub mod meta;
 pub mod open;
 pub mod overlap;

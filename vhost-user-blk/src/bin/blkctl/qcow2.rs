@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+mod map;
 mod resize;
 mod snapshot;
 
@@ -29,6 +30,8 @@ pub enum Qcow2Cmd {
     Resize(resize::ResizeArgs),
     /// Internal snapshots: -l list, -c NAME create, -a NAME apply, -d NAME delete.
     Snapshot(snapshot::SnapshotArgs),
+    /// Show where each range of the disk lives (as qemu-img map; --json for its JSON).
+    Map(map::MapArgs),
 }
 
 /// Options of `blkctl qcow2 check`.
@@ -96,6 +99,7 @@ impl crate::Group for Cmd {
             Qcow2Cmd::Check(a) => check(a),
             Qcow2Cmd::Resize(a) => resize::run(a),
             Qcow2Cmd::Snapshot(a) => snapshot::run(a),
+            Qcow2Cmd::Map(a) => map::run(a),
         }
     }
 }
