@@ -10,6 +10,8 @@ mod alloc;
 pub mod cache;
 pub mod check;
 pub mod compress;
+pub mod compress_write;
+pub mod convert;
 pub mod create;
 mod dev;
 pub mod flush;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+mod convert;
 mod map;
 mod resize;
 mod snapshot;
@@ -32,6 +33,8 @@ pub enum Qcow2Cmd {
     Snapshot(snapshot::SnapshotArgs),
     /// Show where each range of the disk lives (as qemu-img map; --json for its JSON).
     Map(map::MapArgs),
+    /// Copy a disk between raw and qcow2 files: blkctl qcow2 convert [-f raw] [-O raw] [-c] SRC DST.
+    Convert(convert::ConvertArgs),
 }
 
 /// Options of `blkctl qcow2 check`.
@@ -100,6 +103,7 @@ impl crate::Group for Cmd {
             Qcow2Cmd::Resize(a) => resize::run(a),
             Qcow2Cmd::Snapshot(a) => snapshot::run(a),
             Qcow2Cmd::Map(a) => map::run(a),
+            Qcow2Cmd::Convert(a) => convert::run(a),
         }
     }
 }

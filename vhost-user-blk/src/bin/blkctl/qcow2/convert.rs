@@ -1,0 +1,67 @@
+//! `blkctl qcow2 convert [-f raw|qcow2] [-O raw|qcow2] [-c] [-p] SRC DST`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use blockdev::IoCtx;
+use qcow::convert::{ConvertOptions, Format};
+
+/// Options of `blkctl qcow2 convert`.
+#[derive(clap::Args)]
+#[command(after_help = "The source's whole disk is copied (a qcow2 source's backing chain is \
+flattened into it); ranges that read as zeros are not written, so DST stays sparse. DST is \
+created or truncated. Formats are never probed: -f and -O default to qcow2.\n\
+Exit status: 0 converted, 1 error (DST may then be incomplete).")]
+pub struct ConvertArgs {
+    /// Source image.
+    src: PathBuf,
+    /// Destination image (created or truncated).
+    dst: PathBuf,
+    /// Format of the source: raw or qcow2.
+    #[arg(short = 'f', long = "format", default_value = "qcow2")]
+    src_format: String,
+    /// Format of the destination: raw or qcow2.
+    #[arg(short = 'O', long = "output-format", default_value = "qcow2")]
+    dst_format: String,
+    /// Write compressed clusters (deflate; -O qcow2 only).
+    #[arg(short = 'c', long)]
+    compress: bool,
+    /// Show progress on stderr even when it is not a terminal.
+    #[arg(short = 'p', long)]
+    progress: bool,
+    /// Cluster size of a qcow2 destination (512 to 2M).
+    #[arg(long, default_value = "64K")]
+    cluster_size: String,
+}
+
+/// Run `convert`.
+pub fn run(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let opts = ConvertOptions {
+        src_format: a.src_format.parse::<Format>().map_err(|e| format!("-f: {e}"))?,
+        dst_format: a.dst_format.parse::<Format>().map_err(|e| format!("-O: {e}"))?,
+        compress: a.compress,
+        cluster_size: blockdev::size::parse_size(&a.cluster_size)?,
+    };
+    let show = a.progress || std::io::stderr().is_terminal();
+    let mut last = u64::MAX;
+    let mut report = |done: u64, total: u64| {
+        if !show {
+            return;
+        }
+        // Hundredths of a percent; print only when it changes.
+        let p = (done as u128 * 10_000 / u128::from(total.max(1))) as u64;
+        if p != last {
+            last = p;
+            let mut e = std::io::stderr();
+            let _ = write!(e, "\r    ({}.{:02}/100%)", p / 100, p % 100);
+            let _ = e.flush();
+        }
+    };
+    let io = IoCtx::new()?;
+    let res = qcow::convert::convert(&io, &a.src, &a.dst, &opts, &mut report);
+    if show {
+        eprintln!();
+    }
+    res?;
+    Ok(())
+}
