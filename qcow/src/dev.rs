@@ -85,6 +85,10 @@ impl Qcow2 {
         if write && m.inflight.contains_key(&(off >> g.cluster_bits)) {
             return None;
         }
+        if write && crate::overlap::fixed_conflict(&m, host + within, len).is_some() {
+            // The slow path refuses it and marks the image corrupt.
+            return None;
+        }
         Some(host + within)
     }
 

@@ -87,6 +87,29 @@ impl MetaRanges {
     }
 }
 
+/// The fixed structure (header, active L1, refcount table, snapshot table) that guest data at
+/// `[off, off+len)` would overwrite, if any. Allocation-free: it runs for every in-place write
+/// (QEMU checks data writes too: an L2 entry pointing into metadata must not let a guest write there).
+pub fn fixed_conflict(m: &Meta, off: u64, len: u64) -> Option<Kind> {
+    let cs = m.geo.cluster_size();
+    let h = &m.header;
+    let end = off.saturating_add(len);
+    let hit = |start: u64, n: u64| start < end && off < start.saturating_add(n);
+    if hit(0, cs) {
+        return Some(Kind::Header);
+    }
+    if h.l1_size > 0 && hit(h.l1_table_offset, (u64::from(h.l1_size) * 8).next_multiple_of(cs)) {
+        return Some(Kind::L1);
+    }
+    if hit(h.refcount_table_offset, u64::from(h.refcount_table_clusters) * cs) {
+        return Some(Kind::Reftable);
+    }
+    if h.nb_snapshots > 0 && hit(h.snapshots_offset, cs) {
+        return Some(Kind::Snapshots);
+    }
+    None
+}
+
 /// Refusal of a write at `off` that overlaps `what`.
 pub fn overlap_error(name: &str, off: u64, len: u64, what: Kind, writing: Kind) -> Error {
     Error::new(

@@ -17,7 +17,7 @@ use crate::flush::flush_metadata;
 use crate::imagefile::{self, site};
 use crate::l1l2::{L2Entry, COPIED, OFFSET_MASK};
 use crate::meta::{Lookup, Meta};
-use crate::overlap::{overlap_error, Kind, MetaRanges};
+use crate::overlap::{fixed_conflict, overlap_error, Kind, MetaRanges};
 use crate::plan::plan_entry;
 use crate::read::exec;
 use crate::shared::Shared;
@@ -45,7 +45,7 @@ fn plan_in_place(m: &mut Meta, off: u64, len: u64, out: &mut Vec<(u64, u64, u64)
             }
             _ => return Ok(false),
         };
-        if m.inflight.contains_key(&(guest / cs)) {
+        if m.inflight.contains_key(&(guest / cs)) || fixed_conflict(m, host + within, n).is_some() {
             return Ok(false);
         }
         match out.last_mut() {
@@ -248,6 +248,11 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
     let (action, old) = decide(sh, io, guest, len).await?;
     let (host, fresh, cow_start, cow_end, frees, alloc_bits) = match action {
         Action::InPlace(at) => {
+            let conflict = fixed_conflict(&sh.lock(), at, len);
+            if let Some(what) = conflict {
+                crate::flush::mark_corrupt(sh, io).await;
+                return Err(overlap_error(&sh.name, at, len, what, Kind::None));
+            }
             drop(lock);
             return sh.file.write(io, at, data, false, IoTag::data(site::DATA)).await;
         }

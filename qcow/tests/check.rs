@@ -1,5 +1,6 @@
 //! `qcow::check::check` agrees with `qemu-img check` on clean images, injected leaks and
-//! corruption (wrong refcounts, an L2 entry past the end of the file), and its repairs satisfy qemu.
+//! corruption (wrong refcounts, an L2 entry past the end of the file, an L2 entry over the refcount table), and its repairs
+//! satisfy qemu.
 
 mod common;
 
@@ -105,4 +106,38 @@ fn l2_entry_past_the_end_of_the_file_is_corruption_in_both() {
     std::fs::write(&img, bytes).unwrap();
     assert_eq!(qemu_check(&img).0, 2);
     assert_eq!(ours(&img, Repair::None), 2);
+}
+
+#[test]
+fn l2_entry_overlapping_metadata_is_corruption_in_both_and_writes_to_it_are_refused() {
+    if !have_qemu("check_overlap") {
+        return;
+    }
+    let dir = tmp();
+    let (img, _) = image(dir.path());
+    let mut bytes = std::fs::read(&img).unwrap();
+    let rt = be64(&bytes, 48);
+    let l1 = be64(&bytes, 40);
+    let l2 = (be64(&bytes, l1 as usize) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Guest cluster 20 (unallocated) now claims the refcount table's cluster as its data.
+    let bad: u64 = (1 << 63) | rt;
+    bytes[l2 + 8 * 20..l2 + 8 * 21].copy_from_slice(&bad.to_be_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let table_before = bytes[rt as usize..rt as usize + 4096].to_vec();
+    let (code, out) = qemu_check(&img);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(ours(&img, Repair::None), 2);
+    // A write through that entry would overwrite the refcount table: refused, corrupt bit set.
+    let io = IoCtx::new().unwrap();
+    let dev =
+        io.block_on(qcow::open_path(&io, &img, &qcow::Options { ignore_backing: true, ..Default::default() })).unwrap();
+    let mut b = blockdev::SharedBuf::from_slice(&[7u8; 4096]);
+    let err = io
+        .block_on(blockdev::BlockDev::write(&dev, &io, 20 * 65536, b.io(), false, blockdev::IoTag::DATA))
+        .expect_err("a write over the refcount table must be refused");
+    assert!(err.to_string().contains("overlap Reftable"), "{err}");
+    drop(dev);
+    let h = std::fs::read(&img).unwrap();
+    assert!(be64(&h, 72) & 2 != 0, "the corrupt bit is set");
+    assert_eq!(&h[rt as usize..rt as usize + 4096], &table_before[..], "the refcount table is untouched");
 }

@@ -140,3 +140,37 @@ fn image_left_dirty_by_qemu_is_rebuilt_on_a_writable_open() {
     assert!(want[8 << 20..(8 << 20) + 65536].iter().all(|&b| b == 0x6b));
     assert!(want[12 << 20..(12 << 20) + 4096].iter().all(|&b| b == 0x7c));
 }
+
+#[test]
+fn failing_to_set_the_dirty_bit_fails_the_write_cleanly() {
+    use blockdev::testdev::{FaultDev, FaultError, FaultRule};
+    for error in [FaultError::Io, FaultError::NoSpace] {
+        let dir = tmp();
+        let img = p(dir.path(), "f.qcow2");
+        let io = IoCtx::new().unwrap();
+        make(&io, &img, true);
+        let raw: Arc<dyn BlockDev> =
+            Arc::new(RawFile::open(&img, OpenOptions { growable: true, ..Default::default() }).unwrap());
+        let fault = Arc::new(FaultDev::new(raw));
+        let dev = io.block_on(qcow::open_dev(&io, fault.clone(), None, &Options::default())).unwrap();
+        fault.add_rule(FaultRule::new().site("qcow2.header").times(2).error(error));
+        for _ in 0..2 {
+            let mut b = SharedBuf::from_slice(&[9u8; 4096]);
+            let res = io.block_on(dev.write(&io, 65536, b.io(), false, IoTag::DATA));
+            assert!(res.is_err(), "{error:?}: the write must fail while the dirty bit cannot be written");
+        }
+        assert!(!dirty_on_disk(&img));
+        write(&io, &dev, 65536, 0x33, 4096);
+        assert!(dirty_on_disk(&img), "{error:?}: set once the header can be written");
+        io.block_on(dev.close(&io)).unwrap();
+        drop(dev);
+        drop(fault);
+        assert!(!dirty_on_disk(&img));
+        let got = read_all(&io, &open(&io, &img, true), 65536);
+        assert!(got[65536..65536 + 4096].iter().all(|&b| b == 0x33));
+        if have_qemu("lazy_header_fault") {
+            let (code, out) = qemu_check(&img);
+            assert_eq!(code, 0, "{error:?}: {out}");
+        }
+    }
+}
