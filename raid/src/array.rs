@@ -66,6 +66,11 @@ impl Array {
         self.core.level()
     }
 
+    /// The array UUID.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.core.uuid
+    }
+
     /// A status snapshot.
     pub fn status(&self) -> Status {
         let c = &self.core;

@@ -133,8 +133,9 @@ impl IoCtx {
         self.inner.config
     }
 
-    /// An eventfd that becomes readable when completions (or remote wake-ups) are waiting:
-    /// register it in an epoll loop and call [`IoCtx::run_once`] when it fires.
+    /// An eventfd that becomes readable when completions are waiting: register it in an epoll
+    /// loop, together with [`IoCtx::wake_fd`] (wake-ups from other threads), and call
+    /// [`IoCtx::run_once`] when either fires.
     ///
     /// The first call registers the eventfd with the ring; it fails only if the kernel refuses
     /// (then an error is logged and the fd never fires: use `block_on` instead).
@@ -235,6 +236,11 @@ impl IoCtx {
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
         unsafe { libc::read(self.inner.completion_fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        // A loop that also watches `wake_fd` (it must: with DEFER_TASKRUN the wake poll's
+        // completion is posted only once this thread enters the kernel) sees it readable until
+        // it is reset. Tasks woken from elsewhere are queued before the signal, so the turn
+        // below runs them.
+        self.inner.queue.clear_signal();
         let mut total = 0;
         for _ in 0..64 {
             self.process_mailbox();

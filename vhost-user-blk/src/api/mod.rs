@@ -7,6 +7,9 @@
 //! - `{"cmd":"add","disk":"socket=PATH,format=FMT,..."}` → `{"ok":true}`
 //! - `{"cmd":"remove","name":"NAME"}` → `{"ok":true}` (drains and flushes first)
 //!
+//! - `raid-status`, `raid-fail`, `raid-replace`, `raid-scrub`: live operations on a served
+//!   array ([`raid`])
+//!
 //! Errors: `{"ok":false,"error":"message"}`. Lines longer than 64 KiB close the connection.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::server::{Daemon, DiskSpec};
+
+pub mod raid;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -43,6 +48,14 @@ pub enum Request {
         /// Export name.
         name: String,
     },
+    /// Status of a served RAID array.
+    RaidStatus(raid::StatusReq),
+    /// Mark a member of a served RAID array faulty.
+    RaidFail(raid::FailReq),
+    /// Replace a member of a served RAID array and rebuild it in the background.
+    RaidReplace(raid::ReplaceReq),
+    /// Scrub a served RAID array.
+    RaidScrub(raid::ScrubReq),
 }
 
 /// The running control socket; the socket file is removed when dropped.
@@ -130,6 +143,10 @@ pub fn handle(daemon: &Daemon, req: Request) -> Value {
             .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
         Request::Add { disk } => DiskSpec::parse(&disk).and_then(|spec| daemon.add(&spec)).map(|()| Value::Null),
         Request::Remove { name } => daemon.remove(&name).map(|()| Value::Null),
+        Request::RaidStatus(r) => raid::status(r),
+        Request::RaidFail(r) => raid::fail(r),
+        Request::RaidReplace(r) => raid::replace(r),
+        Request::RaidScrub(r) => raid::scrub(r),
     };
     match res {
         Ok(Value::Null) => json!({"ok": true}),

@@ -11,6 +11,7 @@
 mod mem;
 mod qcow2;
 pub mod raid;
+pub mod raid_registry;
 mod raw;
 mod thin;
 

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use blockdev::{BlockDev, Error, ErrorKind, IoCtx, OpenOptions, RawFile, Result};
-use raid::{AssembleOptions, MemberList};
+use raid::{AssembleOptions, MemberList, RebuildOptions};
 
+use super::raid_registry::{self, member_key};
 use super::{Format, OpenCtx, NODE_PREFIX};
 use crate::spec::Spec;
 
@@ -41,7 +42,11 @@ pub fn split_members(list: &str) -> Vec<String> {
 
 /// Open the members named in `list`: (name, device or None when the file does not exist).
 pub fn open_members(list: &str, ctx: &OpenCtx, direct: bool) -> Result<MemberList> {
-    let names = split_members(list);
+    open_member_names(list, split_members(list), ctx, direct)
+}
+
+/// Open the members `names` (split from `list`, which errors quote).
+fn open_member_names(list: &str, names: Vec<String>, ctx: &OpenCtx, direct: bool) -> Result<MemberList> {
     if names.iter().any(|n| n.is_empty()) {
         return Err(Error::new(ErrorKind::InvalidInput, format!("members={list}: an empty member name")));
     }
@@ -77,12 +82,22 @@ fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
             format!("disk spec '{}': arrays are served writable only (assembly may resync)", spec.source()),
         ));
     }
-    let members = open_members(&list, ctx, direct)?;
+    // Members go by their keys (absolute paths), so the control socket finds the array by any
+    // spelling of its member list.
+    let keys: Vec<String> = split_members(&list).iter().map(|n| member_key(n)).collect();
+    let members = open_member_names(&list, keys.clone(), ctx, direct)?;
     let io = IoCtx::new()?;
-    let arr = io
-        .block_on(raid::assemble(&io, members, AssembleOptions { force }))
-        .map_err(|e| e.context(format!("disk spec '{}'", spec.source())))?;
-    Ok(Arc::new(arr))
+    let arr = Arc::new(
+        io.block_on(raid::assemble(&io, members, AssembleOptions { force }))
+            .map_err(|e| e.context(format!("disk spec '{}'", spec.source())))?,
+    );
+    raid_registry::register(keys, &arr);
+    if arr.status().rebuild_progress.is_some() {
+        // A rebuild interrupted by a stop resumes from its checkpoint while the array is served.
+        raid_registry::start_rebuild(arr.clone(), RebuildOptions::default())
+            .map_err(|e| Error::new(ErrorKind::Io, format!("disk spec '{}': {e}", spec.source())))?;
+    }
+    Ok(arr)
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
 //! `blkctl raid create|status|fail|replace|scrub`: parse the options and call the `raid` crate on
 //! the member files. An array is named by its member list `A:B:C` (any order; roles come from
-//! the superblocks; a file that does not exist is a missing member).
+//! the superblocks; a file that does not exist is a missing member). With `--api-socket PATH`,
+//! status, fail, replace and scrub go to the daemon that serves the array instead
+//! (`vhost_user_blk::api::raid`), so they run while its I/O goes on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blockdev::size::format_size;
-use blockdev::{BlockDev, IoCtx, OpenOptions, RawFile};
-use raid::{Array, AssembleOptions, CreateOptions, Level, RebuildOptions, Status};
-use serde_json::json;
-use vhost_user_blk::stack::raid::open_members;
+use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
+use raid::{Array, AssembleOptions, CreateOptions, Level, MemberList, RebuildOptions};
+use serde_json::{json, Value};
+use vhost_user_blk::api::raid::{call, status_json};
+use vhost_user_blk::stack::raid::{open_members, split_members};
+use vhost_user_blk::stack::raid_registry::member_key;
 use vhost_user_blk::stack::OpenCtx;
 
 use crate::args;
@@ -54,6 +58,9 @@ pub enum RaidCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ask the daemon serving the array (its --api-socket) instead of reading the members.
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
     },
     /// Mark MEMBER (a path from the list, or a role number) faulty.
     Fail {
@@ -61,8 +68,12 @@ pub enum RaidCmd {
         array: String,
         /// The member to fail.
         member: String,
+        /// Send the command to the daemon serving the array (its --api-socket).
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
     },
-    /// Replace OLD (faulty, missing or stale) with NEW and rebuild NEW to completion.
+    /// Replace OLD (faulty, missing or stale) with NEW and rebuild NEW to completion (with
+    /// --api-socket the daemon rebuilds while it serves the array; progress is shown until done).
     Replace {
         /// The members, A:B:C (with OLD).
         array: String,
@@ -73,6 +84,12 @@ pub enum RaidCmd {
         /// Rebuild at most this many bytes per second (e.g. 100M).
         #[arg(long, value_parser = args::size)]
         rate_limit: Option<u64>,
+        /// Send the command to the daemon serving the array (its --api-socket).
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
+        /// With --api-socket: return once the rebuild has started (follow it with `status`).
+        #[arg(long, requires = "api_socket")]
+        no_wait: bool,
     },
     /// Resync if needed, then check every stripe (and with --repair, fix mismatches).
     Scrub {
@@ -84,6 +101,10 @@ pub enum RaidCmd {
         /// Print JSON (top-level "mismatches").
         #[arg(long)]
         json: bool,
+        /// Send the command to the daemon serving the array (its --api-socket): the scrub runs
+        /// while the daemon serves it.
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<PathBuf>,
     },
 }
 
@@ -95,10 +116,29 @@ impl crate::Group for Cmd {
             RaidCmd::Create { level, chunk, no_ppl, no_bitmap, members } => {
                 create(&io, level, chunk, no_ppl, no_bitmap, members)
             }
-            RaidCmd::Status { array, json } => status(&io, &array, json),
-            RaidCmd::Fail { array, member } => fail(&io, &array, &member),
-            RaidCmd::Replace { array, old, new, rate_limit } => replace(&io, &array, &old, &new, rate_limit),
-            RaidCmd::Scrub { array, repair, json } => scrub(&io, &array, repair, json),
+            RaidCmd::Status { array, json, api_socket: Some(sock) } => {
+                let v = call(&sock, &json!({"cmd": "raid-status", "members": keys(&array)}))?;
+                print_status(&v, json)
+            }
+            RaidCmd::Status { array, json, api_socket: None } => status(&io, &array, json),
+            RaidCmd::Fail { array, member, api_socket: Some(sock) } => {
+                let v = call(&sock, &json!({"cmd": "raid-fail", "members": keys(&array), "member": arg_key(&member)}))?;
+                println!("member {member} (role {}) marked faulty", v["role"]);
+                Ok(())
+            }
+            RaidCmd::Fail { array, member, api_socket: None } => fail(&io, &array, &member),
+            RaidCmd::Replace { array, old, new, rate_limit, api_socket: Some(sock), no_wait } => {
+                replace_live(&sock, &array, &old, &new, rate_limit, no_wait)
+            }
+            RaidCmd::Replace { array, old, new, rate_limit, api_socket: None, .. } => {
+                replace(&io, &array, &old, &new, rate_limit)
+            }
+            RaidCmd::Scrub { array, repair, json, api_socket: Some(sock) } => {
+                let v = call(&sock, &json!({"cmd": "raid-scrub", "members": keys(&array), "repair": repair}))?;
+                print_scrub(&v, json);
+                Ok(())
+            }
+            RaidCmd::Scrub { array, repair, json, api_socket: None } => scrub(&io, &array, repair, json),
         }
     }
 }
@@ -127,45 +167,120 @@ fn create(io: &IoCtx, level: u32, chunk: Option<u64>, no_ppl: bool, no_bitmap: b
     Ok(())
 }
 
-fn assemble(io: &IoCtx, array: &str) -> Result<Array, Box<dyn std::error::Error>> {
-    let members = open_members(array, &OpenCtx::new(), false)?;
-    Ok(io.block_on(raid::assemble(io, members, AssembleOptions::default()))?)
+/// The member list with every member as the daemon knows it (absolute paths).
+fn keys(array: &str) -> String {
+    split_members(array).iter().map(|m| member_key(m)).collect::<Vec<_>>().join(":")
 }
 
-fn status_json(st: &Status) -> serde_json::Value {
-    json!({
-        "uuid": st.uuid,
-        "level": st.level,
-        "chunk": st.chunk,
-        "size": st.size,
-        "state": st.state,
-        "degraded": st.degraded,
-        "rebuild_progress": st.rebuild_progress,
-        "mismatches": st.mismatches,
-        "events": st.events,
-        "ppl": st.ppl,
-        "bitmap": st.bitmap,
-        "members": st.members.iter().map(|m| json!({"role": m.role, "name": m.name, "state": m.state})).collect::<Vec<_>>(),
+/// A member argument as a key, unless it is a role number.
+fn arg_key(member: &str) -> String {
+    if member.parse::<usize>().is_ok() && !Path::new(member).exists() {
+        member.to_string()
+    } else {
+        member_key(member)
+    }
+}
+
+/// Open the members; a member another process holds (a daemon serving the array) is an error
+/// that points at --api-socket.
+fn members(array: &str, ctx: &OpenCtx) -> Result<MemberList, Box<dyn std::error::Error>> {
+    open_members(array, ctx, false).map_err(|e| {
+        if e.kind() == ErrorKind::Locked {
+            format!(
+                "{e}\nthe array's members are in use: if a vhost-user-blk daemon serves it, send the command \
+                 to the daemon with --api-socket PATH (its control socket)"
+            )
+            .into()
+        } else {
+            e.into()
+        }
     })
 }
 
+fn assemble(io: &IoCtx, array: &str) -> Result<Array, Box<dyn std::error::Error>> {
+    let members = members(array, &OpenCtx::new())?;
+    Ok(io.block_on(raid::assemble(io, members, AssembleOptions::default()))?)
+}
+
 fn status(io: &IoCtx, array: &str, as_json: bool) -> CmdResult {
-    let members = open_members(array, &OpenCtx { read_only: true, ..OpenCtx::new() }, false)?;
+    let members = members(array, &OpenCtx { read_only: true, ..OpenCtx::new() })?;
     let st = io.block_on(raid::examine(io, members))?;
+    print_status(&status_json(&st), as_json)
+}
+
+fn print_status(v: &Value, as_json: bool) -> CmdResult {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
+        println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    println!("array {}: RAID {}, {}, chunk {}", st.uuid, st.level, format_size(st.size), format_size(st.chunk));
-    println!("state: {}, degraded: {}", st.state, if st.degraded { "yes" } else { "no" });
-    if let Some(p) = st.rebuild_progress {
+    let size = format_size(v["size"].as_u64().unwrap_or(0));
+    let chunk = format_size(v["chunk"].as_u64().unwrap_or(0));
+    println!("array {}: RAID {}, {size}, chunk {chunk}", v["uuid"].as_str().unwrap_or("?"), v["level"]);
+    let degraded = if v["degraded"] == true { "yes" } else { "no" };
+    println!("state: {}, degraded: {degraded}", v["state"].as_str().unwrap_or("?"));
+    if let Some(p) = v["rebuild_progress"].as_f64() {
         println!("rebuild: {:.1}%", p * 100.0);
     }
-    println!("write hole: {}", if st.ppl { "closed (partial parity log)" } else { "no log" });
-    println!("last scrub mismatches: {}", st.mismatches);
-    for m in &st.members {
-        println!("  role {}: {} {}", m.role, m.state, m.name);
+    let rb = &v["rebuild"];
+    if let Some(e) = rb["error"].as_str() {
+        println!("last rebuild failed: {e}");
+    } else if let Some(mbs) = rb["mb_s"].as_f64() {
+        println!("last rebuild: {} in {:.2}s ({mbs:.1} MB/s)", format_size(rb["bytes"].as_u64().unwrap_or(0)), rb["seconds"].as_f64().unwrap_or(0.0));
     }
+    println!("write hole: {}", if v["ppl"] == true { "closed (partial parity log)" } else { "no log" });
+    println!("last scrub mismatches: {}", v["mismatches"]);
+    if let Some(n) = v["read_errors_fixed"].as_u64().filter(|&n| n > 0) {
+        println!("read errors repaired: {n}");
+    }
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!("  role {}: {} {}", m["role"], m["state"].as_str().unwrap_or("?"), m["name"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn print_scrub(v: &Value, as_json: bool) {
+    if as_json {
+        println!("{v}");
+    } else {
+        println!("{} rows checked, {} mismatches, {} repaired", v["rows"], v["mismatches"], v["repaired"]);
+    }
+}
+
+/// `replace --api-socket`: the daemon swaps the member in and rebuilds in the background; show
+/// progress until it is done (unless `no_wait`).
+fn replace_live(sock: &Path, array: &str, old: &str, new: &str, rate_limit: Option<u64>, no_wait: bool) -> CmdResult {
+    let req = json!({"cmd": "raid-replace", "members": keys(array), "old": arg_key(old), "new": member_key(new),
+                     "rate_limit": rate_limit});
+    let v = call(sock, &req)?;
+    let list = v["members"].as_str().unwrap_or("?").to_string();
+    println!("role {} replaced by {new}; the daemon is rebuilding it", v["role"]);
+    if !no_wait {
+        let status_req = json!({"cmd": "raid-status", "members": list});
+        loop {
+            let st = call(sock, &status_req)?;
+            let rb = &st["rebuild"];
+            if rb["running"] == true {
+                if let Some(p) = st["rebuild_progress"].as_f64() {
+                    eprint!("\rrebuild: {:5.1}%", p * 100.0);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            eprintln!();
+            if let Some(e) = rb["error"].as_str() {
+                return Err(format!("the rebuild failed: {e}").into());
+            }
+            println!(
+                "rebuilt role {} onto {new}: {} in {:.2}s ({:.1} MB/s)",
+                v["role"],
+                format_size(rb["bytes"].as_u64().unwrap_or(0)),
+                rb["seconds"].as_f64().unwrap_or(0.0),
+                rb["mb_s"].as_f64().unwrap_or(0.0)
+            );
+            break;
+        }
+    }
+    println!("the array is now: {list}");
     Ok(())
 }
 
@@ -228,10 +343,6 @@ fn scrub(io: &IoCtx, array: &str, repair: bool, as_json: bool) -> CmdResult {
     let arr = assemble(io, array)?;
     let rep = io.block_on(arr.scrub(io, repair))?;
     io.block_on(arr.close(io))?;
-    if as_json {
-        println!("{}", json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired}));
-    } else {
-        println!("{} rows checked, {} mismatches, {} repaired", rep.rows, rep.mismatches, rep.repaired);
-    }
+    print_scrub(&json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired}), as_json);
     Ok(())
 }
