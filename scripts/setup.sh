@@ -6,7 +6,8 @@
 #
 #   - QEMU 10 (qemu-system-x86, qemu-utils) from bookworm-backports, as DESIGN.md explains:
 #     bookworm's own qemu-system-x86 is 7.2 and installing it would remove qemu-utils 10.
-#   - fio, busybox-static, acpica-tools (iasl), cpio, binutils from Debian.
+#   - fio, busybox-static, acpica-tools (iasl), cpio, binutils, xz-utils, zstd and lz4
+#     (vmm-mini/scripts/extract-vmlinux.sh on Debian's LZ4-compressed kernel) from Debian.
 #   - rustup components clippy and rustfmt; cargo-fuzz from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -69,7 +70,7 @@ fi
 
 # --- Plain Debian packages -----------------------------------------------------------------
 missing=()
-for p in fio busybox-static acpica-tools cpio binutils xz-utils zstd; do
+for p in fio busybox-static acpica-tools cpio binutils xz-utils zstd lz4; do
     if installed "$p"; then
         say "ok: $p"
     else

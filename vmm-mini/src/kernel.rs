@@ -123,3 +123,42 @@ pub fn load_initrd(
         .map_err(|source| KernelError::Memory { what: "the initrd", source })?;
     Ok((addr, size as u32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+
+    #[test]
+    fn command_line_lands_at_its_address_nul_terminated() {
+        let mem = create_guest_memory(1 << 20).unwrap();
+        let len = load_command_line(&mem, "console=ttyS0 panic=-1", 2047).unwrap();
+        assert_eq!(len, 22);
+        let mut b = [0xffu8; 24];
+        mem.read_slice(&mut b, GuestAddress(CMDLINE_ADDR)).unwrap();
+        assert_eq!(&b[..23], b"console=ttyS0 panic=-1\0");
+    }
+
+    #[test]
+    fn command_line_longer_than_the_kernel_takes_is_refused() {
+        let mem = create_guest_memory(1 << 20).unwrap();
+        let long = "x".repeat(300);
+        let e = load_command_line(&mem, &long, 255).unwrap_err();
+        assert!(e.to_string().contains("at most 255 bytes"), "{e}");
+        assert!(load_command_line(&mem, &long, 0).is_ok(), "no header limit: up to CMDLINE_MAX");
+        assert!(load_command_line(&mem, "a\nb", 0).is_err(), "control characters are refused");
+    }
+
+    #[test]
+    fn a_file_that_is_no_kernel_is_named_with_both_complaints() {
+        let dir = std::env::temp_dir().join(format!("vmm-mini-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("not-a-kernel");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let mem = create_guest_memory(4 << 20).unwrap();
+        let e = load_kernel(&mem, &path).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let msg = e.to_string();
+        assert!(msg.contains("not-a-kernel") && msg.contains("bzImage") && msg.contains("ELF"), "{msg}");
+    }
+}
