@@ -217,7 +217,7 @@ impl FioGuest {
             let dev = device_name(i);
             s += &format!(
                 "dev={dev}\nwait_dev /dev/$dev || exit 1\n{before}\necho \"strata-fio: $dev start\"\n\
-                 fio --output-format=json+ --output=/tmp/res/{i}.json /strata/job{i}.fio 2>/tmp/res/{i}.err\n\
+                 fio --eta=never --output-format=json+ --output=/tmp/res/{i}.json /strata/job{i}.fio 2>/tmp/res/{i}.err\n\
                  echo $? > /tmp/res/{i}.rc\necho \"strata-fio: $dev rc=$(cat /tmp/res/{i}.rc)\"\n\
                  head -c 2000 /tmp/res/{i}.err\n{after}\n",
                 before = self.before,
