@@ -261,6 +261,10 @@ pub async fn check(io: &IoCtx, dev: &Qcow2, repair: Repair) -> Result<Report> {
         if (rc == 1) != flag {
             rep.corruptions += 1;
             rep.note(format!("ERROR OFLAG_COPIED at {at:#x}: refcount={rc} but COPIED is {flag}"));
+            if repair == Repair::All {
+                fix_copied_flag(sh, io, &h, at, rc == 1).await?;
+                rep.corruptions_fixed += 1;
+            }
         }
     }
     rep.image_end_offset = end * cs;
@@ -270,6 +274,33 @@ pub async fn check(io: &IoCtx, dev: &Qcow2, repair: Repair) -> Result<Report> {
         m.free_hint = 0;
     }
     Ok(rep)
+}
+
+/// Set or clear the COPIED flag of the active L1 or L2 entry at file offset `at` (through the
+/// caches, written back by the flush that ends the repair).
+async fn fix_copied_flag(sh: &Shared, io: &IoCtx, h: &crate::Header, at: u64, set: bool) -> Result<()> {
+    let flip = |e: u64| if set { e | COPIED } else { e & !COPIED };
+    let l1_end = h.l1_table_offset + u64::from(h.l1_size) * 8;
+    if (h.l1_table_offset..l1_end).contains(&at) {
+        let idx = ((at - h.l1_table_offset) / 8) as usize;
+        let mut m = sh.lock();
+        if let Some(e) = m.l1.get(idx).copied() {
+            m.l1[idx] = flip(e);
+            m.l1_dirty.insert(idx);
+        }
+        return Ok(());
+    }
+    let ss = sh.lock().l2_slice_size();
+    let (slice, pos) = (at / ss * ss, (at % ss) as usize);
+    sh.lookup(io, |m| {
+        let Some(d) = m.l2.get_mut(slice) else {
+            return Err(crate::meta::LookupErr::Miss(crate::meta::Miss::L2(slice)));
+        };
+        let e = u64::from_be_bytes(d[pos..pos + 8].try_into().expect("8"));
+        d[pos..pos + 8].copy_from_slice(&flip(e).to_be_bytes());
+        Ok(())
+    })
+    .await
 }
 
 /// A writable open of an image with the dirty bit set: rebuild the refcounts, then clear the bit.

@@ -405,6 +405,34 @@ async fn read_l1(sh: &Shared, io: &IoCtx, sn: &Snapshot) -> Result<Vec<u64>> {
     Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect())
 }
 
+/// Set the dirty bit (version 3) before an operation's first metadata change, so that a crash in
+/// the middle — which can leave COPIED flags that disagree with refcounts for a moment, as QEMU's
+/// own snapshot code can — is repaired by the next writable open (QEMU's or ours). Returns
+/// whether this call set it (then [`end_op`] clears it).
+async fn begin_op(sh: &Shared, io: &IoCtx) -> Result<bool> {
+    {
+        let mut m = sh.lock();
+        if m.header.version < 3 || m.header.is_dirty() {
+            return Ok(false);
+        }
+        m.header.incompatible_features |= crate::header::incompat::DIRTY;
+    }
+    write_header(sh, io).await?;
+    imagefile::sync(io, &sh.file).await?;
+    Ok(true)
+}
+
+/// After the operation is durable, clear the dirty bit [`begin_op`] set.
+async fn end_op(sh: &Shared, io: &IoCtx, set: bool) -> Result<()> {
+    if !set {
+        return Ok(());
+    }
+    flush_metadata(sh, io).await?;
+    sh.lock().header.incompatible_features &= !crate::header::incompat::DIRTY;
+    write_header(sh, io).await?;
+    imagefile::sync(io, &sh.file).await
+}
+
 /// Create a snapshot of the current disk named `name`; returns its entry.
 pub async fn create(io: &IoCtx, dev: &Qcow2, name: &str) -> Result<Snapshot> {
     let sh = dev.shared();
@@ -437,6 +465,7 @@ pub async fn create(io: &IoCtx, dev: &Qcow2, name: &str) -> Result<Snapshot> {
     };
     let cs = sh.geo.cluster_size();
     let l1_bytes = l1.len() as u64 * 8;
+    let mark = begin_op(sh, io).await?;
     let l1_offset = if l1.is_empty() { 0 } else { alloc_clusters(sh, io, l1_bytes.div_ceil(cs)).await? };
     add_refs(sh, io, &l1).await?;
     fix_copied(sh, io).await?;
@@ -465,6 +494,7 @@ pub async fn create(io: &IoCtx, dev: &Qcow2, name: &str) -> Result<Snapshot> {
     };
     snaps.push(sn.clone());
     write_table(sh, io, &snaps, old_len).await?;
+    end_op(sh, io, mark).await?;
     Ok(sn)
 }
 
@@ -486,10 +516,11 @@ pub async fn apply(io: &IoCtx, dev: &Qcow2, which: &str) -> Result<()> {
     if u64::from(need) * 8 > MAX_L1_BYTES {
         return Err(corrupt(sh, format!("snapshot '{}': needs an L1 table over 32 MiB", sn.name)));
     }
+    let sn_l1: Vec<u64> = read_l1(sh, io, &sn).await?.into_iter().map(|e| e & !COPIED).collect();
+    let mark = begin_op(sh, io).await?;
     if need > cur.l1_size {
         crate::resize::grow_l1(sh, io, need as usize).await?;
     }
-    let sn_l1: Vec<u64> = read_l1(sh, io, &sn).await?.into_iter().map(|e| e & !COPIED).collect();
     // The snapshot's references first (durable before the active L1 points at them).
     add_refs(sh, io, &sn_l1).await?;
     flush_metadata(sh, io).await?;
@@ -511,7 +542,7 @@ pub async fn apply(io: &IoCtx, dev: &Qcow2, which: &str) -> Result<()> {
     flush_metadata(sh, io).await?;
     fix_copied(sh, io).await?;
     flush_metadata(sh, io).await?;
-    Ok(())
+    end_op(sh, io, mark).await
 }
 
 /// Delete snapshot `which` (ID or name); clusters only it used are freed.
@@ -524,6 +555,7 @@ pub async fn delete(io: &IoCtx, dev: &Qcow2, which: &str) -> Result<Snapshot> {
     let sn = snaps.remove(find(&snaps, which).ok_or_else(|| not_found(sh, which))?);
     let l1 = read_l1(sh, io, &sn).await?;
     // Gone from the table (durably) before its references drop.
+    let mark = begin_op(sh, io).await?;
     write_table(sh, io, &snaps, old_len).await?;
     drop_refs(sh, io, &l1).await?;
     let cs = sh.geo.cluster_size();
@@ -536,6 +568,7 @@ pub async fn delete(io: &IoCtx, dev: &Qcow2, which: &str) -> Result<Snapshot> {
     flush_metadata(sh, io).await?;
     fix_copied(sh, io).await?;
     flush_metadata(sh, io).await?;
+    end_op(sh, io, mark).await?;
     Ok(sn)
 }
 

@@ -141,3 +141,26 @@ fn l2_entry_overlapping_metadata_is_corruption_in_both_and_writes_to_it_are_refu
     assert!(be64(&h, 72) & 2 != 0, "the corrupt bit is set");
     assert_eq!(&h[rt as usize..rt as usize + 4096], &table_before[..], "the refcount table is untouched");
 }
+
+#[test]
+fn wrong_copied_flags_are_exit_2_in_both_and_repair_all_fixes_them() {
+    if !have_qemu("check_copied") {
+        return;
+    }
+    let dir = tmp();
+    let (img, _) = image(dir.path());
+    let mut bytes = std::fs::read(&img).unwrap();
+    let l1 = be64(&bytes, 40) as usize;
+    let l2 = (be64(&bytes, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Clear COPIED on the L1 entry and on one data entry (both have refcount 1).
+    for at in [l1, l2 + 8] {
+        let e = be64(&bytes, at) & !(1 << 63);
+        bytes[at..at + 8].copy_from_slice(&e.to_be_bytes());
+    }
+    std::fs::write(&img, bytes).unwrap();
+    assert_eq!(qemu_check(&img).0, 2, "{}", qemu_check(&img).1);
+    assert_eq!(ours(&img, Repair::None), 2);
+    assert_eq!(ours(&img, Repair::All), 0);
+    let (code, out) = qemu_check(&img);
+    assert_eq!(code, 0, "{out}");
+}
