@@ -122,23 +122,45 @@ fn raid0_power_loss_keeps_stable_writes() {
     power_loss(Level::Raid0, 3, None, 40);
 }
 
+/// Every member (but `degraded`, failed first) crashes on its own at a random write.
+fn independent_crashes(level: Level, n: usize, degraded: Option<usize>, seed: u64) {
+    let io = IoCtx::new().unwrap();
+    let rig = rig(n);
+    let arr = Arc::new(io.block_on(create(&io, rig.members(), small_opts(level))).unwrap());
+    if let Some(m) = degraded {
+        io.block_on(arr.fail_member(&io, m)).unwrap();
+    }
+    let model = ModelDev::new(arr.clone());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    for (i, c) in rig.crash.iter().enumerate() {
+        if Some(i) != degraded {
+            c.crash_at_write(rng.gen_range(100..4000), CrashMode::RandomSubset { seed: seed * 10 + i as u64 });
+        }
+    }
+    run(&io, &model, &workload_cfg(seed, [1, 8, 16][rng.gen_range(0..3)]));
+    rig.crash_rest(&io, seed * 100);
+    drop(arr);
+    verify(&io, &rig, &model, &format!("RAID {level:?}, independent crashes, degraded={degraded:?}, seed {seed}"));
+}
+
 #[test]
 fn raid5_members_crashing_independently_keep_stable_writes() {
     for seed in 50..56 {
-        let io = IoCtx::new().unwrap();
-        let n = 4;
-        let rig = rig(n);
-        let arr = Arc::new(io.block_on(create(&io, rig.members(), small_opts(Level::Raid5))).unwrap());
-        let model = ModelDev::new(arr.clone());
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-        for (i, c) in rig.crash.iter().enumerate() {
-            c.crash_at_write(rng.gen_range(100..4000), CrashMode::RandomSubset { seed: seed * 10 + i as u64 });
-        }
-        run(&io, &model, &workload_cfg(seed, 8));
-        rig.crash_rest(&io, seed * 100);
-        drop(arr);
-        verify(&io, &rig, &model, &format!("independent crashes, seed {seed}"));
+        independent_crashes(Level::Raid5, 4, None, seed);
     }
+}
+
+#[test]
+fn degraded_raid5_members_crashing_independently_keep_stable_writes() {
+    for (seed, failed) in [(60, 0), (61, 1), (62, 2), (63, 3)] {
+        independent_crashes(Level::Raid5, 4, Some(failed), seed);
+    }
+}
+
+#[test]
+fn raid1_members_crashing_independently_keep_stable_writes() {
+    independent_crashes(Level::Raid1, 3, None, 70);
+    independent_crashes(Level::Raid1, 3, Some(2), 71);
 }
 
 #[test]

@@ -134,41 +134,55 @@ fn rebuild_runs_while_io_goes_on() {
     assert_eq!(io.block_on(arr.scrub(&io, false)).unwrap().mismatches, 0);
 }
 
-#[test]
-fn rebuild_interrupted_by_a_crash_resumes_from_its_checkpoint() {
+/// A rebuild of role `failed` stopped after 1 MiB and a power loss resumes from its checkpoint
+/// after assembly; the contents then hash as before and scrub finds nothing.
+fn rebuild_interrupted_by_a_crash(level: Level, n: usize, failed: usize) {
+    let what = format!("RAID {level:?}, member {failed} of {n}");
     let io = IoCtx::new().unwrap();
     let disks: Vec<Arc<dyn BlockDev>> =
-        (0..4).map(|_| Arc::new(MemDisk::new(MEMBER).unwrap()) as Arc<dyn BlockDev>).collect();
+        (0..=n).map(|_| Arc::new(MemDisk::new(MEMBER).unwrap()) as Arc<dyn BlockDev>).collect();
     let crash: Vec<CrashDev> = disks.iter().map(|d| CrashDev::new(d.clone())).collect();
     CrashDev::group(&crash);
     let members: Vec<(String, Arc<dyn BlockDev>)> = crash
         .iter()
-        .take(3)
+        .take(n)
         .enumerate()
         .map(|(i, c)| (format!("m{i}"), Arc::new(c.clone()) as Arc<dyn BlockDev>))
         .collect();
-    let arr = io.block_on(create(&io, members, small_opts(Level::Raid5))).unwrap();
-    fill(&io, &arr, 11);
+    let arr = io.block_on(create(&io, members, small_opts(level))).unwrap();
+    fill(&io, &arr, 11 + failed as u64);
     let before = hash_dev(&io, &arr);
-    io.block_on(arr.fail_member(&io, 2)).unwrap();
-    io.block_on(arr.replace(&io, 2, "spare".into(), Arc::new(crash[3].clone()))).unwrap();
+    io.block_on(arr.fail_member(&io, failed)).unwrap();
+    io.block_on(arr.replace(&io, failed, "spare".into(), Arc::new(crash[n].clone()))).unwrap();
     let opts = RebuildOptions { checkpoint_every: 128 << 10, stop_after: Some(1 << 20), ..Default::default() };
     io.block_on(arr.rebuild(&io, opts)).unwrap();
     io.block_on(crash[0].crash(&io, CrashMode::KeepNone)).unwrap();
     drop(arr);
-    let after: Vec<(String, Option<Arc<dyn BlockDev>>)> = vec![
-        ("m0".into(), Some(disks[0].clone())),
-        ("m1".into(), Some(disks[1].clone())),
-        ("m2-old".into(), Some(disks[2].clone())),
-        ("spare".into(), Some(disks[3].clone())),
-    ];
+    let mut after: Vec<(String, Option<Arc<dyn BlockDev>>)> =
+        (0..n).map(|i| (format!("m{i}"), Some(disks[i].clone()))).collect();
+    after[failed].0 = "old".into();
+    after.push(("spare".into(), Some(disks[n].clone())));
     let arr = io.block_on(assemble(&io, after, AssembleOptions::default())).unwrap();
     let st = arr.status();
-    assert_eq!(st.members[2].state, "rebuilding", "{st:?}");
+    assert_eq!(st.members[failed].state, "rebuilding", "{what}: {st:?}");
     let progress = st.rebuild_progress.unwrap();
-    assert!(progress > 0.2 && progress < 0.9, "resumes from the checkpoint, not from 0: {progress}");
+    assert!(progress > 0.2 && progress < 0.9, "{what}: resumes from the checkpoint, not from 0: {progress}");
     let rest = io.block_on(arr.rebuild(&io, RebuildOptions::default())).unwrap();
-    assert!(rest < arr.status().size / 2, "rebuilt {rest} bytes after resuming");
-    assert_eq!(hash_dev(&io, &arr), before);
-    assert_eq!(io.block_on(arr.scrub(&io, false)).unwrap().mismatches, 0);
+    assert!(rest < MEMBER, "{what}: rebuilt {rest} bytes after resuming");
+    assert_eq!(hash_dev(&io, &arr), before, "{what}");
+    assert_eq!(io.block_on(arr.scrub(&io, false)).unwrap().mismatches, 0, "{what}");
+}
+
+#[test]
+fn raid5_rebuild_interrupted_by_a_crash_resumes_from_its_checkpoint() {
+    for failed in 0..3 {
+        rebuild_interrupted_by_a_crash(Level::Raid5, 3, failed);
+    }
+}
+
+#[test]
+fn raid1_rebuild_interrupted_by_a_crash_resumes_from_its_checkpoint() {
+    for failed in 0..2 {
+        rebuild_interrupted_by_a_crash(Level::Raid1, 2, failed);
+    }
 }
