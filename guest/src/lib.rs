@@ -27,7 +27,7 @@ pub mod scratch;
 pub use artifacts::{cache_root, GuestArtifacts, VIRTIO_MODULES};
 pub use cpio::CpioWriter;
 pub use initramfs::{Initramfs, InitramfsBuilder, END_MARKER, START_MARKER};
-pub use qemu::{qemu_binary, qemu_escape, require_qemu, GuestOutput, QemuGuest, StorageDaemon};
+pub use qemu::{qemu_binary, qemu_escape, require_qemu, GuestOutput, QemuGuest, RunningGuest, StorageDaemon};
 
 use std::path::PathBuf;
 

@@ -234,6 +234,116 @@ impl QemuGuest {
     }
 }
 
+/// A guest started with [`QemuGuest::spawn`]: watch its console while it runs, then kill it
+/// (SIGKILL, as a crash) or wait for it. Killed on drop.
+#[derive(Debug)]
+pub struct RunningGuest {
+    child: Option<Child>,
+    console: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+    start: Instant,
+}
+
+impl RunningGuest {
+    /// The console so far (`\r` removed).
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
+    }
+
+    /// Waits until `pred` holds for the console so far; an error with the console if the guest
+    /// exits first or `timeout` passes.
+    pub fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            if pred(&text) {
+                return Ok(text);
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(Error::Guest { what: format!("QEMU exited ({status}) before {what}"), console: text });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Guest { what: format!("no {what} within {} s", timeout.as_secs()), console: text });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL to QEMU (the guest dies mid-whatever) and returns its console.
+    pub fn kill(mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.readers.drain(..).for_each(|r| drop(r.join()));
+        self.console()
+    }
+
+    /// Waits for QEMU to exit (or kills it after `timeout`, returning [`Error::Timeout`]).
+    pub fn wait(mut self, timeout: Duration) -> Result<GuestOutput> {
+        let mut child = self.child.take().ok_or_else(|| Error::NotFound("a running QEMU".into()))?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.readers.drain(..).for_each(|r| drop(r.join()));
+                    return Err(Error::Timeout { secs: timeout.as_secs(), output: self.console() });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(Error::Command { cmd: "wait for qemu".into(), detail: e.to_string() }),
+            }
+        };
+        self.readers.drain(..).for_each(|r| drop(r.join()));
+        let stderr = String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "");
+        Ok(GuestOutput { console: self.console(), stderr, status, elapsed: self.start.elapsed() })
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl QemuGuest {
+    /// Starts QEMU and returns at once; see [`RunningGuest`].
+    pub fn spawn(&self) -> Result<RunningGuest> {
+        let mut cmd = self.command();
+        let shown = format!("{cmd:?}");
+        if !self.quiet {
+            eprintln!("guest: {shown}");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Command { cmd: shown, detail: e.to_string() })?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            child.stdout.take().map(|s| pump(s, console.clone(), (!self.quiet).then_some("guest| "))),
+            child.stderr.take().map(|s| pump(s, stderr.clone(), (!self.quiet).then_some("qemu stderr| "))),
+        ];
+        Ok(RunningGuest {
+            child: Some(child),
+            console,
+            stderr,
+            readers: readers.into_iter().flatten().collect(),
+            start: Instant::now(),
+        })
+    }
+}
+
 /// Escapes a path for a QEMU option value (a comma is written twice).
 pub fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
