@@ -148,6 +148,34 @@ mod tests {
     }
 
     #[test]
+    fn dirty_degraded_array_without_a_log_starts_only_with_force_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = files(&dir, 3);
+        let io = IoCtx::new().unwrap();
+        let members = paths
+            .iter()
+            .map(|p| {
+                (p.clone(), Arc::new(RawFile::open(Path::new(p), OpenOptions::default()).unwrap()) as Arc<dyn BlockDev>)
+            })
+            .collect();
+        let opts = raid::CreateOptions { ppl: false, ..raid::CreateOptions::new(raid::Level::Raid5) };
+        {
+            let arr = io.block_on(raid::create(&io, members, opts)).unwrap();
+            let mut b = SharedBuf::from_slice(&[3u8; 4096]);
+            // Written and dropped without a clean close: the array stays dirty.
+            io.block_on(arr.write(&io, 0, b.io(), true, IoTag::DATA)).unwrap();
+        }
+        std::fs::remove_file(&paths[2]).unwrap();
+        let spec = format!("format=raid,members={}", paths.join(":"));
+        let e = open_spec(&spec, &OpenCtx::new()).err().unwrap();
+        assert!(e.to_string().contains("force=on"), "{e}");
+        let dev = open_spec(&format!("{spec},force=on"), &OpenCtx::new()).unwrap();
+        let mut b = SharedBuf::new(4096);
+        io.block_on(dev.read(&io, 0, b.io(), IoTag::DATA)).unwrap();
+        assert!(b.bytes().iter().all(|&x| x == 3));
+    }
+
+    #[test]
     fn unknown_key_and_missing_members_key_are_refused() {
         let e = open_spec("format=raid,members=a:b,colour=red", &OpenCtx::new()).err().unwrap();
         assert!(e.to_string().contains("colour"), "{e}");

@@ -325,7 +325,23 @@ fn replace(io: &IoCtx, array: &str, old: &str, new: &str, rate_limit: Option<u64
     io.block_on(arr.replace(io, role, new.to_string(), dev))?;
     let t = Instant::now();
     let opts = RebuildOptions { rate_limit, ..Default::default() };
-    let bytes = io.block_on(arr.rebuild(io, opts))?;
+    // Progress on stderr from a watcher thread while this one runs the rebuild.
+    let arr = Arc::new(arr);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (watched, stop) = (arr.clone(), done.clone());
+    let watcher = std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(p) = watched.status().rebuild_progress {
+                eprint!("\rrebuild: {:5.1}%", p * 100.0);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let res = io.block_on(arr.rebuild(io, opts));
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watcher.join();
+    eprintln!();
+    let bytes = res?;
     let secs = t.elapsed().as_secs_f64();
     io.block_on(arr.close(io))?;
     println!(
