@@ -69,6 +69,11 @@ enum Command {
         /// Seed of the data pattern written (qword i = seed + i).
         #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse_u64)]
         seed: u64,
+        /// Print the result as one JSON object on stdout (outcome, failed check, set-up and
+        /// total ms, CLOCK_MONOTONIC ns of the first KVM_RUN and of the guest's first exit,
+        /// CPU ms to the first KVM_RUN); the guest's serial output goes to stderr.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -88,13 +93,16 @@ fn kvm_present(what: &str) -> bool {
     present
 }
 
-fn probe(disk: DiskSpec, timeout: u64, seed: u64) -> ExitCode {
+fn probe(disk: DiskSpec, timeout: u64, seed: u64, json: bool) -> ExitCode {
     if !kvm_present("probe") {
         return ExitCode::from(77);
     }
-    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed };
+    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed, serial_to_stderr: json };
     match run_probe(&opts) {
         Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            }
             eprintln!(
                 "vmm-mini probe: {} (set-up {:.1} ms, total {:.1} ms)",
                 report.outcome,
@@ -148,7 +156,7 @@ fn boot(args: BootArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Probe { disk, timeout, seed }) => probe(disk, timeout, seed),
+        Some(Command::Probe { disk, timeout, seed, json }) => probe(disk, timeout, seed, json),
         None => boot(cli.boot),
     }
 }

@@ -43,6 +43,9 @@ pub struct ProbeOptions {
     /// Qword `i` of the pattern written to sectors 0-1 is `seed + i`; the last sector gets
     /// qwords 64-127.
     pub seed: u64,
+    /// Send the guest's serial output to stderr instead of stdout (`--json` keeps stdout for
+    /// the report).
+    pub serial_to_stderr: bool,
 }
 
 /// How the probe ended.
@@ -85,6 +88,37 @@ pub struct ProbeReport {
     pub elapsed: Duration,
     /// Time to connect, negotiate and build the VM, before the vCPU first runs.
     pub setup: Duration,
+    /// `CLOCK_MONOTONIC` ns just before the vCPU's first KVM_RUN (0 if it never ran).
+    pub first_kvm_run_ns: u64,
+    /// The process's CPU time at that moment, in ns.
+    pub cpu_ns_to_first_kvm_run: u64,
+    /// `CLOCK_MONOTONIC` ns when that first KVM_RUN returned: the guest's first instructions
+    /// ran, up to its first port write.
+    pub first_exit_ns: u64,
+}
+
+impl ProbeReport {
+    /// The report as one JSON object (what `vmm-mini probe --json` prints).
+    pub fn to_json(&self) -> String {
+        let (outcome, check) = match &self.outcome {
+            ProbeOutcome::Passed => ("passed", None),
+            ProbeOutcome::Failed(c) => ("failed", Some(*c)),
+            ProbeOutcome::TimedOut(c) => ("timed-out", Some(*c)),
+            ProbeOutcome::BackendLost(_) => ("backend-lost", None),
+            ProbeOutcome::GuestFault(_) => ("guest-fault", None),
+        };
+        let check = check.map_or_else(|| "null".to_string(), |c| format!("\"{c}\""));
+        let message = self.outcome.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        format!(
+            "{{\"outcome\":\"{outcome}\",\"check\":{check},\"message\":\"{message}\",\"setup_ms\":{:.3},\"total_ms\":{:.3},\
+             \"first_kvm_run_monotonic_ns\":{},\"cpu_ms_to_first_kvm_run\":{:.3},\"first_exit_monotonic_ns\":{}}}",
+            self.setup.as_secs_f64() * 1e3,
+            self.elapsed.as_secs_f64() * 1e3,
+            self.first_kvm_run_ns,
+            self.cpu_ns_to_first_kvm_run as f64 / 1e6,
+            self.first_exit_ns
+        )
+    }
 }
 
 /// Runs the probe guest against `opts.disk`; its serial output goes to stdout.
@@ -103,7 +137,9 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     enter_long_mode(&vcpu, 0, PROBE_ENTRY, PROBE_STACK_TOP, 0, opts.seed)?;
 
     let progress = Arc::new(AtomicU8::new(0));
-    let serial = new_serial(Box::new(std::io::stdout())).map_err(Error::Io)?;
+    let out: Box<dyn std::io::Write + Send> =
+        if opts.serial_to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
+    let serial = new_serial(out).map_err(Error::Io)?;
     let socket = vec![(disk.frontend().socket_fd(), disk.frontend().socket().to_path_buf())];
     let devices = Arc::new(Mutex::new(Devices { serial, disks: vec![disk], probe: Some(progress.clone()) }));
     let (exits, exit_rx) = mpsc::channel();
@@ -118,12 +154,16 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
         Err(_) => ProbeOutcome::TimedOut(check_name(progress.load(Ordering::Relaxed))),
     };
     let elapsed = start.elapsed();
+    let first = threads.first_run();
+    let first_kvm_run_ns = first.entered_ns.load(Ordering::Relaxed);
+    let cpu_ns_to_first_kvm_run = first.entered_cpu_ns.load(Ordering::Relaxed);
+    let first_exit_ns = first.first_exit_ns.load(Ordering::Relaxed);
     threads.stop();
     watch.stop();
     if !matches!(outcome, ProbeOutcome::BackendLost(_)) {
         lock(&devices).stop_disks();
     }
-    Ok(ProbeReport { outcome, elapsed, setup })
+    Ok(ProbeReport { outcome, elapsed, setup, first_kvm_run_ns, cpu_ns_to_first_kvm_run, first_exit_ns })
 }
 
 #[cfg(test)]
@@ -136,6 +176,25 @@ mod tests {
         assert_eq!(check_name(10), "past-end");
         assert_eq!(check_name(0), "unknown");
         assert_eq!(check_name(200), "unknown");
+    }
+
+    #[test]
+    fn json_report_names_the_outcome_and_check() {
+        let report = ProbeReport {
+            outcome: ProbeOutcome::Failed("capacity"),
+            elapsed: Duration::from_millis(12),
+            setup: Duration::from_micros(1500),
+            first_kvm_run_ns: 42,
+            cpu_ns_to_first_kvm_run: 2_500_000,
+            first_exit_ns: 43,
+        };
+        assert_eq!(
+            report.to_json(),
+            "{\"outcome\":\"failed\",\"check\":\"capacity\",\"message\":\"check 'capacity' failed\",\"setup_ms\":1.500,\
+             \"total_ms\":12.000,\"first_kvm_run_monotonic_ns\":42,\"cpu_ms_to_first_kvm_run\":2.500,\"first_exit_monotonic_ns\":43}"
+        );
+        let lost = ProbeReport { outcome: ProbeOutcome::BackendLost("a \"b\"".into()), ..report };
+        assert!(lost.to_json().contains("\"check\":null,\"message\":\"a \\\"b\\\"\""), "{}", lost.to_json());
     }
 
     #[test]

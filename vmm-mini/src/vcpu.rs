@@ -1,7 +1,7 @@
 //! vCPU threads: the KVM_RUN loop that hands port and MMIO exits to [`Devices`], and the
 //! means to stop every vCPU once one of them ends the guest.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -18,13 +18,60 @@ pub fn lock(devices: &Mutex<Devices>) -> MutexGuard<'_, Devices> {
     devices.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds (the clock every process shares, so a harness that
+/// read it before starting vmm-mini can subtract).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This process's CPU time (all threads, user + system) now, in nanoseconds.
+pub fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// When vCPU 0 first entered the guest and first came back (0 = not yet): the start-up
+/// measurements of `vmm-mini probe --json`.
+#[derive(Debug, Default)]
+pub struct FirstRun {
+    /// `CLOCK_MONOTONIC` ns just before the first KVM_RUN.
+    pub entered_ns: AtomicU64,
+    /// The process's CPU time (ns) at that moment.
+    pub entered_cpu_ns: AtomicU64,
+    /// `CLOCK_MONOTONIC` ns when the first KVM_RUN returned (the guest's first exit, e.g. its
+    /// first port write).
+    pub first_exit_ns: AtomicU64,
+}
+
 /// Runs `vcpu` until the guest stops or `stop` is set (checked whenever KVM_RUN is interrupted).
-pub fn run_vcpu(vcpu: &mut VcpuFd, index: u8, devices: &Mutex<Devices>, stop: &AtomicBool) -> Option<GuestExit> {
+/// vCPU 0 records its first entry and exit in `first`.
+pub fn run_vcpu(
+    vcpu: &mut VcpuFd,
+    index: u8,
+    devices: &Mutex<Devices>,
+    stop: &AtomicBool,
+    first: &FirstRun,
+) -> Option<GuestExit> {
+    let mut first_pending = index == 0;
     loop {
         if stop.load(Ordering::Acquire) {
             return None;
         }
-        let exit = match vcpu.run() {
+        if first_pending {
+            first.entered_cpu_ns.store(process_cpu_ns(), Ordering::Relaxed);
+            first.entered_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+        let result = vcpu.run();
+        if first_pending {
+            first.first_exit_ns.store(monotonic_ns(), Ordering::Relaxed);
+            first_pending = false;
+        }
+        let exit = match result {
             Ok(VcpuExit::IoOut(port, data)) => lock(devices).pio_write(port, data),
             Ok(VcpuExit::IoIn(port, data)) => {
                 lock(devices).pio_read(port, data);
@@ -85,6 +132,7 @@ extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
 pub struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    first: Arc<FirstRun>,
 }
 
 impl VcpuThreads {
@@ -94,18 +142,24 @@ impl VcpuThreads {
         // it is already registered.
         let _ = register_signal_handler(kick_signal(), ignore_signal);
         let stop = Arc::new(AtomicBool::new(false));
+        let first = Arc::new(FirstRun::default());
         let mut handles = Vec::new();
         for (index, mut vcpu) in vcpus.into_iter().enumerate() {
-            let (devices, exits, stop) = (devices.clone(), exits.clone(), stop.clone());
+            let (devices, exits, stop, first) = (devices.clone(), exits.clone(), stop.clone(), first.clone());
             let index = index as u8;
             let handle = std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || {
-                if let Some(exit) = run_vcpu(&mut vcpu, index, &devices, &stop) {
+                if let Some(exit) = run_vcpu(&mut vcpu, index, &devices, &stop, &first) {
                     let _ = exits.send(exit);
                 }
             })?;
             handles.push(handle);
         }
-        Ok(VcpuThreads { handles, stop })
+        Ok(VcpuThreads { handles, stop, first })
+    }
+
+    /// vCPU 0's first entry into the guest and first exit.
+    pub fn first_run(&self) -> &FirstRun {
+        &self.first
     }
 
     /// Stops every vCPU thread and waits for them: sets the stop flag and signals each thread

@@ -1,5 +1,6 @@
 //! `docs/bench.md` from the saved runs in `docs/bench/*.json`: files are read in name order and
-//! grouped by their `section` (sections in order of first appearance), one table per file.
+//! grouped by their `section` (sections in order of first appearance), one table per file. A
+//! file is a `blkctl bench` report, or a timings run (`"kind": "timings"`, [`super::timings`]).
 //! The output depends only on the files, so a check can compare it with what is committed.
 
 use std::fmt::Write as _;
@@ -9,12 +10,40 @@ use blockdev::size::format_size;
 use blockdev::{Error, ErrorKind, Result};
 
 use super::report::{BenchReport, CaseResult};
+use super::timings::{self, TimingsReport};
+
+/// One saved run: block I/O cases, or timings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SavedRun {
+    /// A `blkctl bench --json` report.
+    Bench(BenchReport),
+    /// A timings run.
+    Timings(TimingsReport),
+}
+
+impl SavedRun {
+    fn section(&self) -> &str {
+        match self {
+            SavedRun::Bench(r) => &r.section,
+            SavedRun::Timings(r) => &r.section,
+        }
+    }
+}
+
+fn parse_run(text: &str) -> std::result::Result<SavedRun, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if value.get("kind").and_then(|k| k.as_str()) == Some(timings::KIND) {
+        serde_json::from_value(value).map(SavedRun::Timings)
+    } else {
+        serde_json::from_value(value).map(SavedRun::Bench)
+    }
+}
 
 /// The command that regenerates the document (printed at its top).
 pub const REGENERATE: &str = "cargo run --release -p vhost-user-blk --bin blkctl -- bench-report";
 
 /// Every `*.json` in `dir`, parsed, in file-name order.
-pub fn load_reports(dir: &Path) -> Result<Vec<(String, BenchReport)>> {
+pub fn load_reports(dir: &Path) -> Result<Vec<(String, SavedRun)>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| Error::from_io(e, format!("{}: read directory", dir.display())))?;
     let mut paths: Vec<PathBuf> = entries
@@ -26,7 +55,7 @@ pub fn load_reports(dir: &Path) -> Result<Vec<(String, BenchReport)>> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).map_err(|e| Error::from_io(e, format!("{}: read", p.display())))?;
-            let report: BenchReport = serde_json::from_str(&text).map_err(|e| {
+            let report = parse_run(&text).map_err(|e| {
                 Error::new(ErrorKind::InvalidInput, format!("{}: not a bench report: {e}", p.display()))
             })?;
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -120,7 +149,7 @@ fn table(out: &mut String, r: &BenchReport) {
 }
 
 /// Render the document from `(file name, report)` pairs.
-pub fn render(reports: &[(String, BenchReport)]) -> String {
+pub fn render(reports: &[(String, SavedRun)]) -> String {
     let mut out = String::new();
     out.push_str("# strata benchmarks\n\n");
     let _ = writeln!(
@@ -141,13 +170,20 @@ pub fn render(reports: &[(String, BenchReport)]) -> String {
     );
     let mut sections: Vec<&str> = Vec::new();
     for (_, r) in reports {
-        if !sections.contains(&r.section.as_str()) {
-            sections.push(&r.section);
+        if !sections.contains(&r.section()) {
+            sections.push(r.section());
         }
     }
     for section in sections {
         let _ = writeln!(out, "## {section}\n");
-        for (name, r) in reports.iter().filter(|(_, r)| r.section == section) {
+        for (name, run) in reports.iter().filter(|(_, r)| r.section() == section) {
+            let r = match run {
+                SavedRun::Bench(r) => r,
+                SavedRun::Timings(t) => {
+                    render_timings(&mut out, name, t);
+                    continue;
+                }
+            };
             let m = &r.machine;
             let _ = writeln!(out, "### `{}` — {}\n", r.spec, name);
             let _ = writeln!(out, "```\n{}\n```\n", r.command);
@@ -171,6 +207,19 @@ pub fn render(reports: &[(String, BenchReport)]) -> String {
         }
     }
     out
+}
+
+fn render_timings(out: &mut String, name: &str, t: &TimingsReport) {
+    let m = &t.machine;
+    let _ = writeln!(out, "### {} — {}\n", t.title, name);
+    let _ = writeln!(out, "```\n{}\n```\n", t.command);
+    let cpu = if m.cpu.is_empty() { String::new() } else { format!(", {}", m.cpu) };
+    let _ = writeln!(out, "Machine `{}`: nproc {}{cpu}, kernel {}. Run {}.\n", m.host, m.nproc, m.kernel, t.date);
+    if let Some(n) = &t.notes {
+        let _ = writeln!(out, "{n}\n");
+    }
+    timings::table(out, t);
+    out.push('\n');
 }
 
 /// Render `dir`'s reports into `out`. With `check`, only compare and fail if `out` differs.
@@ -241,9 +290,9 @@ mod tests {
     #[test]
     fn sections_group_files_in_order() {
         let reports = vec![
-            ("10-a.json".to_string(), report("RAM disk", false)),
-            ("20-b.json".to_string(), report("raw file vs fio", true)),
-            ("30-c.json".to_string(), report("RAM disk", false)),
+            ("10-a.json".to_string(), SavedRun::Bench(report("RAM disk", false))),
+            ("20-b.json".to_string(), SavedRun::Bench(report("raw file vs fio", true))),
+            ("30-c.json".to_string(), SavedRun::Bench(report("RAM disk", false))),
         ];
         let md = render(&reports);
         let ram = md.find("## RAM disk").unwrap();
@@ -270,6 +319,22 @@ mod tests {
         assert!(write_document(&json, &out, true).is_ok());
         std::fs::write(json.join("b.json"), serde_json::to_string(&report("T", false)).unwrap()).unwrap();
         assert!(write_document(&json, &out, true).unwrap_err().to_string().contains("out of date"));
+    }
+
+    #[test]
+    fn timings_files_render_in_their_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("bench");
+        std::fs::create_dir(&json).unwrap();
+        std::fs::write(json.join("10-a.json"), serde_json::to_string(&report("S", false)).unwrap()).unwrap();
+        let t = crate::bench::timings::tests::sample();
+        std::fs::write(json.join("20-t.json"), serde_json::to_string(&t).unwrap()).unwrap();
+        let runs = load_reports(&json).unwrap();
+        assert!(matches!(runs[1].1, SavedRun::Timings(_)));
+        let md = render(&runs);
+        assert!(md.find("## S").unwrap() < md.find("## vmm-mini").unwrap(), "{md}");
+        assert!(md.contains("### start-up — 20-t.json"), "{md}");
+        assert!(md.contains("| round trip | strata | 4 | 3.00 | 7.50 | 12.0 | 2.50× |"), "{md}");
     }
 
     #[test]

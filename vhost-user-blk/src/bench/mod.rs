@@ -16,6 +16,7 @@ pub mod markdown;
 pub mod report;
 pub mod run;
 pub mod sysinfo;
+pub mod timings;
 mod vhost_user;
 
 use std::fmt;
