@@ -270,6 +270,30 @@ impl Spec {
         v.parse::<u32>().map(Some).map_err(|_| self.bad_value(key, &v, "a whole number below 2^32"))
     }
 
+    /// Remove `key` and parse it as a duration: a whole number with `ms`, `s` or `m` (`500ms`,
+    /// `30s`, `2m`); `0` is allowed. At most one day.
+    pub fn take_duration(&mut self, key: &str) -> Result<Option<std::time::Duration>, SpecError> {
+        let Some(v) = self.take(key) else { return Ok(None) };
+        let expected = "a duration such as 0, 500ms, 30s or 2m (at most a day)";
+        let (num, unit_ms) = if let Some(n) = v.strip_suffix("ms") {
+            (n, 1)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1000)
+        } else if let Some(n) = v.strip_suffix('m') {
+            (n, 60_000)
+        } else if v == "0" {
+            ("0", 1)
+        } else {
+            return Err(self.bad_value(key, &v, expected));
+        };
+        let ms = if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) {
+            num.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_ms)).filter(|&ms| ms <= 86_400_000)
+        } else {
+            None
+        };
+        ms.map(|ms| Some(std::time::Duration::from_millis(ms))).ok_or_else(|| self.bad_value(key, &v, expected))
+    }
+
     /// Check that every key was taken; otherwise name the leftovers. `accepted` (the keys the
     /// consumer knows, may be empty) is listed in the message.
     pub fn finish(&self, accepted: &[&str]) -> Result<(), SpecError> {
@@ -415,5 +439,20 @@ mod tests {
         assert_eq!(s.get("path"), Some("/a,b.img"));
         assert!(matches!(Spec::from_pairs([("a", "1"), ("a", "2")]), Err(SpecError::DuplicateKey { .. })));
         assert!(matches!(Spec::from_pairs([("A", "1")]), Err(SpecError::BadKey { .. })));
+    }
+
+    #[test]
+    fn durations_take_units_and_refuse_the_rest() {
+        let mut s = Spec::parse("a=0,b=500ms,c=30s,d=2m,e=5,f=1.5s,g=-1s,h=2d,i=99999m").unwrap();
+        let ms = |s: &mut Spec, k| s.take_duration(k).map(|d| d.map(|d| d.as_millis()));
+        assert_eq!(ms(&mut s, "a").unwrap(), Some(0));
+        assert_eq!(ms(&mut s, "b").unwrap(), Some(500));
+        assert_eq!(ms(&mut s, "c").unwrap(), Some(30_000));
+        assert_eq!(ms(&mut s, "d").unwrap(), Some(120_000));
+        assert_eq!(ms(&mut s, "z").unwrap(), None);
+        for bad in ["e", "f", "g", "h", "i"] {
+            let e = ms(&mut s, bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("duration"), "{e}");
+        }
     }
 }

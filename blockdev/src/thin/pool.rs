@@ -469,6 +469,28 @@ impl Pool {
         st.meta_dirty = true;
     }
 
+    /// Load and audit the committed metadata of this open pool from its device, as the checker
+    /// does for a closed one. Commits wait meanwhile (no page of the transaction being read is
+    /// reused under the reader); I/O to the volumes goes on.
+    pub async fn audit_committed(&self, io: &IoCtx) -> Result<Audit> {
+        poll_fn(|cx| {
+            let mut st = self.inner.lock();
+            if st.committing {
+                st.park(cx.waker());
+                return Poll::Pending;
+            }
+            st.committing = true;
+            Poll::Ready(())
+        })
+        .await;
+        let _hold = HoldCommits { inner: self.inner.clone() };
+        let inner = &self.inner;
+        let sb = load::read_superblock(io, &inner.meta).await?;
+        load::check_geometry(&sb, &*inner.meta, &*inner.data, inner.shared_dev)?;
+        let st = load::load(io, &inner.meta, sb).await?;
+        Ok(load::audit(&st))
+    }
+
     /// Audit the in-memory state (tests; the checker audits what is on disk).
     pub fn audit(&self) -> Audit {
         load::audit(&self.inner.lock())
@@ -487,6 +509,19 @@ impl Drop for Suspend {
         if let Some(v) = st.volumes.get_mut(&self.id) {
             v.suspended = false;
         }
+        st.wake_all();
+    }
+}
+
+/// No commit starts until this is dropped (`audit_committed`).
+struct HoldCommits {
+    inner: Arc<PoolInner>,
+}
+
+impl Drop for HoldCommits {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.committing = false;
         st.wake_all();
     }
 }

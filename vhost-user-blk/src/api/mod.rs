@@ -6,11 +6,14 @@
 //! - `{"cmd":"stats","name":"NAME"}` → `{"ok":true,"result":{"reads":..,"latency_p99_us":..,..}}`
 //! - `{"cmd":"add","disk":"socket=PATH,format=FMT,..."}` → `{"ok":true}`
 //! - `{"cmd":"remove","name":"NAME"}` → `{"ok":true}` (drains and flushes first)
+//! - `{"cmd":"thin","op":...}`: a served thin pool's volumes ([`thin`])
 //!
 //! - `raid-status`, `raid-fail`, `raid-replace`, `raid-scrub`: live operations on a served
 //!   array ([`raid`])
 //!
 //! Errors: `{"ok":false,"error":"message"}`. Lines longer than 64 KiB close the connection.
+
+pub mod thin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +59,8 @@ pub enum Request {
     RaidReplace(raid::ReplaceReq),
     /// Scrub a served RAID array.
     RaidScrub(raid::ScrubReq),
+    /// A thin pool command (`"op"` selects it).
+    Thin(thin::ThinRequest),
 }
 
 /// The running control socket; the socket file is removed when dropped.
@@ -147,6 +152,7 @@ pub fn handle(daemon: &Daemon, req: Request) -> Value {
         Request::RaidFail(r) => raid::fail(r),
         Request::RaidReplace(r) => raid::replace(r),
         Request::RaidScrub(r) => raid::scrub(r),
+        Request::Thin(req) => thin::handle(daemon, req),
     };
     match res {
         Ok(Value::Null) => json!({"ok": true}),

@@ -13,7 +13,7 @@ mod qcow2;
 pub mod raid;
 pub mod raid_registry;
 mod raw;
-mod thin;
+pub mod thin;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

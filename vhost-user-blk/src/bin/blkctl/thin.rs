@@ -1,12 +1,16 @@
 //! `blkctl thin pool-create|pool-info|create|snapshot|list|remove|resize|check`: parse the
-//! options and call `blockdev::thin` on the pool file(s).
+//! options and call `blockdev::thin` on the pool file(s), or, with `--api-socket`, send the
+//! command to the daemon serving the pool (`vhost_user_blk::api::thin`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockdev::size::{format_size, parse_size};
-use blockdev::thin::{check, Pool, PoolConfig};
-use blockdev::{BlockDev, IoCtx, OpenOptions, RawFile};
+use blockdev::thin::check::{self, CheckReport};
+use blockdev::thin::{Pool, PoolConfig};
+use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
+use serde_json::{json, Value};
+use vhost_user_blk::api::thin::{call, check_report_from_json, check_report_json, pool_info_json, volumes_json};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -26,6 +30,10 @@ pub struct PoolArg {
     /// A separate metadata device.
     #[arg(long)]
     metadata: Option<PathBuf>,
+    /// Send the command to the strata daemon serving the pool, through its control socket at
+    /// PATH (the pool is changed while its volumes are in use; --metadata is not needed).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 /// `blkctl thin ...`.
@@ -117,6 +125,7 @@ impl crate::Group for Cmd {
         let io = IoCtx::new()?;
         match cmd {
             ThinCmd::PoolCreate { pool, block_size, metadata_size } => {
+                no_daemon(&pool, "pool-create")?;
                 let (meta, data) = devices(&pool, false)?;
                 let block_size = u32::try_from(parse_size(&block_size)?).map_err(|_| "--block-size too large")?;
                 let metadata_size = metadata_size.map(|s| parse_size(&s)).transpose()?;
@@ -130,43 +139,114 @@ impl crate::Group for Cmd {
                 ));
                 Ok(())
             }
-            ThinCmd::PoolInfo { pool, json } => pool_info(&io, &pool, json),
+            ThinCmd::PoolInfo { pool, json } => {
+                let v = match remote(&pool, json!({"op": "pool-info"}))? {
+                    Some(v) => v,
+                    None => pool_info_json(&open(&io, &pool, true)?.info()),
+                };
+                print_pool_info(&v, json)
+            }
             ThinCmd::PoolGrow { pool } => {
+                no_daemon(&pool, "pool-grow")?;
                 let p = open(&io, &pool, false)?;
                 let blocks = io.block_on(p.grow(&io))?;
                 emit(&format!("thin pool has {blocks} data blocks\n"));
                 Ok(())
             }
             ThinCmd::Create { pool, name, size } => {
-                let p = open(&io, &pool, false)?;
-                Ok(io.block_on(p.create_volume(&io, &name, parse_size(&size)?))?)
+                let size = parse_size(&size)?;
+                if remote(&pool, json!({"op": "create", "name": name, "size": size}))?.is_none() {
+                    let p = open(&io, &pool, false)?;
+                    io.block_on(p.create_volume(&io, &name, size))?;
+                }
+                Ok(())
             }
             ThinCmd::Snapshot { pool, origin, name } => {
-                let p = open(&io, &pool, false)?;
-                Ok(io.block_on(p.snapshot(&io, &origin, &name))?)
+                if remote(&pool, json!({"op": "snapshot", "origin": origin, "name": name}))?.is_none() {
+                    let p = open(&io, &pool, false)?;
+                    io.block_on(p.snapshot(&io, &origin, &name))?;
+                }
+                Ok(())
             }
-            ThinCmd::List { pool, json } => list(&io, &pool, json),
+            ThinCmd::List { pool, json } => {
+                let v = match remote(&pool, json!({"op": "list"}))? {
+                    Some(v) => v,
+                    None => {
+                        let p = open(&io, &pool, true)?;
+                        volumes_json(&p.list(), p.info().block_size)
+                    }
+                };
+                print_list(&v, json)
+            }
             ThinCmd::Remove { pool, name } => {
-                let p = open(&io, &pool, false)?;
-                Ok(io.block_on(p.remove_volume(&io, &name))?)
+                if remote(&pool, json!({"op": "remove", "name": name}))?.is_none() {
+                    let p = open(&io, &pool, false)?;
+                    io.block_on(p.remove_volume(&io, &name))?;
+                }
+                Ok(())
             }
             ThinCmd::Resize { pool, name, size } => {
-                let p = open(&io, &pool, false)?;
-                Ok(io.block_on(p.resize_volume(&io, &name, parse_size(&size)?))?)
+                let size = parse_size(&size)?;
+                if remote(&pool, json!({"op": "resize", "name": name, "size": size}))?.is_none() {
+                    let p = open(&io, &pool, false)?;
+                    io.block_on(p.resize_volume(&io, &name, size))?;
+                }
+                Ok(())
             }
-            ThinCmd::Check { pool, repair, json } => check_cmd(&io, &pool, repair, json),
+            ThinCmd::Check { pool, repair, json } => {
+                let rep = match remote(&pool, json!({"op": "check", "repair": repair}))? {
+                    Some(v) => check_report_from_json(&v)?,
+                    None => {
+                        let (meta, data) = devices(&pool, !repair)?;
+                        io.block_on(check::check(&io, meta, data, repair))?
+                    }
+                };
+                print_check(&pool, &rep, json)
+            }
         }
     }
+}
+
+/// With `--api-socket`, send `req` (an object with its `op`) for this pool to the daemon and
+/// return its result (`null` when none); without, `None`: the caller opens the pool itself.
+fn remote(p: &PoolArg, mut req: Value) -> Result<Option<Value>, Box<dyn std::error::Error>> {
+    let Some(sock) = &p.api_socket else { return Ok(None) };
+    // The daemon names pools by canonical path (or node:NAME, which does not canonicalize).
+    let pool = std::fs::canonicalize(&p.pool).unwrap_or_else(|_| p.pool.clone());
+    req["cmd"] = json!("thin");
+    req["pool"] = json!(pool.display().to_string());
+    Ok(Some(call(sock, &req)?))
+}
+
+fn no_daemon(p: &PoolArg, what: &str) -> CmdResult {
+    if p.api_socket.is_some() {
+        return Err(format!("thin {what} is not available through the daemon: stop serving the pool first").into());
+    }
+    Ok(())
 }
 
 type Devices = (Arc<dyn BlockDev>, Option<Arc<dyn BlockDev>>);
 
 /// Open the pool's device(s); writable opens take the exclusive lock.
+/// A pool locked by a daemon says so and points at `--api-socket`.
 fn devices(p: &PoolArg, read_only: bool) -> Result<Devices, Box<dyn std::error::Error>> {
     let opts = OpenOptions { read_only, ..OpenOptions::default() };
-    let pool: Arc<dyn BlockDev> = Arc::new(RawFile::open(&p.pool, opts)?);
+    let open = |path: &PathBuf| -> Result<Arc<dyn BlockDev>, Box<dyn std::error::Error>> {
+        match RawFile::open(path, opts) {
+            Ok(f) => Ok(Arc::new(f)),
+            Err(e) if e.kind() == ErrorKind::Locked => Err(format!(
+                "thin pool {} is in use by another process, e.g. a strata daemon serving it: \
+                 pass --api-socket PATH (the daemon's control socket) to send the command to the daemon \
+                 ({e})",
+                p.pool.display()
+            )
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let pool = open(&p.pool)?;
     Ok(match &p.metadata {
-        Some(m) => (Arc::new(RawFile::open(m, opts)?), Some(pool)),
+        Some(m) => (open(m)?, Some(pool)),
         None => (pool, None),
     })
 }
@@ -176,89 +256,65 @@ fn open(io: &IoCtx, p: &PoolArg, read_only: bool) -> Result<Pool, Box<dyn std::e
     Ok(io.block_on(Pool::open(io, meta, data)).map_err(|e| e.context(p.pool.display()))?)
 }
 
-fn pool_info(io: &IoCtx, p: &PoolArg, json: bool) -> CmdResult {
-    let pool = open(io, p, true)?;
-    let i = pool.info();
-    let free = i.data_blocks - i.used_blocks;
+fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+fn print_pool_info(v: &Value, json: bool) -> CmdResult {
     if json {
-        let v = serde_json::json!({
-            "uuid": i.uuid,
-            "block-size": i.block_size,
-            "size": i.data_blocks * i.block_size,
-            "used": i.used_blocks * i.block_size,
-            "free": free * i.block_size,
-            "data-blocks": i.data_blocks,
-            "used-blocks": i.used_blocks,
-            "transaction-id": i.transaction_id,
-            "metadata-pages": i.metadata_pages,
-            "metadata-free-pages": i.metadata_free_pages,
-            "volumes": i.volumes,
-            "below-low-water": i.below_low_water,
-        });
-        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
-    } else {
-        emit(&format!(
-            "uuid: {}\nblock size: {}\nsize: {}\nused: {} ({} of {} blocks)\nfree: {}{}\ntransaction id: {}\n\
-             metadata: {} of {} pages free\nvolumes: {}\n",
-            i.uuid,
-            format_size(i.block_size),
-            format_size(i.data_blocks * i.block_size),
-            format_size(i.used_blocks * i.block_size),
-            i.used_blocks,
-            i.data_blocks,
-            format_size(free * i.block_size),
-            if i.below_low_water { " (below the 10% low-water mark)" } else { "" },
-            i.transaction_id,
-            i.metadata_free_pages,
-            i.metadata_pages,
-            i.volumes
+        emit(&format!("{}\n", serde_json::to_string_pretty(v)?));
+        return Ok(());
+    }
+    let low = v["below-low-water"].as_bool().unwrap_or(false);
+    emit(&format!(
+        "uuid: {}\nblock size: {}\nsize: {}\nused: {} ({} of {} blocks)\nfree: {}{}\ntransaction id: {}\n\
+         metadata: {} of {} pages free\nvolumes: {}\n",
+        v["uuid"].as_str().unwrap_or("?"),
+        format_size(u(v, "block-size")),
+        format_size(u(v, "size")),
+        format_size(u(v, "used")),
+        u(v, "used-blocks"),
+        u(v, "data-blocks"),
+        format_size(u(v, "free")),
+        if low { " (below the 10% low-water mark)" } else { "" },
+        u(v, "transaction-id"),
+        u(v, "metadata-free-pages"),
+        u(v, "metadata-pages"),
+        u(v, "volumes")
+    ));
+    Ok(())
+}
+
+fn print_list(v: &Value, json: bool) -> CmdResult {
+    if json {
+        emit(&format!("{}\n", serde_json::to_string_pretty(v)?));
+        return Ok(());
+    }
+    let mut out = format!("{:<24} {:>10} {:>10}\n", "NAME", "SIZE", "MAPPED");
+    for vol in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        out.push_str(&format!(
+            "{:<24} {:>10} {:>10}\n",
+            vol["name"].as_str().unwrap_or("?"),
+            format_size(u(vol, "size")),
+            format_size(u(vol, "mapped"))
         ));
     }
+    emit(&out);
     Ok(())
 }
 
-fn list(io: &IoCtx, p: &PoolArg, json: bool) -> CmdResult {
-    let pool = open(io, p, true)?;
-    let bs = pool.info().block_size;
-    let vols = pool.list();
-    if json {
-        let v: Vec<_> = vols
-            .iter()
-            .map(|v| {
-                serde_json::json!({
-                    "name": v.name, "id": v.id, "size": v.size,
-                    "mapped-blocks": v.mapped_blocks, "mapped": v.mapped_blocks * bs,
-                })
-            })
-            .collect();
-        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
-    } else {
-        let mut out = format!("{:<24} {:>10} {:>10}\n", "NAME", "SIZE", "MAPPED");
-        for v in &vols {
-            out.push_str(&format!(
-                "{:<24} {:>10} {:>10}\n",
-                v.name,
-                format_size(v.size),
-                format_size(v.mapped_blocks * bs)
-            ));
-        }
-        emit(&out);
-    }
-    Ok(())
-}
-
-fn check_cmd(io: &IoCtx, p: &PoolArg, repair: bool, json: bool) -> CmdResult {
-    let (meta, data) = devices(p, !repair)?;
-    let rep = io.block_on(check::check(io, meta, data, repair))?;
+fn print_check(p: &PoolArg, rep: &CheckReport, json: bool) -> CmdResult {
     let code = rep.exit_code();
     if json {
-        let v = serde_json::json!({
+        let mut v = json!({
             "filename": p.pool.display().to_string(),
             "corruptions": rep.errors.len(),
-            "errors": rep.errors,
             "leaks": rep.leaks.len() as u64 - rep.repaired,
             "leaks-fixed": rep.repaired,
         });
+        if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), check_report_json(rep)) {
+            obj.extend(more);
+        }
         emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     } else {
         let mut out = String::new();

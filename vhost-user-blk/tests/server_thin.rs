@@ -1,0 +1,270 @@
+//! A daemon serving two volumes of one thin pool (each on its own socket, written by libblkio)
+//! while `blkctl thin ... --api-socket` creates a third volume and snapshots a served one through
+//! the control socket; the snapshot is then served and holds each write wholly or not at all.
+
+mod server_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blkio::ReqFlags;
+use blockdev::thin::{Pool, PoolConfig};
+use blockdev::{IoCtx, OpenOptions, RawFile};
+use server_common::{daemon_bin, tempdir, Client};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+/// The pool's block size; each write covers 64 KiB from the middle of one block to the middle
+/// of the next (two provisioning steps), one write per 128 KiB region.
+const BS: u64 = 64 * KIB;
+const REGION: u64 = 2 * BS;
+const VOL: u64 = 8 * MIB;
+const REGIONS: u64 = VOL / REGION;
+const QD: u64 = 8;
+
+fn blkctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blkctl")).args(args).output().expect("run blkctl")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "blkctl failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("daemon exited early: {st}");
+        }
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The daemon, killed if the test fails before it is stopped.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn stop(mut self) {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exited with {st}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pattern(seq: u64) -> Vec<u8> {
+    seq.to_le_bytes().iter().copied().cycle().take(BS as usize).collect()
+}
+
+/// Per region: the highest sequence number completed and the highest started.
+struct Progress {
+    done: Vec<AtomicU64>,
+    started: Vec<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        let z = || (0..REGIONS).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Progress { done: z(), started: z() })
+    }
+}
+
+/// Write regions of the volume at `socket` at QD8 until `stop`, recording progress; returns the
+/// number of writes.
+fn writer(socket: PathBuf, stop: Arc<AtomicBool>, seq: Arc<AtomicU64>, p: Arc<Progress>) -> u64 {
+    let mut c = Client::connect(&socket, 1, (QD * BS) as usize);
+    let mut next = [0u64; QD as usize];
+    let mut inflight = [0u64; QD as usize]; // region of each slot's write
+    let submit = |c: &mut Client, slot: usize, next: &mut [u64], inflight: &mut [u64]| {
+        let r = slot as u64 + (next[slot] % (REGIONS / QD)) * QD;
+        next[slot] += 1;
+        let s = seq.fetch_add(1, Ordering::SeqCst);
+        p.started[r as usize].store(s, Ordering::SeqCst);
+        let at = slot * BS as usize;
+        c.buf()[at..at + BS as usize].copy_from_slice(&pattern(s));
+        inflight[slot] = r;
+        let ptr = c.ptr(at);
+        c.queues[0].write(r * REGION + BS / 2, ptr, BS as usize, slot, ReqFlags::empty());
+    };
+    for slot in 0..QD as usize {
+        submit(&mut c, slot, &mut next, &mut inflight);
+    }
+    let (mut writes, mut outstanding) = (0, QD);
+    while outstanding > 0 {
+        for (slot, ret) in c.reap(0, 1) {
+            assert_eq!(ret, 0, "write failed");
+            writes += 1;
+            outstanding -= 1;
+            let r = inflight[slot] as usize;
+            // The pattern holds its own sequence number; read it back from the buffer.
+            let at = slot * BS as usize;
+            let s = u64::from_le_bytes(c.buf()[at..at + 8].try_into().unwrap());
+            p.done[r].fetch_max(s, Ordering::SeqCst);
+            if !stop.load(Ordering::SeqCst) {
+                submit(&mut c, slot, &mut next, &mut inflight);
+                outstanding += 1;
+            }
+        }
+    }
+    // No FLUSH here: the checks read through the same pool, and two volumes flushing at the same
+    // moment (one thread's commit waking the other's) once hung in about one run of ten under
+    // load, a lost cross-thread wake-up still being investigated (docs/thin.md).
+    writes
+}
+
+fn check_regions(c: &mut Client, what: &str, lo: &[u64], hi: &[u64]) {
+    for r in 0..REGIONS as usize {
+        let (ret, got) = c.read(0, r as u64 * REGION + BS / 2, BS as usize);
+        assert_eq!(ret, 0);
+        let s = u64::from_le_bytes(got[..8].try_into().unwrap());
+        let expect = if s == 0 { vec![0; BS as usize] } else { pattern(s) };
+        assert!(got == expect, "{what} region {r}: torn write (starts with sequence {s})");
+        assert!(lo[r] <= s && s <= hi[r], "{what} region {r}: holds write {s}, expected {}..={}", lo[r], hi[r]);
+    }
+}
+
+#[test]
+fn served_pool_gets_a_new_volume_and_a_consistent_snapshot_through_the_control_socket() {
+    let dir = tempdir();
+    let pool_path = dir.path().join("pool.img");
+    {
+        let io = IoCtx::new().unwrap();
+        let f = RawFile::create(&pool_path, 64 * MIB, OpenOptions::default()).unwrap();
+        let pool = io.block_on(Pool::create(&io, Arc::new(f), None, PoolConfig::default())).unwrap();
+        io.block_on(pool.create_volume(&io, "a", VOL)).unwrap();
+        io.block_on(pool.create_volume(&io, "b", VOL)).unwrap();
+    }
+    let pool = pool_path.to_str().unwrap();
+    let api = dir.path().join("api.sock");
+    let api_s = api.to_str().unwrap();
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    let spec = |n: &str| format!("socket={},format=thin,pool={pool},volume={n},name={n}", sock(n).display());
+    let mut child = Command::new(daemon_bin())
+        .args(["--disk", &spec("a"), "--disk", &spec("b"), "--api-socket", api_s])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&api, &mut child);
+    let pid = child.id() as i32;
+    let daemon = Daemon(Some(child));
+    // A request that never completes would hang the test: fail it loudly instead.
+    let finished = Arc::new(AtomicBool::new(false));
+    {
+        let (finished, api) = (finished.clone(), api.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !finished.load(Ordering::SeqCst) {
+                if t0.elapsed() > Duration::from_secs(120) {
+                    let stats = |n: &str| {
+                        vhost_user_blk::api::thin::call(&api, &serde_json::json!({"cmd": "stats", "name": n}))
+                    };
+                    eprintln!("server_thin: hung after 120 s; stats a {:?}, b {:?}", stats("a"), stats("b"));
+                    // SAFETY: kill(2) on the daemon we spawned.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+
+    // Without --api-socket the served pool is refused, and the message says what to do.
+    let refused = blkctl(&["thin", "list", pool]);
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("--api-socket") && msg.contains("pool.img"), "{msg}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seq = Arc::new(AtomicU64::new(1));
+    let (pa, pb) = (Progress::new(), Progress::new());
+    let wa = {
+        let (s, st, sq, p) = (sock("a"), stop.clone(), seq.clone(), pa.clone());
+        std::thread::spawn(move || writer(s, st, sq, p))
+    };
+    let wb = {
+        let (s, st, sq, p) = (sock("b"), stop.clone(), seq.clone(), pb.clone());
+        std::thread::spawn(move || writer(s, st, sq, p))
+    };
+    while seq.load(Ordering::SeqCst) < 300 {
+        assert!(!wa.is_finished() && !wb.is_finished(), "a writer stopped early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // While both volumes are written: a third volume, then a snapshot of the served volume a.
+    ok(&blkctl(&["thin", "create", pool, "c", "--size", "4M", "--api-socket", api_s]));
+    let before: Vec<u64> = pa.done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+    ok(&blkctl(&["thin", "snapshot", pool, "a", "a-snap", "--api-socket", api_s]));
+    let after: Vec<u64> = pa.started.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+    // A served volume cannot be removed; the error says why.
+    let rm = blkctl(&["thin", "remove", pool, "a", "--api-socket", api_s]);
+    assert!(!rm.status.success());
+    let msg = String::from_utf8_lossy(&rm.stderr);
+    assert!(msg.contains("'a'") && msg.contains("in use") && msg.contains("export a"), "{msg}");
+    let live_check = blkctl(&["thin", "check", pool, "--api-socket", api_s]);
+    assert!(ok(&live_check).contains("No errors"));
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::SeqCst);
+    let (na, nb) = (wa.join().unwrap(), wb.join().unwrap());
+    assert!(na > 100 && nb > 100, "too few writes ({na}, {nb})");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&blkctl(&["thin", "list", pool, "--json", "--api-socket", api_s]))).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c", "a-snap"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&blkctl(&["thin", "pool-info", pool, "--json", "--api-socket", api_s]))).unwrap();
+    assert_eq!(info["volumes"], 4);
+
+    // Serve the snapshot and the new volume through the control socket and check them.
+    for n in ["a-snap", "c"] {
+        let add = serde_json::json!({"cmd": "add", "disk": spec(n)}).to_string();
+        let v = vhost_user_blk::api::thin::call(&api, &serde_json::from_str(&add).unwrap());
+        assert!(v.is_ok(), "add {n}: {v:?}");
+    }
+    let mut snap = Client::connect(&sock("a-snap"), 1, MIB as usize);
+    check_regions(&mut snap, "snapshot", &before, &after);
+    drop(snap);
+    let mut c = Client::connect(&sock("c"), 1, MIB as usize);
+    let (ret, zeros) = c.read(0, 0, MIB as usize);
+    assert!(ret == 0 && zeros.iter().all(|&b| b == 0), "new volume is not zero");
+    assert_eq!(c.write(0, 4 * MIB - 4096, &[9; 4096]), 0);
+    assert!(c.write(0, 4 * MIB, &[9; 512]) < 0, "write past the new volume's end");
+    drop(c);
+    // The origins hold exactly their last writes.
+    let last = |p: &Progress| p.done.iter().map(|d| d.load(Ordering::SeqCst)).collect::<Vec<_>>();
+    let (la, lb) = (last(&pa), last(&pb));
+    let mut a = Client::connect(&sock("a"), 1, MIB as usize);
+    check_regions(&mut a, "volume a", &la, &la);
+    drop(a);
+    let mut b = Client::connect(&sock("b"), 1, MIB as usize);
+    check_regions(&mut b, "volume b", &lb, &lb);
+    drop(b);
+    daemon.stop();
+    finished.store(true, Ordering::SeqCst);
+
+    // Offline now: the pool checks clean and blkctl opens it directly.
+    assert!(ok(&blkctl(&["thin", "check", pool])).contains("No errors"));
+    ok(&blkctl(&["thin", "remove", pool, "a-snap"]));
+}
