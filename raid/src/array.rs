@@ -138,11 +138,13 @@ impl Array {
         if !c.member(role).writable() {
             return Ok(());
         }
-        let err = Error::new(
-            ErrorKind::InvalidInput,
-            format!("{}: failing member {role} ({}) would stop the array", c.name, c.member(role).name()),
-        );
-        c.member_failed(io, role, err).await
+        if !c.survives_without(role) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: failing member {role} ({}) would stop the array", c.name, c.member(role).name()),
+            ));
+        }
+        c.member_failed(io, role, Error::new(ErrorKind::Io, "marked faulty on request")).await
     }
 
     /// Flush and mark the array clean on every member (a clean shutdown: no resync at the next

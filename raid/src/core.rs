@@ -98,7 +98,7 @@ impl Core {
     }
 
     /// Whether the array keeps working without member `m`.
-    fn survives_without(&self, m: usize) -> bool {
+    pub fn survives_without(&self, m: usize) -> bool {
         let others = (0..self.members.len()).filter(|&o| o != m);
         match self.level() {
             Level::Raid0 => false,
