@@ -35,4 +35,9 @@ else
     echo "!!! WARNING: tests/fuzz/ does not exist yet: NO FUZZ TARGETS RUN !!!" >&2
 fi
 
+if [ -z "${VMM_MINI_NESTED:-}" ]; then
+    echo "!!! NOTE: the nested Linux boot under vmm-mini (tests/tests/nested.rs) was SKIPPED: it takes" >&2
+    echo "!!! 1 to 20 minutes on a 2-core machine; run it with VMM_MINI_NESTED=1 (docs/vmm-mini.md) !!!" >&2
+fi
+
 step "all tests passed in ${SECONDS}s"

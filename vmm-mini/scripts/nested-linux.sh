@@ -17,7 +17,9 @@
 # Usage: vmm-mini/scripts/nested-linux.sh [TARGET_DIR]
 #   TARGET_DIR holds debug/vmm-mini and debug/vhost-user-blk (default: $CARGO_TARGET_DIR or
 #   target); guest artifacts come from $GUEST_ARTIFACTS (default: target/guest-artifacts of the
-#   repository, fetched by the tests crate's GuestArtifacts::ensure). OUTER_CMDLINE and
+#   repository, fetched by strata-guest's GuestArtifacts::ensure). VMM_MINI, VHOST_USER_BLK,
+#   KERNEL (the bzImage), MODULES (its lib/modules/RELEASE) and BUSYBOX name the pieces
+#   directly instead (tests/tests/nested.rs does). OUTER_CMDLINE and
 #   INNER_CMDLINE replace "quiet" on the two kernels' command lines (e.g. loglevel=7);
 #   NUM_QUEUES (default 2) sets the disk's queues on both the daemon and vmm-mini.
 #   INNER_TIMEOUT (default 300) and OUTER_TIMEOUT (default 1200) bound each inner boot (in the
@@ -28,13 +30,13 @@ set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 target=${1:-${CARGO_TARGET_DIR:-$repo/target}}
 art=${GUEST_ARTIFACTS:-$repo/target/guest-artifacts}
-vmm=$target/debug/vmm-mini
-daemon=$target/debug/vhost-user-blk
-kdir=$(ls -d "$art"/linux-image-*-cloud-amd64_* | head -n1)
-kernel=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
-mods=$(ls -d "$kdir"/lib/modules/* | head -n1)/kernel
-busybox=$(ls "$art"/busybox-static_*/bin/busybox | head -n1)
-for f in "$vmm" "$daemon" "$kernel" "$busybox"; do
+vmm=${VMM_MINI:-$target/debug/vmm-mini}
+daemon=${VHOST_USER_BLK:-$target/debug/vhost-user-blk}
+kdir=$(ls -d "$art"/linux-image-*-cloud-amd64_* 2>/dev/null | head -n1)
+kernel=${KERNEL:-$(ls "$kdir"/boot/vmlinuz-* 2>/dev/null | head -n1)}
+mods=${MODULES:-$(ls -d "$kdir"/lib/modules/* 2>/dev/null | head -n1)}/kernel
+busybox=${BUSYBOX:-$(ls "$art"/busybox-static_*/bin/busybox 2>/dev/null | head -n1)}
+for f in "$vmm" "$daemon" "$kernel" "$mods" "$busybox"; do
     [ -e "$f" ] || { echo "SKIPPED: missing $f" >&2; exit 77; }
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIPPED: qemu-system-x86_64 missing" >&2; exit 77; }
@@ -76,6 +78,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
 result=FAIL
 if [ -b /dev/vda ]; then
     echo "INNER: loader 0x$(dd if=/sys/kernel/boot_params/data bs=1 skip=528 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')"
+    echo "INNER: $(grep -c ^processor /proc/cpuinfo) cpus"
     echo "INNER: /dev/vda $(cat /sys/block/vda/size) sectors, serial $(cat /sys/block/vda/serial 2>/dev/null)," \
         "$(ls /sys/block/vda/mq | wc -l) queues"
     i=0; while [ $i -lt 256 ]; do echo "strata nested pattern line $i"; i=$((i + 1)); done > /tmp/pattern
@@ -151,5 +154,6 @@ timeout "${OUTER_TIMEOUT:-1200}" qemu-system-x86_64 -accel tcg -cpu max -m 2G -s
 grep -q "^INNER: PASS" "$log" && grep -q "^INNER: loader 0xff" "$log" && grep -q "OUTER: vmm-mini exit 0 " "$log" &&
     grep -q "OUTER: daemon exit 0" "$log" &&
     grep -q "OUTER: pvh reboot run: vmm-mini exit 3 " "$log" && grep -q "OUTER: pvh reboot run: INNER: PASS" "$log" &&
-    grep -q "OUTER: pvh reboot run: INNER: loader 0xb0" "$log" &&
+    grep -q "OUTER: pvh reboot run: INNER: loader 0xb0" "$log" && grep -q "OUTER: pvh reboot run: INNER: 2 cpus" "$log" &&
+    grep -q "^INNER: 2 cpus" "$log" &&
     grep -q "OUTER: lost-backend run: vmm-mini exit 4: vmm-mini: vhost-user backend /tmp/e.sock went away" "$log"
