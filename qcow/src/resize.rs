@@ -5,8 +5,10 @@
 //! header write switches to it (the old table stays valid until then), then the old table's
 //! clusters are released. Shrinking is refused while any cluster past the new end holds data
 //! (its host cluster or compressed stream); zero-flag entries and empty L2 tables there go.
+//! Growing over a backing file longer than the old size zeroes the new part (as QEMU), so the
+//! backing file's bytes past the old end do not appear.
 
-use blockdev::{Error, ErrorKind, IoCtx, Result};
+use blockdev::{BlockDev, Error, ErrorKind, IoCtx, Result};
 
 use crate::alloc::alloc_clusters;
 use crate::flush::{flush_metadata, guarded_write, write_header};
@@ -30,7 +32,7 @@ pub async fn resize(io: &IoCtx, dev: &Qcow2, new_size: u64, allow_shrink: bool) 
     if !new_size.is_multiple_of(512) || new_size == 0 || new_size > MAX_DISK_SIZE {
         return Err(invalid(sh, format!("new size {new_size} must be a non-zero multiple of 512 up to 2^56")));
     }
-    let _g = sh.alloc.lock().await;
+    let alloc_guard = sh.alloc.lock().await;
     flush_metadata(sh, io).await?;
     let h = sh.lock().header.clone();
     if h.nb_snapshots > 0 && h.version < 3 {
@@ -60,6 +62,16 @@ pub async fn resize(io: &IoCtx, dev: &Qcow2, new_size: u64, allow_shrink: bool) 
     sh.size.store(new_size, std::sync::atomic::Ordering::Release);
     if new_size < h.size {
         drop_tail(sh, io, new_size, h.size).await?;
+    }
+    drop(alloc_guard);
+    // As QEMU: when the backing file is longer than the old size, the new part reads zeros, not
+    // the backing file's data that was beyond the old end.
+    if let Some(b) = &sh.backing {
+        let end = new_size.min(b.info().size);
+        if end > h.size {
+            let z = dev.write_zeroes(io, h.size, end - h.size, false, blockdev::IoTag::DATA).await;
+            z.and(dev.flush(io, blockdev::IoTag::DATA).await)?;
+        }
     }
     Ok(())
 }
@@ -176,7 +188,7 @@ async fn drop_tail(sh: &Shared, io: &IoCtx, new: u64, old: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::{create_path, open_path, CreateOptions, Options};
-    use blockdev::{BlockDev, IoTag, SharedBuf};
+    use blockdev::{IoTag, SharedBuf};
     use std::path::{Path, PathBuf};
 
     fn image(dir: &Path, io: &IoCtx, size: u64, cluster_size: u64) -> PathBuf {

@@ -96,3 +96,26 @@ fn shrink_only_with_the_flag_and_nothing_past_the_end() {
     let raw = qemu_raw(&img, dir.path());
     assert!(raw[1 << 20..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn growing_over_a_longer_backing_file_shows_zeros_as_qemu() {
+    if !have_qemu("growing_over_a_longer_backing_file_shows_zeros_as_qemu") {
+        return;
+    }
+    let dir = tmp();
+    let io = IoCtx::new().unwrap();
+    let base = p(dir.path(), "base.qcow2");
+    qemu_create(&base, 8 << 20, "");
+    qemu_io(&base, &["write -P 0x44 0 8M".into()]);
+    let ours = p(dir.path(), "top.qcow2");
+    qemu_create(&ours, 3 << 20, "backing_file=base.qcow2,backing_fmt=qcow2");
+    qemu_io(&ours, &["write -P 0x55 1M 64k".into()]);
+    let theirs = p(dir.path(), "top-q.qcow2");
+    std::fs::copy(&ours, &theirs).unwrap();
+    resize(&io, &ours, 6 << 20, false).unwrap();
+    run(Command::new("qemu-img").args(["resize", "-q", "-f", "qcow2"]).arg(&theirs).arg((6u64 << 20).to_string()));
+    clean(&ours, "after growing over the backing file");
+    run(Command::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "qcow2"]).arg(&ours).arg(&theirs));
+    expect(&ours, 3 << 20, 3 << 20, 0);
+    expect(&ours, 0, 1 << 20, 0x44);
+}

@@ -21,7 +21,8 @@ pub struct ResizeArgs {
 /// Run `resize`.
 pub fn run(a: ResizeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let io = IoCtx::new()?;
-    let opts = qcow::Options { ignore_backing: true, ..Default::default() };
+    // The backing chain is opened: growing over a longer backing file zeroes the new part.
+    let opts = qcow::Options::default();
     let dev = io.block_on(qcow::open_path(&io, &a.file, &opts))?;
     let cur = dev.header().size;
     let name = a.file.display();
