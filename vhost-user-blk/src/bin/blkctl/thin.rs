@@ -253,7 +253,14 @@ fn devices(p: &PoolArg, read_only: bool) -> Result<Devices, Box<dyn std::error::
 
 fn open(io: &IoCtx, p: &PoolArg, read_only: bool) -> Result<Pool, Box<dyn std::error::Error>> {
     let (meta, data) = devices(p, read_only)?;
-    Ok(io.block_on(Pool::open(io, meta, data)).map_err(|e| e.context(p.pool.display()))?)
+    io.block_on(Pool::open(io, meta, data)).map_err(|e| {
+        let hint = if e.kind() == ErrorKind::Corrupt && !e.to_string().contains("blkctl thin check") {
+            " (run blkctl thin check for a full report)"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", p.pool.display()).into()
+    })
 }
 
 fn u(v: &Value, key: &str) -> u64 {
