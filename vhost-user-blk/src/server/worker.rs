@@ -62,7 +62,8 @@ pub fn handle_event(backend: &BlkBackend, device_event: u16, vrings: &[VringRwLo
         if local < vrings.len() {
             w.process_queue(backend, local, &vrings[local]);
         }
-        w.turn(backend, vrings);
+        // Only the completion eventfd's own event needs its counter read; a kick's turn leaves it.
+        w.turn(backend, vrings, device_event == completion_event(backend.queues.len()));
     });
 }
 
@@ -96,10 +97,15 @@ impl Worker {
         Ok(Worker { io, mem, queues })
     }
 
-    /// Run completions and put them in the used rings; resume throttled queues.
-    fn turn(&self, backend: &BlkBackend, vrings: &[VringRwLock]) {
-        for _ in 0..64 {
-            self.io.run_once();
+    /// Run completions and put them in the used rings; resume throttled queues. `woken` says
+    /// the completion eventfd fired (its signal is consumed on the first pass).
+    fn turn(&self, backend: &BlkBackend, vrings: &[VringRwLock], woken: bool) {
+        for pass in 0..64 {
+            if woken && pass == 0 {
+                self.io.run_once();
+            } else {
+                self.io.run_pending();
+            }
             let mut resumed = false;
             for (i, q) in self.queues.iter().enumerate() {
                 self.flush_used(backend, q, &vrings[i]);
