@@ -232,7 +232,7 @@ pub async fn assemble(io: &IoCtx, members: MemberList, opts: AssembleOptions) ->
             tracing::warn!("member {name} (role {role}) is marked faulty in the array: not used");
             continue;
         }
-        if sb.events + 1 < newest.events {
+        if sb.events.saturating_add(1) < newest.events {
             tracing::warn!(
                 "member {name} (role {role}) is stale (events {} < {}): not used, replace it to rebuild",
                 sb.events,
@@ -396,7 +396,7 @@ pub async fn examine(io: &IoCtx, members: MemberList) -> Result<Status> {
         let role = (sb.role as usize).min(n - 1);
         let state = match newest.role_states[role] {
             RoleState::Faulty => "faulty",
-            _ if sb.events + 1 < newest.events => "stale",
+            _ if sb.events.saturating_add(1) < newest.events => "stale",
             RoleState::Rebuilding => {
                 let cp = if sb.rebuild_checkpoint == IN_SYNC { 0 } else { sb.rebuild_checkpoint };
                 progress = Some(cp as f64 / sb.data_size as f64);

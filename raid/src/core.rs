@@ -155,7 +155,7 @@ impl Core {
         let _g = self.sb_write.lock().await;
         {
             let mut sb = self.sb.lock().unwrap_or_else(|p| p.into_inner());
-            sb.events += 1;
+            sb.events = sb.events.saturating_add(1);
             sb.role_states = self
                 .members
                 .iter()
