@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use blockdev::{BlockDev, IoCtx, IoTag, SharedBuf};
 use server_common::ring::*;
-use server_common::{mem_disk, serve, tempdir};
+use server_common::{logged, mem_disk, serve, tempdir};
 use vhost_user_blk::server::{ExportSettings, ServedExport};
 
 const DISK: u64 = 1 << 20;
@@ -341,6 +341,9 @@ fn avail_index_jump_stops_only_that_queue_and_a_ring_reset_or_reconnect_recovers
     let mut bystander = TestFrontend::connect(&other.export.settings.socket, 1, QSIZE);
     rig.assert_serves(0, 1);
 
+    let reason = ["moved the avail index by more than the queue size", "export=hostile", "queue=0"];
+    let logged_before = logged(&reason).len();
+
     // Act: queue 0's avail index moves by more than the queue size.
     let (_, st, descs) = read_chain(&mut rig.fe, 0);
     rig.fe.put_chain(0, 0, &descs);
@@ -353,6 +356,7 @@ fn avail_index_jump_stops_only_that_queue_and_a_ring_reset_or_reconnect_recovers
     rig.fe.kick(0);
     assert_eq!(rig.fe.next_used(0, Duration::from_millis(200)), None);
     assert_eq!(rig.fe.byte(st), S_UNTOUCHED);
+    assert_eq!(logged(&reason).len(), logged_before + 1, "the stopped queue's reason is logged once");
     rig.assert_serves(1, 2);
     assert_eq!(bystander.write(0, 3, &[1u8; 512]), S_OK);
 

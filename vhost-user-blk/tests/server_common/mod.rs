@@ -6,21 +6,51 @@ pub mod ring;
 
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
 use blockdev::{BlockDev, MemDisk};
 use vhost_user_blk::server::{Export, ExportSettings, ServedExport};
 
-/// Send the server's logs to the test output (RUST_LOG, default warn).
+/// Every log line the server wrote in this test process (plain text), for tests that check
+/// what it logged.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// A log writer that copies each line to the test output and to [`LOGS`].
+struct TeeWriter;
+
+impl std::io::Write for TeeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        tracing_subscriber::fmt::TestWriter::new().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Send the server's logs to the test output (RUST_LOG, default warn), and keep them for
+/// [`logged`].
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_test_writer()
+        .with_ansi(false)
+        .with_writer(|| TeeWriter)
         .try_init();
+}
+
+/// The log lines so far that contain every one of `needles`.
+pub fn logged(needles: &[&str]) -> Vec<String> {
+    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Serve `dev` at `dir/name.sock` with `settings` tweaked by `f`.
