@@ -1,6 +1,7 @@
 //! strata-guest: real guests for strata's end-to-end tests and for `blkctl fio`: Debian's cloud
-//! kernel and busybox, a generated initramfs (optionally carrying fio), a QEMU (TCG) runner, a
-//! qemu-storage-daemon wrapper (the reference server) and a self-deleting scratch directory.
+//! kernel and busybox, a generated initramfs (optionally carrying fio), a QEMU (TCG) runner,
+//! vmm-mini as a runner (directly, or nested in a QEMU TCG guest: [`vmm_mini`], [`fio::nested`]),
+//! a qemu-storage-daemon wrapper (the reference server) and a self-deleting scratch directory.
 //!
 //! ```no_run
 //! use strata_guest::{GuestArtifacts, Initramfs, QemuGuest};
@@ -18,11 +19,13 @@
 //! version, guarded by a lock file so parallel tests download once.
 
 mod artifacts;
+mod child;
 mod cpio;
 pub mod fio;
 mod initramfs;
 mod qemu;
 pub mod scratch;
+pub mod vmm_mini;
 
 pub use artifacts::{cache_root, GuestArtifacts, VIRTIO_MODULES};
 pub use cpio::CpioWriter;

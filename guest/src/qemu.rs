@@ -1,7 +1,6 @@
 //! Boot a guest under QEMU (TCG) with shared memfd memory and vhost-user-blk disks, and
 //! capture its serial console; run qemu-storage-daemon as a reference vhost-user-blk server.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -9,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Error, Result, END_MARKER, START_MARKER};
+use crate::child::pump;
 
 /// The QEMU system emulator: `$STRATA_QEMU` if set, else `qemu-system-x86_64` from `PATH`.
 pub fn qemu_binary() -> PathBuf {
@@ -187,50 +187,7 @@ impl QemuGuest {
     /// Console lines are echoed to stderr as `guest| ...` (shown by the test harness when a
     /// test fails, or with `--nocapture`).
     pub fn run(&self) -> Result<GuestOutput> {
-        let mut cmd = self.command();
-        let shown = format!("{cmd:?}");
-        if !self.quiet {
-            eprintln!("guest: {shown}");
-        }
-        let start = Instant::now();
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Command { cmd: shown.clone(), detail: e.to_string() })?;
-        let console = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = [
-            child.stdout.take().map(|s| pump(s, console.clone(), (!self.quiet).then_some("guest| "))),
-            child.stderr.take().map(|s| pump(s, stderr.clone(), (!self.quiet).then_some("qemu stderr| "))),
-        ];
-        let text = |buf: &Arc<Mutex<Vec<u8>>>| {
-            String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
-        };
-        let deadline = start + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    readers.into_iter().flatten().for_each(|r| drop(r.join()));
-                    return Err(Error::Timeout {
-                        secs: self.timeout.as_secs(),
-                        output: format!("{}\nqemu stderr:\n{}", text(&console), text(&stderr)),
-                    });
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(Error::Command { cmd: shown, detail: e.to_string() }),
-            }
-        };
-        readers.into_iter().flatten().for_each(|r| drop(r.join()));
-        let out = GuestOutput { console: text(&console), stderr: text(&stderr), status, elapsed: start.elapsed() };
-        if !self.quiet {
-            eprintln!("guest: exited with {} after {:.1} s", out.status, out.elapsed.as_secs_f64());
-        }
-        Ok(out)
+        crate::child::run_captured(self.command(), "guest", self.timeout, self.quiet)
     }
 }
 
@@ -331,8 +288,8 @@ impl QemuGuest {
         let console = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = [
-            child.stdout.take().map(|s| pump(s, console.clone(), (!self.quiet).then_some("guest| "))),
-            child.stderr.take().map(|s| pump(s, stderr.clone(), (!self.quiet).then_some("qemu stderr| "))),
+            child.stdout.take().map(|s| pump(s, console.clone(), (!self.quiet).then(|| "guest| ".to_string()))),
+            child.stderr.take().map(|s| pump(s, stderr.clone(), (!self.quiet).then(|| "qemu stderr| ".to_string()))),
         ];
         Ok(RunningGuest {
             child: Some(child),
@@ -347,33 +304,6 @@ impl QemuGuest {
 /// Escapes a path for a QEMU option value (a comma is written twice).
 pub fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
-}
-
-/// Copies a pipe into `buf`, echoing complete lines to stderr with `prefix` (if any).
-fn pump(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, prefix: Option<&'static str>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        let mut line = Vec::new();
-        loop {
-            let n = match src.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
-            let Some(prefix) = prefix else { continue };
-            for &b in &chunk[..n] {
-                if b == b'\n' {
-                    eprintln!("{prefix}{}", String::from_utf8_lossy(&line).trim_end_matches('\r'));
-                    line.clear();
-                } else {
-                    line.push(b);
-                }
-            }
-        }
-        if let (Some(prefix), false) = (prefix, line.is_empty()) {
-            eprintln!("{prefix}{}", String::from_utf8_lossy(&line));
-        }
-    })
 }
 
 /// What a guest printed, and how QEMU ended.

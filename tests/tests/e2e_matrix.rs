@@ -6,6 +6,12 @@
 //! must stop cleanly, and each layer's checker must find the result clean: `qemu-img check`,
 //! `blkctl raid scrub` (no mismatches), `blkctl thin check`, plus data outside fio's range (a
 //! backing file, a snapshot's origin) must be untouched.
+//!
+//! raw and qcow2 (fresh and over a backing file) also run under vmm-mini
+//! (`matrix_raw_and_qcow2_under_vmm_mini`): directly where `/dev/kvm` is hardware
+//! virtualization, else nested in a QEMU TCG guest (`strata_guest::fio::nested`), which takes
+//! 1 to 20 minutes on a small shared machine, so that case is opt-in as `tests/nested.rs` is:
+//! it runs only with `VMM_MINI_NESTED=1` and otherwise prints `SKIPPED:`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,8 +19,10 @@ use std::sync::Arc;
 
 use blockdev::{BlockDev, IoCtx, IoTag, SharedBuf};
 use strata_tests::daemon::Daemon;
-use strata_tests::guest::fio::{set_job_option, FioDisk, FioGuest};
+use strata_tests::guest::fio::nested::{CarriedFile, NestedDisk, NestedFio};
+use strata_tests::guest::fio::{set_job_option, FioDisk, FioDiskResult, FioGuest};
 use strata_tests::guest::require_qemu;
+use strata_tests::guest::vmm_mini::{detect_kvm, KvmHost, VmmMini};
 use strata_tests::scratch::ScratchDir;
 use vhost_user_blk::stack::{open_spec, OpenCtx};
 
@@ -100,29 +108,40 @@ fn run_cases(dir: &ScratchDir, nodes: &str, cases: &[Case]) {
     let daemon = Daemon::start_config(&config_path, &sockets);
 
     let job = verify_job();
-    let mut guest = FioGuest::new().before_each("echo \"strata-matrix: $dev is $(cat /sys/block/$dev/serial)\"");
+    let mut guest = FioGuest::new().before_each(NAME_DISK);
     for s in &sockets {
         guest = guest.disk(FioDisk::new(s, &job));
     }
     let out = guest.run().expect("run the guest");
-    let console = &out.guest.console;
-    for (c, r) in cases.iter().zip(&out.disks) {
-        assert!(
-            console.contains(&format!("strata-matrix: {} is {}", r.device, c.name)),
-            "{} is not {}: {console}",
-            r.device,
-            c.name
-        );
-        assert_eq!(r.exit_code, 0, "{}: fio failed on {}:\n{}\n{console}", c.name, r.device, r.stderr);
-        let v: serde_json::Value = serde_json::from_str(&r.json[r.json.find('{').unwrap_or(0)..]).expect("fio JSON");
-        let job = &v["jobs"][0];
-        assert_eq!(job["error"], 0, "{}: {job}", c.name);
-        assert_eq!(job["write"]["io_bytes"].as_u64(), Some(VERIFY), "{}: fio did not write it all", c.name);
-        assert!(job["read"]["io_bytes"].as_u64() >= Some(VERIFY), "{}: fio did not verify it all", c.name);
-        eprintln!("matrix: {} on {}: verify ok", c.name, r.device);
-    }
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    check_verify_runs(&names, &out.disks, &out.guest.console);
     out.guest.assert_success();
     daemon.stop();
+}
+
+/// The guest's before-each hook: names each disk by its serial on the console.
+const NAME_DISK: &str = "echo \"strata-matrix: $dev is $(cat /sys/block/$dev/serial)\"";
+
+/// Each named disk's verify run really ran on that disk, wrote and verified all of its range
+/// with crc32c and verify_fatal, and ended without error.
+fn check_verify_runs(names: &[&str], results: &[FioDiskResult], console: &str) {
+    assert_eq!(names.len(), results.len(), "a result per disk: {console}");
+    for (name, r) in names.iter().zip(results) {
+        assert!(
+            console.contains(&format!("strata-matrix: {} is {name}", r.device)),
+            "{} is not {name}: {console}",
+            r.device
+        );
+        assert_eq!(r.exit_code, 0, "{name}: fio failed on {}:\n{}\n{console}", r.device, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.json[r.json.find('{').unwrap_or(0)..]).expect("fio JSON");
+        let job = &v["jobs"][0];
+        assert_eq!(job["error"], 0, "{name}: {job}");
+        assert_eq!(job["job options"]["verify"], "crc32c", "{name}: the job does not verify");
+        assert_eq!(job["job options"]["verify_fatal"], "1", "{name}: verify errors would not be fatal");
+        assert_eq!(job["write"]["io_bytes"].as_u64(), Some(VERIFY), "{name}: fio did not write it all");
+        assert!(job["read"]["io_bytes"].as_u64() >= Some(VERIFY), "{name}: fio did not verify it all");
+        eprintln!("matrix: {name} on {}: verify ok", r.device);
+    }
 }
 
 fn raid_scrub_clean(members: &str) {
@@ -137,39 +156,137 @@ fn raid_create(level: &str, files: &[String]) {
     blkctl(&args);
 }
 
+/// The raw and qcow2 cases' files: a raw file, a fresh qcow2 image, and a qcow2 overlay over a
+/// raw backing file holding [`pattern`].
+struct RawAndQcow2 {
+    raw: String,
+    fresh: String,
+    top: String,
+    base: PathBuf,
+}
+
+impl RawAndQcow2 {
+    fn create(dir: &ScratchDir) -> RawAndQcow2 {
+        let raw = sized_file(&dir.join("disk.raw"), 32 * MIB);
+        let fresh = dir.join("fresh.qcow2").display().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &fresh, "32M"]);
+        let base = dir.join("base.raw");
+        std::fs::write(&base, pattern(32 * MIB)).expect("write backing file");
+        let top = dir.join("top.qcow2").display().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", base.to_str().unwrap(), &top]);
+        RawAndQcow2 { raw, fresh, top, base }
+    }
+
+    /// (name, format, file) of each case.
+    fn cases(&self) -> [(&'static str, &'static str, &str); 3] {
+        [("raw", "raw", &self.raw), ("qcow2-fresh", "qcow2", &self.fresh), ("qcow2-backing", "qcow2", &self.top)]
+    }
+
+    /// After the guest: the images are clean, the backing file is untouched, and the overlay
+    /// holds fio's writes in fio's range and the backing data past it.
+    fn check_after(&self, dir: &ScratchDir) {
+        qemu_img(&["check", "-q", "-f", "qcow2", &self.fresh]);
+        qemu_img(&["check", "-q", "-f", "qcow2", &self.top]);
+        assert!(std::fs::read(&self.base).unwrap() == pattern(32 * MIB), "the backing file changed");
+        let conv = dir.join("top.raw").display().to_string();
+        qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &self.top, &conv]);
+        let data = std::fs::read(&conv).unwrap();
+        let v = VERIFY as usize;
+        assert!(data[v..] == pattern(32 * MIB)[v..], "the overlay lost backing data past fio's range");
+        assert!(data[..v] != pattern(32 * MIB)[..v], "fio's writes are not in the overlay");
+    }
+}
+
 #[test]
 fn matrix_raw_and_qcow2() {
     if !require_qemu("matrix_raw_and_qcow2") {
         return;
     }
     let dir = ScratchDir::new("matrix-qcow2").expect("scratch dir");
-    let raw = sized_file(&dir.join("disk.raw"), 32 * MIB);
-    let fresh = dir.join("fresh.qcow2").display().to_string();
-    qemu_img(&["create", "-q", "-f", "qcow2", &fresh, "32M"]);
-    let base = dir.join("base.raw");
-    std::fs::write(&base, pattern(32 * MIB)).expect("write backing file");
-    let top = dir.join("top.qcow2").display().to_string();
-    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", base.to_str().unwrap(), &top]);
+    let files = RawAndQcow2::create(&dir);
+    let cases: Vec<Case> = files
+        .cases()
+        .iter()
+        .map(|(name, fmt, path)| Case::new(name, format!("format = {fmt:?}\npath = {path:?}")))
+        .collect();
 
-    run_cases(
-        &dir,
-        "",
-        &[
-            Case::new("raw", format!("format = \"raw\"\npath = {raw:?}")),
-            Case::new("qcow2-fresh", format!("format = \"qcow2\"\npath = {fresh:?}")),
-            Case::new("qcow2-backing", format!("format = \"qcow2\"\npath = {top:?}")),
-        ],
+    run_cases(&dir, "", &cases);
+
+    files.check_after(&dir);
+}
+
+/// raw, qcow2 and qcow2 over a backing file, each running the verify job, in a Linux guest
+/// booted by vmm-mini: directly on hardware KVM, else nested in a QEMU TCG guest (opt-in).
+#[test]
+fn matrix_raw_and_qcow2_under_vmm_mini() {
+    let direct = detect_kvm() == KvmHost::Hardware;
+    if !direct && std::env::var_os("VMM_MINI_NESTED").is_none() {
+        eprintln!(
+            "SKIPPED: matrix_raw_and_qcow2_under_vmm_mini: no hardware KVM here ({:?}), and nested in QEMU TCG \
+             it takes 1 to 20 minutes: opt-in, set VMM_MINI_NESTED=1 (docs/vmm-mini.md)",
+            detect_kvm()
+        );
+        return;
+    }
+    if !require_qemu("matrix_raw_and_qcow2_under_vmm_mini") {
+        return;
+    }
+    let bin = |name| strata_tests::bins::bin_path(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let vmm = VmmMini::new(bin("vmm-mini"), bin("vhost-user-blk")).expect("vmm-mini and the daemon");
+    let dir = ScratchDir::new("matrix-vmm-mini").expect("scratch dir");
+    let files = RawAndQcow2::create(&dir);
+    let job = verify_job();
+    let names: Vec<&str> = files.cases().iter().map(|c| c.0).collect();
+
+    let started = std::time::Instant::now();
+    if direct {
+        let cases: Vec<Case> = files
+            .cases()
+            .iter()
+            .map(|(name, fmt, path)| Case::new(name, format!("format = {fmt:?}\npath = {path:?}")))
+            .collect();
+        let mut config = String::new();
+        let mut guest = FioGuest::new().before_each(NAME_DISK);
+        let mut sockets = Vec::new();
+        for c in &cases {
+            let socket = dir.join(format!("{}.sock", c.name));
+            config += &format!(
+                "\n[[export]]\nsocket = {:?}\nserial = {:?}\n{}\n",
+                socket.display().to_string(),
+                c.name,
+                c.keys
+            );
+            guest = guest.disk(FioDisk::new(&socket, &job));
+            sockets.push(socket);
+        }
+        std::fs::write(dir.join("strata.toml"), &config).expect("write config");
+        let daemon = Daemon::start_config(&dir.join("strata.toml"), &sockets);
+        let out = guest.run_vmm_mini(&vmm).expect("run the guest under vmm-mini");
+        check_verify_runs(&names, &out.disks, &out.guest.console);
+        out.guest.assert_success();
+        daemon.stop();
+    } else {
+        let mut nested = NestedFio::new().before_each(NAME_DISK).timeout(std::time::Duration::from_secs(2400));
+        for (name, fmt, path) in files.cases() {
+            let mut carried = vec![CarriedFile { path: path.into(), write_back: true }];
+            if name == "qcow2-backing" {
+                carried.push(CarriedFile { path: files.base.clone(), write_back: false });
+            }
+            let spec = format!("format={fmt},path={path},serial={name}");
+            nested = nested.disk(NestedDisk { spec, num_queues: 1, job: job.clone(), files: carried });
+        }
+        let out = nested.run(&vmm).expect("run the guest under vmm-mini, nested");
+        check_verify_runs(&names, &out.fio.disks, &out.fio.guest.console);
+        out.fio.guest.assert_success();
+        eprintln!("matrix: inner guest (boot, 3 verify jobs, power-off) {} s under vmm-mini", out.inner_seconds);
+    }
+    eprintln!(
+        "matrix: vmm-mini ({}) run took {:.0} s",
+        if direct { "direct" } else { "nested" },
+        started.elapsed().as_secs_f64()
     );
 
-    qemu_img(&["check", "-q", "-f", "qcow2", &fresh]);
-    qemu_img(&["check", "-q", "-f", "qcow2", &top]);
-    assert!(std::fs::read(&base).unwrap() == pattern(32 * MIB), "the backing file changed");
-    let conv = dir.join("top.raw").display().to_string();
-    qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &top, &conv]);
-    let data = std::fs::read(&conv).unwrap();
-    let v = VERIFY as usize;
-    assert!(data[v..] == pattern(32 * MIB)[v..], "the overlay lost backing data past fio's range");
-    assert!(data[..v] != pattern(32 * MIB)[..v], "fio's writes are not in the overlay");
+    files.check_after(&dir);
 }
 
 #[test]

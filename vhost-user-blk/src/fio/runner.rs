@@ -1,6 +1,6 @@
 //! `blkctl fio`: serve a disk with the vhost-user-blk daemon, run a fio job on it in a QEMU TCG
-//! guest, and (with `--compare qsd`) run the same job on qemu-storage-daemon serving a copy of
-//! the same data.
+//! guest (or under vmm-mini: [`super::vmm`]), and (with `--compare qsd`, QEMU only) run the same
+//! job on qemu-storage-daemon serving a copy of the same data.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use blockdev::{IoCtx, IoTag, SharedBuf};
 use serde::Serialize;
-use strata_guest::fio::{set_job_option, FioDisk, FioGuest};
+use strata_guest::fio::{set_job_option, FioDisk, FioDiskResult, FioGuest};
 use strata_guest::scratch::ScratchDir;
 use strata_guest::{qemu_escape, StorageDaemon};
 
 use super::summary::Summary;
+use super::vmm::{run_vmm_mini, Vmm};
 use crate::spec::Spec;
 use crate::stack::{open_spec, OpenCtx};
 
@@ -23,9 +24,9 @@ use crate::stack::{open_spec, OpenCtx};
 #[error("{0}")]
 pub struct FioError(pub String);
 
-type Result<T> = std::result::Result<T, FioError>;
+pub(super) type Result<T> = std::result::Result<T, FioError>;
 
-fn err(msg: impl Into<String>) -> FioError {
+pub(super) fn err(msg: impl Into<String>) -> FioError {
     FioError(msg.into())
 }
 
@@ -50,6 +51,8 @@ pub struct FioOptions {
     pub daemon: PathBuf,
     /// Echo the guest console and the daemons' logs.
     pub verbose: bool,
+    /// The machine that boots the guest.
+    pub vmm: Vmm,
 }
 
 /// One server's run.
@@ -69,18 +72,40 @@ pub struct FioRun {
     pub fio: serde_json::Value,
     /// fio's stderr in the guest.
     pub fio_stderr: String,
+    /// The machine that ran the guest: `qemu`, `vmm-mini`, or vmm-mini nested in QEMU TCG.
+    pub vmm: String,
 }
 
 impl FioRun {
-    /// One line: server, job, numbers, exit code, guest time.
+    /// One line: server, job, numbers, exit code, guest time (and the VMM unless QEMU).
     pub fn line(&self, job: &str) -> String {
+        let vmm = if self.vmm == "qemu" { String::new() } else { format!(" ({})", self.vmm) };
         format!(
-            "{}: {job}: {}; exit {}; guest {:.1} s",
+            "{}: {job}: {}; exit {}; guest {:.1} s{vmm}",
             self.server,
             self.summary.line(),
             self.exit_code,
             self.guest_seconds
         )
+    }
+
+    /// A run of `server` from one disk's result in the guest (run by QEMU until told otherwise).
+    pub(super) fn from_result(server: &str, version: String, d: &FioDiskResult, guest_seconds: f64) -> Result<FioRun> {
+        let summary = Summary::from_json(&d.json).map_err(|e| {
+            err(format!("fio on {server} (exit {}): {e}; fio stderr:\n{}", d.exit_code, d.stderr.trim()))
+        })?;
+        let start = d.json.find('{').unwrap_or(0);
+        let fio = serde_json::from_str(&d.json[start..]).unwrap_or(serde_json::Value::Null);
+        Ok(FioRun {
+            server: server.to_string(),
+            version,
+            exit_code: d.exit_code,
+            guest_seconds,
+            summary,
+            fio,
+            fio_stderr: d.stderr.clone(),
+            vmm: "qemu".into(),
+        })
     }
 }
 
@@ -95,6 +120,12 @@ pub fn run(opts: &FioOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<FioR
     let spec = Spec::parse(&opts.spec).map_err(|e| err(format!("disk spec '{}': {e}", opts.spec)))?;
     if spec.get("socket").is_some() {
         return Err(err(format!("disk spec '{}': leave out socket= (the runner picks one)", opts.spec)));
+    }
+    if let Vmm::VmmMini { binary, mode } = &opts.vmm {
+        if opts.compare_qsd {
+            return Err(err("--compare qsd runs with --vmm qemu only (qemu-storage-daemon is not in a nested guest)"));
+        }
+        return Ok(vec![run_vmm_mini(opts, binary, *mode, &job_text, &spec, progress)?]);
     }
     let dir = ScratchDir::new("blkctl-fio").map_err(|e| err(format!("scratch dir in the temp dir: {e}")))?;
 
@@ -146,24 +177,13 @@ fn run_guest(
         .map_err(|e| err(format!("guest on {server}: {e}")))?;
     let guest_seconds = t.elapsed().as_secs_f64();
     let d = &out.disks[0];
-    let summary = Summary::from_json(&d.json)
-        .map_err(|e| err(format!("fio on {server} (exit {}): {e}; fio stderr:\n{}", d.exit_code, d.stderr.trim())))?;
-    let start = d.json.find('{').unwrap_or(0);
-    let fio = serde_json::from_str(&d.json[start..]).unwrap_or(serde_json::Value::Null);
+    let run = FioRun::from_result(server, version, d, guest_seconds)?;
     progress(&format!("{server}: fio exited {} after {guest_seconds:.1} s", d.exit_code));
-    Ok(FioRun {
-        server: server.to_string(),
-        version,
-        exit_code: d.exit_code,
-        guest_seconds,
-        summary,
-        fio,
-        fio_stderr: d.stderr.clone(),
-    })
+    Ok(run)
 }
 
 /// The first line of `BIN --version`, or `BIN (version unknown)`.
-fn command_version(bin: &Path) -> String {
+pub(super) fn command_version(bin: &Path) -> String {
     Command::new(bin)
         .arg("--version")
         .output()
@@ -174,13 +194,14 @@ fn command_version(bin: &Path) -> String {
 }
 
 /// strata's daemon serving one disk; killed on drop unless stopped.
-struct StrataDaemon {
+pub(super) struct StrataDaemon {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl StrataDaemon {
-    fn start(opts: &FioOptions, socket: &Path, log: &Path) -> Result<StrataDaemon> {
+    /// Serves `opts.spec` on `socket`, logging to `log`; waits up to 60 s for the socket.
+    pub(super) fn start(opts: &FioOptions, socket: &Path, log: &Path) -> Result<StrataDaemon> {
         let disk =
             format!("socket={},{},num-queues={},serial=strata-fio", socket.display(), opts.spec, opts.num_queues);
         let log_file = fs::File::create(log).map_err(|e| err(format!("daemon log {}: {e}", log.display())))?;
@@ -218,7 +239,7 @@ impl StrataDaemon {
     }
 
     /// SIGTERM, and an error unless it exits 0 within 30 s (requests finished, disk flushed).
-    fn stop(mut self) -> Result<()> {
+    pub(super) fn stop(mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -287,7 +308,7 @@ fn qsd_copy(spec: &Spec, text: &str, dir: &Path) -> Result<Vec<String>> {
 }
 
 /// The absolute backing file and its format of a qcow2 image, from `qemu-img info`.
-fn qcow2_backing(image: &Path) -> Result<Option<(PathBuf, String)>> {
+pub(super) fn qcow2_backing(image: &Path) -> Result<Option<(PathBuf, String)>> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-f", "qcow2"])
         .arg(image)

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vhost_user_blk::fio::runner::{run, FioOptions, FioRun};
+use vhost_user_blk::fio::vmm::{Vmm, VmmMode};
 
 use crate::args;
 
@@ -18,8 +19,17 @@ pub enum Cmd {
     /// against qemu-storage-daemon serving a copy of the disk's data taken before the strata run
     /// (raw and qcow2 files are copied as they are; other stacks are read through strata into a
     /// raw file). Under TCG the numbers measure the emulator as much as the storage: use
-    /// `blkctl bench` for storage performance, this for what a real guest sees. Only QEMU
-    /// runs the guest here (vmm-mini is not wired in: it needs nested KVM, see docs/vmm-mini.md).
+    /// `blkctl bench` for storage performance, this for what a real guest sees.
+    ///
+    /// With --vmm vmm-mini the guest boots under strata's own VMM instead (same kernel, same
+    /// initramfs, the disk as virtio-mmio). Where /dev/kvm is hardware virtualization (CPU flag
+    /// vmx or svm, no kvm_pvm module) vmm-mini runs on this host. Elsewhere (a software KVM such
+    /// as PVM, or no /dev/kvm) it runs nested: a QEMU TCG guest (-cpu max, kvm-amd loaded) carries
+    /// the daemon, vmm-mini, the fio initramfs and copies of the spec's files (path, members,
+    /// pool, metadata, a qcow2 backing chain), serves the disk there and boots the fio guest
+    /// under vmm-mini; the written files are copied back afterwards. A nested run takes 1 to 20
+    /// minutes on a small machine (the default --timeout is 30m with vmm-mini). --vmm-mode forces
+    /// one way.
     ///
     /// Exits non-zero if fio fails in the guest (e.g. a verify mismatch) or a daemon does not
     /// stop cleanly. Example: blkctl fio format=raw,path=/tmp/d.raw fio-jobs/verify.fio --size 16m
@@ -52,9 +62,9 @@ pub struct FioArgs {
     /// Queues of the disk.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     num_queues: u16,
-    /// Give up on a guest after this long (e.g. 10m).
-    #[arg(long, value_parser = args::duration, default_value = "10m")]
-    timeout: Duration,
+    /// Give up on a guest after this long (e.g. 10m) [default: 10m, 30m with --vmm vmm-mini].
+    #[arg(long, value_parser = args::duration)]
+    timeout: Option<Duration>,
     /// The vhost-user-blk daemon binary (default: the one next to blkctl).
     #[arg(long)]
     daemon: Option<PathBuf>,
@@ -64,6 +74,36 @@ pub struct FioArgs {
     /// Echo the guest console and the daemon's log level info.
     #[arg(long, short)]
     verbose: bool,
+    /// The machine that boots the guest.
+    #[arg(long, value_enum, default_value = "qemu")]
+    vmm: VmmArg,
+    /// With --vmm vmm-mini: run it on this host (direct; needs hardware KVM), nested in a QEMU
+    /// TCG guest, or pick by this host's /dev/kvm (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    vmm_mode: ModeArg,
+    /// The vmm-mini binary (default: the one next to blkctl).
+    #[arg(long)]
+    vmm_mini: Option<PathBuf>,
+}
+
+/// What `--vmm` can name.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmmArg {
+    /// QEMU with TCG.
+    Qemu,
+    /// strata's vmm-mini (directly or nested, see --vmm-mode).
+    VmmMini,
+}
+
+/// What `--vmm-mode` can name.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Direct where /dev/kvm is hardware virtualization, else nested.
+    Auto,
+    /// vmm-mini on this host.
+    Direct,
+    /// vmm-mini inside a QEMU TCG guest with nested KVM.
+    Nested,
 }
 
 impl crate::Group for Cmd {
@@ -73,6 +113,20 @@ impl crate::Group for Cmd {
             Some(d) => d,
             None => std::env::current_exe()?.with_file_name("vhost-user-blk"),
         };
+        let vmm = match a.vmm {
+            VmmArg::Qemu => Vmm::Qemu,
+            VmmArg::VmmMini => Vmm::VmmMini {
+                binary: match a.vmm_mini {
+                    Some(b) => b,
+                    None => std::env::current_exe()?.with_file_name("vmm-mini"),
+                },
+                mode: match a.vmm_mode {
+                    ModeArg::Auto => VmmMode::Auto,
+                    ModeArg::Direct => VmmMode::Direct,
+                    ModeArg::Nested => VmmMode::Nested,
+                },
+            },
+        };
         let opts = FioOptions {
             spec: a.spec.clone(),
             job: a.job.clone(),
@@ -80,9 +134,10 @@ impl crate::Group for Cmd {
             compare_qsd: a.compare.is_some(),
             cpus: a.cpus,
             num_queues: a.num_queues,
-            timeout: a.timeout,
+            timeout: a.timeout.unwrap_or(Duration::from_secs(if a.vmm == VmmArg::Qemu { 600 } else { 1800 })),
             daemon,
             verbose: a.verbose,
+            vmm,
         };
         let runs = run(&opts, &mut |msg| eprintln!("blkctl fio: {msg}"))?;
         let job = a.job.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();

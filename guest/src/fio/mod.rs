@@ -9,6 +9,9 @@
 //! last PCI slot with serial [`RESULTS_SERIAL`], carries each disk's JSON, stderr and exit code back
 //! to the host, so the serial console only shows progress.
 //!
+//! The same guest also runs under vmm-mini ([`vmm_mini`]: on the host where KVM is hardware
+//! virtualization; [`nested`]: inside a QEMU TCG guest that provides nested KVM).
+//!
 //! ```no_run
 //! use strata_guest::fio::{FioDisk, FioGuest};
 //! # fn main() -> Result<(), strata_guest::Error> {
@@ -27,6 +30,9 @@ use std::time::Duration;
 
 use crate::{cache_root, io_err, scratch::ScratchDir, CpioWriter, Error, GuestArtifacts, GuestOutput, Initramfs};
 use crate::{QemuGuest, Result};
+
+pub mod nested;
+pub mod vmm_mini;
 
 /// GET_ID serial of the disk that carries results back to the host.
 pub const RESULTS_SERIAL: &str = "strata-results";
@@ -153,24 +159,11 @@ impl FioGuest {
     /// Boots the guest, runs every job, and returns each disk's result. An error means the
     /// guest could not run or did not return results; a failed job is a non-zero `exit_code`.
     pub fn run(&self) -> Result<FioOutput> {
-        if self.disks.is_empty() || self.disks.len() > MAX_DISKS {
-            return Err(Error::NotFound(format!("1 to {MAX_DISKS} disks to test (got {})", self.disks.len())));
-        }
+        self.check_disks()?;
         let art = GuestArtifacts::ensure()?;
-        let base = fio_initramfs(&art)?;
         let dir = ScratchDir::new("fio-guest").map_err(io_err("create scratch dir", std::env::temp_dir()))?;
-
-        let mut files = vec![("strata/run.sh".to_string(), self.run_script().into_bytes())];
-        for (i, d) in self.disks.iter().enumerate() {
-            let job = set_job_option(&d.job, "filename", &format!("/dev/{}", device_name(i)));
-            files.push((format!("strata/job{i}.fio"), job.into_bytes()));
-        }
-        let initrd = dir.join("initrd.cpio");
-        append_overlay(&base, &initrd, &files)?;
-        let results = dir.join("results.raw");
-        fs::File::create(&results)
-            .and_then(|f| f.set_len(RESULTS_DISK_BYTES))
-            .map_err(io_err("create results disk", &results))?;
+        let initrd = self.prepare_initrd(&art, &dir)?;
+        let results = create_results_disk(&dir)?;
 
         let mut guest = QemuGuest::new(&art.kernel, &initrd)
             .smp(self.cpus)
@@ -183,7 +176,35 @@ impl FioGuest {
         let guest = guest.plain_disk(&results, RESULTS_SERIAL, RESULTS_SLOT);
         let out = guest.run()?;
         let data = fs::read(&results).map_err(io_err("read results disk", &results))?;
-        let bundle = parse_bundle(&data).map_err(|why| Error::Guest {
+        self.collect(&data, out)
+    }
+
+    /// An error unless there are 1 to [`MAX_DISKS`] disks.
+    fn check_disks(&self) -> Result<()> {
+        if self.disks.is_empty() || self.disks.len() > MAX_DISKS {
+            return Err(Error::NotFound(format!("1 to {MAX_DISKS} disks to test (got {})", self.disks.len())));
+        }
+        Ok(())
+    }
+
+    /// Writes this run's initramfs into `dir`: the shared fio archive plus an overlay with the
+    /// run script and the jobs (each `filename=` set to its disk's device).
+    fn prepare_initrd(&self, art: &GuestArtifacts, dir: &ScratchDir) -> Result<PathBuf> {
+        let base = fio_initramfs(art)?;
+        let mut files = vec![("strata/run.sh".to_string(), self.run_script().into_bytes())];
+        for (i, d) in self.disks.iter().enumerate() {
+            let job = set_job_option(&d.job, "filename", &format!("/dev/{}", device_name(i)));
+            files.push((format!("strata/job{i}.fio"), job.into_bytes()));
+        }
+        let initrd = dir.join("initrd.cpio");
+        append_overlay(&base, &initrd, &files)?;
+        Ok(initrd)
+    }
+
+    /// Turns the results disk's contents `data` into each disk's result; `out` is the machine's
+    /// run, kept for its console.
+    fn collect(&self, data: &[u8], out: GuestOutput) -> Result<FioOutput> {
+        let bundle = parse_bundle(data).map_err(|why| Error::Guest {
             what: format!("no results from the guest ({why}); script exit code {:?}", out.script_exit_code()),
             console: out.console.clone(),
         })?;
@@ -229,6 +250,15 @@ impl FioGuest {
         s += "dd if=/tmp/bundle of=/dev/$res bs=64k conv=fsync 2>/dev/null || { echo 'strata-fio: results too large'; exit 1; }\n";
         s
     }
+}
+
+/// Creates the (sparse) results disk file in `dir`.
+fn create_results_disk(dir: &ScratchDir) -> Result<PathBuf> {
+    let results = dir.join("results.raw");
+    fs::File::create(&results)
+        .and_then(|f| f.set_len(RESULTS_DISK_BYTES))
+        .map_err(io_err("create results disk", &results))?;
+    Ok(results)
 }
 
 /// The guest device of the `i`th disk under test: `vda`, `vdb`, ...
