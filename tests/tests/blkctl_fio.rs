@@ -80,3 +80,18 @@ fn fio_refuses_a_missing_job_file_and_a_socket_in_the_spec() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("leave out socket="), "{stderr}");
 }
+
+#[test]
+fn fio_under_vmm_mini_refuses_compare_and_names_a_missing_binary() {
+    let blkctl = bin_path("blkctl").expect("blkctl");
+    let job = verify_job();
+    let run = |extra: &[&str]| {
+        let out = Command::new(&blkctl).args(["fio", "format=mem,size=16M"]).arg(&job).args(extra).output().unwrap();
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&["--vmm", "vmm-mini", "--compare", "qsd"]);
+    assert!(stderr.contains("--compare qsd runs with --vmm qemu only"), "{stderr}");
+    let stderr = run(&["--vmm", "vmm-mini", "--vmm-mini", "/nonexistent/vmm-mini"]);
+    assert!(stderr.contains("vmm-mini binary /nonexistent/vmm-mini"), "{stderr}");
+}

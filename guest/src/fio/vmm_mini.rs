@@ -46,8 +46,8 @@ impl FioGuest {
 
     /// Boots the guest under vmm-mini right here (the disks' servers must be listening) and
     /// returns each disk's result, as [`FioGuest::run`] does with QEMU. Needs KVM on hardware
-    /// virtualization to finish in reasonable time ([`crate::vmm_mini::detect_kvm`]); vmm-mini's
-    /// exit status is in the returned `guest.status` (0: the guest powered off).
+    /// virtualization to finish in reasonable time ([`crate::vmm_mini::detect_kvm`]). An error
+    /// unless vmm-mini exits 0 (the guest powered off).
     pub fn run_vmm_mini(&self, vmm: &VmmMini) -> Result<FioOutput> {
         self.check_disks()?;
         let art = GuestArtifacts::ensure()?;
@@ -61,6 +61,17 @@ impl FioGuest {
         cmd.args(self.vmm_mini_args(&art.kernel, &initrd, &socket));
         let out = crate::child::run_captured(cmd, "vmm-mini", self.timeout, self.quiet)?;
         daemon.stop()?;
+        if !out.status.success() {
+            return Err(Error::Guest {
+                what: format!(
+                    "vmm-mini exited with {} (1: guest or KVM fault, 2: set-up error, 3: reset or panic, \
+                     4: a backend went away, 77: no /dev/kvm); its stderr: {}",
+                    out.status,
+                    out.stderr.trim()
+                ),
+                console: out.console,
+            });
+        }
         let data = fs::read(&results).map_err(io_err("read results disk", &results))?;
         self.collect(&data, out)
     }
@@ -79,7 +90,8 @@ impl ResultsServer {
         cmd.arg("--disk")
             .arg(format!("socket={},format=raw,path={},serial={RESULTS_SERIAL}", socket.display(), file.display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let shown = format!("{cmd:?}");
         let child = cmd.spawn().map_err(|e| Error::Command { cmd: shown.clone(), detail: e.to_string() })?;
         let mut server = ResultsServer { child: Some(child), shown };
