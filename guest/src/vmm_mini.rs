@@ -27,6 +27,16 @@ pub enum KvmHost {
     Software(String),
 }
 
+impl std::fmt::Display for KvmHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvmHost::Missing(why) => write!(f, "no usable /dev/kvm: {why}"),
+            KvmHost::Hardware => f.write_str("KVM on hardware virtualization"),
+            KvmHost::Software(why) => write!(f, "a software KVM: {why}"),
+        }
+    }
+}
+
 /// Classifies this host's KVM (see the module docs for the rules).
 pub fn detect_kvm() -> KvmHost {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {

@@ -222,7 +222,7 @@ fn matrix_raw_and_qcow2_under_vmm_mini() {
     let direct = detect_kvm() == KvmHost::Hardware;
     if !direct && std::env::var_os("VMM_MINI_NESTED").is_none() {
         eprintln!(
-            "SKIPPED: matrix_raw_and_qcow2_under_vmm_mini: no hardware KVM here ({:?}), and nested in QEMU TCG \
+            "SKIPPED: matrix_raw_and_qcow2_under_vmm_mini: no hardware KVM here ({}), and nested in QEMU TCG \
              it takes 1 to 20 minutes: opt-in, set VMM_MINI_NESTED=1 (docs/vmm-mini.md)",
             detect_kvm()
         );
