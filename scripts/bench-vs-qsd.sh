@@ -4,13 +4,17 @@
 # workload in one run, on tmpfs and on a disk-backed file, with one queue and with two queues.
 # Saves docs/bench/40-server-*.json and regenerates docs/bench.md.
 #
-#   bash scripts/bench-vs-qsd.sh            # 256 MiB files, 2 s per case
-#   TIME=5s SIZE_MB=1024 bash scripts/bench-vs-qsd.sh
+# Each case runs ROUNDS times, the two servers alternating (which goes first swaps every round);
+# the rows keep each server's median round, and the notes give every round's ratio.
+#
+#   bash scripts/bench-vs-qsd.sh            # 256 MiB files, 2 s per case, 3 rounds
+#   TIME=5s SIZE_MB=1024 ROUNDS=5 bash scripts/bench-vs-qsd.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TIME="${TIME:-2s}"
 SIZE_MB="${SIZE_MB:-256}"
+ROUNDS="${ROUNDS:-3}"
 cargo build --release -q -p vhost-user-blk --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
@@ -34,43 +38,64 @@ run_one() { # DIR LABEL TAG QUEUES
     [ "$nq" != 1 ] && qword="$nq queues"
     local section="vhost-user-blk server vs qemu-storage-daemon, $label (libblkio client, $qword)"
     local parts=()
-    # Alternate: each workload runs on strata, then on qemu-storage-daemon, then the next one.
+    # Alternate: each workload runs on one server, then on the other, then the next workload;
+    # every round swaps which server goes first.
+    local order
+    for round in $(seq "$ROUNDS"); do
+    order="strata qsd"
+    [ $((round % 2)) = 0 ] && order="qsd strata"
     for w in randread randwrite seqread; do
-        for who in strata qsd; do
+        for who in $order; do
             local name="strata $(git rev-parse --short HEAD)"
             [ "$who" = qsd ] && name="$QSD_VERSION"
             "$BIN/blkctl" bench "socket=$dir/$who.sock,num-queues=$nq" --workloads "$w" --qd 1,32 \
                 --time "$TIME" --json --section "$section" \
                 --note "Server: $name, serving a ${SIZE_MB} MiB $label copy of the same data with $qword; workloads alternate between the two servers in one run." \
-                > "$dir/$who-$w.json"
-            parts+=("$dir/$who-$w.json")
+                > "$dir/$who-$w-r$round.json"
+            parts+=("$dir/$who-$w-r$round.json")
         done
+    done
     done
     local rss_ours rss_qsd
     rss_ours="$(rss_kib $ours)"; rss_qsd="$(rss_kib $qsd)"
-    python3 - "$tag" "$nq" "$rss_ours" "$rss_qsd" "${parts[@]}" <<'PY'
-import json, sys
-tag, nq, rss_ours, rss_qsd = sys.argv[1:5]
-files = sys.argv[5:]
+    python3 - "$tag" "$nq" "$rss_ours" "$rss_qsd" "$ROUNDS" "${parts[@]}" <<'PY'
+import json, re, sys
+tag, nq, rss_ours, rss_qsd, rounds = sys.argv[1:6]
+files = sys.argv[6:]
 merged = {}
+rounds_of = {}  # (who, workload, qd) -> {round: case}
 for f in files:
     who = "qsd" if "/qsd-" in f else "strata"
+    rnd = int(re.search(r"-r(\d+)\.json$", f).group(1))
     run = json.load(open(f))
+    for c in run["cases"]:
+        rounds_of.setdefault((who, c["workload"], c["qd"]), {})[rnd] = c
     if who not in merged:
         run["command"] = run["command"].replace("--workloads " + run["cases"][0]["workload"], "--workloads randread,randwrite,seqread")
+        run["cases"] = []
         merged[who] = run
-    else:
-        merged[who]["cases"].extend(run["cases"])
+def median_case(cases):
+    ordered = sorted(cases, key=lambda c: c["iops"])
+    return ordered[len(ordered) // 2]
+for (who, w, qd), by_round in sorted(rounds_of.items(), key=lambda kv: ("randread", "randwrite", "seqread").index(kv[0][1]) * 1000 + kv[0][2]):
+    merged[who]["cases"].append(median_case(list(by_round.values())))
 ours, qsd = merged["strata"], merged["qsd"]
-def key(r): return (r["workload"], r["qd"])
-theirs = {key(r): r for r in qsd["cases"]}
 parts = []
 for r in ours["cases"]:
-    q = theirs.get(key(r))
-    if q and q["iops"] > 0:
-        parts.append(f'{r["workload"]} QD{r["qd"]} {r["iops"] / q["iops"]:.2f}x')
+    k = (r["workload"], r["qd"])
+    q = next((c for c in qsd["cases"] if (c["workload"], c["qd"]) == k), None)
+    if not q or q["iops"] <= 0:
+        continue
+    mine, theirs = rounds_of[("strata",) + k], rounds_of[("qsd",) + k]
+    per_round = [f'{mine[n]["iops"] / theirs[n]["iops"]:.2f}' for n in sorted(mine) if n in theirs and theirs[n]["iops"] > 0]
+    lat = ""
+    if r["qd"] == 1:
+        lat = f', mean latency {r["lat_us"]["mean"]:.1f} vs {q["lat_us"]["mean"]:.1f} us'
+    parts.append(f'{r["workload"]} QD{r["qd"]} {r["iops"] / q["iops"]:.2f}x (rounds {"/".join(per_round)}{lat})')
 rss = f" Daemon RSS after the run: strata {int(rss_ours)} KiB, qemu-storage-daemon {int(rss_qsd)} KiB."
-ours["notes"] = (ours.get("notes") or "") + " strata/qemu-storage-daemon IOPS: " + ", ".join(parts) + "." + rss
+for run in merged.values():
+    run["notes"] = (run.get("notes") or "") + f" Each case ran {rounds} rounds alternating between the servers (who went first swapped each round); the rows are each server's median round."
+ours["notes"] = (ours.get("notes") or "") + " strata/qemu-storage-daemon IOPS, medians: " + ", ".join(parts) + "." + rss
 qsd["notes"] = (qsd.get("notes") or "") + rss
 suffix = "" if nq == "1" else f"-{nq}q"
 for who, run in merged.items():
