@@ -154,7 +154,8 @@ fn fio_run(
     Ok(run)
 }
 
-/// The spec with every file made absolute, and the files to carry into a nested guest: the
+/// The spec with every file made absolute (and without `direct=`: the copies live in the outer
+/// guest's tmpfs, which has no O_DIRECT), and the files to carry into a nested guest: the
 /// spec's `path`, `pool`, `metadata` and `members` (not `node:` references), writable unless
 /// `read-only=on`, and a qcow2 image's backing chain (read-only) unless `backing=off`.
 fn carried_files(spec: &Spec) -> Result<(Spec, Vec<CarriedFile>)> {
@@ -163,13 +164,17 @@ fn carried_files(spec: &Spec) -> Result<(Spec, Vec<CarriedFile>)> {
     let mut pairs = Vec::new();
     for key in spec.keys() {
         let value = spec.get(key).unwrap_or_default();
+        if key == "direct" {
+            continue; // the copies live in the outer guest's tmpfs, which has no O_DIRECT
+        }
         let is_file_key = matches!(key, "path" | "pool" | "metadata" | "members");
         if !is_file_key || value.starts_with("node:") {
             pairs.push((key.to_string(), value.to_string()));
             continue;
         }
+        let parts: Vec<&str> = if key == "members" { value.split(':').collect() } else { vec![value] };
         let mut abs = Vec::new();
-        for part in value.split(if key == "members" { ':' } else { '\0' }) {
+        for part in parts {
             let path = fs::canonicalize(part).map_err(|e| err(format!("{key}={part}: {e}")))?;
             abs.push(path.display().to_string());
             files.push(CarriedFile { path, write_back: writable });
@@ -187,4 +192,43 @@ fn carried_files(spec: &Spec) -> Result<(Spec, Vec<CarriedFile>)> {
     }
     let spec = Spec::from_pairs(pairs).map_err(|e| err(format!("disk spec: {e}")))?;
     Ok((spec, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_guest::scratch::ScratchDir;
+
+    #[test]
+    fn carried_files_are_canonical_and_direct_is_dropped() {
+        let dir = ScratchDir::new("carried-files").unwrap();
+        for f in ["a.img", "b.img"] {
+            fs::write(dir.join(f), [0u8; 512]).unwrap();
+        }
+        fs::create_dir(dir.join("sub")).unwrap();
+        // Not canonical: `sub/..` and a doubled slash (no chdir: tests share the process).
+        let (a, b) = (dir.join("sub/../a.img"), format!("{}//b.img", dir.path().display()));
+        let got = carried_files(&Spec::parse(&format!("format=raid,members={}:{b},direct=on", a.display())).unwrap());
+        let ro = carried_files(&Spec::parse(&format!("format=raw,path={},read-only=on", a.display())).unwrap());
+
+        let (spec, files) = got.unwrap();
+        let abs = |f: &str| fs::canonicalize(dir.join(f)).unwrap();
+        let members = format!("{}:{}", abs("a.img").display(), abs("b.img").display());
+        assert_eq!(spec.to_string(), format!("format=raid,members={members}"));
+        assert_eq!(
+            files.iter().map(|f| (f.path.clone(), f.write_back)).collect::<Vec<_>>(),
+            [(abs("a.img"), true), (abs("b.img"), true)]
+        );
+        let (_, files) = ro.unwrap();
+        assert!(!files[0].write_back, "a read-only disk's file is not written back");
+    }
+
+    #[test]
+    fn carried_files_skip_nodes_and_name_a_missing_file() {
+        let (spec, files) = carried_files(&Spec::parse("format=qcow2,path=node:tv").unwrap()).unwrap();
+        assert_eq!(spec.to_string(), "format=qcow2,path=node:tv");
+        assert!(files.is_empty());
+        let e = carried_files(&Spec::parse("format=raw,path=/nonexistent/x.img").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("path=/nonexistent/x.img"), "{e}");
+    }
 }
