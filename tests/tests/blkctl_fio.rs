@@ -95,3 +95,34 @@ fn fio_under_vmm_mini_refuses_compare_and_names_a_missing_binary() {
     let stderr = run(&["--vmm", "vmm-mini", "--vmm-mini", "/nonexistent/vmm-mini"]);
     assert!(stderr.contains("vmm-mini binary /nonexistent/vmm-mini"), "{stderr}");
 }
+
+#[test]
+fn fio_under_vmm_mini_direct_reports_a_failed_vmm_mini() {
+    if !require_qemu("fio_under_vmm_mini_direct_reports_a_failed_vmm_mini") {
+        return;
+    }
+    // Arrange: a "vmm-mini" that fails at once, as a real one does on a set-up error.
+    let dir = ScratchDir::new("blkctl-fio-direct").expect("scratch dir");
+    let fake = dir.join("vmm-mini");
+    std::fs::write(&fake, "#!/bin/sh\necho 'vmm-mini: set-up failed' >&2\nexit 2\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let disk = dir.join("d.raw");
+    std::fs::File::create(&disk).and_then(|f| f.set_len(16 << 20)).unwrap();
+
+    // Act: the direct path (daemon for the disk, daemon for the results, the fio initramfs).
+    let out = Command::new(bin_path("blkctl").expect("blkctl"))
+        .arg("fio")
+        .arg(format!("format=raw,path={}", disk.display()))
+        .arg(verify_job())
+        .args(["--vmm", "vmm-mini", "--vmm-mode", "direct", "--vmm-mini"])
+        .arg(&fake)
+        .output()
+        .expect("run blkctl fio");
+
+    // Assert: the exit status and vmm-mini's stderr are named (the results server stopped
+    // cleanly first: a server that did not would be reported instead).
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vmm-mini exited with exit status: 2"), "{stderr}");
+    assert!(stderr.contains("vmm-mini: set-up failed"), "{stderr}");
+}
