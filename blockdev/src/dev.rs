@@ -39,6 +39,15 @@ pub trait BlockDev: Send + Sync {
     /// Make `[off, off+len)` read zeros; `unmap` allows deallocating it.
     fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, tag: IoTag) -> IoFuture;
 
+    /// Look again at how big the device is beneath (a file another process extended, a block
+    /// device that grew) and return the size `info()` reports from now on. Only growth is taken:
+    /// a device whose backing shrank keeps its size and the call fails, naming it. Requests in
+    /// flight are unaffected (the size only moves up). Devices whose size cannot change
+    /// underneath (the default) return `info().size`; wrappers forward to what they wrap.
+    fn refresh_size(&self) -> Result<u64> {
+        Ok(self.info().size)
+    }
+
     /// A short human-readable name for logs (`raw:/path`, `mem:1G`, `raid5:uuid`).
     fn describe(&self) -> String {
         String::from("blockdev")

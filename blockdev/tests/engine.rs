@@ -266,6 +266,28 @@ fn growable_file_extends_and_reads_zeros_past_end() {
 }
 
 #[test]
+fn refresh_size_takes_growth_from_another_handle_and_refuses_a_shrink() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut b = SharedBuf::from_slice(&[3u8; 4096]);
+    let past_end = io.block_on(dev.write(&io, 1 << 20, b.io(), false, IoTag::DATA)).unwrap_err();
+    assert_eq!(past_end.kind(), ErrorKind::OutOfRange);
+    // Another process (here another handle, as `truncate -s` would) extends the file.
+    let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    other.set_len((2 << 20) + 100).unwrap();
+    assert_eq!(dev.info().size, 1 << 20, "the size is only read again when asked");
+    // Rounded down to the logical block size.
+    assert_eq!(dev.refresh_size().unwrap(), 2 << 20);
+    assert_eq!(dev.info().size, 2 << 20);
+    io.block_on(dev.write(&io, 1 << 20, b.io(), false, IoTag::DATA)).unwrap();
+    other.set_len(1 << 20).unwrap();
+    let e = dev.refresh_size().unwrap_err();
+    assert!(e.to_string().contains("disk.img") && e.to_string().contains("cannot shrink"), "{e}");
+    assert_eq!(dev.info().size, 2 << 20, "a refused shrink keeps the size");
+}
+
+#[test]
 fn an_iovec_list_of_the_kernel_maximum_plus_one_still_works() {
     let (_d, path) = tmpfile(1 << 20);
     let dev = RawFile::open(&path, OpenOptions::default()).unwrap();

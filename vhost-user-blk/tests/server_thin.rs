@@ -1,6 +1,8 @@
 //! A daemon serving two volumes of one thin pool (each on its own socket, written by libblkio)
 //! while `blkctl thin ... --api-socket` creates a third volume and snapshots a served one through
 //! the control socket; the snapshot is then served and holds each write wholly or not at all.
+//! And a served pool that runs out of space, is grown live (`truncate -s`, then `blkctl thin
+//! pool-grow --api-socket`) and takes the waiting and the refused writes.
 
 mod server_common;
 
@@ -278,4 +280,109 @@ fn served_pool_gets_a_new_volume_and_a_consistent_snapshot_through_the_control_s
     // Offline now: the pool checks clean and blkctl opens it directly.
     assert!(ok(&blkctl(&["thin", "check", pool])).contains("No errors"));
     ok(&blkctl(&["thin", "remove", pool, "a-snap"]));
+}
+
+/// Start the daemon serving `specs`, with its control socket at `api`.
+fn start_daemon(specs: &[String], api: &Path) -> Daemon {
+    let mut args: Vec<&str> = specs.iter().flat_map(|s| ["--disk", s.as_str()]).collect();
+    args.extend(["--api-socket", api.to_str().unwrap()]);
+    let mut child = Command::new(daemon_bin()).args(args).stderr(Stdio::null()).spawn().unwrap();
+    wait_for(api, &mut child);
+    Daemon(Some(child))
+}
+
+fn grow_pattern(i: u64) -> Vec<u8> {
+    vec![(i % 251) as u8 + 1; BS as usize]
+}
+
+#[test]
+fn served_pool_out_of_space_grows_live_and_takes_the_waiting_and_the_refused_writes() {
+    let dir = tempdir();
+    let pool_path = dir.path().join("pool.img");
+    // 8 MiB: a 1 MiB metadata area and 112 data blocks.
+    let blocks = {
+        let io = IoCtx::new().unwrap();
+        let f = RawFile::create(&pool_path, 8 * MIB, OpenOptions::default()).unwrap();
+        let pool = io.block_on(Pool::create(&io, Arc::new(f), None, PoolConfig::default())).unwrap();
+        io.block_on(pool.create_volume(&io, "a", 64 * MIB)).unwrap();
+        io.block_on(pool.create_volume(&io, "b", 64 * MIB)).unwrap();
+        pool.info().data_blocks
+    };
+    assert_eq!(blocks, 112);
+    let pool = pool_path.to_str().unwrap();
+    let api = dir.path().join("api.sock");
+    let api_s = api.to_str().unwrap();
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    // a fails at once when the pool is full; b waits up to a minute for space.
+    let spec =
+        |n: &str, more: &str| format!("socket={},format=thin,pool={pool},volume={n},name={n}{more}", sock(n).display());
+    let daemon = start_daemon(&[spec("a", ""), spec("b", ",no-space-wait=60s")], &api);
+
+    // Fill the pool from a: the first write that needs a block beyond it gets IOERR.
+    let mut a = Client::connect(&sock("a"), 1, MIB as usize);
+    let mut filled = 0;
+    let refused_at = loop {
+        assert!(filled <= blocks, "the pool took more than its {blocks} blocks");
+        if a.write(0, filled * BS, &grow_pattern(filled)) != 0 {
+            break filled;
+        }
+        filled += 1;
+    };
+    assert_eq!(refused_at, blocks);
+    assert_eq!(a.flush(0), 0);
+
+    // b's first write waits for space.
+    let waiter = {
+        let s = sock("b");
+        std::thread::spawn(move || {
+            let mut b = Client::connect(&s, 1, MIB as usize);
+            let ret = b.write(0, 3 * BS, &[0xbb; BS as usize]);
+            (ret, Instant::now(), b)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiter.is_finished(), "b's write did not wait for space");
+
+    // pool-grow before the file grew: refused, naming the pool and why.
+    let early = blkctl(&["thin", "pool-grow", pool, "--api-socket", api_s]);
+    assert!(!early.status.success());
+    let msg = String::from_utf8_lossy(&early.stderr);
+    assert!(msg.contains("pool.img") && msg.contains("has not grown"), "{msg}");
+
+    // The user extends the file, then grows the served pool.
+    let st = Command::new("truncate").args(["-s", "16M", pool]).status().expect("run truncate");
+    assert!(st.success());
+    let grown_at = Instant::now();
+    let out = ok(&blkctl(&["thin", "pool-grow", pool, "--api-socket", api_s]));
+    assert!(out.contains("grown from 7M to 15M") && out.contains("240 data blocks"), "{out}");
+
+    // The waiting write goes on, the refused one now succeeds, and both read back.
+    let (ret, done_at, mut b) = waiter.join().unwrap();
+    assert_eq!(ret, 0, "b's waiting write failed");
+    assert!(done_at >= grown_at, "b's write finished before the pool grew");
+    assert_eq!(a.write(0, refused_at * BS, &grow_pattern(refused_at)), 0);
+    for i in refused_at + 1..refused_at + 20 {
+        assert_eq!(a.write(0, i * BS, &grow_pattern(i)), 0, "write {i} after the grow");
+    }
+    assert_eq!(a.flush(0), 0);
+    assert_eq!(b.flush(0), 0);
+    for i in [0, 57, refused_at - 1, refused_at, refused_at + 19] {
+        let (ret, got) = a.read(0, i * BS, BS as usize);
+        assert!(ret == 0 && got == grow_pattern(i), "volume a block {i} reads back wrong");
+    }
+    let (ret, got) = b.read(0, 3 * BS, BS as usize);
+    assert!(ret == 0 && got == vec![0xbb; BS as usize], "volume b's waited write reads back wrong");
+    drop((a, b));
+
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&blkctl(&["thin", "pool-info", pool, "--json", "--api-socket", api_s]))).unwrap();
+    assert_eq!(info["data-blocks"], 240);
+    assert_eq!(info["used-blocks"], refused_at + 21);
+    assert!(ok(&blkctl(&["thin", "check", pool, "--api-socket", api_s])).contains("No errors"));
+    daemon.stop();
+
+    // Offline: the grown pool checks clean and keeps its size.
+    assert!(ok(&blkctl(&["thin", "check", pool])).contains("No errors"));
+    let info: serde_json::Value = serde_json::from_str(&ok(&blkctl(&["thin", "pool-info", pool, "--json"]))).unwrap();
+    assert_eq!(info["data-blocks"], 240);
 }

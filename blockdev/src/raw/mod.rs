@@ -444,6 +444,23 @@ impl BlockDev for RawFile {
         })
     }
 
+    fn refresh_size(&self) -> Result<u64> {
+        let inner = &self.inner;
+        let what = inner.path.display().to_string();
+        let geo = geometry::probe(inner._file.as_raw_fd(), &what, inner.opts.direct)?;
+        let lbs = u64::from(inner.info.logical_block_size.max(1));
+        let now = if inner.opts.growable { geo.size } else { geo.size - geo.size % lbs };
+        let had = self.size();
+        if now < had {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{what}: is now {now} bytes, smaller than the {had} it had when opened: a device in use cannot shrink"),
+            ));
+        }
+        // Only ever up: checks of requests racing with this see the old or the new size.
+        Ok(inner.size.fetch_max(now, Ordering::AcqRel).max(now))
+    }
+
     fn describe(&self) -> String {
         format!("raw:{}", self.inner.path.display())
     }

@@ -508,6 +508,10 @@ impl BlockDev for CrashDev {
         DevInfo { volatile_cache: true, ..self.shared.info() }
     }
 
+    fn refresh_size(&self) -> Result<u64> {
+        self.shared.dev()?.refresh_size()
+    }
+
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
         let sh = self.shared.clone();
         let len = bufs.len() as u64;

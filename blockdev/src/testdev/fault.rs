@@ -341,6 +341,10 @@ impl BlockDev for FaultDev {
         self.inner.info()
     }
 
+    fn refresh_size(&self) -> crate::Result<u64> {
+        self.inner.refresh_size()
+    }
+
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
         let flips = match self.admit(OpKind::Read, tag, Some((off, bufs.len() as u64))) {
             Ok(f) => f,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use super::dir::{MAX_NAME, MAX_VOLUMES};
-use super::format::{valid_block_size, Superblock, PAGE_SIZE, SB_PAGES};
+use super::format::{valid_block_size, Superblock, PAGE_PAYLOAD, PAGE_SIZE, SB_PAGES};
 use super::load::{self, Audit};
 use super::metaio::write_pages;
 use super::paged::PagedArray;
@@ -110,6 +110,9 @@ fn uuid() -> [u8; 16] {
     u
 }
 
+/// Most data blocks a pool has.
+const MAX_DATA_BLOCKS: u64 = 1 << 36;
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidInput, msg)
 }
@@ -164,7 +167,7 @@ impl Pool {
         if data_blocks == 0 {
             return Err(invalid(format!("thin pool: device of {data_size} bytes leaves no room for data blocks")));
         }
-        if data_blocks > (1 << 36) {
+        if data_blocks > MAX_DATA_BLOCKS {
             return Err(invalid(format!("thin pool: {data_blocks} data blocks is too many")));
         }
         // Make the data area read zeros so first writes need no zero-fill; without write-zeroes
@@ -407,15 +410,43 @@ impl Pool {
     }
 
     /// Take in data blocks added at the end of a data device that has grown (a file extended,
-    /// an array reshaped) and commit. Returns the new number of data blocks.
+    /// a block device or array enlarged) and commit; the pool may be in use. Returns the new
+    /// number of data blocks.
+    ///
+    /// The data device's size is looked at again first ([`BlockDev::refresh_size`]), so a file
+    /// another process extended (`truncate -s`, `fallocate -l`) counts. The added blocks are
+    /// write-zeroed, then the larger block count goes into a committed transaction like any
+    /// other change: a crash before its superblock leaves the old pool (the space past its end
+    /// is ignored), after it the grown one. Writes waiting for space (`no-space-wait`) are woken
+    /// by that commit.
+    ///
+    /// Refused, changing nothing: a data device smaller than the pool (pools do not shrink),
+    /// one that has not grown by at least one block, and a metadata area too small for the
+    /// space map of the grown pool (`NoSpace`). Should the commit itself then fail, the pool
+    /// stays as after any failed commit (the growth is written by the next commit that works).
     pub async fn grow(&self, io: &IoCtx) -> Result<u64> {
         let (bs, off) = (self.inner.block_size, self.inner.data_offset);
-        let old = self.inner.lock().sb.data_blocks;
-        let new = (self.inner.data.info().size.saturating_sub(off) / bs).min(1 << 36);
-        if new <= old {
-            return Ok(old);
-        }
         let data = &self.inner.data;
+        let dev = data.describe();
+        let size = data.refresh_size().map_err(|e| e.context(format!("thin pool: data device {dev}")))?;
+        let old = self.inner.lock().sb.data_blocks;
+        let have = old * bs + off;
+        if size < have {
+            return Err(invalid(format!(
+                "thin pool: data device {dev} is {size} bytes, smaller than the {have} bytes the pool's {old} \
+                 data blocks reach: a pool cannot shrink"
+            )));
+        }
+        let new = (size.saturating_sub(off) / bs).min(MAX_DATA_BLOCKS);
+        if new == old {
+            let why = if old == MAX_DATA_BLOCKS {
+                format!("the pool already has the most data blocks a pool can ({MAX_DATA_BLOCKS})")
+            } else {
+                format!("it needs at least {} bytes for one more data block of {bs}", have + bs)
+            };
+            return Err(invalid(format!("thin pool: data device {dev} has not grown ({size} bytes): {why}")));
+        }
+        self.check_metadata_room(old, new)?;
         let zeroed = data.info().write_zeroes
             && data
                 .write_zeroes(io, off + old * bs, (new - old) * bs, true, IoTag::meta("thin.grow_zero"))
@@ -424,12 +455,45 @@ impl Pool {
         {
             let mut st = self.inner.lock();
             if st.sb.data_blocks != old {
-                return Err(Error::new(ErrorKind::InvalidInput, "thin pool: grown twice at once"));
+                return Err(invalid(format!(
+                    "thin pool on {dev}: grown by another request meanwhile (now {} data blocks)",
+                    st.sb.data_blocks
+                )));
             }
             st.grow_data(new, zeroed);
         }
         self.commit(io).await?;
+        tracing::info!("thin pool on {dev}: grown from {old} to {new} data blocks of {bs} bytes");
         Ok(new)
+    }
+
+    /// Refuse a growth from `old` to `new` data blocks whose space map could not be written:
+    /// each added page of it may need a free metadata page and one for its copy-on-write copy,
+    /// plus its directory entry.
+    fn check_metadata_room(&self, old: u64, new: u64) -> Result<()> {
+        let extra = PagedArray::page_count(new) - PagedArray::page_count(old);
+        let need = 2 * extra + (extra * 16).div_ceil(PAGE_PAYLOAD as u64);
+        let st = self.inner.lock();
+        let free = st.meta_free_pages();
+        if need <= free {
+            return Ok(());
+        }
+        let place = if self.inner.shared_dev {
+            format!(
+                "the metadata area of {} ({} pages, fixed at pool-create)",
+                self.inner.meta.describe(),
+                st.sb.meta_pages
+            )
+        } else {
+            format!("metadata device {} ({} pages)", self.inner.meta.describe(), st.sb.meta_pages)
+        };
+        Err(Error::new(
+            ErrorKind::NoSpace,
+            format!(
+                "thin pool: metadata full: growing from {old} to {new} data blocks needs up to {need} more \
+                 metadata pages for the space map, and {place} has {free} free"
+            ),
+        ))
     }
 
     /// Open volume `name` as a block device.

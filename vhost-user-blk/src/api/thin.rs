@@ -15,6 +15,12 @@
 //!   export keeps the capacity it announced until the export is added again), not shrink.
 //! - `{"cmd":"thin","op":"check","pool":P[,"repair":true]}` → the checker's report on the
 //!   committed metadata (read from the device while commits wait); `repair` fixes leaks.
+//! - `{"cmd":"thin","op":"pool-grow","pool":P}` → the pool summary after growing, plus
+//!   `old-size` and `old-data-blocks`: the pool takes in the space added at the end of its (data)
+//!   device since it was opened (the file extended with `truncate -s`/`fallocate -l`, the block
+//!   device enlarged), in one committed transaction, while its volumes are in use; writes waiting
+//!   for space (`no-space-wait`) then go on. Refused with the reason when the device did not grow
+//!   by a block, shrank, or the metadata has no room for the larger space map.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -79,6 +85,11 @@ pub enum ThinRequest {
         /// New virtual size in bytes.
         size: u64,
     },
+    /// Take in space added at the end of the pool's (data) device.
+    PoolGrow {
+        /// The pool.
+        pool: String,
+    },
     /// Check the committed metadata (and repair leaks with `repair`).
     Check {
         /// The pool.
@@ -93,6 +104,7 @@ impl ThinRequest {
     fn pool(&self) -> &str {
         match self {
             ThinRequest::PoolInfo { pool }
+            | ThinRequest::PoolGrow { pool }
             | ThinRequest::List { pool }
             | ThinRequest::Create { pool, .. }
             | ThinRequest::Snapshot { pool, .. }
@@ -140,6 +152,11 @@ pub fn handle(daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
         ThinRequest::Resize { name: vol, size, .. } => {
             io.block_on(pool.resize_volume(&io, &vol, size)).map_err(err).map(|()| Value::Null)
         }
+        ThinRequest::PoolGrow { .. } => {
+            let before = pool.info();
+            io.block_on(pool.grow(&io)).map_err(err)?;
+            Ok(grown_json(&before, &pool.info()))
+        }
         ThinRequest::Check { repair, .. } => {
             io.block_on(check_open(&io, &pool, repair)).map_err(err).map(|r| check_report_json(&r))
         }
@@ -163,6 +180,15 @@ pub fn pool_info_json(i: &PoolInfo) -> Value {
         "volumes": i.volumes,
         "below-low-water": i.below_low_water,
     })
+}
+
+/// The summary after a growth ([`pool_info_json`] of `after`) with the size before it as
+/// `old-size` and `old-data-blocks`.
+pub fn grown_json(before: &PoolInfo, after: &PoolInfo) -> Value {
+    let mut v = pool_info_json(after);
+    v["old-size"] = json!(before.data_blocks * before.block_size);
+    v["old-data-blocks"] = json!(before.data_blocks);
+    v
 }
 
 /// The volumes as `blkctl thin list --json` prints them (`bs`: the pool's block size).
@@ -255,6 +281,8 @@ mod tests {
         assert_eq!(back["op"], "create");
         let c: crate::api::Request = serde_json::from_str(r#"{"cmd":"thin","op":"check","pool":"/p"}"#).unwrap();
         assert_eq!(c, crate::api::Request::Thin(ThinRequest::Check { pool: "/p".into(), repair: false }));
+        let g: crate::api::Request = serde_json::from_str(r#"{"cmd":"thin","op":"pool-grow","pool":"/p"}"#).unwrap();
+        assert_eq!(g, crate::api::Request::Thin(ThinRequest::PoolGrow { pool: "/p".into() }));
         assert!(serde_json::from_str::<crate::api::Request>(r#"{"cmd":"thin","op":"explode","pool":"/p"}"#).is_err());
     }
 

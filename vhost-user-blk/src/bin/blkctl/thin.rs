@@ -1,4 +1,4 @@
-//! `blkctl thin pool-create|pool-info|create|snapshot|list|remove|resize|check`: parse the
+//! `blkctl thin pool-create|pool-grow|pool-info|create|snapshot|list|remove|resize|check`: parse the
 //! options and call `blockdev::thin` on the pool file(s), or, with `--api-socket`, send the
 //! command to the daemon serving the pool (`vhost_user_blk::api::thin`).
 
@@ -10,7 +10,9 @@ use blockdev::thin::check::{self, CheckReport};
 use blockdev::thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
 use serde_json::{json, Value};
-use vhost_user_blk::api::thin::{call, check_report_from_json, check_report_json, pool_info_json, volumes_json};
+use vhost_user_blk::api::thin::{
+    call, check_report_from_json, check_report_json, grown_json, pool_info_json, volumes_json,
+};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -50,7 +52,10 @@ pub enum ThinCmd {
         #[arg(long)]
         metadata_size: Option<String>,
     },
-    /// Take in space added at the end of the pool's (data) device.
+    /// Take in space added at the end of the pool's (data) device: first enlarge the file
+    /// (truncate -s, fallocate -l) or the block device, then run this. With --api-socket the
+    /// daemon serving the pool grows it while its volumes are in use, and writes waiting for
+    /// space (no-space-wait) go on. Refused when the device has not grown by a block.
     PoolGrow {
         #[command(flatten)]
         pool: PoolArg,
@@ -147,10 +152,23 @@ impl crate::Group for Cmd {
                 print_pool_info(&v, json)
             }
             ThinCmd::PoolGrow { pool } => {
-                no_daemon(&pool, "pool-grow")?;
-                let p = open(&io, &pool, false)?;
-                let blocks = io.block_on(p.grow(&io))?;
-                emit(&format!("thin pool has {blocks} data blocks\n"));
+                let v = match remote(&pool, json!({"op": "pool-grow"}))? {
+                    Some(v) => v,
+                    None => {
+                        let p = open(&io, &pool, false)?;
+                        let before = p.info();
+                        io.block_on(p.grow(&io)).map_err(|e| format!("{}: {e}", pool.pool.display()))?;
+                        grown_json(&before, &p.info())
+                    }
+                };
+                emit(&format!(
+                    "thin pool grown from {} to {} ({} data blocks of {}, {} free)\n",
+                    format_size(u(&v, "old-size")),
+                    format_size(u(&v, "size")),
+                    u(&v, "data-blocks"),
+                    format_size(u(&v, "block-size")),
+                    format_size(u(&v, "free"))
+                ));
                 Ok(())
             }
             ThinCmd::Create { pool, name, size } => {
