@@ -332,14 +332,17 @@ fn served_pool_out_of_space_grows_live_and_takes_the_waiting_and_the_refused_wri
     assert_eq!(a.flush(0), 0);
 
     // b's first write waits for space.
+    let (connected, is_connected) = std::sync::mpsc::channel();
     let waiter = {
         let s = sock("b");
         std::thread::spawn(move || {
             let mut b = Client::connect(&s, 1, MIB as usize);
+            connected.send(()).unwrap();
             let ret = b.write(0, 3 * BS, &[0xbb; BS as usize]);
             (ret, Instant::now(), b)
         })
     };
+    is_connected.recv_timeout(Duration::from_secs(20)).expect("b connects");
     std::thread::sleep(Duration::from_millis(500));
     assert!(!waiter.is_finished(), "b's write did not wait for space");
 
