@@ -55,6 +55,12 @@ async fn find_free_run(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
 
 /// Allocate `n` contiguous clusters (refcount 1 each, in the cache) and return the host offset.
 pub async fn alloc_clusters(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
+    Ok(alloc_clusters_zeroed(sh, io, n).await?.0)
+}
+
+/// [`alloc_clusters`], also telling whether the clusters are known to read as zeros (they lie
+/// past everything the file ever held; see [`crate::meta::Meta::zero_from`]).
+pub async fn alloc_clusters_zeroed(sh: &Shared, io: &IoCtx, n: u64) -> Result<(u64, bool)> {
     let per_block = sh.geo.refblock_entries();
     'retry: loop {
         let start = find_free_run(sh, io, n).await?;
@@ -75,8 +81,10 @@ pub async fn alloc_clusters(sh: &Shared, io: &IoCtx, n: u64) -> Result<u64> {
         for c in start..start + n {
             sh.lookup(io, |m| m.set_refcount(c, 1)).await?;
         }
-        sh.lock().free_hint = start + n;
-        return Ok(start << sh.geo.cluster_bits);
+        let mut m = sh.lock();
+        m.free_hint = start + n;
+        let zeroed = m.claim(start, n);
+        return Ok((start << sh.geo.cluster_bits, zeroed));
     }
 }
 
@@ -92,6 +100,7 @@ fn make_refblock(sh: &Shared, c: u64) -> Result<()> {
         m.rc.insert(off + s * ss, vec![0; ss as usize], true);
     }
     let idx = (c / per_block) as usize;
+    m.claim(c, 1);
     m.reftable[idx] = off;
     m.reftable_dirty.insert(idx);
     // The block counts itself.
@@ -132,6 +141,7 @@ async fn grow_reftable(sh: &Shared, io: &IoCtx, need: u64) -> Result<()> {
         extra = ranges.len() as u64;
     };
     let end = start + table_clusters + extra;
+    sh.lock().claim(start, end - start);
     let mut table: Vec<u64> = sh.lock().reftable.clone();
     table.resize(entries as usize, 0);
     // Blocks sit right after the table, one per uncovered range.

@@ -36,12 +36,14 @@ pub struct SliceCache {
     capacity: usize,
     slots: HashMap<u64, Slot, BuildHasherDefault<OffsetHasher>>,
     tick: u64,
+    /// Number of dirty slots (kept so that asking costs nothing on every allocation).
+    dirty: usize,
 }
 
 impl SliceCache {
     /// A cache of at most `capacity` slices of `slice_size` bytes.
     pub fn new(slice_size: usize, capacity: usize) -> Self {
-        SliceCache { slice_size, capacity: capacity.max(4), slots: HashMap::default(), tick: 0 }
+        SliceCache { slice_size, capacity: capacity.max(4), slots: HashMap::default(), tick: 0, dirty: 0 }
     }
 
     /// Bytes per slice.
@@ -68,11 +70,13 @@ impl SliceCache {
     pub fn get_mut(&mut self, off: u64) -> Option<&mut [u8]> {
         self.tick += 1;
         let tick = self.tick;
-        self.slots.get_mut(&off).map(|s| {
-            s.used = tick;
+        let s = self.slots.get_mut(&off)?;
+        s.used = tick;
+        if !s.dirty {
             s.dirty = true;
-            &mut s.data[..]
-        })
+            self.dirty += 1;
+        }
+        Some(&mut s.data[..])
     }
 
     /// Insert a slice read from disk (clean) or built in memory (`dirty`). Evicts the least
@@ -84,12 +88,16 @@ impl SliceCache {
         if let Some(s) = self.slots.get_mut(&off) {
             if dirty || !s.dirty {
                 s.data = data;
-                s.dirty |= dirty;
+                if dirty && !s.dirty {
+                    s.dirty = true;
+                    self.dirty += 1;
+                }
             }
             return;
         }
         while self.slots.len() >= self.capacity && self.evict_one() {}
         self.tick += 1;
+        self.dirty += usize::from(dirty);
         self.slots.insert(off, Slot { data, dirty, used: self.tick });
     }
 
@@ -111,7 +119,7 @@ impl SliceCache {
 
     /// Number of dirty slices.
     pub fn dirty_count(&self) -> usize {
-        self.slots.values().filter(|s| s.dirty).count()
+        self.dirty
     }
 
     /// Copies of every dirty slice, sorted by offset (to write back).
@@ -124,8 +132,9 @@ impl SliceCache {
     /// Mark the slice at `off` clean if its content still equals `written`.
     pub fn mark_clean(&mut self, off: u64, written: &[u8]) {
         if let Some(s) = self.slots.get_mut(&off) {
-            if s.data == written {
+            if s.dirty && s.data == written {
                 s.dirty = false;
+                self.dirty -= 1;
             }
         }
     }
@@ -133,11 +142,13 @@ impl SliceCache {
     /// Drop the slices of the cluster at `[off, off+len)` (freed metadata), dirty or not.
     pub fn forget_range(&mut self, off: u64, len: u64) {
         self.slots.retain(|k, _| *k < off || *k >= off + len);
+        self.dirty = self.slots.values().filter(|s| s.dirty).count();
     }
 
     /// Drop everything (after a failed write-back, to re-read from disk).
     pub fn clear(&mut self) {
         self.slots.clear();
+        self.dirty = 0;
     }
 }
 
@@ -159,6 +170,28 @@ mod tests {
         c.insert(200, vec![1; 8], false);
         assert!(!c.contains(0) || !c.contains(100));
         assert!(!c.needs_writeback());
+    }
+
+    #[test]
+    fn dirty_count_follows_every_change_of_state() {
+        let mut c = SliceCache::new(8, 8);
+        c.insert(0, vec![0; 8], false);
+        c.insert(8, vec![0; 8], true);
+        assert_eq!(c.dirty_count(), 1);
+        c.get_mut(0).unwrap()[0] = 1;
+        c.get_mut(0).unwrap()[1] = 1;
+        c.insert(8, vec![2; 8], true);
+        assert_eq!(c.dirty_count(), 2);
+        c.mark_clean(8, &[0; 8]);
+        assert_eq!(c.dirty_count(), 2, "a slice changed since it was copied stays dirty");
+        c.mark_clean(8, &[2; 8]);
+        c.mark_clean(8, &[2; 8]);
+        assert_eq!(c.dirty_count(), 1);
+        c.forget_range(0, 8);
+        assert_eq!(c.dirty_count(), 0);
+        c.insert(16, vec![0; 8], true);
+        c.clear();
+        assert_eq!(c.dirty_count(), 0);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use blockdev::{IoCtx, Result};
+use blockdev::join::try_join_all;
+use blockdev::{IoCtx, IoTag, Result, SharedBuf};
 
 use crate::header::incompat;
 use crate::imagefile::{self, site};
@@ -78,20 +79,58 @@ pub async fn write_header(sh: &Shared, io: &IoCtx) -> Result<()> {
 /// Write every dirty refcount slice; true if any was written.
 pub async fn write_refcount_slices(sh: &Shared, io: &IoCtx) -> Result<bool> {
     let dirty = sh.lock().rc.dirty_slices();
+    write_slices(sh, io, &dirty, site::REFCOUNT_UPDATE, Kind::Refblock).await?;
+    let mut m = sh.lock();
     for (off, data) in &dirty {
-        guarded_write(sh, io, *off, data, site::REFCOUNT_UPDATE, Kind::Refblock).await?;
-        sh.lock().rc.mark_clean(*off, data);
+        m.rc.mark_clean(*off, data);
     }
     Ok(!dirty.is_empty())
 }
 
 async fn write_l2_slices(sh: &Shared, io: &IoCtx) -> Result<bool> {
     let dirty = sh.lock().l2.dirty_slices();
+    write_slices(sh, io, &dirty, site::L2_UPDATE, Kind::L2).await?;
+    let mut m = sh.lock();
     for (off, data) in &dirty {
-        guarded_write(sh, io, *off, data, site::L2_UPDATE, Kind::L2).await?;
-        sh.lock().l2.mark_clean(*off, data);
+        m.l2.mark_clean(*off, data);
     }
     Ok(!dirty.is_empty())
+}
+
+/// Write cache slices of one kind, all in flight at once (their order among themselves does not
+/// matter: the syncs between the kinds give the order), each checked against the other metadata
+/// first. Waits for every write; the first error is returned and nothing is marked clean.
+async fn write_slices(sh: &Shared, io: &IoCtx, slices: &[(u64, Vec<u8>)], tag: &'static str, kind: Kind) -> Result<()> {
+    if slices.is_empty() {
+        return Ok(());
+    }
+    let conflict = {
+        let m = sh.lock();
+        if m.corrupt {
+            return Err(blockdev::Error::new(
+                blockdev::ErrorKind::Corrupt,
+                format!("{}: image is marked corrupt; metadata writes refused", sh.name),
+            ));
+        }
+        let ranges = MetaRanges::of(&m);
+        slices.iter().find_map(|(off, data)| {
+            ranges.conflict(*off, data.len() as u64, kind).map(|what| (*off, data.len() as u64, what))
+        })
+    };
+    if let Some((off, len, what)) = conflict {
+        mark_corrupt(sh, io).await;
+        return Err(overlap_error(&sh.name, off, len, what, kind));
+    }
+    let futs = slices
+        .iter()
+        .map(|(off, data)| {
+            let mut buf = SharedBuf::from_slice(data);
+            sh.file.write(io, *off, buf.io(), false, IoTag::meta(tag))
+        })
+        .collect();
+    let res = try_join_all(futs).await;
+    sh.writeback_gen.fetch_add(1, Ordering::AcqRel);
+    res
 }
 
 /// Write the 512-byte sectors of a table holding dirty entries.

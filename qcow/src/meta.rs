@@ -63,6 +63,12 @@ pub struct Meta {
     pub free_hint: u64,
     /// Size of the image file when opened (for validating offsets).
     pub file_size: u64,
+    /// Host offset (cluster-aligned) from which every cluster reads as zeros: past the end of the
+    /// file when it was opened, and never allocated since. A fresh data cluster there needs no
+    /// zeros written around the guest data (a growable file reads zeros in holes and past its
+    /// end); a cluster below it may hold old bytes (a freed cluster whose punch failed, a
+    /// fixed-size device) and is written in full.
+    pub zero_from: u64,
     /// Something was found corrupt: refuse further metadata writes.
     pub corrupt: bool,
     /// Guest clusters (by index) with an allocation in flight; the lock is held until it is linked.
@@ -188,6 +194,15 @@ impl Meta {
     /// True when a refcount block covers `cluster`.
     pub fn has_refblock(&self, cluster: u64) -> Result<bool> {
         Ok(self.rc_slot(cluster)?.is_some())
+    }
+
+    /// Record that clusters `[start, start+n)` (indices) are allocated; true when all of them
+    /// lay at or past [`Meta::zero_from`], so they read as zeros until written.
+    pub fn claim(&mut self, start: u64, n: u64) -> bool {
+        let cb = self.geo.cluster_bits;
+        let zero = start << cb >= self.zero_from;
+        self.zero_from = self.zero_from.max((start + n) << cb);
+        zero
     }
 
     /// Set L1 entry `idx` to an L2 table at `off` with refcount 1.

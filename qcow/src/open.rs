@@ -23,7 +23,9 @@ pub const MAX_CHAIN_DEPTH: usize = 16;
 pub struct Options {
     /// Refuse writes (backing files are always opened so).
     pub read_only: bool,
-    /// Bytes of L2 cache (default: enough for 8 GiB of disk at 64 KiB clusters).
+    /// Most bytes of L2 cache (default 32 MiB, QEMU's default maximum). As in QEMU the cache is
+    /// never made bigger than what covers the whole disk (2 MiB for 16 GiB at 64 KiB clusters),
+    /// and slices are only allocated as they are used.
     pub l2_cache_bytes: usize,
     /// Bytes of refcount cache.
     pub refcount_cache_bytes: usize,
@@ -38,12 +40,20 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             read_only: false,
-            l2_cache_bytes: 1 << 20,
+            l2_cache_bytes: 32 << 20,
             refcount_cache_bytes: 256 << 10,
             ignore_backing: false,
             direct: false,
         }
     }
+}
+
+/// The L2 cache size: at most `max` bytes, and no more than the L2 entries of a disk of `size`
+/// take (QEMU's rule; a random workload over the whole disk then never evicts a slice).
+fn l2_cache_bytes(geo: &Geometry, size: u64, max: usize) -> usize {
+    let cs = geo.cluster_size();
+    let cover = size.div_ceil(cs).saturating_mul(geo.l2_entry_size).next_multiple_of(cs);
+    usize::try_from(cover).map_or(max, |c| c.min(max))
 }
 
 fn err(kind: ErrorKind, name: &str, msg: impl std::fmt::Display) -> Error {
@@ -110,11 +120,12 @@ pub async fn open_dev(
         l1_dirty: BTreeSet::new(),
         reftable,
         reftable_dirty: BTreeSet::new(),
-        l2: SliceCache::new(l2_slice, opts.l2_cache_bytes / l2_slice),
+        l2: SliceCache::new(l2_slice, l2_cache_bytes(&geo, header.size, opts.l2_cache_bytes) / l2_slice),
         rc: SliceCache::new(rc_slice, opts.refcount_cache_bytes / rc_slice),
         pending_free: Vec::new(),
         free_hint: 0,
         file_size,
+        zero_from: file_size.next_multiple_of(geo.cluster_size()),
         corrupt: false,
         inflight: Default::default(),
         header: header.clone(),
@@ -205,4 +216,27 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
         return p.to_path_buf();
     }
     image.parent().unwrap_or(Path::new(".")).join(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_cache_covers_the_disk_up_to_the_maximum() {
+        let geo = |bits: u32, l2_entry_size: u64| Geometry {
+            cluster_bits: bits,
+            l2_entry_size,
+            refcount_order: 4,
+            extended: l2_entry_size == 16,
+        };
+        // 16 GiB at 64 KiB clusters: 262,144 entries of 8 bytes.
+        assert_eq!(l2_cache_bytes(&geo(16, 8), 16 << 30, 32 << 20), 2 << 20);
+        // Extended L2 entries are twice as big.
+        assert_eq!(l2_cache_bytes(&geo(16, 16), 16 << 30, 32 << 20), 4 << 20);
+        // A huge disk: the maximum.
+        assert_eq!(l2_cache_bytes(&geo(16, 8), 1 << 50, 32 << 20), 32 << 20);
+        // A tiny disk: one cluster.
+        assert_eq!(l2_cache_bytes(&geo(16, 8), 1 << 20, 32 << 20), 65536);
+    }
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use blockdev::join::try_join_all;
 use blockdev::{Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
-use crate::alloc::alloc_clusters;
+use crate::alloc::{alloc_clusters, alloc_clusters_zeroed};
 use crate::flush::flush_metadata;
 use crate::imagefile::{self, site};
 use crate::l1l2::{L2Entry, COPIED, OFFSET_MASK};
 use crate::meta::{Lookup, Meta};
 use crate::overlap::{fixed_conflict, overlap_error, Kind, MetaRanges};
-use crate::plan::plan_entry;
+use crate::plan::{plan_entry, Source};
 use crate::read::exec;
 use crate::shared::Shared;
 
@@ -177,8 +177,8 @@ enum Action {
     /// Write in place at this host offset (no metadata change).
     InPlace(u64),
     /// Write into `host` (new or reused), copying `[cow_start, cow_end)` around the data from the
-    /// old contents, then set the entry.
-    Allocate { host: u64, fresh: bool, cow_start: u64, cow_end: u64, frees: Vec<u64>, alloc_bits: u32 },
+    /// old contents, then set the entry. `zeroed`: the host cluster is known to read as zeros.
+    Allocate { host: u64, fresh: bool, zeroed: bool, cow_start: u64, cow_end: u64, frees: Vec<u64>, alloc_bits: u32 },
 }
 
 /// Host clusters a compressed stream occupies.
@@ -206,6 +206,7 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
                 Action::Allocate {
                     host: offset,
                     fresh: false,
+                    zeroed: false,
                     cow_start: sub_start,
                     cow_end: sub_end,
                     frees: vec![],
@@ -213,11 +214,17 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
                 }
             }
         }
-        L2Entry::Zero { offset, copied: true } if offset != 0 => {
-            Action::Allocate { host: offset, fresh: false, cow_start: 0, cow_end: cs, frees: vec![], alloc_bits: 0 }
-        }
+        L2Entry::Zero { offset, copied: true } if offset != 0 => Action::Allocate {
+            host: offset,
+            fresh: false,
+            zeroed: false,
+            cow_start: 0,
+            cow_end: cs,
+            frees: vec![],
+            alloc_bits: 0,
+        },
         other => {
-            let host = alloc_clusters(sh, io, 1).await?;
+            let (host, zeroed) = alloc_clusters_zeroed(sh, io, 1).await?;
             let (frees, cow_start, cow_end, bits) = match other {
                 L2Entry::Compressed { offset, size } => (compressed_clusters(cs, offset, size), 0, cs, u32::MAX),
                 L2Entry::Normal { offset, .. } | L2Entry::Zero { offset, .. } => {
@@ -230,7 +237,7 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
                 L2Entry::Extended { .. } => (vec![], sub_start, sub_end, touched),
                 L2Entry::Unallocated { .. } => (vec![], 0, cs, u32::MAX),
             };
-            Action::Allocate { host, fresh: true, cow_start, cow_end, frees, alloc_bits: bits }
+            Action::Allocate { host, fresh: true, zeroed, cow_start, cow_end, frees, alloc_bits: bits }
         }
     };
     Ok((action, entry))
@@ -243,10 +250,13 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
     let gc = guest / cs;
     let len = data.len() as u64;
     let within = g.in_cluster(guest);
+    // Load the L2 slice first, without the allocation lock: a miss then stalls only this request,
+    // not every allocation behind it.
+    sh.lookup(io, |m| m.l2_raw(guest).map(|_| ())).await?;
     // Phase 1.
     let lock = lock_cluster(sh, io, gc).await?;
     let (action, old) = decide(sh, io, guest, len).await?;
-    let (host, fresh, cow_start, cow_end, frees, alloc_bits) = match action {
+    let (host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits) = match action {
         Action::InPlace(at) => {
             let conflict = fixed_conflict(&sh.lock(), at, len);
             if let Some(what) = conflict {
@@ -256,14 +266,15 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
             drop(lock);
             return sh.file.write(io, at, data, false, IoTag::data(site::DATA)).await;
         }
-        Action::Allocate { host, fresh, cow_start, cow_end, frees, alloc_bits } => {
-            (host, fresh, cow_start, cow_end, frees, alloc_bits)
+        Action::Allocate { host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits } => {
+            (host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits)
         }
     };
     let guard = mark_in_flight(sh, gc);
     drop(lock);
     // Phase 2.
-    let res = write_with_cow(sh, io, guest - within, host, old, cow_start, cow_end, within, data).await;
+    let cow = Cow { cluster_guest: guest - within, host, zeroed, old, start: cow_start, end: cow_end };
+    let res = write_with_cow(sh, io, &cow, within, data).await;
     // Phase 3.
     let _lock = sh.alloc.lock().await;
     let res = match res {
@@ -313,22 +324,29 @@ async fn link(
     .await
 }
 
-/// Write `data` at `within` of host cluster `host`, with `[cow_start, cow_end)` around it
-/// filled from the cluster's old contents (described by `old`).
-#[allow(clippy::too_many_arguments)]
-async fn write_with_cow(
-    sh: &Arc<Shared>,
-    io: &IoCtx,
+/// Where the data of an allocating write goes and what surrounds it.
+struct Cow {
+    /// Guest offset of the cluster.
     cluster_guest: u64,
+    /// Host cluster written.
     host: u64,
+    /// The host cluster reads as zeros already (fresh, past everything the file ever held).
+    zeroed: bool,
+    /// The cluster's old entry (where the copied bytes come from).
     old: L2Entry,
-    cow_start: u64,
-    cow_end: u64,
-    within: u64,
-    data: IoBufs,
-) -> Result<()> {
+    /// Range of the cluster that must hold the old contents (or the data) once written.
+    start: u64,
+    end: u64,
+}
+
+/// Write `data` at `within` of the host cluster, with `[cow.start, cow.end)` around it filled
+/// from the cluster's old contents. A part that would be zeros in a cluster that already reads
+/// as zeros is not written: a 4 KiB write into a fresh 64 KiB cluster writes 4 KiB (QEMU zeroes
+/// the rest with write-zeroes; past the end of a growable file there is nothing to zero).
+async fn write_with_cow(sh: &Arc<Shared>, io: &IoCtx, cow: &Cow, within: u64, data: IoBufs) -> Result<()> {
     let end = within + data.len() as u64;
     let cs = sh.geo.cluster_size();
+    let host = cow.host;
     let conflict = MetaRanges::fixed(&sh.lock()).conflict(host, cs, Kind::None);
     if let Some(what) = conflict {
         crate::flush::mark_corrupt(sh, io).await;
@@ -337,21 +355,36 @@ async fn write_with_cow(
     let mut out = data.clone();
     let mut head = None;
     let mut tail = None;
-    if cow_start < within {
-        head = Some(read_old(sh, io, cluster_guest, old, cow_start, within - cow_start).await?);
+    if cow.start < within && !(cow.zeroed && old_reads_zero(sh, cow, cow.start, within - cow.start)) {
+        head = Some(read_old(sh, io, cow.cluster_guest, cow.old, cow.start, within - cow.start).await?);
     }
-    if end < cow_end {
-        tail = Some(read_old(sh, io, cluster_guest, old, end, cow_end - end).await?);
+    if end < cow.end && !(cow.zeroed && old_reads_zero(sh, cow, end, cow.end - end)) {
+        tail = Some(read_old(sh, io, cow.cluster_guest, cow.old, end, cow.end - end).await?);
     }
+    let mut at = within;
     if let Some(mut h) = head {
         let mut v = h.io();
         v.append(out);
         out = v;
+        at = cow.start;
     }
     if let Some(mut t) = tail {
         out.append(t.io());
     }
-    sh.file.write(io, host + cow_start.min(within), out, false, IoTag::data(site::COW)).await
+    sh.file.write(io, host + at, out, false, IoTag::data(site::COW)).await
+}
+
+/// True when `[start, start+len)` of the cluster reads as zeros under its old entry (zero
+/// flags, or unallocated with no backing data there).
+fn old_reads_zero(sh: &Shared, cow: &Cow, start: u64, len: u64) -> bool {
+    let mut plan = Vec::new();
+    plan_entry(&sh.geo, cow.old, start, len, 0, &mut plan);
+    let backing_end = sh.backing.as_ref().map_or(0, |b| b.info().size);
+    plan.iter().all(|p| match p.src {
+        Source::Zero => true,
+        Source::Backing => cow.cluster_guest + start + p.pos >= backing_end,
+        _ => false,
+    })
 }
 
 /// The old contents of `[start, start+len)` of the cluster at `cluster_guest`.
