@@ -81,9 +81,13 @@ pub async fn alloc_clusters_zeroed(sh: &Shared, io: &IoCtx, n: u64) -> Result<(u
         for c in start..start + n {
             sh.lookup(io, |m| m.set_refcount(c, 1)).await?;
         }
+        // A growable file never reaches past `zero_from` (everything written since the open lies
+        // in clusters allocated since); a fixed-size device does only if it grew underneath us,
+        // and its new part may hold anything.
+        let file_end = sh.file.info().size;
         let mut m = sh.lock();
         m.free_hint = start + n;
-        let zeroed = m.claim(start, n);
+        let zeroed = m.claim(start, n) && start << sh.geo.cluster_bits >= file_end;
         return Ok((start << sh.geo.cluster_bits, zeroed));
     }
 }

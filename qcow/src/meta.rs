@@ -67,7 +67,9 @@ pub struct Meta {
     /// file when it was opened, and never allocated since. A fresh data cluster there needs no
     /// zeros written around the guest data (a growable file reads zeros in holes and past its
     /// end); a cluster below it may hold old bytes (a freed cluster whose punch failed, a
-    /// fixed-size device) and is written in full.
+    /// fixed-size device) and is written in full. A device that grew underneath
+    /// (`BlockDev::refresh_size`) is covered by the allocator also asking for the device's
+    /// current end.
     pub zero_from: u64,
     /// Something was found corrupt: refuse further metadata writes.
     pub corrupt: bool,

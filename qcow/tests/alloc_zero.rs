@@ -96,3 +96,37 @@ fn reused_cluster_that_was_not_punched_reads_zeros_around_a_partial_write() {
     assert_eq!(code, 0, "qemu-img check: {out}");
     assert_same("qemu", &qemu_raw(&img, dir.path()), &model);
 }
+
+#[test]
+fn fixed_size_device_that_grew_gets_zeros_written_around_a_partial_write() {
+    // Arrange: the image on a fixed-size device (not growable); after the open the device grows
+    // by 1 MiB of old bytes (0xcc), and strata is told (refresh_size).
+    let dir = tmp();
+    let io = IoCtx::new().unwrap();
+    let img = new_image(&io, dir.path());
+    let raw = Arc::new(RawFile::open(&img, OpenOptions::default()).unwrap());
+    let dev = io.block_on(qcow::open_dev(&io, raw.clone(), None, &Options::default())).unwrap();
+    let old_len = file_len(&img);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&img).unwrap();
+        f.write_all(&vec![0xcc; 1 << 20]).unwrap();
+    }
+    assert_eq!(raw.refresh_size().unwrap(), old_len + (1 << 20));
+    // Act: a 4 KiB write allocates a data cluster in the grown part.
+    let off = 3 * CS + 8192;
+    write(&io, &dev, off, &[0x55; 4096]);
+    // Assert: the rest of the cluster reads zeros, not the device's old bytes.
+    let mut model = vec![0u8; SIZE as usize];
+    model[off as usize..off as usize + 4096].fill(0x55);
+    assert_same("strata", &read_all(&io, &dev, 1 << 20), &model);
+    io.block_on(dev.close(&io)).unwrap();
+    drop(dev);
+    drop(raw);
+    if !have_qemu("fixed_size_device_that_grew_gets_zeros_written_around_a_partial_write") {
+        return;
+    }
+    let (code, out) = qemu_check(&img);
+    assert_eq!(code, 0, "qemu-img check: {out}");
+    assert_same("qemu", &qemu_raw(&img, dir.path()), &model);
+}
