@@ -48,6 +48,8 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Rebuild progress in [0, 1] while a member is rebuilding.
     pub rebuild_progress: Option<f64>,
+    /// Scrub progress in [0, 1] while a scrub runs.
+    pub scrub_progress: Option<f64>,
     /// Mismatches the last scrub found.
     pub mismatches: u64,
     /// Read errors repaired from redundancy.
@@ -111,6 +113,10 @@ impl Array {
             degraded,
             members,
             rebuild_progress,
+            scrub_progress: match c.counters.scrub_rows.load(Ordering::Acquire) {
+                0 => None,
+                n => Some((n - 1) as f64 / c.geo.stripes().max(1) as f64),
+            },
             mismatches,
             read_errors_fixed: c.counters.read_errors_fixed.load(Ordering::Relaxed),
             events,
@@ -160,8 +166,9 @@ impl Array {
     }
 }
 
-impl BlockDev for Array {
-    fn info(&self) -> DevInfo {
+impl Array {
+    /// `info()` from the members (see [`Core::info_cache`](crate::core::Core)).
+    fn compute_info(&self) -> DevInfo {
         let c = &self.core;
         let mut lbs = 512u32;
         let mut align = 1u32;
@@ -187,6 +194,17 @@ impl BlockDev for Array {
             optimal_io_size: u32::try_from(c.geo.stripe_bytes()).unwrap_or(0),
             volatile_cache: true,
         }
+    }
+}
+
+impl BlockDev for Array {
+    fn info(&self) -> DevInfo {
+        if let Some(i) = *self.core.info_cache.read().unwrap_or_else(|p| p.into_inner()) {
+            return i;
+        }
+        let i = self.compute_info();
+        *self.core.info_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(i);
+        i
     }
 
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {

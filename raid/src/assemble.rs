@@ -10,6 +10,7 @@ use rand::RngCore;
 
 use crate::array::{Array, MemberStatus, Status};
 use crate::bitmap::Bitmap;
+use crate::flush_group::FlushGroup;
 use crate::core::{Core, Counters};
 use crate::layout::{align_up, Geometry};
 use crate::member::{Member, MemberState};
@@ -68,7 +69,7 @@ fn build_core(sb: &Superblock, members: Vec<Member>, name: String) -> Core {
     Core {
         geo,
         uuid: sb.uuid,
-        name,
+        name: name.into(),
         data_offset: sb.data_offset,
         members,
         sb: Mutex::new(sb.clone()),
@@ -82,6 +83,8 @@ fn build_core(sb: &Superblock, members: Vec<Member>, name: String) -> Core {
         counters: Counters::default(),
         rr: AtomicUsize::new(0),
         rebuilding: AtomicBool::new(false),
+        flush_group: FlushGroup::default(),
+        info_cache: std::sync::RwLock::new(None),
     }
 }
 
@@ -426,6 +429,7 @@ pub async fn examine(io: &IoCtx, members: MemberList) -> Result<Status> {
         degraded,
         members: roles,
         rebuild_progress: progress,
+        scrub_progress: None,
         mismatches: newest.mismatches,
         read_errors_fixed: 0,
         events: newest.events,

@@ -3,12 +3,13 @@
 //! that also retires write-intent bits and partial parity log entries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use blockdev::join::{join_all, try_join_all};
-use blockdev::{Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result, SharedBuf};
+use blockdev::{DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
 use crate::bitmap::Bitmap;
+use crate::flush_group::FlushGroup;
 use crate::layout::Geometry;
 use crate::member::{Member, MemberState};
 use crate::raid5::ppl::Ppl;
@@ -23,12 +24,14 @@ pub const MAX_MEMBER_ERRORS: u32 = 16;
 pub(crate) struct Counters {
     pub read_errors_fixed: AtomicU64,
     pub rebuild_bytes: AtomicU64,
+    /// Rows the running scrub has checked, plus one (0: no scrub running).
+    pub scrub_rows: AtomicU64,
 }
 
 pub(crate) struct Core {
     pub geo: Geometry,
     pub uuid: [u8; 16],
-    pub name: String,
+    pub name: Arc<str>,
     pub data_offset: u64,
     pub members: Vec<Member>,
     /// Superblock template (geometry, events, dirty, role states).
@@ -45,6 +48,11 @@ pub(crate) struct Core {
     pub rr: AtomicUsize,
     /// A rebuild is running.
     pub rebuilding: AtomicBool,
+    /// Coalesced flushes the write path waits for.
+    pub flush_group: FlushGroup,
+    /// What `info()` reports, computed from the members once (reset when one is replaced), so
+    /// a request's range check does not ask every member.
+    pub info_cache: RwLock<Option<DevInfo>>,
 }
 
 impl Core {
@@ -66,8 +74,8 @@ impl Core {
             return blockdev::ready(Err(self.member_err(m, Error::new(ErrorKind::Io, "member is missing"))));
         };
         let fut = dev.read(io, self.data_offset + off, bufs, tag);
-        let ctx = format!("{}: member {m} ({})", self.name, self.members[m].name());
-        Box::pin(async move { fut.await.map_err(|e| e.context(ctx)) })
+        let (array, member) = (self.name.clone(), self.members[m].name_arc());
+        Box::pin(async move { fut.await.map_err(|e| e.context(format!("{array}: member {m} ({member})"))) })
     }
 
     /// Write `bufs` at data-area offset `off` of member `m`.
@@ -81,8 +89,8 @@ impl Core {
             return blockdev::ready(Err(self.member_err(m, Error::new(ErrorKind::Io, "member is missing"))));
         };
         let fut = dev.write(io, off, bufs, fua, tag);
-        let ctx = format!("{}: member {m} ({})", self.name, self.members[m].name());
-        Box::pin(async move { fut.await.map_err(|e| e.context(ctx)) })
+        let (array, member) = (self.name.clone(), self.members[m].name_arc());
+        Box::pin(async move { fut.await.map_err(|e| e.context(format!("{array}: member {m} ({member})"))) })
     }
 
     /// Read member `m` at data offset `off` into a fresh buffer.
@@ -210,8 +218,17 @@ impl Core {
     }
 
     /// Flush every writable member, then retire write-intent bits and log entries of writes
-    /// that completed before the flush started.
+    /// that completed before the flush started (a guest's flush, a checkpoint).
     pub async fn flush_all(&self, io: &IoCtx) -> Result<()> {
+        self.flush_members(io, true).await
+    }
+
+    /// Flush every writable member and retire the log entries of writes that completed before
+    /// the flush started; with `clear_bits`, their write-intent bits too. The write path's own
+    /// flushes ([`FlushGroup`]) leave the bits set: clearing them there would make the next
+    /// writes to those regions set them again, one more bitmap write each (bits left set only
+    /// widen a resync).
+    pub async fn flush_members(&self, io: &IoCtx, clear_bits: bool) -> Result<()> {
         let e = self.epoch.fetch_add(1, Ordering::AcqRel);
         let targets = self.writable_members();
         let futs = targets
@@ -230,7 +247,7 @@ impl Core {
         if let Some(ppl) = &self.ppl {
             ppl.after_flush(self, io, e).await?;
         }
-        if let Some(bm) = &self.bitmap {
+        if let (Some(bm), true) = (&self.bitmap, clear_bits) {
             bm.after_flush(self, io, e).await?;
         }
         Ok(())

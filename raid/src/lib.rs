@@ -15,6 +15,7 @@ mod array;
 mod assemble;
 mod bitmap;
 mod core;
+mod flush_group;
 pub mod layout;
 mod member;
 mod raid0;

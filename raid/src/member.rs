@@ -48,7 +48,7 @@ impl MemberState {
 
 /// A member slot (one role).
 pub(crate) struct Member {
-    name: RwLock<String>,
+    name: RwLock<Arc<str>>,
     dev: RwLock<Option<Arc<dyn BlockDev>>>,
     state: AtomicU8,
     /// Read or write errors seen since the member was last (re)added.
@@ -60,7 +60,7 @@ pub(crate) struct Member {
 impl Member {
     pub fn new(name: String, dev: Option<Arc<dyn BlockDev>>, state: MemberState) -> Member {
         Member {
-            name: RwLock::new(name),
+            name: RwLock::new(name.into()),
             dev: RwLock::new(dev),
             state: AtomicU8::new(state.to_u8()),
             errors: AtomicU32::new(0),
@@ -69,6 +69,11 @@ impl Member {
     }
 
     pub fn name(&self) -> String {
+        self.name_arc().to_string()
+    }
+
+    /// The name, shared (cheap to clone into an I/O's error context).
+    pub fn name_arc(&self) -> Arc<str> {
         self.name.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -88,7 +93,7 @@ impl Member {
     /// Put a new device in this slot (a replacement).
     pub fn replace(&self, name: String, dev: Arc<dyn BlockDev>, state: MemberState) {
         *self.dev.write().unwrap_or_else(|p| p.into_inner()) = Some(dev);
-        *self.name.write().unwrap_or_else(|p| p.into_inner()) = name;
+        *self.name.write().unwrap_or_else(|p| p.into_inner()) = name.into();
         self.errors.store(0, Ordering::Relaxed);
         self.set_state(state);
     }

@@ -66,6 +66,7 @@ impl Array {
         }
         c.member(role).rebuild_pos.store(0, Ordering::Release);
         c.member(role).replace(name, dev, MemberState::Rebuilding);
+        *c.info_cache.write().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(p) = &c.ppl {
             p.format_member(c, io, role).await?;
         }

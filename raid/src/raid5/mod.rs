@@ -150,9 +150,13 @@ async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<Seg>, fua: b
         Some(bm) => Some(bm.start_write(&core, &io, base + lo, hi - lo).await?),
         None => None,
     };
+    // A full-stripe write's log entry (if it needs one) covers every present data byte of the
+    // stripe, so it does not depend on earlier writes being stable: no flush first.
+    let full = segs.len() == core.geo.data_members()
+        && segs.iter().all(|g| g.a == 0 && g.buf.len() as u64 == core.geo.chunk);
     if let Some(ppl) = &core.ppl {
-        if ppl.needs_flush_before(s) {
-            if let Err(e) = core.flush_all(&io).await {
+        if ppl.needs_flush_before(s, full) {
+            if let Err(e) = core.flush_group.flush(&core, &io).await {
                 if let (Some(bm), Some(mk)) = (&core.bitmap, marked) {
                     bm.end_write(mk, core.epoch_now());
                 }

@@ -190,10 +190,12 @@ impl Ppl {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stripe `s` has writes that may not be stable yet (a logged write must flush first).
-    pub fn needs_flush_before(&self, s: u64) -> bool {
+    /// A write to stripe `s` must flush first: the stripe has writes that may not be stable yet
+    /// and this write is partial (its entry would assume the rest of the stripe stable), or
+    /// too many stripes are tracked. A `full` stripe write's entry covers the whole stripe.
+    pub fn needs_flush_before(&self, s: u64, full: bool) -> bool {
         let st = self.st();
-        st.tracked.contains_key(&s) || st.tracked.len() >= MAX_TRACKED
+        (!full && st.tracked.contains_key(&s)) || st.tracked.len() >= MAX_TRACKED
     }
 
     /// A write to stripe `s` starts.
@@ -231,7 +233,7 @@ impl Ppl {
                 }
             }
             // The slot still holds a replayable entry: make completed writes stable.
-            core.flush_all(io).await?;
+            core.flush_group.flush(core, io).await?;
             tries += 1;
             if tries > 2 {
                 yield_now().await;
