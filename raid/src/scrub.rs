@@ -1,6 +1,8 @@
 //! Checking redundancy row by row: scrub (count mismatches, optionally repair) and the resync
 //! after a crash (regions the write-intent bitmap marked dirty).
 
+use std::sync::atomic::Ordering;
+
 use blockdev::{Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
 
 use crate::array::Array;
@@ -115,8 +117,18 @@ impl Array {
                 format!("{}: finish the rebuild before scrubbing", c.name),
             ));
         }
+        let rows = c.geo.stripes();
+        // Progress for `status` while it runs (rows done + 1; 0 when idle).
+        struct Progress<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Progress<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        let progress = Progress(&c.counters.scrub_rows);
         let mut rep = ScrubReport::default();
-        for row in 0..c.geo.stripes() {
+        for row in 0..rows {
+            progress.0.store(row + 1, Ordering::Release);
             rep.rows += 1;
             if check_row(c, io, row, repair).await? {
                 rep.mismatches += 1;
@@ -125,6 +137,7 @@ impl Array {
                 }
             }
         }
+        drop(progress);
         if repair && rep.repaired > 0 {
             c.flush_all(io).await?;
         }

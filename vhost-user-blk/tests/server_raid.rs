@@ -198,3 +198,35 @@ fn raid5_served_degraded_rebuilt_live_and_scrubbed() {
     d.stop();
     eprintln!("raid5 end to end: {during} writes during the rebuild, {:.1}s", t0.elapsed().as_secs_f64());
 }
+
+#[test]
+fn sigterm_leaves_a_served_array_clean() {
+    let dir = tempdir();
+    let file = |n: &str| {
+        let p = dir.path().join(n);
+        std::fs::File::create(&p).unwrap().set_len(8 * MIB).unwrap();
+        p.display().to_string()
+    };
+    let (a, b, c3) = (file("a.img"), file("b.img"), file("c.img"));
+    run(&["raid", "create", "--level", "5", "--chunk", "64K", &a, &b, &c3]);
+    let members = format!("{a}:{b}:{c3}");
+    let status = || {
+        let out = run(&["raid", "status", &members, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let before = status();
+
+    // Written through the daemon, the array is dirty while served.
+    let d = Daemon::start(dir.path(), &members);
+    let mut c = Client::connect(&d.disk, 1, MIB as usize);
+    assert_eq!(c.write(0, 0, &vec![0x5a; MIB as usize]), 0);
+    let live = api(&d.api, serde_json::json!({"cmd": "raid-status", "members": members}));
+    assert_eq!(live["state"], "active", "{live}");
+    drop(c);
+    d.stop();
+
+    // After SIGTERM the superblocks say clean, with a newer events count.
+    let after = status();
+    assert_eq!(after["state"], "clean", "{after}");
+    assert!(after["events"].as_u64() > live["events"].as_u64(), "{before} {live} {after}");
+}

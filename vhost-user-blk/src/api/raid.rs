@@ -75,6 +75,7 @@ pub fn status_json(st: &Status) -> Value {
         "state": st.state,
         "degraded": st.degraded,
         "rebuild_progress": st.rebuild_progress,
+        "scrub_progress": st.scrub_progress,
         "mismatches": st.mismatches,
         "read_errors_fixed": st.read_errors_fixed,
         "events": st.events,

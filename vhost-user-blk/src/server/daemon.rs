@@ -2,13 +2,14 @@
 //! run time, all stopped (drained and flushed) at shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use blockdev::BlockDev;
 
 use serde::Serialize;
 
 use super::disk_spec::{open_device, DiskSpec};
+use crate::stack::raid_registry;
 use super::export::{Export, ExportSettings};
 use super::serve::ServedExport;
 use super::stats::StatsSnapshot;
@@ -34,6 +35,8 @@ pub struct Daemon {
     exports: Mutex<Vec<ServedExport>>,
     /// Named nodes (config file `[[node]]`), for `node:NAME` keys and `node=NAME` exports.
     nodes: Mutex<HashMap<String, Arc<dyn BlockDev>>>,
+    /// The RAID arrays its exports and nodes assembled, closed clean at shutdown.
+    arrays: Mutex<Vec<Weak<raid::Array>>>,
 }
 
 impl Daemon {
@@ -48,7 +51,9 @@ impl Daemon {
         if nodes.contains_key(name) {
             return Err(format!("node {name}: already defined"));
         }
-        let dev = open_device(device, false, &nodes).map_err(|e| format!("node {name}: {e}"))?;
+        let (dev, arrays) = raid_registry::collect_opened(|| open_device(device, false, &nodes));
+        self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
+        let dev = dev.map_err(|e| format!("node {name}: {e}"))?;
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), dev);
         Ok(())
     }
@@ -62,8 +67,10 @@ impl Daemon {
             }
         }
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let dev =
-            open_device(&spec.device, spec.settings.read_only, &nodes).map_err(|e| format!("{}: {e}", spec.name))?;
+        let (dev, arrays) =
+            raid_registry::collect_opened(|| open_device(&spec.device, spec.settings.read_only, &nodes));
+        self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
+        let dev = dev.map_err(|e| format!("{}: {e}", spec.name))?;
         let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
@@ -105,8 +112,14 @@ impl Daemon {
         exports.iter().find(|e| e.export.name == name).map(|e| e.export.stats.snapshot())
     }
 
-    /// Stop every export: finish in-flight requests, flush. True if every flush succeeded.
+    /// Stop every export: finish in-flight requests, flush; then mark the RAID arrays it
+    /// assembled clean (no resync at the next start). True if every step succeeded.
     pub fn shutdown(&self) -> bool {
+        // Hold the arrays (exports and nodes let go of them below) until they are closed.
+        let arrays: Vec<Arc<raid::Array>> = std::mem::take(&mut *self.arrays.lock().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         let all = std::mem::take(&mut *self.exports.lock().unwrap_or_else(|p| p.into_inner()));
         let mut ok = true;
         for e in all {
@@ -133,6 +146,7 @@ impl Daemon {
                 }
             }
         }
+        ok &= raid_registry::close_all(&arrays);
         ok
     }
 }

@@ -54,6 +54,67 @@ pub fn register(keys: Vec<String>, array: &Arc<Array>) {
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     reg.retain(|e| e.array.strong_count() > 0);
     reg.push(Entry { keys, array: Arc::downgrade(array) });
+    OPENED.with(|o| {
+        if let Some(v) = o.borrow_mut().as_mut() {
+            v.push(Arc::downgrade(array));
+        }
+    });
+}
+
+thread_local! {
+    /// Arrays registered on this thread inside [`collect_opened`].
+    static OPENED: std::cell::RefCell<Option<Vec<Weak<Array>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` (which opens a device stack on this thread) and return, with its result, the arrays
+/// it assembled: the daemon closes them cleanly at shutdown.
+pub fn collect_opened<T>(f: impl FnOnce() -> T) -> (T, Vec<Weak<Array>>) {
+    let outer = OPENED.with(|o| o.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let mine = OPENED.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer)).unwrap_or_default();
+    OPENED.with(|o| {
+        if let Some(v) = o.borrow_mut().as_mut() {
+            v.extend(mine.iter().cloned());
+        }
+    });
+    (r, mine)
+}
+
+/// Mark the arrays in `arrays` that are still alive clean (flushed, write-intent bits cleared,
+/// superblocks clean with events bumped), so the next assembly needs no resync. An array
+/// with a rebuild running is only flushed (the rebuild resumes from its checkpoint). True when
+/// every one succeeded.
+pub fn close_all(arrays: &[Arc<Array>]) -> bool {
+    if arrays.is_empty() {
+        return true;
+    }
+    let io = match IoCtx::new() {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::error!("cannot close the arrays cleanly: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for arr in arrays {
+        let name = arr.describe();
+        let rebuilding = rebuild_job(&arr.status().uuid).is_some_and(|j| j.running());
+        let res = if rebuilding {
+            tracing::warn!("{name}: a rebuild is running: left dirty, it resumes at the next start");
+            io.block_on(arr.flush(&io, blockdev::IoTag::meta("raid.shutdown")))
+        } else {
+            io.block_on(arr.close(&io))
+        };
+        match res {
+            Ok(()) if !rebuilding => tracing::info!("{name}: closed clean"),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!("{name}: clean close failed: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Add `key` to the names the array answers to (a replacement member).

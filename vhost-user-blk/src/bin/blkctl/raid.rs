@@ -133,11 +133,7 @@ impl crate::Group for Cmd {
             RaidCmd::Replace { array, old, new, rate_limit, api_socket: None, .. } => {
                 replace(&io, &array, &old, &new, rate_limit)
             }
-            RaidCmd::Scrub { array, repair, json, api_socket: Some(sock) } => {
-                let v = call(&sock, &json!({"cmd": "raid-scrub", "members": keys(&array), "repair": repair}))?;
-                print_scrub(&v, json);
-                Ok(())
-            }
+            RaidCmd::Scrub { array, repair, json, api_socket: Some(sock) } => scrub_live(&sock, &array, repair, json),
             RaidCmd::Scrub { array, repair, json, api_socket: None } => scrub(&io, &array, repair, json),
         }
     }
@@ -355,9 +351,53 @@ fn replace(io: &IoCtx, array: &str, old: &str, new: &str, rate_limit: Option<u64
     Ok(())
 }
 
+/// `scrub --api-socket`: the request waits for the scrub; meanwhile another connection polls
+/// `raid-status` and shows the progress on stderr.
+fn scrub_live(sock: &Path, array: &str, repair: bool, as_json: bool) -> CmdResult {
+    let req = json!({"cmd": "raid-scrub", "members": keys(array), "repair": repair});
+    let sock2 = sock.to_path_buf();
+    let worker = std::thread::spawn(move || call(&sock2, &req));
+    let status_req = json!({"cmd": "raid-status", "members": keys(array)});
+    let mut shown = false;
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(st) = call(sock, &status_req) {
+            if let Some(p) = st["scrub_progress"].as_f64() {
+                eprint!("\rscrub: {:5.1}%", p * 100.0);
+                shown = true;
+            }
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+    let v = worker.join().map_err(|_| "the scrub request thread panicked")??;
+    print_scrub(&v, as_json);
+    Ok(())
+}
+
 fn scrub(io: &IoCtx, array: &str, repair: bool, as_json: bool) -> CmdResult {
-    let arr = assemble(io, array)?;
-    let rep = io.block_on(arr.scrub(io, repair))?;
+    let arr = Arc::new(assemble(io, array)?);
+    // Progress on stderr from a watcher thread while this one scrubs.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (watched, stop) = (arr.clone(), done.clone());
+    let watcher = std::thread::spawn(move || {
+        let mut shown = false;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(p) = watched.status().scrub_progress {
+                eprint!("\rscrub: {:5.1}%", p * 100.0);
+                shown = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if shown {
+            eprintln!();
+        }
+    });
+    let rep = io.block_on(arr.scrub(io, repair));
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watcher.join();
+    let rep = rep?;
     io.block_on(arr.close(io))?;
     print_scrub(&json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired}), as_json);
     Ok(())
