@@ -10,8 +10,8 @@ use rand::RngCore;
 
 use crate::array::{Array, MemberStatus, Status};
 use crate::bitmap::Bitmap;
-use crate::flush_group::FlushGroup;
 use crate::core::{Core, Counters};
+use crate::flush_group::FlushGroup;
 use crate::layout::{align_up, Geometry};
 use crate::member::{Member, MemberState};
 use crate::raid5::ppl::{self, Ppl};

@@ -54,8 +54,13 @@ impl Rig {
     }
 }
 
-fn workload_cfg(seed: u64, qd: usize) -> WorkloadConfig {
-    WorkloadConfig { seed, ops: OPS, queue_depth: qd, max_len: 40 << 10, fua_percent: 5, ..Default::default() }
+/// Requests up to 40 KiB: mostly partial stripes (small arrays have 32-48 KiB stripes).
+const SHORT: u64 = 40 << 10;
+/// Requests up to 160 KiB: runs of full stripes written together, too.
+const LONG: u64 = 160 << 10;
+
+fn workload_cfg(seed: u64, qd: usize, max_len: u64) -> WorkloadConfig {
+    WorkloadConfig { seed, ops: OPS, queue_depth: qd, max_len, fua_percent: 5, ..Default::default() }
 }
 
 /// Run the workload until it ends or the array fails; the error (if any) is the crash.
@@ -78,7 +83,7 @@ fn level_of(arr: &raid::Array) -> Level {
     arr.level()
 }
 
-fn power_loss(level: Level, n: usize, degraded: Option<usize>, seed: u64) {
+fn power_loss(level: Level, n: usize, degraded: Option<usize>, seed: u64, max_len: u64) {
     let io = IoCtx::new().unwrap();
     let rig = rig(n);
     CrashDev::group(&rig.crash);
@@ -91,7 +96,7 @@ fn power_loss(level: Level, n: usize, degraded: Option<usize>, seed: u64) {
     let victim = (0..n).find(|&m| Some(m) != degraded).unwrap_or(0);
     let at = rng.gen_range(200..3000);
     rig.crash[victim].crash_at_write(at, CrashMode::RandomSubset { seed });
-    run(&io, &model, &workload_cfg(seed, [1, 4, 16][rng.gen_range(0..3)]));
+    run(&io, &model, &workload_cfg(seed, [1, 4, 16][rng.gen_range(0..3)], max_len));
     rig.crash_rest(&io, seed);
     drop(arr);
     verify(&io, &rig, &model, &format!("RAID {level:?} degraded={degraded:?} seed {seed} crash at write {at}"));
@@ -100,30 +105,30 @@ fn power_loss(level: Level, n: usize, degraded: Option<usize>, seed: u64) {
 #[test]
 fn raid5_power_loss_keeps_stable_writes() {
     for seed in 0..4 {
-        power_loss(Level::Raid5, 3 + seed as usize % 2, None, 10 + seed);
+        power_loss(Level::Raid5, 3 + seed as usize % 2, None, 10 + seed, SHORT);
     }
 }
 
 #[test]
 fn raid5_degraded_power_loss_keeps_stable_writes() {
     for (seed, failed) in [(20, 0), (21, 1), (22, 2), (23, 0), (24, 3), (25, 1), (26, 2), (27, 0)] {
-        power_loss(Level::Raid5, 3 + (failed == 3) as usize, Some(failed), seed);
+        power_loss(Level::Raid5, 3 + (failed == 3) as usize, Some(failed), seed, SHORT);
     }
 }
 
 #[test]
 fn raid1_power_loss_keeps_stable_writes() {
-    power_loss(Level::Raid1, 2, None, 30);
-    power_loss(Level::Raid1, 3, Some(1), 31);
+    power_loss(Level::Raid1, 2, None, 30, SHORT);
+    power_loss(Level::Raid1, 3, Some(1), 31, SHORT);
 }
 
 #[test]
 fn raid0_power_loss_keeps_stable_writes() {
-    power_loss(Level::Raid0, 3, None, 40);
+    power_loss(Level::Raid0, 3, None, 40, SHORT);
 }
 
 /// Every member (but `degraded`, failed first) crashes on its own at a random write.
-fn independent_crashes(level: Level, n: usize, degraded: Option<usize>, seed: u64) {
+fn independent_crashes(level: Level, n: usize, degraded: Option<usize>, seed: u64, max_len: u64) {
     let io = IoCtx::new().unwrap();
     let rig = rig(n);
     let arr = Arc::new(io.block_on(create(&io, rig.members(), small_opts(level))).unwrap());
@@ -137,7 +142,7 @@ fn independent_crashes(level: Level, n: usize, degraded: Option<usize>, seed: u6
             c.crash_at_write(rng.gen_range(100..4000), CrashMode::RandomSubset { seed: seed * 10 + i as u64 });
         }
     }
-    run(&io, &model, &workload_cfg(seed, [1, 8, 16][rng.gen_range(0..3)]));
+    run(&io, &model, &workload_cfg(seed, [1, 8, 16][rng.gen_range(0..3)], max_len));
     rig.crash_rest(&io, seed * 100);
     drop(arr);
     verify(&io, &rig, &model, &format!("RAID {level:?}, independent crashes, degraded={degraded:?}, seed {seed}"));
@@ -146,21 +151,21 @@ fn independent_crashes(level: Level, n: usize, degraded: Option<usize>, seed: u6
 #[test]
 fn raid5_members_crashing_independently_keep_stable_writes() {
     for seed in 50..56 {
-        independent_crashes(Level::Raid5, 4, None, seed);
+        independent_crashes(Level::Raid5, 4, None, seed, SHORT);
     }
 }
 
 #[test]
 fn degraded_raid5_members_crashing_independently_keep_stable_writes() {
     for (seed, failed) in [(60, 0), (61, 1), (62, 2), (63, 3)] {
-        independent_crashes(Level::Raid5, 4, Some(failed), seed);
+        independent_crashes(Level::Raid5, 4, Some(failed), seed, SHORT);
     }
 }
 
 #[test]
 fn raid1_members_crashing_independently_keep_stable_writes() {
-    independent_crashes(Level::Raid1, 3, None, 70);
-    independent_crashes(Level::Raid1, 3, Some(2), 71);
+    independent_crashes(Level::Raid1, 3, None, 70, SHORT);
+    independent_crashes(Level::Raid1, 3, Some(2), 71, SHORT);
 }
 
 #[test]
@@ -179,4 +184,15 @@ fn dirty_degraded_raid5_without_log_refuses_to_start_unless_forced() {
     assert!(err.to_string().contains("force=on"), "{err}");
     let arr = io.block_on(assemble(&io, members, AssembleOptions { force: true })).unwrap();
     assert!(arr.status().degraded);
+}
+
+#[test]
+fn raid5_long_writes_survive_power_loss_and_independent_crashes() {
+    // Runs of full stripes take their own path (one write per member for the whole run).
+    for seed in 80..83 {
+        power_loss(Level::Raid5, 3 + seed as usize % 2, None, seed, LONG);
+    }
+    power_loss(Level::Raid5, 4, Some(1), 83, LONG);
+    independent_crashes(Level::Raid5, 4, None, 84, LONG);
+    independent_crashes(Level::Raid5, 4, Some(2), 85, LONG);
 }

@@ -4,6 +4,7 @@
 //! stripe lock, plans its reads ([`plan`]), logs partial parity when needed ([`ppl`]), and
 //! writes data and parity in parallel.
 
+mod full_stripes;
 pub mod parity;
 pub mod plan;
 pub mod ppl;
@@ -18,7 +19,7 @@ use plan::{complement, ModRange, Plan};
 use ppl::Entry;
 
 /// New data for one data chunk of a stripe.
-struct Seg {
+pub(super) struct Seg {
     idx: usize,
     a: u64,
     buf: SharedBuf,
@@ -110,6 +111,9 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
     let sb = geo.stripe_bytes();
     let len = bufs.len() as u64;
     let mut futs: Vec<blockdev::IoFuture> = Vec::new();
+    // Consecutive full stripes go together (one write per member); partial ones alone.
+    let mut run: Vec<Vec<Seg>> = Vec::new();
+    let mut run_first = 0;
     let mut pos = 0;
     while pos < len {
         let s = (off + pos) / sb;
@@ -121,10 +125,39 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
             bufs.copy_to_slice((pos + e.req_off) as usize, buf.bytes_mut());
             segs.push(Seg { idx, a: e.member_off - s * geo.chunk, buf });
         }
-        futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
+        if end - pos == sb {
+            if run.is_empty() {
+                run_first = s;
+            }
+            run.push(segs);
+        } else {
+            flush_run(&core, &io, &mut futs, run_first, &mut run, fua);
+            futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
+        }
         pos = end;
     }
+    flush_run(&core, &io, &mut futs, run_first, &mut run, fua);
     all(futs).await
+}
+
+/// Queue the run of full stripes in `run` (starting at stripe `first`), emptying it: two or
+/// more together ([`full_stripes`]), a single one on its own.
+fn flush_run(
+    core: &Arc<Core>,
+    io: &IoCtx,
+    futs: &mut Vec<blockdev::IoFuture>,
+    first: u64,
+    run: &mut Vec<Vec<Seg>>,
+    fua: bool,
+) {
+    match run.len() {
+        0 => {}
+        1 => {
+            let segs = run.pop().unwrap_or_default();
+            futs.push(Box::pin(write_stripe(core.clone(), io.clone(), first, segs, fua)));
+        }
+        _ => futs.push(Box::pin(full_stripes::write(core.clone(), io.clone(), first, std::mem::take(run), fua))),
+    }
 }
 
 /// Write zeroes by writing zero buffers (parity stays consistent).
@@ -141,7 +174,7 @@ pub(crate) async fn write_zeroes(core: Arc<Core>, io: IoCtx, off: u64, len: u64)
     Ok(())
 }
 
-async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<Seg>, fua: bool) -> Result<()> {
+pub(super) async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<Seg>, fua: bool) -> Result<()> {
     let _g = core.locks.lock(s).await;
     let base = s * core.geo.chunk;
     let lo = segs.iter().map(|g| g.a).min().unwrap_or(0);
@@ -152,8 +185,8 @@ async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<Seg>, fua: b
     };
     // A full-stripe write's log entry (if it needs one) covers every present data byte of the
     // stripe, so it does not depend on earlier writes being stable: no flush first.
-    let full = segs.len() == core.geo.data_members()
-        && segs.iter().all(|g| g.a == 0 && g.buf.len() as u64 == core.geo.chunk);
+    let full =
+        segs.len() == core.geo.data_members() && segs.iter().all(|g| g.a == 0 && g.buf.len() as u64 == core.geo.chunk);
     if let Some(ppl) = &core.ppl {
         if ppl.needs_flush_before(s, full) {
             if let Err(e) = core.flush_group.flush(&core, &io).await {
@@ -194,12 +227,12 @@ async fn write_stripe_locked(
         mods[g.idx] = Some((g.a, g.a + g.buf.len() as u64));
     }
     let full = mods.iter().all(|m| *m == Some((0, geo.chunk)));
-    let newp =
+    let mut newp =
         if core.member(p).writable() { Some(new_parity(core, io, s, &segs, &mods, lo, hi).await?) } else { None };
     if let (Some(ppl), Some(np)) = (&core.ppl, &newp) {
         let healthy = (0..d).all(|i| core.member(geo.data_member(s, i)).writable());
         if !(full && healthy) || ppl.has_replayable(s) {
-            let entry = partial_parity_entry(s, lo, hi, np, &segs, &present_mods(core, s, &segs), move |i| {
+            let entry = partial_parity_entry(s, lo, hi, np.bytes(), &segs, &present_mods(core, s, &segs), move |i| {
                 geo.data_member(s, i)
             });
             ppl.log(core, io, p, entry).await?;
@@ -214,8 +247,7 @@ async fn write_stripe_locked(
             futs.push(core.write_member(io, m, base + g.a, g.buf.io(), fua, IoTag::data("raid5.data")));
         }
     }
-    let mut pbuf = newp.as_ref().map(|np| SharedBuf::from_slice(np));
-    if let Some(pb) = pbuf.as_mut() {
+    if let Some(pb) = newp.as_mut() {
         targets.push(p);
         futs.push(core.write_member(io, p, base + lo, pb.io(), fua, IoTag::data("raid5.parity")));
     }
@@ -225,9 +257,10 @@ async fn write_stripe_locked(
     if !failed.is_empty() && !failed.contains(&p) {
         if let (Some(ppl), Some(np)) = (&core.ppl, &newp) {
             if core.member(p).writable() {
-                let entry = partial_parity_entry(s, lo, hi, np, &segs, &present_mods(core, s, &segs), move |i| {
-                    geo.data_member(s, i)
-                });
+                let entry =
+                    partial_parity_entry(s, lo, hi, np.bytes(), &segs, &present_mods(core, s, &segs), move |i| {
+                        geo.data_member(s, i)
+                    });
                 ppl.log(core, io, p, entry).await?;
             }
         }
@@ -236,7 +269,7 @@ async fn write_stripe_locked(
 }
 
 /// The modified ranges of members that are written (present).
-fn present_mods(core: &Core, s: u64, segs: &[Seg]) -> Vec<(usize, u64, u64)> {
+pub(super) fn present_mods(core: &Core, s: u64, segs: &[Seg]) -> Vec<(usize, u64, u64)> {
     let geo = core.geo;
     segs.iter()
         .filter(|g| core.member(geo.data_member(s, g.idx)).writable())
@@ -245,7 +278,7 @@ fn present_mods(core: &Core, s: u64, segs: &[Seg]) -> Vec<(usize, u64, u64)> {
 }
 
 /// The log entry for a stripe write: `PP = newP ^ (new data of the modified present members)`.
-fn partial_parity_entry(
+pub(super) fn partial_parity_entry(
     s: u64,
     lo: u64,
     hi: u64,
@@ -275,7 +308,7 @@ async fn new_parity(
     mods: &[ModRange],
     lo: u64,
     hi: u64,
-) -> Result<Vec<u8>> {
+) -> Result<SharedBuf> {
     let geo = core.geo;
     let d = geo.data_members();
     let base = s * geo.chunk;
@@ -313,18 +346,26 @@ async fn compute(
     lo: u64,
     hi: u64,
     plan: Plan,
-) -> std::result::Result<Vec<u8>, PreReadError> {
+) -> std::result::Result<SharedBuf, PreReadError> {
     let geo = core.geo;
     let d = geo.data_members();
     let base = s * geo.chunk;
     let len = (hi - lo) as usize;
     let member_of = |i: usize| if i == d { geo.parity_member(s) } else { geo.data_member(s, i) };
     let new_of = |i: usize| segs.iter().find(|g| g.idx == i);
-    let mut np = vec![0u8; len];
+    // A pooled buffer (its old contents are overwritten or zeroed below).
+    let mut npb = io.pool().shared(len);
+    let np = npb.bytes_mut();
     match plan {
         Plan::FullStripe => {
-            for g in segs {
-                xor_into(&mut np, g.buf.bytes());
+            // Every segment spans the whole chunk: copy the first, XOR the rest in.
+            let mut it = segs.iter();
+            match it.next() {
+                Some(g) => np.copy_from_slice(g.buf.bytes()),
+                None => np.fill(0),
+            }
+            for g in it {
+                xor_into(np, g.buf.bytes());
             }
         }
         Plan::ReadModifyWrite => {
@@ -339,6 +380,7 @@ async fn compute(
             }
         }
         Plan::ReconstructWrite => {
+            np.fill(0);
             let reads: Vec<(usize, u64, u64)> =
                 (0..d).flat_map(|i| complement(lo, hi, mods[i]).into_iter().map(move |(a, b)| (i, a, b))).collect();
             let got = read_pieces(core, io, base, &reads, member_of).await?;
@@ -352,6 +394,7 @@ async fn compute(
             }
         }
         Plan::Degraded(u) => {
+            np.fill(0);
             let reads: Vec<(usize, u64, u64)> = (0..=d).filter(|&i| i != u).map(|i| (i, lo, hi)).collect();
             let got = read_pieces(core, io, base, &reads, member_of).await?;
             // Old content of u = XOR of all the others (data and parity).
@@ -373,7 +416,7 @@ async fn compute(
                     let at = (g.a - lo) as usize;
                     old[at..at + g.buf.len()].copy_from_slice(g.buf.bytes());
                 }
-                xor_into(&mut np, old);
+                xor_into(np, old);
             }
         }
         Plan::Impossible => {
@@ -383,7 +426,7 @@ async fn compute(
             )))
         }
     }
-    Ok(np)
+    Ok(npb)
 }
 
 /// Read pieces `(data index or d for parity, a, b)` of stripe at member offset `base`.

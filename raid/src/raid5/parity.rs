@@ -1,26 +1,16 @@
 //! XOR parity over byte slices.
 
-/// `dst ^= src` (equal lengths).
+/// `dst ^= src` (over the shorter length). A plain byte loop: the compiler vectorizes it.
 pub fn xor_into(dst: &mut [u8], src: &[u8]) {
-    let n = dst.len().min(src.len());
-    let (d8, s8) = (&mut dst[..n], &src[..n]);
-    let mut dc = d8.chunks_exact_mut(8);
-    let mut sc = s8.chunks_exact(8);
-    for (d, s) in (&mut dc).zip(&mut sc) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(d);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(s);
-        d.copy_from_slice(&(u64::from_ne_bytes(a) ^ u64::from_ne_bytes(b)).to_ne_bytes());
-    }
-    for (d, s) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
+    for (d, s) in dst.iter_mut().zip(src) {
         *d ^= *s;
     }
 }
 
 /// True when every byte is zero.
 pub fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
+    // OR-fold fixed blocks (vectorized) instead of an early-exit byte loop.
+    b.chunks(256).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 #[cfg(test)]
@@ -36,5 +26,16 @@ mod tests {
         assert_ne!(v, orig);
         xor_into(&mut v, &key);
         assert_eq!(v, orig);
+    }
+
+    #[test]
+    fn is_zero_sees_one_bit_anywhere() {
+        let mut v = vec![0u8; 1000];
+        assert!(is_zero(&v));
+        for i in [0, 255, 256, 999] {
+            v[i] = 0x10;
+            assert!(!is_zero(&v), "byte {i}");
+            v[i] = 0;
+        }
     }
 }

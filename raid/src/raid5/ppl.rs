@@ -69,8 +69,20 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl Entry {
     /// Encode as header block plus payload.
     pub fn encode(&self, uuid: &[u8; 16]) -> Vec<u8> {
+        let mut b = vec![0u8; self.encoded_len()];
+        self.encode_into(uuid, &mut b);
+        b
+    }
+
+    /// Bytes [`Entry::encode`] produces.
+    pub fn encoded_len(&self) -> usize {
+        BLOCK as usize + self.pp.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Encode into `b` (exactly [`Entry::encoded_len`] bytes, any prior contents).
+    fn encode_into(&self, uuid: &[u8; 16], b: &mut [u8]) {
         let payload = self.pp.as_deref().unwrap_or(&[]);
-        let mut b = vec![0u8; BLOCK as usize + payload.len()];
+        b[..BLOCK as usize].fill(0);
         b[0..8].copy_from_slice(&ENTRY_MAGIC);
         b[8..24].copy_from_slice(uuid);
         b[24..32].copy_from_slice(&self.seq.to_le_bytes());
@@ -90,7 +102,6 @@ impl Entry {
         let crc = crc32fast::hash(&b[..BLOCK as usize - 4]);
         b[BLOCK as usize - 4..BLOCK as usize].copy_from_slice(&crc.to_le_bytes());
         b[BLOCK as usize..].copy_from_slice(payload);
-        b
     }
 
     /// Decode a slot (header block plus up to `chunk` payload bytes); None if it holds no valid
@@ -241,7 +252,8 @@ impl Ppl {
         };
         entry.seq = seq;
         let at = self.offset + BLOCK + (seq % self.slots) * self.slot_size;
-        let mut buf = SharedBuf::from_slice(&entry.encode(&core.uuid));
+        let mut buf = io.pool().shared(entry.encoded_len());
+        entry.encode_into(&core.uuid, buf.bytes_mut());
         core.write_member_raw(io, parity_member, at, buf.io(), true, IoTag::meta("raid5.ppl")).await
     }
 

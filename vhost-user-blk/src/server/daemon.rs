@@ -9,10 +9,10 @@ use blockdev::BlockDev;
 use serde::Serialize;
 
 use super::disk_spec::{open_device, DiskSpec};
-use crate::stack::raid_registry;
 use super::export::{Export, ExportSettings};
 use super::serve::ServedExport;
 use super::stats::StatsSnapshot;
+use crate::stack::raid_registry;
 
 /// What the control socket lists for one export.
 #[derive(Debug, Clone, Serialize)]
