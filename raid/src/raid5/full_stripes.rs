@@ -2,7 +2,9 @@
 //! in ascending order (single-stripe writers lock one, so no cycle can form), parity is
 //! computed per stripe from the new data alone, and each member gets *one* write covering the
 //! whole run (its chunks of consecutive rows are contiguous), not one per stripe: a 1 MiB write
-//! over 64 KiB chunks on three members costs 3 member writes instead of 24.
+//! over 64 KiB chunks on three members costs 3 member writes instead of 24. The guest data is
+//! copied once into one pooled buffer per member, laid out as that member's write, and the
+//! parity rows are computed there, before any lock is taken.
 //!
 //! Only the plain case goes this way: every member active and no stripe of the run with a log
 //! entry that could still be replayed (then no log entry is needed at all). Anything else, and
@@ -17,11 +19,68 @@ use super::{partial_parity_entry, present_mods, write_stripe, Seg};
 use crate::core::{all, write_members_tolerant, Core};
 use crate::member::MemberState;
 
-/// Write full stripes `first..first + stripes.len()`; `stripes[i]` holds stripe `first + i`'s
-/// data segments, one per data chunk.
-pub(super) async fn write(core: Arc<Core>, io: IoCtx, first: u64, stripes: Vec<Vec<Seg>>, fua: bool) -> Result<()> {
-    let n = stripes.len() as u64;
-    let mut guards = Vec::with_capacity(stripes.len());
+/// A run of full stripes copied in: per member, its chunks of the run in row order.
+pub(super) struct Run {
+    first: u64,
+    n: u64,
+    bufs: Vec<SharedBuf>,
+}
+
+impl Run {
+    /// Copy full stripes `first..first + n` from `src` (whose byte `src_off` is the start of
+    /// stripe `first`) and compute their parity.
+    pub fn copy_in(core: &Core, io: &IoCtx, first: u64, n: u64, src: &IoBufs, src_off: usize) -> Run {
+        let geo = core.geo;
+        let (chunk, d) = (geo.chunk as usize, geo.data_members());
+        let mut bufs: Vec<Option<SharedBuf>> =
+            (0..geo.members).map(|_| Some(io.pool().shared(n as usize * chunk))).collect();
+        for (i, s) in (first..first + n).enumerate() {
+            let row = i * chunk..(i + 1) * chunk;
+            for k in 0..d {
+                if let Some(b) = bufs[geo.data_member(s, k)].as_mut() {
+                    src.copy_to_slice(src_off + (i * d + k) * chunk, &mut b.bytes_mut()[row.clone()]);
+                }
+            }
+            let p = geo.parity_member(s);
+            if let Some(mut pb) = bufs[p].take() {
+                let out = &mut pb.bytes_mut()[row.clone()];
+                for k in 0..d {
+                    if let Some(b) = bufs[geo.data_member(s, k)].as_ref() {
+                        let data = &b.bytes()[row.clone()];
+                        if k == 0 {
+                            out.copy_from_slice(data);
+                        } else {
+                            xor_into(out, data);
+                        }
+                    }
+                }
+                bufs[p] = Some(pb);
+            }
+        }
+        Run { first, n, bufs: bufs.into_iter().flatten().collect() }
+    }
+
+    /// Stripe `first + i`'s data as segments (copies) and its parity row.
+    fn stripe(&self, core: &Core, io: &IoCtx, i: u64) -> (Vec<Seg>, &[u8]) {
+        let geo = core.geo;
+        let chunk = geo.chunk as usize;
+        let s = self.first + i;
+        let row = i as usize * chunk..(i as usize + 1) * chunk;
+        let segs = (0..geo.data_members())
+            .map(|idx| {
+                let mut buf = io.pool().shared(chunk);
+                buf.bytes_mut().copy_from_slice(&self.bufs[geo.data_member(s, idx)].bytes()[row.clone()]);
+                Seg { idx, a: 0, buf }
+            })
+            .collect();
+        (segs, &self.bufs[geo.parity_member(s)].bytes()[row])
+    }
+}
+
+/// Write the run: together when the array is plain, else stripe by stripe.
+pub(super) async fn write(core: Arc<Core>, io: IoCtx, mut run: Run, fua: bool) -> Result<()> {
+    let (first, n) = (run.first, run.n);
+    let mut guards = Vec::with_capacity(n as usize);
     for s in first..first + n {
         guards.push(core.locks.lock(s).await);
     }
@@ -29,10 +88,11 @@ pub(super) async fn write(core: Arc<Core>, io: IoCtx, first: u64, stripes: Vec<V
         && core.ppl.as_ref().is_none_or(|ppl| (first..first + n).all(|s| !ppl.has_replayable(s)));
     if !plain {
         drop(guards);
-        let futs = stripes
-            .into_iter()
-            .zip(first..)
-            .map(|(segs, s)| -> blockdev::IoFuture { Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)) })
+        let futs = (0..n)
+            .map(|i| -> blockdev::IoFuture {
+                let (segs, _) = run.stripe(&core, &io, i);
+                Box::pin(write_stripe(core.clone(), io.clone(), first + i, segs, fua))
+            })
             .collect();
         return all(futs).await;
     }
@@ -54,7 +114,7 @@ pub(super) async fn write(core: Arc<Core>, io: IoCtx, first: u64, stripes: Vec<V
             ppl.begin(s);
         }
     }
-    let res = write_locked(&core, &io, first, stripes, fua).await;
+    let res = write_locked(&core, &io, &mut run, fua).await;
     let epoch = core.epoch_now();
     if let Some(ppl) = &core.ppl {
         for s in first..first + n {
@@ -68,53 +128,29 @@ pub(super) async fn write(core: Arc<Core>, io: IoCtx, first: u64, stripes: Vec<V
     res
 }
 
-/// Parity of a full stripe: the XOR of its data segments, into a pooled buffer.
-fn full_parity(io: &IoCtx, chunk: usize, segs: &[Seg]) -> SharedBuf {
-    let mut p = io.pool().shared(chunk);
-    let out = p.bytes_mut();
-    let mut it = segs.iter();
-    match it.next() {
-        Some(g) => out.copy_from_slice(g.buf.bytes()),
-        None => out.fill(0),
-    }
-    for g in it {
-        xor_into(out, g.buf.bytes());
-    }
-    p
-}
-
-async fn write_locked(core: &Core, io: &IoCtx, first: u64, mut stripes: Vec<Vec<Seg>>, fua: bool) -> Result<()> {
+async fn write_locked(core: &Core, io: &IoCtx, run: &mut Run, fua: bool) -> Result<()> {
     let geo = core.geo;
-    let chunk = geo.chunk;
-    let mut parities: Vec<SharedBuf> = stripes.iter().map(|segs| full_parity(io, chunk as usize, segs)).collect();
-    // One write per member: its chunk of each row, in row order (contiguous on the member).
-    let mut per_member: Vec<IoBufs> = (0..geo.members).map(|_| IoBufs::new()).collect();
-    for ((segs, pb), s) in stripes.iter_mut().zip(parities.iter_mut()).zip(first..) {
-        per_member[geo.parity_member(s)].append(pb.io());
-        for g in segs.iter_mut() {
-            per_member[geo.data_member(s, g.idx)].append(g.buf.io());
-        }
-    }
     let targets: Vec<usize> = (0..geo.members).collect();
-    let futs = per_member
-        .into_iter()
+    let at = run.first * geo.chunk;
+    let futs = run
+        .bufs
+        .iter_mut()
         .enumerate()
-        .map(|(m, b)| {
-            let tag = IoTag::data("raid5.full_stripes");
-            core.write_member(io, m, first * chunk, b, fua, tag)
-        })
+        .map(|(m, b)| core.write_member(io, m, at, b.io(), fua, IoTag::data("raid5.full_stripes")))
         .collect();
     let failed = write_members_tolerant(core, io, &targets, futs).await?;
     // A member failed mid-write: as in a single stripe's write, log what each degraded stripe
     // now means, so a crash before the next flush cannot lose the failed member's data.
     if let (false, Some(ppl)) = (failed.is_empty(), &core.ppl) {
-        for ((segs, np), s) in stripes.iter().zip(&parities).zip(first..) {
+        for i in 0..run.n {
+            let s = run.first + i;
             let p = geo.parity_member(s);
             if failed.contains(&p) || !core.member(p).writable() {
                 continue;
             }
-            let mods = present_mods(core, s, segs);
-            let entry = partial_parity_entry(s, 0, chunk, np.bytes(), segs, &mods, |i| geo.data_member(s, i));
+            let (segs, np) = run.stripe(core, io, i);
+            let mods = present_mods(core, s, &segs);
+            let entry = partial_parity_entry(s, 0, geo.chunk, np, &segs, &mods, |k| geo.data_member(s, k));
             ppl.log(core, io, p, entry).await?;
         }
     }

@@ -111,12 +111,18 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
     let sb = geo.stripe_bytes();
     let len = bufs.len() as u64;
     let mut futs: Vec<blockdev::IoFuture> = Vec::new();
-    // Consecutive full stripes go together (one write per member); partial ones alone.
-    let mut run: Vec<Vec<Seg>> = Vec::new();
-    let mut run_first = 0;
+    // Two or more consecutive full stripes go together (one write per member); others alone.
+    let (full_lo, full_hi) = (off.div_ceil(sb), (off + len) / sb);
+    let run = full_hi >= full_lo + 2;
     let mut pos = 0;
     while pos < len {
         let s = (off + pos) / sb;
+        if run && s == full_lo {
+            let r = full_stripes::Run::copy_in(&core, &io, s, full_hi - s, &bufs, pos as usize);
+            futs.push(Box::pin(full_stripes::write(core.clone(), io.clone(), r, fua)));
+            pos = full_hi * sb - off;
+            continue;
+        }
         let end = len.min((s + 1) * sb - off);
         let mut segs = Vec::new();
         for e in geo.split(off + pos, end - pos) {
@@ -125,39 +131,10 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
             bufs.copy_to_slice((pos + e.req_off) as usize, buf.bytes_mut());
             segs.push(Seg { idx, a: e.member_off - s * geo.chunk, buf });
         }
-        if end - pos == sb {
-            if run.is_empty() {
-                run_first = s;
-            }
-            run.push(segs);
-        } else {
-            flush_run(&core, &io, &mut futs, run_first, &mut run, fua);
-            futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
-        }
+        futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
         pos = end;
     }
-    flush_run(&core, &io, &mut futs, run_first, &mut run, fua);
     all(futs).await
-}
-
-/// Queue the run of full stripes in `run` (starting at stripe `first`), emptying it: two or
-/// more together ([`full_stripes`]), a single one on its own.
-fn flush_run(
-    core: &Arc<Core>,
-    io: &IoCtx,
-    futs: &mut Vec<blockdev::IoFuture>,
-    first: u64,
-    run: &mut Vec<Vec<Seg>>,
-    fua: bool,
-) {
-    match run.len() {
-        0 => {}
-        1 => {
-            let segs = run.pop().unwrap_or_default();
-            futs.push(Box::pin(write_stripe(core.clone(), io.clone(), first, segs, fua)));
-        }
-        _ => futs.push(Box::pin(full_stripes::write(core.clone(), io.clone(), first, std::mem::take(run), fua))),
-    }
 }
 
 /// Write zeroes by writing zero buffers (parity stays consistent).
