@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use blockdev::{IoBufs, IoCtx, IoTag, Result, SharedBuf};
 
-use super::parity::xor_into;
+use super::parity::{xor_into, xor_pair};
 use super::{partial_parity_entry, present_mods, write_stripe, Seg};
 use crate::core::{all, write_members_tolerant, Core};
 use crate::member::MemberState;
@@ -44,14 +44,15 @@ impl Run {
             let p = geo.parity_member(s);
             if let Some(mut pb) = bufs[p].take() {
                 let out = &mut pb.bytes_mut()[row.clone()];
-                for k in 0..d {
-                    if let Some(b) = bufs[geo.data_member(s, k)].as_ref() {
-                        let data = &b.bytes()[row.clone()];
-                        if k == 0 {
-                            out.copy_from_slice(data);
-                        } else {
-                            xor_into(out, data);
-                        }
+                let data = |k: usize| bufs[geo.data_member(s, k)].as_ref().map(|b| &b.bytes()[row.clone()]);
+                match (data(0), data(1)) {
+                    (Some(a), Some(b)) => xor_pair(out, a, b),
+                    (Some(a), None) => out.copy_from_slice(a),
+                    _ => out.fill(0),
+                }
+                for k in 2..d {
+                    if let Some(b) = data(k) {
+                        xor_into(out, b);
                     }
                 }
                 bufs[p] = Some(pb);
