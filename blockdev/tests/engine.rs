@@ -367,3 +367,32 @@ fn another_thread_wakes_a_sleeping_engine() {
     }));
     t.join().unwrap();
 }
+
+#[test]
+fn a_dropped_file_is_unlocked_at_once_while_another_thread_still_has_it_registered() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let (used_tx, used_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let user = {
+        let dev = dev.clone();
+        std::thread::spawn(move || {
+            // This thread's ring registers the file on first use and keeps the registration
+            // until it next runs, which it does not do while it waits below.
+            let io = IoCtx::new().unwrap();
+            let mut buf = SharedBuf::new(4096);
+            io.block_on(dev.read(&io, 0, buf.io(), IoTag::DATA)).unwrap();
+            drop(dev);
+            used_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        })
+    };
+    used_rx.recv().unwrap();
+    drop(dev);
+    // A new open file description (as another process, qemu-img say, would make) gets the write
+    // lock at once, although a ring still holds the old description.
+    let again = RawFile::open(&path, OpenOptions::default());
+    release_tx.send(()).unwrap();
+    user.join().unwrap();
+    assert!(again.is_ok(), "{:?}", again.err());
+}

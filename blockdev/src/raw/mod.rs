@@ -47,6 +47,16 @@ struct Inner {
     is_block_device: bool,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Nothing uses the file any more: let other processes in now, not when the kernel has
+        // finished dropping the rings' registrations of it (lock.rs).
+        if !self.opts.no_lock {
+            lock::unlock_file(self._file.as_raw_fd());
+        }
+    }
+}
+
 /// A file or block device opened as a disk.
 #[derive(Clone)]
 pub struct RawFile {
