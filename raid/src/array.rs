@@ -73,6 +73,12 @@ impl Array {
         self.core.uuid
     }
 
+    /// Partial parity log units written since assembly and the entries they held (None
+    /// without a log): entries per unit says how well the log packs concurrent writes.
+    pub fn log_packing(&self) -> Option<(u64, u64)> {
+        self.core.ppl.as_ref().map(|p| p.packing())
+    }
+
     /// A status snapshot.
     pub fn status(&self) -> Status {
         let c = &self.core;

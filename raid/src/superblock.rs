@@ -8,8 +8,10 @@ use blockdev::{Error, ErrorKind, Result};
 pub const SB_SIZE: usize = 4096;
 /// Magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"STRRAID1";
-/// The only format version written and read.
-pub const VERSION: u32 = 1;
+/// The only format version written and read. 2: the partial parity log packs the entries of
+/// many stripes into one unit per slot (layout 2, `raid5::ppl_unit`); the superblock's own
+/// fields are as in 1, but a build that reads only log layout 1 must not assemble the array.
+pub const VERSION: u32 = 2;
 /// Most members an array may have.
 pub const MAX_MEMBERS: usize = 32;
 /// `rebuild_checkpoint` value of a member that is fully in sync.
@@ -217,7 +219,11 @@ impl Superblock {
         }
         let version = get_u32(b, 8);
         if version != VERSION {
-            return Err(bad(member, "version", format!("{version} is not supported (only {VERSION})")));
+            return Err(bad(
+                member,
+                "version",
+                format!("{version} is not supported (only {VERSION}: partial parity log layout {VERSION})"),
+            ));
         }
         let level_n = get_u32(b, 12);
         let level = Level::from_number(level_n).ok_or_else(|| bad(member, "level", format!("{level_n} unknown")))?;

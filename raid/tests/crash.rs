@@ -6,13 +6,15 @@
 //! - power loss on a degraded array (the write-hole case): partial parity log replay;
 //! - members crashing independently: the first crash fails one member, the array goes on
 //!   degraded, a second crash stops it; the rest lose power afterwards.
+//! - small writes at queue depth 32 over file members, whose log entries pack into shared
+//!   units, crashing either way.
 
 mod common;
 
 use std::sync::Arc;
 
 use blockdev::testdev::{workload, CrashDev, CrashMode, ModelDev, WorkloadConfig};
-use blockdev::{BlockDev, IoCtx, MemDisk};
+use blockdev::{BlockDev, IoCtx, MemDisk, OpenOptions, RawFile};
 use common::*;
 use raid::{assemble, create, AssembleOptions, Level};
 use rand::{Rng, SeedableRng};
@@ -195,4 +197,56 @@ fn raid5_long_writes_survive_power_loss_and_independent_crashes() {
     power_loss(Level::Raid5, 4, Some(1), 83, LONG);
     independent_crashes(Level::Raid5, 4, None, 84, LONG);
     independent_crashes(Level::Raid5, 4, Some(2), 85, LONG);
+}
+
+/// Small writes (4-8 KiB) to different stripes, 32 in flight: their partial parity log entries
+/// pack into shared units (one log write for many stripes). Members crash independently at
+/// random writes (or all at once, `power`), on a healthy or a degraded array.
+fn packed_entries(seed: u64, degraded: Option<usize>, power: bool) {
+    let io = IoCtx::new().unwrap();
+    // Files under io_uring: log writes complete later, so entries arrive while one is in flight.
+    let dir = std::env::temp_dir().join(format!("raid-crash-packed-{}-{seed}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disks: Vec<Arc<dyn BlockDev>> = (0..4)
+        .map(|i| {
+            let p = dir.join(format!("m{i}"));
+            std::fs::File::create(&p).unwrap().set_len(MEMBER).unwrap();
+            Arc::new(RawFile::open(&p, OpenOptions::default()).unwrap()) as Arc<dyn BlockDev>
+        })
+        .collect();
+    let rig = Rig { crash: disks.iter().map(|d| CrashDev::new(d.clone())).collect(), disks };
+    if power {
+        CrashDev::group(&rig.crash);
+    }
+    let arr = Arc::new(io.block_on(create(&io, rig.members(), small_opts(Level::Raid5))).unwrap());
+    if let Some(m) = degraded {
+        io.block_on(arr.fail_member(&io, m)).unwrap();
+    }
+    let model = ModelDev::new(arr.clone());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    for (i, c) in rig.crash.iter().enumerate() {
+        if Some(i) != degraded && (!power || i == 0) {
+            c.crash_at_write(rng.gen_range(500..6000), CrashMode::RandomSubset { seed: seed * 10 + i as u64 });
+        }
+    }
+    let cfg = WorkloadConfig { min_len: 4096, max_len: 8192, align: 4096, ..workload_cfg(seed, 32, 8192) };
+    run(&io, &model, &cfg);
+    let (units, entries) = arr.log_packing().unwrap();
+    rig.crash_rest(&io, seed * 100);
+    drop(arr);
+    let what = format!("packed log entries, seed {seed}, degraded={degraded:?}, power loss={power}");
+    verify(&io, &rig, &model, &what);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("{what}: {entries} log entries in {units} units");
+    assert!(entries > units + units / 20, "{what}: {entries} entries in {units} units: the log did not pack");
+}
+
+#[test]
+fn raid5_packed_log_entries_survive_crashes_at_queue_depth_32() {
+    for seed in 90..93 {
+        packed_entries(seed, None, false);
+    }
+    packed_entries(93, None, true);
+    packed_entries(94, Some(1), false);
+    packed_entries(95, Some(3), true);
 }

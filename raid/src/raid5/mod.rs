@@ -8,6 +8,7 @@ mod full_stripes;
 pub mod parity;
 pub mod plan;
 pub mod ppl;
+pub mod ppl_unit;
 
 use std::sync::Arc;
 

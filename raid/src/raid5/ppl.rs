@@ -7,156 +7,53 @@
 //! a crash, `P = PP ^ (modified ranges as found on disk)` is consistent with the disk whatever
 //! subset of the writes landed, so a missing member reconstructs to data it really held.
 //!
+//! Entries are packed (group commit, [`ppl_unit`](super::ppl_unit) has the layout): entries for
+//! one parity member that arrive while a log write to it is in flight wait and go together in
+//! the next one, a unit in one slot. A writer's data and parity writes start only once the unit
+//! holding its entry has completed (FUA).
+//!
 //! Healthy full-stripe writes carry no entry (unless an older entry of the stripe could still be
 //! replayed: then a header-only "recompute" entry supersedes it). An entry assumes the bytes it
 //! does not cover are stable, so a stripe written since the last flush is flushed before the
-//! next logged write to it. Entries live in fixed slots (`seq % slots`); a log header per member
+//! next logged write to it. Units live in fixed slots (`seq % slots`); a log header per member
 //! records `valid_from`, below which entries are stable and never replayed. It advances after a
-//! flush; a slot is reused only once its previous entry is below it.
+//! flush; a slot is reused only once its previous unit is below it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use blockdev::{IoCtx, IoTag, Result, SharedBuf};
+use blockdev::{Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
+use futures::channel::oneshot;
 
 use crate::core::Core;
 use crate::member::MemberState;
 use crate::raid5::parity::xor_into;
+pub use crate::raid5::ppl_unit::Entry;
+use crate::raid5::ppl_unit::{decode_header, decode_unit, encode_header, encode_unit, Header, UnitSize, BLOCK};
 
-const ENTRY_MAGIC: [u8; 8] = *b"STRPPLE1";
-const HEADER_MAGIC: [u8; 8] = *b"STRPPLH1";
-const BLOCK: u64 = 4096;
-const MAX_MODS: usize = 32;
-/// Flag: no payload, the partial parity is zero (recompute parity from all the data).
-const FLAG_ZERO: u32 = 1;
 /// Tracked stripes after which a write forces a flush (bounds memory without guest flushes).
 const MAX_TRACKED: usize = 1 << 16;
 
-/// Bytes of log area for `slots` entries of chunk size `chunk`.
+/// Bytes of log area for `slots` units of chunk size `chunk`.
 pub fn area_len(chunk: u64, slots: u64) -> u64 {
     BLOCK + slots * (BLOCK + chunk)
 }
 
-/// One log entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Sequence number (newest wins per stripe).
-    pub seq: u64,
-    /// Stripe number.
-    pub stripe: u64,
-    /// Range inside the chunk the partial parity covers.
-    pub lo: u64,
-    /// End of that range.
-    pub hi: u64,
-    /// Present members whose ranges `[a, b)` (inside the chunk) are read back at recovery.
-    pub mods: Vec<(usize, u64, u64)>,
-    /// The partial parity over `[lo, hi)` (None: all zeros).
-    pub pp: Option<Vec<u8>>,
+/// What a writer waiting for its entry's unit hears.
+enum Msg {
+    /// The unit holding the entry completed (or failed).
+    Done(Result<()>),
+    /// Write the next unit (the writer's own entry is first in line), then wait on this.
+    Lead(oneshot::Receiver<Msg>),
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-impl Entry {
-    /// Encode as header block plus payload.
-    pub fn encode(&self, uuid: &[u8; 16]) -> Vec<u8> {
-        let mut b = vec![0u8; self.encoded_len()];
-        self.encode_into(uuid, &mut b);
-        b
-    }
-
-    /// Bytes [`Entry::encode`] produces.
-    pub fn encoded_len(&self) -> usize {
-        BLOCK as usize + self.pp.as_ref().map_or(0, Vec::len)
-    }
-
-    /// Encode into `b` (exactly [`Entry::encoded_len`] bytes, any prior contents).
-    fn encode_into(&self, uuid: &[u8; 16], b: &mut [u8]) {
-        let payload = self.pp.as_deref().unwrap_or(&[]);
-        b[..BLOCK as usize].fill(0);
-        b[0..8].copy_from_slice(&ENTRY_MAGIC);
-        b[8..24].copy_from_slice(uuid);
-        b[24..32].copy_from_slice(&self.seq.to_le_bytes());
-        b[32..40].copy_from_slice(&self.stripe.to_le_bytes());
-        b[40..44].copy_from_slice(&(self.lo as u32).to_le_bytes());
-        b[44..48].copy_from_slice(&(self.hi as u32).to_le_bytes());
-        b[48..52].copy_from_slice(&(self.mods.len() as u32).to_le_bytes());
-        let flags = if self.pp.is_none() { FLAG_ZERO } else { 0 };
-        b[52..56].copy_from_slice(&flags.to_le_bytes());
-        b[56..60].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        for (i, &(m, a, e)) in self.mods.iter().take(MAX_MODS).enumerate() {
-            let at = 64 + i * 12;
-            b[at..at + 4].copy_from_slice(&(m as u32).to_le_bytes());
-            b[at + 4..at + 8].copy_from_slice(&(a as u32).to_le_bytes());
-            b[at + 8..at + 12].copy_from_slice(&(e as u32).to_le_bytes());
-        }
-        let crc = crc32fast::hash(&b[..BLOCK as usize - 4]);
-        b[BLOCK as usize - 4..BLOCK as usize].copy_from_slice(&crc.to_le_bytes());
-        b[BLOCK as usize..].copy_from_slice(payload);
-    }
-
-    /// Decode a slot (header block plus up to `chunk` payload bytes); None if it holds no valid
-    /// entry of this array. Never panics.
-    pub fn decode(b: &[u8], uuid: &[u8; 16], chunk: u64, members: usize) -> Option<Entry> {
-        let hb = b.get(..BLOCK as usize)?;
-        if hb[0..8] != ENTRY_MAGIC || hb[8..24] != uuid[..] {
-            return None;
-        }
-        if crc32fast::hash(&hb[..BLOCK as usize - 4]) != u32_at(hb, BLOCK as usize - 4) {
-            return None;
-        }
-        let (lo, hi) = (u64::from(u32_at(hb, 40)), u64::from(u32_at(hb, 44)));
-        let n = u32_at(hb, 48) as usize;
-        if lo >= hi || hi > chunk || n > MAX_MODS.min(members) {
-            return None;
-        }
-        let mut mods = Vec::with_capacity(n);
-        for i in 0..n {
-            let at = 64 + i * 12;
-            let (m, a, e) = (u32_at(hb, at) as usize, u64::from(u32_at(hb, at + 4)), u64::from(u32_at(hb, at + 8)));
-            if m >= members || a >= e || a < lo || e > hi {
-                return None;
-            }
-            mods.push((m, a, e));
-        }
-        let pp = if u32_at(hb, 52) & FLAG_ZERO != 0 {
-            None
-        } else {
-            let payload = b.get(BLOCK as usize..(BLOCK + hi - lo) as usize)?;
-            if crc32fast::hash(payload) != u32_at(hb, 56) {
-                return None;
-            }
-            Some(payload.to_vec())
-        };
-        Some(Entry { seq: u64_at(hb, 24), stripe: u64_at(hb, 32), lo, hi, mods, pp })
-    }
-}
-
-fn encode_header(uuid: &[u8; 16], valid_from: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK as usize];
-    b[0..8].copy_from_slice(&HEADER_MAGIC);
-    b[8..24].copy_from_slice(uuid);
-    b[24..32].copy_from_slice(&valid_from.to_le_bytes());
-    let crc = crc32fast::hash(&b[..BLOCK as usize - 4]);
-    b[BLOCK as usize - 4..].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-fn decode_header(b: &[u8], uuid: &[u8; 16]) -> Option<u64> {
-    let hb = b.get(..BLOCK as usize)?;
-    let ok = hb[0..8] == HEADER_MAGIC
-        && hb[8..24] == uuid[..]
-        && crc32fast::hash(&hb[..BLOCK as usize - 4]) == u32_at(hb, BLOCK as usize - 4);
-    ok.then(|| u64_at(hb, 24))
+/// Entries waiting for one parity member's next log write.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<(Entry, oneshot::Sender<Msg>)>,
+    /// A unit is being written to this member (by the writer that was handed the lead).
+    writing: bool,
 }
 
 #[derive(Default)]
@@ -170,7 +67,8 @@ struct Track {
 struct State {
     next_seq: u64,
     persisted_valid_from: u64,
-    live: BTreeMap<u64, u64>,
+    /// Units that may still be replayed: sequence number -> stripes not yet retired.
+    live: BTreeMap<u64, u32>,
     tracked: HashMap<u64, Track>,
     last_logged: HashMap<u64, u64>,
 }
@@ -180,7 +78,12 @@ pub(crate) struct Ppl {
     offset: u64,
     slot_size: u64,
     slots: u64,
+    chunk: u64,
     state: Mutex<State>,
+    queues: Mutex<HashMap<usize, Queue>>,
+    /// Units written and the entries they held (how well entries pack).
+    units: AtomicU64,
+    entries: AtomicU64,
     header_lock: futures::lock::Mutex<()>,
 }
 
@@ -192,7 +95,11 @@ impl Ppl {
             offset,
             slot_size,
             slots: (len.saturating_sub(BLOCK) / slot_size).max(1),
+            chunk,
             state: Mutex::new(State::default()),
+            queues: Mutex::new(HashMap::new()),
+            units: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
             header_lock: futures::lock::Mutex::new(()),
         }
     }
@@ -228,8 +135,78 @@ impl Ppl {
         st.last_logged.get(&s).is_some_and(|&q| q >= st.persisted_valid_from)
     }
 
-    /// Write `entry` (its `seq` is assigned here) to the log of `parity_member`, FUA.
-    pub async fn log(&self, core: &Core, io: &IoCtx, parity_member: usize, mut entry: Entry) -> Result<()> {
+    /// Units written since assembly and the entries they held.
+    pub fn packing(&self) -> (u64, u64) {
+        (self.units.load(Ordering::Relaxed), self.entries.load(Ordering::Relaxed))
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Queue>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Log `entry` (its `seq` is assigned here) to the log of `parity_member`: return once the
+    /// unit holding it has been written with FUA. Entries that arrive while a unit is being
+    /// written to that member go together in the next one.
+    pub async fn log(&self, core: &Core, io: &IoCtx, parity_member: usize, entry: Entry) -> Result<()> {
+        let (tx, mut rx) = oneshot::channel();
+        let lead = {
+            let mut qs = self.queues();
+            let q = qs.entry(parity_member).or_default();
+            q.pending.push((entry, tx));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if lead {
+            self.write_next_unit(core, io, parity_member).await;
+        }
+        loop {
+            match rx.await {
+                Ok(Msg::Done(r)) => return r,
+                Ok(Msg::Lead(next)) => {
+                    rx = next;
+                    self.write_next_unit(core, io, parity_member).await;
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("{}: partial parity log write to member {parity_member} abandoned", core.name),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Write the waiting entries of `p` that fit one unit (the caller's own is first), tell
+    /// their writers, then hand the lead to the first writer still waiting.
+    async fn write_next_unit(&self, core: &Core, io: &IoCtx, p: usize) {
+        let batch: Vec<(Entry, oneshot::Sender<Msg>)> = {
+            let mut qs = self.queues();
+            let q = qs.entry(p).or_default();
+            let mut size = UnitSize::new();
+            let n = q.pending.iter().take_while(|(e, _)| size.try_add(e, self.chunk)).count();
+            q.pending.drain(..n).collect()
+        };
+        let (entries, txs): (Vec<Entry>, Vec<oneshot::Sender<Msg>>) = batch.into_iter().unzip();
+        let res = self.write_unit(core, io, p, entries).await;
+        for tx in txs {
+            let _ = tx.send(Msg::Done(res.clone()));
+        }
+        let mut qs = self.queues();
+        let q = qs.entry(p).or_default();
+        while !q.pending.is_empty() {
+            let (entry, tx) = q.pending.remove(0);
+            let (next_tx, next_rx) = oneshot::channel();
+            q.pending.insert(0, (entry, next_tx));
+            if tx.send(Msg::Lead(next_rx)).is_ok() {
+                return;
+            }
+            // That writer is gone: drop its entry and offer the lead to the next.
+            q.pending.remove(0);
+        }
+        q.writing = false;
+    }
+
+    /// Write one unit of `entries` to member `p`'s log (FUA), waiting for a free slot.
+    async fn write_unit(&self, core: &Core, io: &IoCtx, p: usize, entries: Vec<Entry>) -> Result<()> {
         let mut tries = 0u32;
         let seq = loop {
             {
@@ -237,24 +214,31 @@ impl Ppl {
                 let seq = st.next_seq;
                 if seq < st.persisted_valid_from + self.slots {
                     st.next_seq += 1;
-                    st.live.insert(seq, entry.stripe);
-                    st.tracked.entry(entry.stripe).or_default().seqs.push(seq);
-                    st.last_logged.insert(entry.stripe, seq);
+                    st.live.insert(seq, entries.len() as u32);
+                    for e in &entries {
+                        st.tracked.entry(e.stripe).or_default().seqs.push(seq);
+                        st.last_logged.insert(e.stripe, seq);
+                    }
                     break seq;
                 }
             }
-            // The slot still holds a replayable entry: make completed writes stable.
+            // The slot still holds a replayable unit: make completed writes stable.
             core.flush_group.flush(core, io).await?;
             tries += 1;
             if tries > 2 {
                 yield_now().await;
             }
         };
-        entry.seq = seq;
+        let mut size = UnitSize::new();
+        for e in &entries {
+            size.try_add(e, self.chunk);
+        }
+        self.units.fetch_add(1, Ordering::Relaxed);
+        self.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let at = self.offset + BLOCK + (seq % self.slots) * self.slot_size;
-        let mut buf = io.pool().shared(entry.encoded_len());
-        entry.encode_into(&core.uuid, buf.bytes_mut());
-        core.write_member_raw(io, parity_member, at, buf.io(), true, IoTag::meta("raid5.ppl")).await
+        let mut buf = io.pool().shared(size.bytes());
+        encode_unit(&core.uuid, seq, &entries, buf.bytes_mut());
+        core.write_member_raw(io, p, at, buf.io(), true, IoTag::meta("raid5.ppl")).await
     }
 
     /// After a flush that started in epoch `e`: retire stable writes and advance `valid_from`.
@@ -266,7 +250,12 @@ impl Ppl {
             for s in done {
                 if let Some(t) = st.tracked.remove(&s) {
                     for q in t.seqs {
-                        st.live.remove(&q);
+                        if let Some(n) = st.live.get_mut(&q) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                st.live.remove(&q);
+                            }
+                        }
                     }
                 }
             }
@@ -326,17 +315,37 @@ impl Ppl {
             let mut area = io.pool().shared(total);
             dev.read(io, self.offset, area.io(), IoTag::meta("raid5.ppl_recover")).await?;
             let bytes = area.bytes();
-            let vf = decode_header(bytes, &core.uuid).unwrap_or(0);
+            let vf = match decode_header(bytes, &core.uuid) {
+                Header::Missing => 0,
+                Header::Valid(vf) => vf,
+                Header::OtherVersion(v) => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "member {}: partial parity log layout version {v} is not supported (only {})",
+                            core.member(p).name(),
+                            crate::raid5::ppl_unit::LOG_VERSION
+                        ),
+                    ))
+                }
+            };
             for slot in 0..self.slots {
                 let at = (BLOCK + slot * self.slot_size) as usize;
-                let Some(e) = bytes.get(at..at + self.slot_size as usize) else { break };
-                let Some(e) = Entry::decode(e, &core.uuid, geo.chunk, geo.members) else { continue };
-                max_seq = max_seq.max(Some(e.seq));
-                if e.seq < vf || e.stripe >= geo.stripes() || geo.parity_member(e.stripe) != p {
+                let Some(b) = bytes.get(at..at + self.slot_size as usize) else { break };
+                let Some((seq, entries)) = decode_unit(b, &core.uuid, geo.chunk, geo.members) else { continue };
+                max_seq = max_seq.max(Some(seq));
+                if seq < vf {
                     continue;
                 }
-                if newest.get(&e.stripe).is_none_or(|(_, old)| old.seq < e.seq) {
-                    newest.insert(e.stripe, (p, e));
+                // One stripe appears at most once per unit (its writes serialize on the stripe
+                // lock and each waits for its unit); were it twice, the later would win.
+                for e in entries {
+                    if e.stripe >= geo.stripes() || geo.parity_member(e.stripe) != p {
+                        continue;
+                    }
+                    if newest.get(&e.stripe).is_none_or(|(_, old)| old.seq <= e.seq) {
+                        newest.insert(e.stripe, (p, e));
+                    }
                 }
             }
         }
@@ -397,20 +406,4 @@ async fn yield_now() {
         }
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_round_trips_and_rejects_other_arrays() {
-        let e = Entry { seq: 5, stripe: 9, lo: 512, hi: 1536, mods: vec![(0, 512, 1024)], pp: Some(vec![3; 1024]) };
-        let enc = e.encode(&[1; 16]);
-        assert_eq!(Entry::decode(&enc, &[1; 16], 4096, 3), Some(e));
-        assert_eq!(Entry::decode(&enc, &[2; 16], 4096, 3), None);
-        let mut torn = enc.clone();
-        torn[4096 + 10] ^= 1;
-        assert_eq!(Entry::decode(&torn, &[1; 16], 4096, 3), None);
-    }
 }
