@@ -413,6 +413,16 @@ mod tests {
     }
 
     #[test]
+    fn version_1_is_refused_by_member_and_field() {
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[..CRC_AT]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let err = Superblock::decode("disk-b.img", &b, None).unwrap_err().to_string();
+        assert!(err.contains("disk-b.img") && err.contains("'version'") && err.contains("1 is not supported"), "{err}");
+    }
+
+    #[test]
     fn truncated_superblock_names_member_and_size() {
         let err = Superblock::decode("disk-b.img", &sample().encode()[..100], None).unwrap_err();
         assert!(err.to_string().contains("disk-b.img") && err.to_string().contains("'size'"), "{err}");

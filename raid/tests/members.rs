@@ -186,3 +186,28 @@ fn raid1_rebuild_interrupted_by_a_crash_resumes_from_its_checkpoint() {
         rebuild_interrupted_by_a_crash(Level::Raid1, 2, failed);
     }
 }
+
+#[test]
+fn partial_parity_log_of_another_layout_is_refused_by_name() {
+    let io = IoCtx::new().unwrap();
+    let members = mem_members(3, MEMBER);
+    let arr = io.block_on(create(&io, members.clone(), small_opts(Level::Raid5))).unwrap();
+    fill(&io, &arr, 2);
+    // Left dirty (no close). Member 1's log header now says layout 1 (no version field: 0).
+    drop(arr);
+    let dev = &members[1].1;
+    let mut sb = blockdev::SharedBuf::new(4096);
+    io.block_on(dev.read(&io, 0, sb.io(), blockdev::IoTag::DATA)).unwrap();
+    let ppl_offset = raid::Superblock::decode("m1", sb.bytes(), None).unwrap().ppl_offset;
+    let mut h = blockdev::SharedBuf::new(4096);
+    io.block_on(dev.read(&io, ppl_offset, h.io(), blockdev::IoTag::DATA)).unwrap();
+    let b = h.bytes_mut();
+    b[32..36].fill(0);
+    let crc = crc32fast::hash(&b[..4092]);
+    b[4092..].copy_from_slice(&crc.to_le_bytes());
+    io.block_on(dev.write(&io, ppl_offset, h.io(), false, blockdev::IoTag::DATA)).unwrap();
+    // Degraded and dirty: the log must be replayed, and this build cannot read it.
+    let err = io.block_on(assemble(&io, without(&members, Some(0)), AssembleOptions::default())).err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("member m1") && msg.contains("layout version 0 is not supported"), "{msg}");
+}
