@@ -35,6 +35,9 @@ use crate::raid5::ppl_unit::{decode_header, decode_unit, encode_header, encode_u
 /// Tracked stripes after which a write forces a flush (bounds memory without guest flushes).
 const MAX_TRACKED: usize = 1 << 16;
 
+/// Flushes a log write waits through for a free slot before it fails.
+const MAX_SLOT_WAITS: u32 = 1000;
+
 /// Bytes of log area for `slots` units of chunk size `chunk`.
 pub fn area_len(chunk: u64, slots: u64) -> u64 {
     BLOCK + slots * (BLOCK + chunk)
@@ -56,11 +59,30 @@ struct Queue {
     writing: bool,
 }
 
+/// What the log knows about one stripe's writes since the last flush that retired it.
 #[derive(Default)]
 struct Track {
     inflight: u32,
+    /// Epoch in which the last write to the stripe completed.
     epoch: u64,
+    /// Units holding entries of the stripe's current writes.
     seqs: Vec<u64>,
+    /// Units holding entries of writes that completed before the current one began (in epoch
+    /// `settled_epoch` at the latest): a flush makes them stable whatever the current write is
+    /// doing. Without this, a writer waiting for a log slot would keep its stripe's older units
+    /// live, and with every slot taken nothing could free one.
+    settled: Vec<u64>,
+    settled_epoch: u64,
+}
+
+/// One stripe fewer in unit `q`; the unit stops being live when none is left.
+fn retire(live: &mut BTreeMap<u64, u32>, q: u64) {
+    if let Some(n) = live.get_mut(&q) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            live.remove(&q);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -118,7 +140,15 @@ impl Ppl {
 
     /// A write to stripe `s` starts.
     pub fn begin(&self, s: u64) {
-        self.st().tracked.entry(s).or_default().inflight += 1;
+        let mut st = self.st();
+        let t = st.tracked.entry(s).or_default();
+        if t.inflight == 0 && !t.seqs.is_empty() {
+            // Every unit logged so far for this stripe belongs to a write that completed.
+            let seqs = std::mem::take(&mut t.seqs);
+            t.settled.extend(seqs);
+            t.settled_epoch = t.epoch;
+        }
+        t.inflight += 1;
     }
 
     /// The write to stripe `s` that began completed in `epoch`.
@@ -228,6 +258,18 @@ impl Ppl {
             if tries > 2 {
                 yield_now().await;
             }
+            // Flushes retire the units of every completed write, so a slot frees up unless the
+            // oldest unit belongs to a write that is itself waiting here (a second entry after
+            // a member failed mid-write): fail that write rather than spin for ever.
+            if tries >= MAX_SLOT_WAITS {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: partial parity log of member {p} full: no slot freed after {tries} flushes",
+                        core.name
+                    ),
+                ));
+            }
         };
         let mut size = UnitSize::new();
         for e in &entries {
@@ -245,20 +287,21 @@ impl Ppl {
     pub async fn after_flush(&self, core: &Core, io: &IoCtx, e: u64) -> Result<()> {
         let new_vf = {
             let mut st = self.st();
-            let done: Vec<u64> =
-                st.tracked.iter().filter(|(_, t)| t.inflight == 0 && t.epoch <= e).map(|(&s, _)| s).collect();
-            for s in done {
-                if let Some(t) = st.tracked.remove(&s) {
-                    for q in t.seqs {
-                        if let Some(n) = st.live.get_mut(&q) {
-                            *n = n.saturating_sub(1);
-                            if *n == 0 {
-                                st.live.remove(&q);
-                            }
-                        }
+            let State { tracked, live, .. } = &mut *st;
+            tracked.retain(|_, t| {
+                if t.settled_epoch <= e {
+                    for q in t.settled.drain(..) {
+                        retire(live, q);
                     }
                 }
-            }
+                let stable = t.inflight == 0 && t.epoch <= e;
+                if stable {
+                    for q in t.seqs.drain(..) {
+                        retire(live, q);
+                    }
+                }
+                !(stable && t.settled.is_empty())
+            });
             let vf = st.live.keys().next().copied().unwrap_or(st.next_seq);
             (vf > st.persisted_valid_from).then_some(vf)
         };
