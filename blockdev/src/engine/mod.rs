@@ -291,6 +291,18 @@ impl IoCtx {
         total
     }
 
+    /// True when a turn ([`IoCtx::run_pending`]) has something to do: completions on the ring,
+    /// deferred completion work flagged by the kernel, tasks woken, SQEs queued, or a remote
+    /// wake-up. Reads shared memory only (no syscall), for a loop that busy-polls between sleeps.
+    pub fn work_waiting(&self) -> bool {
+        if self.inner.queue.has_ready() {
+            return true;
+        }
+        let mut ring = self.inner.ring.borrow_mut();
+        let (_, sq, cq) = ring.split();
+        !cq.is_empty() || !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+    }
+
     /// Turn the completion eventfd's notifications back on; true if completion work arrived
     /// while they were off (the TASKRUN flag, an overflow, or CQEs waiting), which then
     /// signalled nothing and must be taken by the caller.

@@ -68,6 +68,7 @@ impl DiskSpec {
                 "logical-block-size" => s.logical_block_size = parse_num(&k, &v)?,
                 "write-cache" => s.write_cache = parse_bool(&k, &v)?,
                 "queues-per-thread" => s.queues_per_thread = parse_num(&k, &v)?,
+                "poll-us" => s.poll_us = parse_num(&k, &v)?,
                 _ => device.push((k, v)),
             }
         }
@@ -146,6 +147,8 @@ mod tests {
         assert!(DiskSpec::parse("socket=s,format=mem,queue-size=1000").unwrap_err().contains("queue-size"));
         let qpt = DiskSpec::parse("socket=s,format=mem,num-queues=2,queues-per-thread=3").unwrap_err();
         assert!(qpt.contains("queues-per-thread"), "{qpt}");
+        assert!(DiskSpec::parse("socket=s,format=mem,poll-us=10001").unwrap_err().contains("poll-us"));
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,poll-us=0").unwrap().settings.poll_us, 0);
         assert!(DiskSpec::parse("socket=s,format=mem,read-only=maybe").unwrap_err().contains("read-only"));
         assert!(DiskSpec::parse("socket=s,socket=t,format=mem").unwrap_err().contains("twice"));
         assert!(DiskSpec::parse("socket=s,format=mem,,size=1M").is_err());

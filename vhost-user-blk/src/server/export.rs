@@ -14,6 +14,11 @@ pub const MAX_QUEUES: u16 = 64;
 /// Largest `queue-size` accepted.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
+/// Default `poll-us`: cloud-hypervisor's vhost-user-block polls its queues for 50 us too.
+pub const DEFAULT_POLL_US: u32 = 50;
+/// Largest `poll-us` accepted (a worker never spins longer than this without new work).
+pub const MAX_POLL_US: u32 = 10_000;
+
 /// How a device is exported (the export keys of a `--disk` spec).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExportSettings {
@@ -33,6 +38,9 @@ pub struct ExportSettings {
     pub write_cache: bool,
     /// Queues served by one worker thread (and its io_uring): 1..=num_queues.
     pub queues_per_thread: u16,
+    /// How long a worker keeps polling its queues and ring for new work after the last
+    /// request or completion, before it sleeps until a kick (microseconds, 0 = never poll).
+    pub poll_us: u32,
 }
 
 impl ExportSettings {
@@ -47,6 +55,7 @@ impl ExportSettings {
             logical_block_size: 512,
             write_cache: true,
             queues_per_thread: 1,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 
@@ -68,6 +77,9 @@ impl ExportSettings {
         }
         if self.queue_size == 0 || self.queue_size > MAX_QUEUE_SIZE || !self.queue_size.is_power_of_two() {
             return Err(format!("queue-size={} must be a power of two up to {MAX_QUEUE_SIZE}", self.queue_size));
+        }
+        if self.poll_us > MAX_POLL_US {
+            return Err(format!("poll-us={} must be 0..={MAX_POLL_US}", self.poll_us));
         }
         if self.logical_block_size != 512 && self.logical_block_size != 4096 {
             return Err(format!("logical-block-size={} must be 512 or 4096", self.logical_block_size));

@@ -5,6 +5,7 @@
 //! - [`chain`]: descriptor chains from untrusted guest memory, mapped into `IoBufs`;
 //! - [`request`]: parsing, validation and execution of one request;
 //! - [`backend`] and `worker`: the vhost-user backend and the per-queue data path;
+//!   `poll_window`: how long a worker busy-polls after work (adaptive, as QEMU's);
 //! - [`serve`]: the socket of one export and its frontend connections;
 //! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
 
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod disk_spec;
 pub mod export;
+mod poll_window;
 pub mod request;
 pub mod serve;
 pub mod stats;

@@ -57,6 +57,9 @@ pub const S_UNTOUCHED: u8 = 0xa5;
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// The used ring's flag by which a device without EVENT_IDX asks not to be kicked.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 const DEVICE_BITS: u64 = (1 << 24) - 1;
 
 /// One descriptor as the guest writes it.
@@ -123,6 +126,13 @@ impl TestFrontend {
     /// Connect to `socket`, negotiate (INDIRECT_DESC, no EVENT_IDX: the backend then signals
     /// every batch) and start `num_queues` queues of `queue_size`.
     pub fn connect(socket: &Path, num_queues: usize, queue_size: u16) -> TestFrontend {
+        TestFrontend::connect_with(socket, num_queues, queue_size, false)
+    }
+
+    /// As [`TestFrontend::connect`], negotiating EVENT_IDX too when `event_idx` is set (the
+    /// test still kicks and reaps as it likes; [`TestFrontend::avail_event`] shows what the
+    /// device asked for).
+    pub fn connect_with(socket: &Path, num_queues: usize, queue_size: u16, event_idx: bool) -> TestFrontend {
         let mem = memfd_memory(MEM_SIZE);
         let mut fe = Frontend::connect(socket, num_queues as u64).expect("vhost-user connect");
         fe.set_owner().expect("SET_OWNER");
@@ -135,7 +145,8 @@ impl TestFrontend {
                     | VhostUserProtocolFeatures::REPLY_ACK),
         )
         .expect("SET_PROTOCOL_FEATURES");
-        let features = (offered & (DEVICE_BITS | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC))
+        let ring_bits = VIRTIO_RING_F_INDIRECT_DESC | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        let features = (offered & (DEVICE_BITS | VIRTIO_F_VERSION_1 | ring_bits))
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         fe.set_features(features).expect("SET_FEATURES");
         let regions = mem
@@ -316,6 +327,22 @@ impl TestFrontend {
     /// Kick queue `q`.
     pub fn kick(&self, q: usize) {
         self.queues[q].kick.write(1).expect("kick");
+    }
+
+    /// The used ring's flags of queue `q` (see [`USED_F_NO_NOTIFY`]).
+    pub fn used_flags(&self, q: usize) -> u16 {
+        self.mem.read_obj::<u16>(GuestAddress(self.queues[q].used)).expect("used flags")
+    }
+
+    /// With EVENT_IDX: the avail index at which the device asks to be kicked next (queue `q`).
+    pub fn avail_event(&self, q: usize) -> u16 {
+        let at = self.queues[q].used + 4 + 8 * u64::from(self.queues[q].size);
+        self.mem.read_obj::<u16>(GuestAddress(at)).expect("avail event")
+    }
+
+    /// The avail index the test published last on queue `q`.
+    pub fn avail_idx(&self, q: usize) -> u16 {
+        self.queues[q].avail_idx
     }
 
     /// The device's used index of queue `q`.

@@ -26,6 +26,8 @@ struct Args {
     ///   num-queues=N                request queues (default 1, at most 64)
     ///   queues-per-thread=N         queues sharing one worker thread and io_uring (default 1)
     ///   queue-size=N                descriptors per queue, a power of two (default 256, at most 1024)
+    ///   poll-us=N                   keep polling the queues this long after the last request
+    ///                               before sleeping until a kick (default 50, 0 = off)
     ///   read-only=on|off            refuse writes; the image is opened read-only (default off)
     ///   serial=ID                   device ID for GET_ID, at most 20 bytes
     ///   logical-block-size=512|4096 block size the guest sees (default 512)
