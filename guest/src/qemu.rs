@@ -186,10 +186,26 @@ impl QemuGuest {
     ///
     /// Console lines are echoed to stderr as `guest| ...` (shown by the test harness when a
     /// test fails, or with `--nocapture`).
+    ///
+    /// QEMU 10's TCG sometimes aborts on its own assertion in `iotlb_to_section` while the
+    /// firmware runs (a race in QEMU's memory map, seen under load with `-smp 2`). When that
+    /// happens before the guest script started, nothing reached the disks, so the guest is
+    /// booted once more and a loud note says why.
     pub fn run(&self) -> Result<GuestOutput> {
-        crate::child::run_captured(self.command(), "guest", self.timeout, self.quiet)
+        let out = crate::child::run_captured(self.command(), "guest", self.timeout, self.quiet)?;
+        if out.stderr.contains(QEMU_TCG_IOTLB_ABORT) && !out.console.contains(START_MARKER) {
+            eprintln!(
+                "guest: NOTE: QEMU aborted in TCG ({QEMU_TCG_IOTLB_ABORT}) before the guest script \
+                 started, a QEMU bug unrelated to the disk under test: booting once more"
+            );
+            return crate::child::run_captured(self.command(), "guest", self.timeout, self.quiet);
+        }
+        Ok(out)
     }
 }
+
+/// What QEMU prints when its TCG memory-map race trips (see [`QemuGuest::run`]).
+const QEMU_TCG_IOTLB_ABORT: &str = "iotlb_to_section: Assertion";
 
 /// A guest started with [`QemuGuest::spawn`]: watch its console while it runs, then kill it
 /// (SIGKILL, as a crash) or wait for it. Killed on drop.
