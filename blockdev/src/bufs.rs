@@ -399,6 +399,12 @@ impl SharedBuf {
         bufs
     }
 
+    /// The buffer itself (to keep or send to another thread), unless some `IoBufs` still
+    /// refers to it: then `self` comes back.
+    pub fn try_into_dma(self) -> std::result::Result<DmaBuf, SharedBuf> {
+        Rc::try_unwrap(self.buf).map_err(|buf| SharedBuf { buf })
+    }
+
     /// True while some `IoBufs` still refers to this buffer.
     pub fn in_flight(&self) -> bool {
         Rc::strong_count(&self.buf) > 1
@@ -433,6 +439,16 @@ mod tests {
         drop((s, bufs));
         assert_eq!(a.bytes(), &[1, 2, 3, 0]);
         assert_eq!(b.bytes(), &[0, 6, 7, 8]);
+    }
+
+    #[test]
+    fn try_into_dma_only_once_no_io_holds_the_buffer() {
+        let mut a = SharedBuf::from_slice(&[1, 2, 3]);
+        let lent = a.io();
+        let Err(a) = a.try_into_dma() else { panic!("taken while an IoBufs still holds it") };
+        drop(lent);
+        let Ok(d) = a.try_into_dma() else { panic!("refused with no IoBufs left") };
+        assert_eq!(d.as_slice(), &[1, 2, 3]);
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Bitmap {
             }
         }
         let targets = core.writable_members();
-        let futs = targets
+        let futs: Vec<blockdev::IoFuture> = targets
             .iter()
             .map(|&m| {
                 let mut b = SharedBuf::from_slice(&bytes);

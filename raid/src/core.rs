@@ -68,6 +68,24 @@ impl Core {
         e.context(format!("{}: member {m} ({})", self.name, self.members[m].name()))
     }
 
+    /// As [`Core::read_member`], without boxing the future (for the write path's pre-reads).
+    pub fn read_member_io(&self, io: &IoCtx, m: usize, off: u64, bufs: IoBufs, tag: IoTag) -> MemberIo<'_> {
+        let fut = match self.members[m].dev() {
+            Some(dev) => dev.read(io, self.data_offset + off, bufs, tag),
+            None => blockdev::ready(Err(Error::new(ErrorKind::Io, "member is missing"))),
+        };
+        MemberIo { fut, core: self, m }
+    }
+
+    /// As [`Core::write_member`], without boxing the future (for the write path).
+    pub fn write_member_io(&self, io: &IoCtx, m: usize, off: u64, bufs: IoBufs, fua: bool, tag: IoTag) -> MemberIo<'_> {
+        let fut = match self.members[m].dev() {
+            Some(dev) => dev.write(io, self.data_offset + off, bufs, fua, tag),
+            None => blockdev::ready(Err(Error::new(ErrorKind::Io, "member is missing"))),
+        };
+        MemberIo { fut, core: self, m }
+    }
+
     /// Read `bufs.len()` bytes at data-area offset `off` of member `m`.
     pub fn read_member(&self, io: &IoCtx, m: usize, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
         let Some(dev) = self.members[m].dev() else {
@@ -264,15 +282,30 @@ impl Core {
     }
 }
 
+/// A member operation whose error names the array and the member (formatted only on error).
+pub(crate) struct MemberIo<'a> {
+    fut: IoFuture,
+    core: &'a Core,
+    m: usize,
+}
+
+impl std::future::Future for MemberIo<'_> {
+    type Output = Result<()>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        let (core, m) = (self.core, self.m);
+        self.fut.as_mut().poll(cx).map(|r| r.map_err(|e| core.member_err(m, e)))
+    }
+}
+
 /// Run `futs` in parallel; on failure of member writes, fail those members and succeed if the
 /// array survives. `members[i]` is the member `futs[i]` writes.
-pub(crate) async fn write_members_tolerant(
+pub(crate) async fn write_members_tolerant<F: std::future::Future<Output = Result<()>> + Unpin>(
     core: &Core,
     io: &IoCtx,
     members: &[usize],
-    futs: Vec<IoFuture>,
+    futs: impl IntoIterator<Item = F>,
 ) -> Result<Vec<usize>> {
-    let results = join_all(futs).await;
+    let results = crate::join_small::join(futs).await;
     let mut failed = Vec::new();
     for (&m, r) in members.iter().zip(results) {
         if let Err(e) = r {

@@ -16,6 +16,8 @@ mod assemble;
 mod bitmap;
 mod core;
 mod flush_group;
+mod int_hash;
+mod join_small;
 pub mod layout;
 mod member;
 mod raid0;

@@ -70,7 +70,8 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
         None => None,
     };
     let targets = core.writable_members();
-    let futs = targets.iter().map(|&m| core.write_member(&io, m, off, copy.io(), fua, tag)).collect();
+    let futs: Vec<blockdev::IoFuture> =
+        targets.iter().map(|&m| core.write_member(&io, m, off, copy.io(), fua, tag)).collect();
     let res = write_members_tolerant(&core, &io, &targets, futs).await;
     if let (Some(bm), Some(mk)) = (&core.bitmap, marked) {
         bm.end_write(mk, core.epoch_now());
@@ -91,7 +92,7 @@ pub(crate) async fn write_zeroes(core: Arc<Core>, io: IoCtx, off: u64, len: u64,
         None => None,
     };
     let targets = core.writable_members();
-    let futs = targets
+    let futs: Vec<blockdev::IoFuture> = targets
         .iter()
         .map(|&m| match core.member(m).dev() {
             Some(d) => d.write_zeroes(&io, core.data_offset + off, len, unmap, IoTag::data("raid1.write_zeroes")),

@@ -5,11 +5,13 @@
 //! on another thread (the engine's wakers work across threads). The shard mutex is a
 //! `std::sync::Mutex` held only for a few instructions, never across an `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+
+use crate::int_hash::IntMap;
 
 const SHARDS: usize = 64;
 
@@ -21,17 +23,17 @@ struct Entry {
 
 /// The table of stripe locks.
 pub struct StripeLocks {
-    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    shards: Vec<Mutex<IntMap<u64, Entry>>>,
 }
 
 impl Default for StripeLocks {
     fn default() -> Self {
-        StripeLocks { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        StripeLocks { shards: (0..SHARDS).map(|_| Mutex::new(IntMap::default())).collect() }
     }
 }
 
 impl StripeLocks {
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, IntMap<u64, Entry>> {
         let i = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }

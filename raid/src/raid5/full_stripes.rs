@@ -133,7 +133,7 @@ async fn write_locked(core: &Core, io: &IoCtx, run: &mut Run, fua: bool) -> Resu
     let geo = core.geo;
     let targets: Vec<usize> = (0..geo.members).collect();
     let at = run.first * geo.chunk;
-    let futs = run
+    let futs: Vec<blockdev::IoFuture> = run
         .bufs
         .iter_mut()
         .enumerate()

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use blockdev::{Error, ErrorKind, IoBufs, IoCtx, IoTag, Result, SharedBuf};
 
-use crate::core::{all, write_members_tolerant, Core};
-use parity::xor_into;
+use crate::core::{all, write_members_tolerant, Core, MemberIo};
+use crate::join_small::INLINE;
+use parity::{xor_into, xor_pair};
 use plan::{complement, ModRange, Plan};
-use ppl::Entry;
+use ppl::{LogEntry, Payload};
+use smallvec::SmallVec;
 
 /// New data for one data chunk of a stripe.
 pub(super) struct Seg {
@@ -115,6 +117,12 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
     // Two or more consecutive full stripes go together (one write per member); others alone.
     let (full_lo, full_hi) = (off.div_ceil(sb), (off + len) / sb);
     let run = full_hi >= full_lo + 2;
+    if len > 0 && (off + len - 1) / sb == off / sb {
+        // One stripe (every small write): no task list to build.
+        let s = off / sb;
+        let segs = copy_segs(&core, &io, s, off, 0, len, &bufs);
+        return write_stripe(core, io, s, segs, fua).await;
+    }
     let mut pos = 0;
     while pos < len {
         let s = (off + pos) / sb;
@@ -125,17 +133,25 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
             continue;
         }
         let end = len.min((s + 1) * sb - off);
-        let mut segs = Vec::new();
-        for e in geo.split(off + pos, end - pos) {
-            let idx = geo.data_index(s, e.member).unwrap_or(0);
-            let mut buf = io.pool().shared(e.len as usize);
-            bufs.copy_to_slice((pos + e.req_off) as usize, buf.bytes_mut());
-            segs.push(Seg { idx, a: e.member_off - s * geo.chunk, buf });
-        }
+        let segs = copy_segs(&core, &io, s, off, pos, end, &bufs);
         futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
         pos = end;
     }
     all(futs).await
+}
+
+/// Copy request bytes `[pos, end)` (inside stripe `s`; the request starts at array offset
+/// `off`) into one stripe buffer per data chunk they touch.
+fn copy_segs(core: &Core, io: &IoCtx, s: u64, off: u64, pos: u64, end: u64, bufs: &IoBufs) -> Vec<Seg> {
+    let geo = core.geo;
+    let mut segs = Vec::with_capacity(2);
+    for e in geo.split(off + pos, end - pos) {
+        let idx = geo.data_index(s, e.member).unwrap_or(0);
+        let mut buf = io.pool().shared(e.len as usize);
+        bufs.copy_to_slice((pos + e.req_off) as usize, buf.bytes_mut());
+        segs.push(Seg { idx, a: e.member_off - s * geo.chunk, buf });
+    }
+    segs
 }
 
 /// Write zeroes by writing zero buffers (parity stays consistent).
@@ -200,34 +216,52 @@ async fn write_stripe_locked(
     let d = geo.data_members();
     let base = s * geo.chunk;
     let p = geo.parity_member(s);
-    let mut mods: Vec<ModRange> = vec![None; d];
+    let mut mods: SmallVec<[ModRange; 8]> = smallvec::smallvec![None; d];
     for g in &segs {
         mods[g.idx] = Some((g.a, g.a + g.buf.len() as u64));
     }
     let full = mods.iter().all(|m| *m == Some((0, geo.chunk)));
-    let mut newp =
-        if core.member(p).writable() { Some(new_parity(core, io, s, &segs, &mods, lo, hi).await?) } else { None };
+    let (mut newp, partial) = match core.member(p).writable() {
+        true => {
+            let (np, pp) = new_parity(core, io, s, &segs, &mods, lo, hi).await?;
+            (Some(np), pp)
+        }
+        false => (None, None),
+    };
     if let (Some(ppl), Some(np)) = (&core.ppl, &newp) {
         let healthy = (0..d).all(|i| core.member(geo.data_member(s, i)).writable());
         if !(full && healthy) || ppl.has_replayable(s) {
-            let entry = partial_parity_entry(s, lo, hi, np.bytes(), &segs, &present_mods(core, s, &segs), move |i| {
-                geo.data_member(s, i)
-            });
+            let present = present_mods(core, s, &segs);
+            let logged: SmallVec<[usize; INLINE]> = present.iter().map(|m| m.0).collect();
+            let entry = match partial {
+                // Computed on the way to the new parity (every modified member is present).
+                Some(ppb) if present.len() == segs.len() => entry_from_partial(s, lo, hi, ppb, present),
+                _ => partial_parity_entry(s, lo, hi, np.bytes(), &segs, &present, move |i| geo.data_member(s, i)),
+            };
             ppl.log(core, io, p, entry).await?;
+            // A member failed while the entry waited for its unit: the writes below skip it,
+            // and an entry that lists it would not be replayed (it cannot be read back). Log
+            // what the stripe now means first, as after a member fails mid-write.
+            let still = segs.iter().map(|g| geo.data_member(s, g.idx)).filter(|&m| core.member(m).writable());
+            if still.ne(logged.iter().copied()) && core.member(p).writable() {
+                let now = present_mods(core, s, &segs);
+                let entry = partial_parity_entry(s, lo, hi, np.bytes(), &segs, &now, move |i| geo.data_member(s, i));
+                ppl.log(core, io, p, entry).await?;
+            }
         }
     }
-    let mut targets = Vec::new();
-    let mut futs: Vec<blockdev::IoFuture> = Vec::new();
+    let mut targets: SmallVec<[usize; INLINE]> = SmallVec::new();
+    let mut futs: SmallVec<[MemberIo<'_>; INLINE]> = SmallVec::new();
     for g in segs.iter_mut() {
         let m = geo.data_member(s, g.idx);
         if core.member(m).writable() {
             targets.push(m);
-            futs.push(core.write_member(io, m, base + g.a, g.buf.io(), fua, IoTag::data("raid5.data")));
+            futs.push(core.write_member_io(io, m, base + g.a, g.buf.io(), fua, IoTag::data("raid5.data")));
         }
     }
     if let Some(pb) = newp.as_mut() {
         targets.push(p);
-        futs.push(core.write_member(io, p, base + lo, pb.io(), fua, IoTag::data("raid5.parity")));
+        futs.push(core.write_member_io(io, p, base + lo, pb.io(), fua, IoTag::data("raid5.parity")));
     }
     let failed = write_members_tolerant(core, io, &targets, futs).await?;
     // A member failed mid-write: log what the degraded stripe now means, so a crash before the
@@ -264,7 +298,7 @@ pub(super) fn partial_parity_entry(
     segs: &[Seg],
     present_mods: &[(usize, u64, u64)],
     member_of: impl Fn(usize) -> usize,
-) -> Entry {
+) -> LogEntry {
     let mut pp = newp.to_vec();
     for g in segs {
         let m = member_of(g.idx);
@@ -273,11 +307,40 @@ pub(super) fn partial_parity_entry(
             xor_into(&mut pp[at..at + g.buf.len()], g.buf.bytes());
         }
     }
-    let pp = (!parity::is_zero(&pp)).then_some(pp);
-    Entry { seq: 0, stripe: s, lo, hi, mods: present_mods.to_vec(), pp }
+    let pp = (!parity::is_zero(&pp)).then_some(Payload::Bytes(pp));
+    LogEntry { seq: 0, stripe: s, lo, hi, mods: present_mods.to_vec(), pp }
 }
 
-/// Compute the stripe's new parity over `[lo, hi)` by the cheapest plan that works.
+/// The log entry for a stripe write whose partial parity `ppb` (over `[lo, hi)`) was computed
+/// with its new parity; every modified member is present (`mods`).
+fn entry_from_partial(s: u64, lo: u64, hi: u64, ppb: SharedBuf, mods: Vec<(usize, u64, u64)>) -> LogEntry {
+    let pp = match parity::is_zero(ppb.bytes()) {
+        true => None,
+        false => Some(match ppb.try_into_dma() {
+            Ok(b) => Payload::Buf(b),
+            Err(b) => Payload::Bytes(b.bytes().to_vec()),
+        }),
+    };
+    LogEntry { seq: 0, stripe: s, lo, hi, mods, pp }
+}
+
+/// New parity from the partial parity: `np = pp ^ (new data of every modified range)`.
+fn parity_from_partial(np: &mut [u8], pp: &[u8], segs: &[Seg], lo: u64) {
+    match segs {
+        [g] if g.a == lo && g.buf.len() == np.len() => xor_pair(np, pp, g.buf.bytes()),
+        _ => {
+            np.copy_from_slice(pp);
+            for g in segs {
+                let at = (g.a - lo) as usize;
+                xor_into(&mut np[at..at + g.buf.len()], g.buf.bytes());
+            }
+        }
+    }
+}
+
+/// Compute the stripe's new parity over `[lo, hi)` by the cheapest plan that works, and with
+/// read-modify-write or reconstruct-write its partial parity on the way (the XOR of everything
+/// in `[lo, hi)` but the new data: what the log needs when every modified member is present).
 async fn new_parity(
     core: &Core,
     io: &IoCtx,
@@ -286,7 +349,7 @@ async fn new_parity(
     mods: &[ModRange],
     lo: u64,
     hi: u64,
-) -> Result<SharedBuf> {
+) -> Result<(SharedBuf, Option<SharedBuf>)> {
     let geo = core.geo;
     let d = geo.data_members();
     let base = s * geo.chunk;
@@ -324,7 +387,7 @@ async fn compute(
     lo: u64,
     hi: u64,
     plan: Plan,
-) -> std::result::Result<SharedBuf, PreReadError> {
+) -> std::result::Result<(SharedBuf, Option<SharedBuf>), PreReadError> {
     let geo = core.geo;
     let d = geo.data_members();
     let base = s * geo.chunk;
@@ -347,33 +410,47 @@ async fn compute(
             }
         }
         Plan::ReadModifyWrite => {
-            let mut reads = vec![(d, lo, hi)];
+            let mut reads: SmallVec<[(usize, u64, u64); INLINE]> = smallvec::smallvec![(d, lo, hi)];
             reads.extend(segs.iter().map(|g| (g.idx, g.a, g.a + g.buf.len() as u64)));
-            let got = read_pieces(core, io, base, &reads, member_of).await?;
-            np.copy_from_slice(got[0].bytes());
-            for (g, old) in segs.iter().zip(&got[1..]) {
+            let mut got = read_pieces(core, io, base, &reads, member_of).await?.into_iter();
+            // pp = old parity ^ old data of the modified ranges, computed in the parity's buffer.
+            let mut ppb = got.next().ok_or_else(|| PreReadError::Other(Error::new(ErrorKind::Io, "no parity read")))?;
+            let pp = ppb.bytes_mut();
+            for (g, old) in segs.iter().zip(got) {
                 let at = (g.a - lo) as usize;
-                xor_into(&mut np[at..at + g.buf.len()], old.bytes());
-                xor_into(&mut np[at..at + g.buf.len()], g.buf.bytes());
+                xor_into(&mut pp[at..at + g.buf.len()], old.bytes());
             }
+            parity_from_partial(np, ppb.bytes(), segs, lo);
+            return Ok((npb, Some(ppb)));
         }
         Plan::ReconstructWrite => {
-            np.fill(0);
-            let reads: Vec<(usize, u64, u64)> =
+            let reads: SmallVec<[(usize, u64, u64); INLINE]> =
                 (0..d).flat_map(|i| complement(lo, hi, mods[i]).into_iter().map(move |(a, b)| (i, a, b))).collect();
             let got = read_pieces(core, io, base, &reads, member_of).await?;
-            for (&(_, a, _), old) in reads.iter().zip(&got) {
+            // pp = XOR of the unmodified pieces: a first piece spanning [lo, hi) is used as it
+            // is (with three members, the one piece read), else a zeroed buffer collects them.
+            let whole = got.first().is_some_and(|b| reads[0].1 == lo && b.len() == len);
+            let mut it = reads.iter().zip(got);
+            let mut ppb = match whole {
+                true => it.next().map(|(_, b)| b).unwrap_or_else(|| io.pool().shared(len)),
+                false => {
+                    let mut z = io.pool().shared(len);
+                    z.bytes_mut().fill(0);
+                    z
+                }
+            };
+            let pp = ppb.bytes_mut();
+            for (&(_, a, _), old) in it {
                 let at = (a - lo) as usize;
-                xor_into(&mut np[at..at + old.len()], old.bytes());
+                xor_into(&mut pp[at..at + old.len()], old.bytes());
             }
-            for g in segs {
-                let at = (g.a - lo) as usize;
-                xor_into(&mut np[at..at + g.buf.len()], g.buf.bytes());
-            }
+            parity_from_partial(np, ppb.bytes(), segs, lo);
+            return Ok((npb, Some(ppb)));
         }
         Plan::Degraded(u) => {
             np.fill(0);
-            let reads: Vec<(usize, u64, u64)> = (0..=d).filter(|&i| i != u).map(|i| (i, lo, hi)).collect();
+            let reads: SmallVec<[(usize, u64, u64); INLINE]> =
+                (0..=d).filter(|&i| i != u).map(|i| (i, lo, hi)).collect();
             let got = read_pieces(core, io, base, &reads, member_of).await?;
             // Old content of u = XOR of all the others (data and parity).
             let mut old_u = vec![0u8; len];
@@ -404,7 +481,7 @@ async fn compute(
             )))
         }
     }
-    Ok(npb)
+    Ok((npb, None))
 }
 
 /// Read pieces `(data index or d for parity, a, b)` of stripe at member offset `base`.
@@ -414,14 +491,17 @@ async fn read_pieces(
     base: u64,
     reads: &[(usize, u64, u64)],
     member_of: impl Fn(usize) -> usize,
-) -> std::result::Result<Vec<SharedBuf>, PreReadError> {
-    let mut bufs: Vec<SharedBuf> = reads.iter().map(|&(_, a, b)| io.pool().shared((b - a) as usize)).collect();
-    let futs = reads
+) -> std::result::Result<SmallVec<[SharedBuf; INLINE]>, PreReadError> {
+    let mut bufs: SmallVec<[SharedBuf; INLINE]> =
+        reads.iter().map(|&(_, a, b)| io.pool().shared((b - a) as usize)).collect();
+    let futs: SmallVec<[MemberIo<'_>; INLINE]> = reads
         .iter()
         .zip(bufs.iter_mut())
-        .map(|(&(i, a, _), buf)| core.read_member(io, member_of(i), base + a, buf.io(), IoTag::data("raid5.preread")))
+        .map(|(&(i, a, _), buf)| {
+            core.read_member_io(io, member_of(i), base + a, buf.io(), IoTag::data("raid5.preread"))
+        })
         .collect();
-    for (&(i, _, _), r) in reads.iter().zip(blockdev::join::join_all(futs).await) {
+    for (&(i, _, _), r) in reads.iter().zip(crate::join_small::join(futs).await) {
         if let Err(e) = r {
             return Err(PreReadError::Member(member_of(i), e));
         }

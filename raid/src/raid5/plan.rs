@@ -2,6 +2,8 @@
 //! plus old parity) or reconstruct-write (the unmodified ranges), whichever reads fewer bytes;
 //! a reconstruct from parity when a member needed by both is unreadable.
 
+use smallvec::SmallVec;
+
 /// The modified byte range `[a, b)` of one data chunk (offsets inside the chunk), if any.
 pub type ModRange = Option<(u64, u64)>;
 
@@ -21,9 +23,9 @@ pub enum Plan {
 }
 
 /// The pieces of `[lo, hi)` outside `m` (0, 1 or 2 ranges).
-pub fn complement(lo: u64, hi: u64, m: ModRange) -> Vec<(u64, u64)> {
+pub fn complement(lo: u64, hi: u64, m: ModRange) -> SmallVec<[(u64, u64); 2]> {
     match m {
-        None => vec![(lo, hi)],
+        None => smallvec::smallvec![(lo, hi)],
         Some((a, b)) => [(lo, a), (b, hi)].into_iter().filter(|(x, y)| x < y).collect(),
     }
 }

@@ -20,17 +20,40 @@
 //! flush; a slot is reused only once its previous unit is below it.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::int_hash::IntMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use blockdev::{Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
+use blockdev::{DmaBuf, Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
 use futures::channel::oneshot;
+use smallvec::SmallVec;
 
 use crate::core::Core;
 use crate::member::MemberState;
 use crate::raid5::parity::xor_into;
 pub use crate::raid5::ppl_unit::Entry;
-use crate::raid5::ppl_unit::{decode_header, decode_unit, encode_header, encode_unit, Header, UnitSize, BLOCK};
+use crate::raid5::ppl_unit::{decode_header, decode_unit, encode_header, encode_unit_header, Header, UnitSize, BLOCK};
+
+/// A partial parity on its way to the log.
+pub enum Payload {
+    /// The pooled buffer it was computed in: the unit's write takes it from there.
+    Buf(DmaBuf),
+    /// Bytes computed elsewhere (degraded or rare paths).
+    Bytes(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Payload::Buf(b) => b.as_slice(),
+            Payload::Bytes(v) => v,
+        }
+    }
+}
+
+/// An entry to log.
+pub type LogEntry = Entry<Payload>;
 
 /// Tracked stripes after which a write forces a flush (bounds memory without guest flushes).
 const MAX_TRACKED: usize = 1 << 16;
@@ -54,7 +77,7 @@ enum Msg {
 /// Entries waiting for one parity member's next log write.
 #[derive(Default)]
 struct Queue {
-    pending: Vec<(Entry, oneshot::Sender<Msg>)>,
+    pending: Vec<(LogEntry, oneshot::Sender<Msg>)>,
     /// A unit is being written to this member (by the writer that was handed the lead).
     writing: bool,
 }
@@ -66,12 +89,12 @@ struct Track {
     /// Epoch in which the last write to the stripe completed.
     epoch: u64,
     /// Units holding entries of the stripe's current writes.
-    seqs: Vec<u64>,
+    seqs: SmallVec<[u64; 2]>,
     /// Units holding entries of writes that completed before the current one began (in epoch
     /// `settled_epoch` at the latest): a flush makes them stable whatever the current write is
     /// doing. Without this, a writer waiting for a log slot would keep its stripe's older units
     /// live, and with every slot taken nothing could free one.
-    settled: Vec<u64>,
+    settled: SmallVec<[u64; 2]>,
     settled_epoch: u64,
 }
 
@@ -91,8 +114,8 @@ struct State {
     persisted_valid_from: u64,
     /// Units that may still be replayed: sequence number -> stripes not yet retired.
     live: BTreeMap<u64, u32>,
-    tracked: HashMap<u64, Track>,
-    last_logged: HashMap<u64, u64>,
+    tracked: IntMap<u64, Track>,
+    last_logged: IntMap<u64, u64>,
 }
 
 /// The running log.
@@ -102,7 +125,7 @@ pub(crate) struct Ppl {
     slots: u64,
     chunk: u64,
     state: Mutex<State>,
-    queues: Mutex<HashMap<usize, Queue>>,
+    queues: Mutex<IntMap<usize, Queue>>,
     /// Units written and the entries they held (how well entries pack).
     units: AtomicU64,
     entries: AtomicU64,
@@ -119,7 +142,7 @@ impl Ppl {
             slots: (len.saturating_sub(BLOCK) / slot_size).max(1),
             chunk,
             state: Mutex::new(State::default()),
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::new(IntMap::default()),
             units: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             header_lock: futures::lock::Mutex::new(()),
@@ -170,14 +193,14 @@ impl Ppl {
         (self.units.load(Ordering::Relaxed), self.entries.load(Ordering::Relaxed))
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Queue>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, IntMap<usize, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Log `entry` (its `seq` is assigned here) to the log of `parity_member`: return once the
     /// unit holding it has been written with FUA. Entries that arrive while a unit is being
     /// written to that member go together in the next one.
-    pub async fn log(&self, core: &Core, io: &IoCtx, parity_member: usize, entry: Entry) -> Result<()> {
+    pub async fn log(&self, core: &Core, io: &IoCtx, parity_member: usize, entry: LogEntry) -> Result<()> {
         let (tx, mut rx) = oneshot::channel();
         let lead = {
             let mut qs = self.queues();
@@ -208,14 +231,19 @@ impl Ppl {
     /// Write the waiting entries of `p` that fit one unit (the caller's own is first), tell
     /// their writers, then hand the lead to the first writer still waiting.
     async fn write_next_unit(&self, core: &Core, io: &IoCtx, p: usize) {
-        let batch: Vec<(Entry, oneshot::Sender<Msg>)> = {
+        let batch: SmallVec<[(LogEntry, oneshot::Sender<Msg>); 8]> = {
             let mut qs = self.queues();
             let q = qs.entry(p).or_default();
             let mut size = UnitSize::new();
             let n = q.pending.iter().take_while(|(e, _)| size.try_add(e, self.chunk)).count();
             q.pending.drain(..n).collect()
         };
-        let (entries, txs): (Vec<Entry>, Vec<oneshot::Sender<Msg>>) = batch.into_iter().unzip();
+        let mut entries: SmallVec<[LogEntry; 8]> = SmallVec::new();
+        let mut txs: SmallVec<[oneshot::Sender<Msg>; 8]> = SmallVec::new();
+        for (e, tx) in batch {
+            entries.push(e);
+            txs.push(tx);
+        }
         let res = self.write_unit(core, io, p, entries).await;
         for tx in txs {
             let _ = tx.send(Msg::Done(res.clone()));
@@ -236,7 +264,7 @@ impl Ppl {
     }
 
     /// Write one unit of `entries` to member `p`'s log (FUA), waiting for a free slot.
-    async fn write_unit(&self, core: &Core, io: &IoCtx, p: usize, entries: Vec<Entry>) -> Result<()> {
+    async fn write_unit(&self, core: &Core, io: &IoCtx, p: usize, entries: SmallVec<[LogEntry; 8]>) -> Result<()> {
         let mut tries = 0u32;
         let seq = loop {
             {
@@ -271,16 +299,22 @@ impl Ppl {
                 ));
             }
         };
-        let mut size = UnitSize::new();
-        for e in &entries {
-            size.try_add(e, self.chunk);
-        }
         self.units.fetch_add(1, Ordering::Relaxed);
         self.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let at = self.offset + BLOCK + (seq % self.slots) * self.slot_size;
-        let mut buf = io.pool().shared(size.bytes());
-        encode_unit(&core.uuid, seq, &entries, buf.bytes_mut());
-        core.write_member_raw(io, p, at, buf.io(), true, IoTag::meta("raid5.ppl")).await
+        // The header block, then each payload from its own buffer (one vectored write).
+        let mut head = io.pool().shared(BLOCK as usize);
+        encode_unit_header(&core.uuid, seq, &entries, head.bytes_mut());
+        let mut bufs = head.io();
+        for e in entries {
+            let mut b = match e.pp {
+                None => continue,
+                Some(Payload::Buf(b)) => SharedBuf::from_dma(b),
+                Some(Payload::Bytes(v)) => SharedBuf::from_slice(&v),
+            };
+            bufs.append(b.io());
+        }
+        core.write_member_raw(io, p, at, bufs, true, IoTag::meta("raid5.ppl")).await
     }
 
     /// After a flush that started in epoch `e`: retire stable writes and advance `valid_from`.
@@ -319,7 +353,7 @@ impl Ppl {
         }
         let bytes = encode_header(&core.uuid, vf);
         let targets = core.writable_members();
-        let futs = targets
+        let futs: Vec<blockdev::IoFuture> = targets
             .iter()
             .map(|&m| {
                 let mut b = SharedBuf::from_slice(&bytes);

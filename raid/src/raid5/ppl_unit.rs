@@ -31,9 +31,10 @@ const MOD_LEN: usize = 12;
 /// End of the space for descriptors (the last 4 bytes are the header's crc).
 const DESC_END: usize = BLOCK as usize - 4;
 
-/// One log entry.
+/// One log entry. `P` holds the partial parity's bytes: a `Vec` when decoded, a pooled buffer
+/// on its way to the log (written from where it was computed, not copied into the unit).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<P = Vec<u8>> {
     /// Sequence number of the unit holding it (newest wins per stripe).
     pub seq: u64,
     /// Stripe number.
@@ -45,16 +46,21 @@ pub struct Entry {
     /// Present members whose ranges `[a, b)` (inside the chunk) are read back at recovery.
     pub mods: Vec<(usize, u64, u64)>,
     /// The partial parity over `[lo, hi)` (None: all zeros).
-    pub pp: Option<Vec<u8>>,
+    pub pp: Option<P>,
 }
 
-impl Entry {
+impl<P: AsRef<[u8]>> Entry<P> {
     fn desc_len(&self) -> usize {
         ENTRY_FIXED + MOD_LEN * self.mods.len().min(MAX_MODS)
     }
 
     fn payload_len(&self) -> usize {
-        self.pp.as_ref().map_or(0, Vec::len)
+        self.pp.as_ref().map_or(0, |p| p.as_ref().len())
+    }
+
+    /// The payload bytes (empty for a zero partial parity).
+    pub fn payload(&self) -> &[u8] {
+        self.pp.as_ref().map_or(&[], |p| p.as_ref())
     }
 }
 
@@ -73,7 +79,7 @@ impl UnitSize {
     }
 
     /// Add `e` if it fits a unit of a log with chunk size `chunk` (the first entry always does).
-    pub fn try_add(&mut self, e: &Entry, chunk: u64) -> bool {
+    pub fn try_add<P: AsRef<[u8]>>(&mut self, e: &Entry<P>, chunk: u64) -> bool {
         let (desc, payload) = (self.desc + e.desc_len(), self.payload + e.payload_len());
         let fits = self.count == 0 || (self.count < MAX_ENTRIES && desc <= DESC_END && payload as u64 <= chunk);
         if fits {
@@ -112,16 +118,29 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 
 /// Encode a unit of `entries` with sequence `seq` into `b`, which must be exactly the
 /// [`UnitSize::bytes`] of those entries (any prior contents).
-pub fn encode_unit(uuid: &[u8; 16], seq: u64, entries: &[Entry], b: &mut [u8]) {
-    b[..BLOCK as usize].fill(0);
+pub fn encode_unit<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) {
+    let (head, mut rest) = b.split_at_mut(BLOCK as usize);
+    encode_unit_header(uuid, seq, entries, head);
+    for e in entries {
+        let (dst, tail) = rest.split_at_mut(e.payload_len());
+        dst.copy_from_slice(e.payload());
+        rest = tail;
+    }
+}
+
+/// Encode the header block (exactly [`BLOCK`] bytes, any prior contents) of a unit of
+/// `entries`: the unit is this block followed by the entries' payloads in order, which a
+/// vectored write can take from where they are.
+pub fn encode_unit_header<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) {
+    b.fill(0);
     b[0..8].copy_from_slice(&UNIT_MAGIC);
     b[8..24].copy_from_slice(uuid);
     b[24..32].copy_from_slice(&seq.to_le_bytes());
     put32(b, 32, entries.len() as u32);
     let mut at = ENTRIES_AT;
-    let mut pay = BLOCK as usize;
+    let mut pay = 0usize;
     for e in entries {
-        let payload = e.pp.as_deref().unwrap_or(&[]);
+        let payload = e.payload();
         b[at..at + 8].copy_from_slice(&e.stripe.to_le_bytes());
         put32(b, at + 8, e.lo as u32);
         put32(b, at + 12, e.hi as u32);
@@ -136,10 +155,9 @@ pub fn encode_unit(uuid: &[u8; 16], seq: u64, entries: &[Entry], b: &mut [u8]) {
             put32(b, at + 8, hi as u32);
             at += MOD_LEN;
         }
-        b[pay..pay + payload.len()].copy_from_slice(payload);
         pay += payload.len();
     }
-    put32(b, 36, (pay - BLOCK as usize) as u32);
+    put32(b, 36, pay as u32);
     let crc = crc32fast::hash(&b[..DESC_END]);
     put32(b, DESC_END, crc);
 }
