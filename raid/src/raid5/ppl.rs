@@ -336,6 +336,11 @@ impl Ppl {
                 }
                 !(stable && t.settled.is_empty())
             });
+            // A burst (a prefill of full stripes, say) can leave the table mostly empty: shrink
+            // it, or every later lookup and this scan walk the burst's size.
+            if tracked.capacity() > 256 && tracked.capacity() > 8 * tracked.len() {
+                tracked.shrink_to(2 * tracked.len());
+            }
             let vf = st.live.keys().next().copied().unwrap_or(st.next_seq);
             (vf > st.persisted_valid_from).then_some(vf)
         };
