@@ -24,8 +24,14 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 run_one() { # DIR LABEL TAG QUEUES
     local dir="$1" label="$2" tag="$3" nq="$4"
     mkdir -p "$dir"
-    head -c "$((SIZE_MB << 20))" /dev/urandom > "$dir/strata.raw"
-    cp "$dir/strata.raw" "$dir/qsd.raw"
+    # Both servers get a copy made the same way: a file written by `head` and one written by
+    # `cp` sit differently in the page cache (ext4 caches the copy in large folios), which
+    # alone moved 1 MiB QD1 reads by 2x between two copies of the same data.
+    head -c "$((SIZE_MB << 20))" /dev/urandom > "$dir/source.raw"
+    cp "$dir/source.raw" "$dir/strata.raw"
+    cp "$dir/source.raw" "$dir/qsd.raw"
+    rm -f "$dir/source.raw"
+    sync
     rm -f "$dir/strata.sock" "$dir/qsd.sock"
     "$BIN/vhost-user-blk" --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!

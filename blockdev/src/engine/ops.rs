@@ -96,9 +96,10 @@ macro_rules! with_target {
 /// only starts a second worker for work marked concurrent (which IOSQE_ASYNC does): without it every
 /// large copy queues behind one worker thread and sequential throughput is one CPU's memcpy.
 /// A large request alone on the ring (queue depth 1) keeps the inline attempt: a page-cache hit
-/// is then copied by the submitting thread, without a hop to a worker and back (1 MiB tmpfs
-/// reads at QD1: 3.2-3.9k IOPS always punted, 4.4-4.7k inline, on 2026-12-03's quiet machine;
-/// at QD32 punting is worth 7.5-9k against 5.9-6.9k). Small requests always try inline.
+/// is then copied by the submitting thread where the file system can, without a hop to a worker
+/// and back (1 MiB tmpfs reads through the server, 2026-12-03, quiet machine, equal copies of the
+/// file: QD1 3.9-4.0k IOPS always punted, 4.0-4.5k this way; QD32 7.6-8.4k and 8.5-9.1k). Small
+/// requests always try inline.
 pub const ASYNC_THRESHOLD: usize = 128 << 10;
 
 /// Build the SQE for `kind` on `bufs`; `others_in_flight` says the ring has other operations in
