@@ -195,7 +195,11 @@ impl Worker {
             } else if now.duration_since(last_work) >= window {
                 break;
             } else {
-                std::hint::spin_loop();
+                // Yield rather than spin: on a machine with more runnable threads than CPUs
+                // (the guest's vCPU, the client, io-wq workers) a pure spin would take the CPU
+                // from whoever is about to produce the next request, and polling would only
+                // delay it. With nothing else runnable this returns at once.
+                std::thread::yield_now();
             }
             if now.duration_since(start) >= stretch {
                 break;
