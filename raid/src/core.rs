@@ -147,6 +147,7 @@ impl Core {
         }
         tracing::warn!("{}: member {m} ({}) failed, continuing degraded: {err}", self.name, self.members[m].name());
         self.members[m].set_state(MemberState::Faulty);
+        self.flush_group.note_failure();
         self.write_superblocks(io).await
     }
 

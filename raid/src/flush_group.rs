@@ -17,6 +17,10 @@ pub(crate) struct FlushGroup {
     requested: AtomicU64,
     /// Held while a flush runs; holds the newest ticket a completed flush covers.
     covered: futures::lock::Mutex<u64>,
+    /// Members failed so far.
+    failures: AtomicU64,
+    /// Failures a flush that started after them has covered.
+    flushed_failures: AtomicU64,
 }
 
 impl FlushGroup {
@@ -32,6 +36,34 @@ impl FlushGroup {
         let upto = self.requested.load(Ordering::Acquire);
         core.flush_members(io, false).await?;
         *covered = upto;
+        Ok(())
+    }
+
+    /// A member failed: the next write to complete flushes the others
+    /// ([`FlushGroup::flush_after_failure`]).
+    pub fn note_failure(&self) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Members failed so far (a write notes it when it starts).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// Called by a write that completed and had seen `since` failures when it started: flush
+    /// the members if one failed while it ran, or since the last such flush. A write's log entry
+    /// lists the members it modified; one that lists a member that fails before the write is
+    /// stable cannot be replayed over that member's range (it cannot be read back), so until
+    /// the write is stable a crash of another member could tear the stripe there, and the
+    /// failed member's written range would reconstruct to neither old nor new data. The flush
+    /// makes every completed write stable and retires its entry.
+    pub async fn flush_after_failure(&self, core: &Core, io: &IoCtx, since: u64) -> Result<()> {
+        let f = self.failures();
+        if f == since && f <= self.flushed_failures.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.flush(core, io).await?;
+        self.flushed_failures.fetch_max(f, Ordering::AcqRel);
         Ok(())
     }
 }

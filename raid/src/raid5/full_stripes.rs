@@ -81,6 +81,7 @@ impl Run {
 /// Write the run: together when the array is plain, else stripe by stripe.
 pub(super) async fn write(core: Arc<Core>, io: IoCtx, mut run: Run, fua: bool) -> Result<()> {
     let (first, n) = (run.first, run.n);
+    let failures = core.flush_group.failures();
     let mut guards = Vec::with_capacity(n as usize);
     for s in first..first + n {
         guards.push(core.locks.lock(s).await);
@@ -125,8 +126,13 @@ pub(super) async fn write(core: Arc<Core>, io: IoCtx, mut run: Run, fua: bool) -
     if let (Some(bm), Some(mk)) = (&core.bitmap, marked) {
         bm.end_write(mk, epoch);
     }
+    res?;
+    // As in a single stripe's write (see `FlushGroup::flush_after_failure`).
+    if core.ppl.is_some() {
+        core.flush_group.flush_after_failure(&core, &io, failures).await?;
+    }
     drop(guards);
-    res
+    Ok(())
 }
 
 async fn write_locked(core: &Core, io: &IoCtx, run: &mut Run, fua: bool) -> Result<()> {

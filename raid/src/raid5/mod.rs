@@ -169,6 +169,7 @@ pub(crate) async fn write_zeroes(core: Arc<Core>, io: IoCtx, off: u64, len: u64)
 }
 
 pub(super) async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<Seg>, fua: bool) -> Result<()> {
+    let failures = core.flush_group.failures();
     let _g = core.locks.lock(s).await;
     let base = s * core.geo.chunk;
     let lo = segs.iter().map(|g| g.a).min().unwrap_or(0);
@@ -200,7 +201,11 @@ pub(super) async fn write_stripe(core: Arc<Core>, io: IoCtx, s: u64, segs: Vec<S
     if let (Some(bm), Some(mk)) = (&core.bitmap, marked) {
         bm.end_write(mk, epoch);
     }
-    res
+    res?;
+    match core.ppl {
+        Some(_) => core.flush_group.flush_after_failure(&core, &io, failures).await,
+        None => Ok(()),
+    }
 }
 
 async fn write_stripe_locked(

@@ -452,27 +452,55 @@ impl Ppl {
     }
 
     /// Recompute parity of one logged stripe from the partial parity and the disk.
+    ///
+    /// A modified member that cannot be read back (it failed since) leaves its own modified
+    /// range as it is: the partial parity needs that member's bytes as found on disk there. The
+    /// rest of the entry's range is replayed all the same, so the bytes that member held but
+    /// this write did not touch reconstruct to what it really held.
     async fn replay(&self, core: &Core, io: &IoCtx, p: usize, e: &Entry) -> Result<bool> {
         let base = e.stripe * core.geo.chunk;
-        if e.mods.iter().any(|&(m, a, b)| !core.member(m).readable(base + a, b - a)) {
+        let (readable, missing): (Vec<_>, Vec<_>) =
+            e.mods.iter().copied().partition(|&(m, a, b)| core.member(m).readable(base + a, b - a));
+        if !missing.is_empty() {
             tracing::warn!(
-                "{}: stripe {}: a logged member is missing; parity left as it is (its written range may read back torn)",
+                "{}: stripe {}: a logged member is missing; its written range keeps the parity it has (and may read back torn)",
                 core.name,
                 e.stripe
             );
-            return Ok(false);
         }
         let len = (e.hi - e.lo) as usize;
         let mut parity = e.pp.clone().unwrap_or_else(|| vec![0; len]);
-        for &(m, a, b) in &e.mods {
+        for &(m, a, b) in &readable {
             let got = core.read_member_buf(io, m, base + a, (b - a) as usize, IoTag::meta("raid5.ppl_replay")).await?;
             let at = (a - e.lo) as usize;
             xor_into(&mut parity[at..at + (b - a) as usize], got.bytes());
         }
-        let mut buf = SharedBuf::from_slice(&parity);
-        core.write_member(io, p, base + e.lo, buf.io(), false, IoTag::meta("raid5.ppl_replay")).await?;
-        Ok(true)
+        let pieces = replayable_pieces(e.lo, e.hi, &missing);
+        for &(a, b) in &pieces {
+            let mut buf = SharedBuf::from_slice(&parity[(a - e.lo) as usize..(b - e.lo) as usize]);
+            core.write_member(io, p, base + a, buf.io(), false, IoTag::meta("raid5.ppl_replay")).await?;
+        }
+        Ok(!pieces.is_empty())
     }
+}
+
+/// The parts of `[lo, hi)` outside every `missing` member's modified range `(m, a, b)`.
+fn replayable_pieces(lo: u64, hi: u64, missing: &[(usize, u64, u64)]) -> Vec<(u64, u64)> {
+    let mut cut: Vec<(u64, u64)> =
+        missing.iter().map(|&(_, a, b)| (a.max(lo), b.min(hi))).filter(|(a, b)| a < b).collect();
+    cut.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = lo;
+    for (a, b) in cut {
+        if a > at {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < hi {
+        out.push((at, hi));
+    }
+    out
 }
 
 /// Let other tasks on this thread run once.
