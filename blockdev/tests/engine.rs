@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use blockdev::{BlockDev, ErrorKind, IoBufs, IoCtx, IoTag, MemDisk, OpenOptions, RawFile, SharedBuf};
+use blockdev::{BlockDev, EngineConfig, ErrorKind, IoBufs, IoCtx, IoTag, MemDisk, OpenOptions, RawFile, SharedBuf};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -335,6 +335,48 @@ fn epoll_loop_drives_requests_through_completion_fd() {
         // SAFETY: waits on our epoll fd with a live output array of the stated length.
         unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) };
         io.run_once();
+    }
+    // SAFETY: closes the epoll fd we created.
+    unsafe { libc::close(ep) };
+    assert_eq!(io.live_tasks(), 0);
+}
+
+/// With a kernel submission thread (SQPOLL) that went to sleep: operations of a task spawned
+/// then (they are queued during the next turn, which completes nothing) are still handed over,
+/// the thread woken, and their completions reach the epoll loop.
+#[test]
+fn epoll_loop_with_a_sleeping_kernel_submission_thread() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let io = IoCtx::with_config(EngineConfig { sq_poll_idle_ms: 1, ..EngineConfig::default() }).unwrap();
+    assert!(io.config().sq_polled());
+    // SAFETY: epoll_create1 has no memory arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+    // SAFETY: registers a valid fd with a live event struct.
+    assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, io.completion_fd(), &mut ev) }, 0);
+    let done = std::rc::Rc::new(std::cell::Cell::new(0));
+    for i in 0..8u64 {
+        // Idle past the kernel thread's 1 ms: it goes to sleep.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (dev, io2, finished) = (dev.clone(), io.clone(), done.clone());
+        io.spawn(async move {
+            let mut b = SharedBuf::from_slice(&pattern(4096, i as u8));
+            dev.write(&io2, i * 4096, b.io(), false, IoTag::DATA).await.unwrap();
+            let mut r = SharedBuf::new(4096);
+            dev.read(&io2, i * 4096, r.io(), IoTag::DATA).await.unwrap();
+            assert_eq!(r.bytes(), pattern(4096, i as u8).as_slice());
+            finished.set(finished.get() + 1);
+        });
+        io.run_pending();
+        while done.get() <= i as usize {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: waits on our epoll fd with a live output array of the stated length.
+            let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 3000) };
+            assert!(n > 0, "request {i}: nothing signalled in 3 s (an operation never reached the kernel?)");
+            io.run_once();
+        }
     }
     // SAFETY: closes the epoll fd we created.
     unsafe { libc::close(ep) };

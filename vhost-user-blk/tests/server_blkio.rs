@@ -12,8 +12,28 @@ const MIB: u64 = 1 << 20;
 #[test]
 fn mixed_random_writes_at_qd16_read_back_after_flush() {
     let dir = tempdir();
-    let size = 32 * MIB;
-    let served = serve(dir.path(), "qd16", mem_disk(size), |_| {});
+    mixed_random_writes_read_back(dir.path(), mem_disk(32 * MIB), |_| {});
+}
+
+/// The same over a raw file (every request an io_uring operation) whose worker's ring has a
+/// kernel submission thread (`sqpoll=on`): nothing is submitted by `io_uring_enter`.
+#[test]
+fn mixed_random_writes_with_a_kernel_submission_thread() {
+    let dir = tempdir();
+    let path = dir.path().join("disk.raw");
+    std::fs::File::create(&path).unwrap().set_len(32 * MIB).unwrap();
+    let dev = blockdev::RawFile::open(&path, blockdev::OpenOptions::default()).unwrap();
+    mixed_random_writes_read_back(dir.path(), std::sync::Arc::new(dev), |s| s.sqpoll_ms = 1);
+}
+
+/// 400 writes of 512 B to 128 KiB at queue depth 16, a flush, then every byte read back.
+fn mixed_random_writes_read_back(
+    dir: &std::path::Path,
+    dev: std::sync::Arc<dyn blockdev::BlockDev>,
+    tweak: impl FnOnce(&mut vhost_user_blk::server::ExportSettings),
+) {
+    let size = dev.info().size;
+    let served = serve(dir, "qd16", dev, tweak);
     let lane = size / 16;
     let max_io = 128 * 1024;
     let mut c = Client::connect(&served.export.settings.socket, 1, 16 * max_io);

@@ -80,7 +80,7 @@ impl IoCtx {
     /// Create this thread's engine: the ring, with its opcodes probed and workers capped.
     pub fn with_config(config: EngineConfig) -> Result<IoCtx> {
         let sq = config.sq_entries.clamp(8, 4096).next_power_of_two();
-        let ring = build_ring(sq)?;
+        let ring = build_ring(sq, config.sq_poll_idle_ms)?;
         probe::check_opcodes(&ring)?;
         if config.max_bounded_workers > 0 || config.max_unbounded_workers > 0 {
             let mut caps = [config.max_bounded_workers, config.max_unbounded_workers];
@@ -270,7 +270,15 @@ impl IoCtx {
             self.inner.tasks.run_ready(&self.inner.queue);
             // Go round again while tasks queued SQEs: submitting them may complete some inline
             // (page-cache hits), and reaping those now saves a wake-up.
-            let idle = n == 0 && !self.inner.queue.has_ready() && self.inner.ring.borrow_mut().submission().is_empty();
+            let sq_drained = if self.inner.config.sq_polled() {
+                // The kernel thread takes what tasks just queued, but only once woken if it
+                // went to sleep: hand them over now (no syscall while it is awake).
+                self.submit();
+                true
+            } else {
+                self.inner.ring.borrow_mut().submission().is_empty()
+            };
+            let idle = n == 0 && !self.inner.queue.has_ready() && sq_drained;
             if !idle {
                 continue;
             }
@@ -298,9 +306,12 @@ impl IoCtx {
         if self.inner.queue.has_ready() {
             return true;
         }
+        let sq_polled = self.inner.config.sq_polled();
         let mut ring = self.inner.ring.borrow_mut();
         let (_, sq, cq) = ring.split();
-        !cq.is_empty() || !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        // SQEs not yet taken are ours to submit, unless a kernel thread is awake to take them.
+        let sq_pending = !sq.is_empty() && (!sq_polled || sq.need_wakeup());
+        !cq.is_empty() || sq_pending || sq.taskrun() || sq.cq_overflow()
     }
 
     /// Turn the completion eventfd's notifications back on; true if completion work arrived
@@ -422,7 +433,12 @@ impl IoCtx {
                     return;
                 }
             }
+            // Wakes the kernel submission thread too, when the ring has one and it sleeps.
             self.submit();
+            if self.inner.config.sq_polled() {
+                // That thread empties the queue by itself: sleep until it has made room.
+                let _ = self.inner.ring.borrow().submitter().squeue_wait();
+            }
             // If the kernel could not take entries (CQ overflow), make room by reaping.
             self.reap();
         }
@@ -493,7 +509,16 @@ pub(crate) fn unregister_now_on_this_thread(mailbox: &Arc<RingMailbox>) {
     });
 }
 
-fn build_ring(entries: u32) -> Result<IoUring> {
+fn build_ring(entries: u32, sq_poll_idle_ms: u32) -> Result<IoUring> {
+    if sq_poll_idle_ms > 0 {
+        // DEFER_TASKRUN needs the submitting task to run completion work itself, which a
+        // kernel submission thread rules out: such a ring is a plain one plus SQPOLL.
+        return IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .setup_sqpoll(sq_poll_idle_ms)
+            .build(entries)
+            .map_err(probe::explain_setup_error);
+    }
     let attempt = IoUring::builder()
         .setup_cqsize(entries * 2)
         .setup_single_issuer()

@@ -45,6 +45,15 @@ fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse().map_err(|_| format!("{key}={v:?}: expected a number"))
 }
 
+/// `sqpoll=on|off|MS`: on is a 1 ms idle time, a number is the idle time in milliseconds.
+fn parse_sqpoll(v: &str) -> Result<u32, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(1),
+        "off" | "false" | "no" => Ok(0),
+        _ => v.parse().map_err(|_| format!("sqpoll={v:?}: expected on, off or an idle time in milliseconds")),
+    }
+}
+
 impl DiskSpec {
     /// Parse a `--disk` spec.
     pub fn parse(spec: &str) -> Result<DiskSpec, String> {
@@ -69,6 +78,7 @@ impl DiskSpec {
                 "write-cache" => s.write_cache = parse_bool(&k, &v)?,
                 "queues-per-thread" => s.queues_per_thread = parse_num(&k, &v)?,
                 "poll-us" => s.poll_us = parse_num(&k, &v)?,
+                "sqpoll" => s.sqpoll_ms = parse_sqpoll(&v)?,
                 _ => device.push((k, v)),
             }
         }
@@ -149,6 +159,11 @@ mod tests {
         assert!(qpt.contains("queues-per-thread"), "{qpt}");
         assert!(DiskSpec::parse("socket=s,format=mem,poll-us=10001").unwrap_err().contains("poll-us"));
         assert_eq!(DiskSpec::parse("socket=s,format=mem,poll-us=0").unwrap().settings.poll_us, 0);
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=on").unwrap().settings.sqpoll_ms, 1);
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=off").unwrap().settings.sqpoll_ms, 0);
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=20").unwrap().settings.sqpoll_ms, 20);
+        assert!(DiskSpec::parse("socket=s,format=mem,sqpoll=1001").unwrap_err().contains("sqpoll"));
+        assert!(DiskSpec::parse("socket=s,format=mem,sqpoll=fast").unwrap_err().contains("sqpoll"));
         assert!(DiskSpec::parse("socket=s,format=mem,read-only=maybe").unwrap_err().contains("read-only"));
         assert!(DiskSpec::parse("socket=s,socket=t,format=mem").unwrap_err().contains("twice"));
         assert!(DiskSpec::parse("socket=s,format=mem,,size=1M").is_err());

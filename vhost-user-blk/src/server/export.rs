@@ -18,6 +18,8 @@ pub const MAX_QUEUE_SIZE: u16 = 1024;
 pub const DEFAULT_POLL_US: u32 = 50;
 /// Largest `poll-us` accepted (a worker never spins longer than this without new work).
 pub const MAX_POLL_US: u32 = 10_000;
+/// Largest `sqpoll` idle time accepted, in milliseconds.
+pub const MAX_SQPOLL_MS: u32 = 1_000;
 
 /// How a device is exported (the export keys of a `--disk` spec).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -41,6 +43,9 @@ pub struct ExportSettings {
     /// How long a worker keeps polling its queues and ring for new work after the last
     /// request or completion, before it sleeps until a kick (microseconds, 0 = never poll).
     pub poll_us: u32,
+    /// Give each worker's io_uring a kernel submission thread that polls for this many
+    /// milliseconds after the last submission (`sqpoll=on` is 1 ms; 0 = off, the default).
+    pub sqpoll_ms: u32,
 }
 
 impl ExportSettings {
@@ -56,6 +61,7 @@ impl ExportSettings {
             write_cache: true,
             queues_per_thread: 1,
             poll_us: DEFAULT_POLL_US,
+            sqpoll_ms: 0,
         }
     }
 
@@ -80,6 +86,9 @@ impl ExportSettings {
         }
         if self.poll_us > MAX_POLL_US {
             return Err(format!("poll-us={} must be 0..={MAX_POLL_US}", self.poll_us));
+        }
+        if self.sqpoll_ms > MAX_SQPOLL_MS {
+            return Err(format!("sqpoll={} must be on, off or 0..={MAX_SQPOLL_MS} (milliseconds)", self.sqpoll_ms));
         }
         if self.logical_block_size != 512 && self.logical_block_size != 4096 {
             return Err(format!("logical-block-size={} must be 512 or 4096", self.logical_block_size));

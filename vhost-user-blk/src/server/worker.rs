@@ -32,6 +32,14 @@ thread_local! {
 /// vhost-user-backend's epoll loop (which also carries the exit and vring-enable events).
 const MAX_POLL_STRETCH: Duration = Duration::from_millis(2);
 
+/// Most requests a worker pops before it runs the engine and publishes what finished. Reads that
+/// hit the page cache complete inside the submission, so without a cap a deep queue is served
+/// in one lump: the frontend learns of the first completion only after the last one, sleeps
+/// meanwhile, and the worker then waits for it to wake and refill. Publishing every few
+/// requests lets the frontend refill on its own CPU while the worker goes on (ext4 4 KiB QD32
+/// reads, quiet machine, median of 5 alternating rounds: 8 gave 1.17x the uncapped IOPS).
+const PIPELINE_BATCH: usize = 8;
+
 /// Whether popping requests ends by turning guest notifications (kicks) back on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rearm {
@@ -56,7 +64,8 @@ struct QueueRt {
     index: usize,
     /// Completed requests (head, used length) not yet in the used ring.
     done: RefCell<Vec<(u16, u32)>>,
-    /// Popping stopped because the queue had `queue_size` requests in flight.
+    /// Popping stopped with requests maybe left on the ring: the queue had `queue_size` requests
+    /// in flight, or the worker took a queue's worth in one go; `turn` resumes it.
     throttled: Cell<bool>,
 }
 
@@ -102,7 +111,12 @@ impl Worker {
     fn new(backend: &BlkBackend, nvrings: usize, thread: usize) -> Result<Worker, String> {
         let (mem, epoll_fd) = backend.worker_setup(thread).ok_or("no connection state for this thread")?;
         let qsize = u32::from(backend.export.settings.queue_size);
-        let config = EngineConfig { sq_entries: qsize.max(64), max_in_flight: qsize * 4, ..EngineConfig::default() };
+        let config = EngineConfig {
+            sq_entries: qsize.max(64),
+            max_in_flight: qsize * 4,
+            sq_poll_idle_ms: backend.export.settings.sqpoll_ms,
+            ..EngineConfig::default()
+        };
         let io = IoCtx::with_config(config).map_err(|e| e.to_string())?;
         // Completions, and tasks woken from other threads (a stripe lock released by a rebuild,
         // a shared pool's commit): with DEFER_TASKRUN the ring posts the latter only when this
@@ -147,8 +161,13 @@ impl Worker {
                 }
             }
             if !resumed {
-                break;
+                return work;
             }
+        }
+        // Still resuming after all those passes: come back through the event loop (a wake-up
+        // of our own) rather than sleep with requests left on a ring whose kicks are off.
+        if self.queues.iter().any(|q| q.throttled.get() && self.room(backend, q) > 0) {
+            self.io.remote_waker().wake();
         }
         work
     }
@@ -219,16 +238,46 @@ impl Worker {
         }
     }
 
-    /// Pop every available chain (up to the in-flight cap) and start it. Returns how many.
-    /// With [`Rearm::Yes`] guest notifications end up on (checked race-free against new
-    /// requests); with [`Rearm::No`] they are left as they are.
+    /// Pop every available chain (up to the in-flight cap) and start it, [`PIPELINE_BATCH`] at
+    /// a time: between batches the engine runs (page-cache hits complete inside the submission)
+    /// and finished requests go to the used ring, so the frontend refills the queue while this
+    /// thread works on the rest. Returns how many it started. With [`Rearm::Yes`] guest
+    /// notifications end up on (checked race-free against new requests); with [`Rearm::No`]
+    /// they are left as they are.
     fn process_queue(&self, backend: &BlkBackend, local: usize, vring: &VringRwLock, rearm: Rearm) -> usize {
+        let mut total = 0;
+        let fair_share = usize::from(backend.export.settings.queue_size);
+        loop {
+            let (started, more) = self.process_batch(backend, local, vring, rearm);
+            total += started;
+            if !more {
+                return total;
+            }
+            if total >= fair_share {
+                // A frontend that refills as fast as this thread completes would keep it here
+                // for ever: after a queue's worth, come back later so the thread's other queues
+                // get their turn (the poll loop comes back by itself; otherwise `turn` resumes
+                // the queue as a throttled one).
+                if rearm == Rearm::Yes {
+                    self.queues[local].throttled.set(true);
+                }
+                return total;
+            }
+            self.io.run_pending();
+            self.flush_used(backend, &self.queues[local], vring);
+        }
+    }
+
+    /// Pop up to [`PIPELINE_BATCH`] chains and start them. Returns how many, and whether more
+    /// may be waiting (the batch filled up before the ring ran dry or the in-flight cap hit).
+    fn process_batch(&self, backend: &BlkBackend, local: usize, vring: &VringRwLock, rearm: Rearm) -> (usize, bool) {
         let q = &self.queues[local];
         let shared = &backend.queues[q.index];
         if backend.stopping() || shared.broken.load(Ordering::Acquire) {
-            return 0;
+            return (0, false);
         }
         let export = &backend.export;
+        let mut more = false;
         let ring_mem = self.mem.memory();
         let mut heads: Vec<u16> = Vec::new();
         let (table, size) = {
@@ -241,6 +290,11 @@ impl Worker {
                     q.throttled.set(true);
                     break;
                 }
+                if heads.len() >= PIPELINE_BATCH {
+                    more = true;
+                    break;
+                }
+                let room = room.min(PIPELINE_BATCH - heads.len());
                 if let Err(e) = queue.disable_notification(&*ring_mem) {
                     tracing::debug!(export = %export.name, queue = q.index, "cannot disable notifications: {e}");
                 }
@@ -278,7 +332,7 @@ impl Worker {
         };
         drop(ring_mem);
         if heads.is_empty() {
-            return 0;
+            return (0, false);
         }
         // Map buffers with a snapshot taken after the avail index was read: a frontend adds a
         // memory region (and waits for our ack) before it publishes requests that use it, so this
@@ -296,7 +350,7 @@ impl Worker {
                 }
             }
         }
-        heads.len()
+        (heads.len(), more)
     }
 
     /// Spawn `req` as a task on this thread's engine.

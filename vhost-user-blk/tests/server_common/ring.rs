@@ -309,12 +309,18 @@ impl TestFrontend {
 
     /// Put `head` in queue `q`'s avail ring and publish it (does not kick).
     pub fn publish(&mut self, q: usize, head: u16) {
+        self.stage(q, head);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.set_avail_idx(q, self.queues[q].avail_idx);
+    }
+
+    /// Put `head` in queue `q`'s avail ring without publishing it: the device sees it at the
+    /// next [`TestFrontend::publish`] or [`TestFrontend::set_avail_idx`].
+    pub fn stage(&mut self, q: usize, head: u16) {
         let (avail, size, idx) = (self.queues[q].avail, self.queues[q].size, self.queues[q].avail_idx);
         let slot = avail + 4 + u64::from(idx % size) * 2;
         self.mem.write_obj(head, GuestAddress(slot)).expect("avail entry");
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        let idx = idx.wrapping_add(1);
-        self.set_avail_idx(q, idx);
+        self.queues[q].avail_idx = idx.wrapping_add(1);
     }
 
     /// Write queue `q`'s avail index as is (a hostile guest may write anything).
