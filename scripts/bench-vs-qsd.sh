@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# strata's vhost-user-blk daemon against qemu-storage-daemon, both serving copies of the same data
-# and both driven by the same libblkio client (`blkctl bench socket=...`), alternating workload by
+# strata's vhost-user-blk daemon against qemu-storage-daemon, all serving copies of the same data
+# and all driven by the same libblkio client (`blkctl bench socket=...`), alternating workload by
 # workload in one run, on tmpfs and on a disk-backed file, with one queue and with two queues.
-# Saves docs/bench/40-server-*.json and regenerates docs/bench.md.
+# strata runs twice: with its defaults and with `sqpoll=on` (a kernel submission thread per
+# queue). Saves docs/bench/40-server-*.json and regenerates docs/bench.md.
 #
-# Each case runs ROUNDS times, the two servers alternating (which goes first swaps every round);
-# the rows keep each server's median round, and the notes give every round's ratio.
+# Each case runs ROUNDS times, the servers alternating (the order rotates every round); the rows
+# keep each server's median round, and the notes give every round's ratio to qsd.
 #
 #   bash scripts/bench-vs-qsd.sh            # 256 MiB files, 2 s per case, 3 rounds
 #   TIME=5s SIZE_MB=1024 ROUNDS=5 bash scripts/bench-vs-qsd.sh
@@ -29,30 +30,37 @@ run_one() { # DIR LABEL TAG QUEUES
     # alone moved 1 MiB QD1 reads by 2x between two copies of the same data.
     head -c "$((SIZE_MB << 20))" /dev/urandom > "$dir/source.raw"
     cp "$dir/source.raw" "$dir/strata.raw"
+    cp "$dir/source.raw" "$dir/sqpoll.raw"
     cp "$dir/source.raw" "$dir/qsd.raw"
     rm -f "$dir/source.raw"
     sync
-    rm -f "$dir/strata.sock" "$dir/qsd.sock"
+    rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock"
     "$BIN/vhost-user-blk" --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!
+    "$BIN/vhost-user-blk" --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
+    local sqp=$!
     qemu-storage-daemon --blockdev "driver=file,node-name=f,filename=$dir/qsd.raw,aio=io_uring" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$dir/qsd.sock,writable=on,num-queues=$nq" 2>/dev/null &
     local qsd=$!
-    trap 'kill $ours $qsd 2>/dev/null || true' RETURN
-    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/qsd.sock" ] && break; sleep 0.1; done
+    trap 'kill $ours $sqp $qsd 2>/dev/null || true' RETURN
+    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/sqpoll.sock" ] && [ -S "$dir/qsd.sock" ] && break; sleep 0.1; done
     local qword="one queue"
     [ "$nq" != 1 ] && qword="$nq queues"
     local section="vhost-user-blk server vs qemu-storage-daemon, $label (libblkio client, $qword)"
     local parts=()
-    # Alternate: each workload runs on one server, then on the other, then the next workload;
-    # every round swaps which server goes first.
+    # Alternate: each workload runs on each server in turn, then the next workload; every round
+    # rotates which server goes first.
     local order
     for round in $(seq "$ROUNDS"); do
-    order="strata qsd"
-    [ $((round % 2)) = 0 ] && order="qsd strata"
+    case $((round % 3)) in
+        1) order="strata sqpoll qsd" ;;
+        2) order="qsd strata sqpoll" ;;
+        *) order="sqpoll qsd strata" ;;
+    esac
     for w in randread randwrite seqread; do
         for who in $order; do
             local name="strata $(git rev-parse --short HEAD)"
+            [ "$who" = sqpoll ] && name="strata $(git rev-parse --short HEAD) with sqpoll=on"
             [ "$who" = qsd ] && name="$QSD_VERSION"
             "$BIN/blkctl" bench "socket=$dir/$who.sock,num-queues=$nq" --workloads "$w" --qd 1,32 \
                 --time "$TIME" --json --section "$section" \
@@ -62,16 +70,16 @@ run_one() { # DIR LABEL TAG QUEUES
         done
     done
     done
-    local rss_ours rss_qsd
-    rss_ours="$(rss_kib $ours)"; rss_qsd="$(rss_kib $qsd)"
-    python3 - "$tag" "$nq" "$rss_ours" "$rss_qsd" "$ROUNDS" "${parts[@]}" <<'PY'
+    local rss_ours rss_sqp rss_qsd
+    rss_ours="$(rss_kib $ours)"; rss_sqp="$(rss_kib $sqp)"; rss_qsd="$(rss_kib $qsd)"
+    python3 - "$tag" "$nq" "$rss_ours" "$rss_sqp" "$rss_qsd" "$ROUNDS" "${parts[@]}" <<'PY'
 import json, re, sys
-tag, nq, rss_ours, rss_qsd, rounds = sys.argv[1:6]
-files = sys.argv[6:]
+tag, nq, rss_ours, rss_sqp, rss_qsd, rounds = sys.argv[1:7]
+files = sys.argv[7:]
 merged = {}
 rounds_of = {}  # (who, workload, qd) -> {round: case}
 for f in files:
-    who = "qsd" if "/qsd-" in f else "strata"
+    who = re.search(r"/(strata|sqpoll|qsd)-[a-z]+-r\d+\.json$", f).group(1)
     rnd = int(re.search(r"-r(\d+)\.json$", f).group(1))
     run = json.load(open(f))
     for c in run["cases"]:
@@ -85,31 +93,36 @@ def median_case(cases):
     return ordered[len(ordered) // 2]
 for (who, w, qd), by_round in sorted(rounds_of.items(), key=lambda kv: ("randread", "randwrite", "seqread").index(kv[0][1]) * 1000 + kv[0][2]):
     merged[who]["cases"].append(median_case(list(by_round.values())))
-ours, qsd = merged["strata"], merged["qsd"]
-parts = []
-for r in ours["cases"]:
-    k = (r["workload"], r["qd"])
-    q = next((c for c in qsd["cases"] if (c["workload"], c["qd"]) == k), None)
-    if not q or q["iops"] <= 0:
-        continue
-    mine, theirs = rounds_of[("strata",) + k], rounds_of[("qsd",) + k]
-    per_round = [f'{mine[n]["iops"] / theirs[n]["iops"]:.2f}' for n in sorted(mine) if n in theirs and theirs[n]["iops"] > 0]
-    lat = ""
-    if r["qd"] == 1:
-        lat = f', mean latency {r["lat_us"]["mean"]:.1f} vs {q["lat_us"]["mean"]:.1f} us'
-    parts.append(f'{r["workload"]} QD{r["qd"]} {r["iops"] / q["iops"]:.2f}x (rounds {"/".join(per_round)}{lat})')
-rss = f" Daemon RSS after the run: strata {int(rss_ours)} KiB, qemu-storage-daemon {int(rss_qsd)} KiB."
+qsd = merged["qsd"]
+def ratios(who):
+    parts = []
+    for r in merged[who]["cases"]:
+        k = (r["workload"], r["qd"])
+        q = next((c for c in qsd["cases"] if (c["workload"], c["qd"]) == k), None)
+        if not q or q["iops"] <= 0:
+            continue
+        mine, theirs = rounds_of[(who,) + k], rounds_of[("qsd",) + k]
+        per_round = [f'{mine[n]["iops"] / theirs[n]["iops"]:.2f}' for n in sorted(mine) if n in theirs and theirs[n]["iops"] > 0]
+        lat = ""
+        if r["qd"] == 1:
+            lat = f', mean latency {r["lat_us"]["mean"]:.1f} vs {q["lat_us"]["mean"]:.1f} us'
+        parts.append(f'{r["workload"]} QD{r["qd"]} {r["iops"] / q["iops"]:.2f}x (rounds {"/".join(per_round)}{lat})')
+    return parts
+rss = f" Daemon RSS after the run: strata {int(rss_ours)} KiB, strata with sqpoll=on {int(rss_sqp)} KiB, qemu-storage-daemon {int(rss_qsd)} KiB."
 for run in merged.values():
-    run["notes"] = (run.get("notes") or "") + f" Each case ran {rounds} rounds alternating between the servers (who went first swapped each round); the rows are each server's median round."
-ours["notes"] = (ours.get("notes") or "") + " strata/qemu-storage-daemon IOPS, medians: " + ", ".join(parts) + "." + rss
+    run["notes"] = (run.get("notes") or "") + f" Each case ran {rounds} rounds alternating between the servers (the order rotated each round); the rows are each server's median round."
+for who in ("strata", "sqpoll"):
+    merged[who]["notes"] = (merged[who].get("notes") or "") + " strata/qemu-storage-daemon IOPS, medians: " + ", ".join(ratios(who)) + "." + rss
 qsd["notes"] = (qsd.get("notes") or "") + rss
 suffix = "" if nq == "1" else f"-{nq}q"
 for who, run in merged.items():
-    with open(f"docs/bench/40-server-{tag}{suffix}-{who}.json", "w") as out:
+    name = "strata-sqpoll" if who == "sqpoll" else who
+    with open(f"docs/bench/40-server-{tag}{suffix}-{name}.json", "w") as out:
         json.dump(run, out, indent=2)
-print(ours["notes"])
+print(merged["strata"]["notes"])
+print(merged["sqpoll"]["notes"])
 PY
-    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/qsd.raw"
+    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/sqpoll.raw" "$dir/qsd.raw"
 }
 
 for nq in 1 2; do
