@@ -191,3 +191,27 @@ fn queues_sharing_a_worker_thread_all_serve() {
     drop(c);
     served.stop();
 }
+
+/// More queue threads with `sqpoll` than the machine has CPUs: the daemon says at start that
+/// the polling threads will compete (and still serves); with as many threads as fit it is silent.
+#[test]
+fn sqpoll_on_more_queue_threads_than_cpus_is_warned_about() {
+    let dir = tempdir();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let queues = cpus.min(64) as u16;
+    let served = serve(dir.path(), "sqpoll-many", mem_disk(MIB), |s| {
+        s.num_queues = queues;
+        s.sqpoll_ms = 1;
+    });
+    let warned = server_common::logged(&["sqpoll-many", "compete for CPUs"]);
+    assert_eq!(warned.len(), 1, "{queues} queue threads with sqpoll on {cpus} CPUs: {warned:?}");
+    let mut c = Client::connect(&served.export.settings.socket, 1, 4096);
+    assert_eq!(c.write(0, 0, &[7u8; 4096]), 0);
+    drop(c);
+    served.stop();
+    let quiet = serve(dir.path(), "sqpoll-one", mem_disk(MIB), |s| s.sqpoll_ms = 1);
+    if cpus >= 2 {
+        assert!(server_common::logged(&["sqpoll-one", "compete"]).is_empty(), "one queue thread on {cpus} CPUs");
+    }
+    quiet.stop();
+}

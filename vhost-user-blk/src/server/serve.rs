@@ -63,6 +63,7 @@ impl ServedExport {
                 .map_err(|e| ServeError::Thread(export.name.clone(), e))?
         };
         tracing::info!(export = %export.name, socket = %path.display(), "listening");
+        warn_if_sqpoll_oversubscribes(&export);
         Ok(ServedExport { export, backend, active, stop, thread: Some(thread) })
     }
 
@@ -137,5 +138,25 @@ fn accept_loop(
         backend.drain_all(DRAIN_TIMEOUT);
         drop(daemon);
         backend.end_connection();
+    }
+}
+
+/// `sqpoll` gives every worker thread a kernel thread that spins while I/O keeps coming: with
+/// more such pairs than CPUs they take the CPUs from each other (and from the guest), and deep
+/// queues ran at a tenth of the default's speed in docs/server.md's measurements. Say so at
+/// start rather than leave the user to find out.
+fn warn_if_sqpoll_oversubscribes(export: &Export) {
+    let settings = &export.settings;
+    if settings.sqpoll_ms == 0 {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let busy = settings.threads() * 2;
+    if busy > cpus {
+        tracing::warn!(
+            export = %export.name,
+            "sqpoll: {} queue thread(s), each with a polling kernel thread, on {cpus} CPU(s): they will compete for CPUs and deep queues can run far slower than with sqpoll=off (see docs/server.md, \"Kernel submission threads\")",
+            settings.threads()
+        );
     }
 }
