@@ -39,6 +39,8 @@ fn write_stream(fe: &mut TestFrontend, n: u64, event_idx: bool) -> usize {
         if wants_kick {
             kicks += 1;
             fe.kick(0);
+        } else {
+            eprintln!("sector {sector}: the device did not ask for a kick");
         }
         let used =
             wait_used(fe).unwrap_or_else(|| panic!("sector {sector}: no answer in 5 s (kick asked for: {wants_kick})"));
@@ -115,6 +117,11 @@ fn without_polling_every_request_waits_for_its_kick() {
             s.poll_us = 0;
         });
         let mut fe = TestFrontend::connect_with(&served.export.settings.socket, 1, QSIZE, event_idx);
+        // One request first, then a pause: the worker's start-up (its first event creates it and
+        // registers the engine's eventfds, which signal once) can otherwise still be running its
+        // pop loop, with kicks off for the moment, when the next request is published.
+        assert_eq!(fe.write(0, 0, &[0u8; 512]), S_OK);
+        std::thread::sleep(Duration::from_millis(100));
         let n = 20;
         let kicks = write_stream(&mut fe, n, event_idx);
         assert_eq!(kicks, n as usize, "with poll-us=0 (event_idx {event_idx}) the device must ask for every kick");
