@@ -341,9 +341,11 @@ impl Worker {
         let keep: Keepalive = Rc::new(snap.clone());
         let max_descs = export.geometry.seg_max + 2;
         let view = ExportView { geometry: &export.geometry, writeback: backend.writeback(), serial: &export.serial };
+        // One clock read for the batch: its requests start within a microsecond or two.
+        let started = Instant::now();
         for &head in &heads {
             match map_chain(&snap, &keep, table, size, head, max_descs) {
-                Ok(chain) => self.start(export, q, Request::parse(chain, view)),
+                Ok(chain) => self.start(export, q, Request::parse(chain, view), started),
                 Err(e) => {
                     tracing::warn!(export = %export.name, queue = q.index, head, "malformed descriptor chain: {e}");
                     q.done.borrow_mut().push((head, 0));
@@ -353,10 +355,9 @@ impl Worker {
         (heads.len(), more)
     }
 
-    /// Spawn `req` as a task on this thread's engine.
-    fn start(&self, export: &Arc<Export>, q: &Rc<QueueRt>, req: Request) {
+    /// Spawn `req` (popped at `started`) as a task on this thread's engine.
+    fn start(&self, export: &Arc<Export>, q: &Rc<QueueRt>, req: Request, started: Instant) {
         export.stats.started();
-        let started = Instant::now();
         let export = export.clone();
         let io = self.io.clone();
         let q = q.clone();
