@@ -469,3 +469,67 @@ fn reads_leave_the_access_time_alone() {
         eprintln!("NOTE: this file system does not update access times; the check above proves nothing here");
     }
 }
+
+/// Polls `fut` and records the most operations the engine had in flight after any poll.
+struct PeakInFlight<F> {
+    fut: std::pin::Pin<Box<F>>,
+    io: IoCtx,
+    peak: usize,
+}
+
+impl<F: std::future::Future> std::future::Future for PeakInFlight<F> {
+    type Output = (F::Output, usize);
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let r = self.fut.as_mut().poll(cx);
+        self.peak = self.peak.max(self.io.in_flight());
+        r.map(|v| (v, self.peak))
+    }
+}
+
+/// Read `len` bytes at `off` of a fresh 2 MiB patterned file in `dir`; returns the most
+/// operations in flight at once and checks the bytes.
+fn lone_read(dir: &std::path::Path, off: u64, len: usize) -> usize {
+    let path = dir.join("disk.img");
+    let data = pattern(2 << 20, 9);
+    std::fs::write(&path, &data).unwrap();
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut buf = SharedBuf::new(len);
+    let fut = PeakInFlight { fut: Box::pin(dev.read(&io, off, buf.io(), IoTag::DATA)), io: io.clone(), peak: 0 };
+    let (res, peak) = io.block_on(fut);
+    res.unwrap();
+    assert!(buf.bytes() == &data[off as usize..off as usize + len], "read of {len} at {off} returned other bytes");
+    peak
+}
+
+#[test]
+fn a_lone_large_read_from_tmpfs_is_copied_in_parallel_pieces() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() || cpus < 2 {
+        eprintln!("SKIPPED: needs /dev/shm (tmpfs) and 2 CPUs, found dir={} cpus={cpus}", shm.is_dir());
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    // 1 MiB + 8 KiB at an odd page: pieces of unequal length, all bytes in place.
+    assert!(lone_read(dir.path(), 12288, (1 << 20) + 8192) >= 2, "a lone 1 MiB tmpfs read was not split");
+    // Small reads stay whole.
+    assert_eq!(lone_read(dir.path(), 4096, 128 << 10), 1);
+    // Elsewhere (the page cache is copied inline) reads are never split.
+    let other = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if is_tmpfs(other.path()) {
+        eprintln!("SKIPPED (part): the target directory is on tmpfs too; no other file system to compare with");
+        return;
+    }
+    assert_eq!(lone_read(other.path(), 12288, 1 << 20), 1);
+}
+
+fn is_tmpfs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statfs is plain data (zeroed is valid); `c` is a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path pointer and out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == 0x0102_1994
+}

@@ -45,6 +45,8 @@ pub struct Op {
     ctx: IoCtx,
     file: Arc<FileHandle>,
     state: State,
+    /// Go straight to an io_uring worker (IOSQE_ASYNC), whatever else is in flight.
+    to_worker: bool,
 }
 
 impl IoCtx {
@@ -70,7 +72,17 @@ impl IoCtx {
     }
 
     fn op(&self, file: &Arc<FileHandle>, kind: Kind, bufs: IoBufs) -> Op {
-        Op { ctx: self.clone(), file: file.clone(), state: State::Ready { kind, bufs } }
+        Op { ctx: self.clone(), file: file.clone(), state: State::Ready { kind, bufs }, to_worker: false }
+    }
+}
+
+impl Op {
+    /// Hand this operation straight to one of io_uring's worker threads (IOSQE_ASYNC) instead
+    /// of trying it inline first; io-wq then also starts another worker for it rather than
+    /// queue it behind a busy one. For pieces of one large read to be copied in parallel.
+    pub fn on_worker(mut self) -> Op {
+        self.to_worker = true;
+        self
     }
 }
 
@@ -103,7 +115,7 @@ macro_rules! with_target {
 pub const ASYNC_THRESHOLD: usize = 128 << 10;
 
 /// Build the SQE for `kind` on `bufs`; `others_in_flight` says the ring has other operations in
-/// flight (see [`ASYNC_THRESHOLD`]).
+/// flight, or the caller asked for a worker (see [`ASYNC_THRESHOLD`]).
 fn build_sqe(target: Target, kind: Kind, bufs: &IoBufs, others_in_flight: bool) -> squeue::Entry {
     let sqe = build_sqe_inner(target, kind, bufs);
     let large = bufs.len() >= ASYNC_THRESHOLD;
@@ -185,7 +197,8 @@ impl Future for Op {
                     let mut ops = this.ctx.inner().ops().borrow_mut();
                     // This operation's own slot is counted already.
                     let others_in_flight = ops.in_flight() > 1;
-                    build_sqe(target, kind, &ops.get_mut(slot).bufs, others_in_flight).user_data(u64::from(slot))
+                    let sqe = build_sqe(target, kind, &ops.get_mut(slot).bufs, others_in_flight || this.to_worker);
+                    sqe.user_data(u64::from(slot))
                 };
                 // SAFETY: the SQE points at the iovec array inside the slot's IoBufs, stored in
                 // the in-flight table, which never moves or reallocates; the slot (and the

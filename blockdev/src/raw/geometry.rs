@@ -12,6 +12,9 @@ pub struct Geometry {
     pub physical_block_size: u32,
     pub dio_mem_align: u32,
     pub is_block_device: bool,
+    /// The file lives on tmpfs, whose reads io_uring never tries inline (kernel 6.18: no
+    /// non-blocking read support): every read, page-cache hit or not, is copied by a worker.
+    pub on_tmpfs: bool,
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -46,6 +49,7 @@ pub fn probe(fd: RawFd, what: &str, direct: bool) -> Result<Geometry> {
             physical_block_size: pbs.max(lbs),
             dio_mem_align: if direct { lbs } else { 1 },
             is_block_device,
+            on_tmpfs: false,
         });
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -63,7 +67,18 @@ pub fn probe(fd: RawFd, what: &str, direct: bool) -> Result<Geometry> {
         physical_block_size: (st.st_blksize as u32).max(lbs),
         dio_mem_align: mem_align,
         is_block_device,
+        on_tmpfs: on_tmpfs(fd),
     })
+}
+
+/// Whether `fd` is a file on tmpfs (fstatfs; false if that fails).
+fn on_tmpfs(fd: RawFd) -> bool {
+    const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+    // SAFETY: statfs is plain data; zeroed is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is a valid out-pointer.
+    let rc = unsafe { libc::fstatfs(fd, &mut st) };
+    rc == 0 && st.f_type as libc::c_long == TMPFS_MAGIC
 }
 
 /// O_DIRECT offset and memory alignment via statx(STATX_DIOALIGN) (Linux 6.1+).
