@@ -515,6 +515,20 @@ fn a_lone_large_read_from_tmpfs_is_copied_in_parallel_pieces() {
     assert!(lone_read(dir.path(), 12288, (1 << 20) + 8192) >= 2, "a lone 1 MiB tmpfs read was not split");
     // Small reads stay whole.
     assert_eq!(lone_read(dir.path(), 4096, 128 << 10), 1);
+    // An image file (growable) shorter than the read: the pieces past its end read zeros, the
+    // piece across it the data then zeros.
+    let path = dir.path().join("image.img");
+    let data = pattern(300 << 10, 5);
+    std::fs::write(&path, &data).unwrap();
+    let dev = RawFile::open(&path, OpenOptions { growable: true, ..Default::default() }).unwrap();
+    let io = IoCtx::new().unwrap();
+    let mut buf = SharedBuf::from_slice(&vec![0xee; 1 << 20]);
+    let fut = PeakInFlight { fut: Box::pin(dev.read(&io, 0, buf.io(), IoTag::DATA)), io: io.clone(), peak: 0 };
+    let (res, peak) = io.block_on(fut);
+    res.unwrap();
+    assert!(peak >= 2, "the image read was not split");
+    assert!(buf.bytes()[..300 << 10] == data[..], "data before the end of the image");
+    assert!(buf.bytes()[300 << 10..].iter().all(|&b| b == 0), "zeros after the end of the image");
     // Elsewhere (the page cache is copied inline) reads are never split.
     let other = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     if is_tmpfs(other.path()) {
