@@ -3,8 +3,6 @@
 //!
 //! Every check that the guest can trip ends in a status (IOERR or UNSUPP), never a panic.
 
-use std::sync::Arc;
-
 use blockdev::{BlockDev, ErrorKind, IoBufs, IoCtx, IoTag};
 
 use super::chain::MappedChain;
@@ -239,7 +237,7 @@ fn parse_ranges(chain: &MappedChain, geo: &Geometry, zeroes: bool) -> (Op, usize
 }
 
 /// Run `op` on `dev` and return the virtio status. Errors are logged under `export`.
-pub async fn execute(dev: Arc<dyn BlockDev>, io: IoCtx, op: &Op, serial: [u8; ID_LEN], export: &str) -> u8 {
+pub async fn execute(dev: &dyn BlockDev, io: IoCtx, op: &Op, serial: [u8; ID_LEN], export: &str) -> u8 {
     let res = match op {
         Op::Fail(st) => return *st,
         Op::Read { off, bufs } if !bufs.is_empty() => dev.read(&io, *off, bufs.clone(), TAG).await,

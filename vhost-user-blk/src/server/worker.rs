@@ -20,7 +20,8 @@ use super::backend::{completion_event, first_queue_of_thread, BlkBackend, GuestM
 use super::chain::{map_chain, GuestMem};
 use super::export::Export;
 use super::poll_window::PollWindow;
-use super::request::{execute, ExportView, Request};
+use super::request::{execute, ExportView, OpClass, Request};
+use super::stats::LocalStats;
 use super::virtio_blk::status;
 
 thread_local! {
@@ -62,6 +63,10 @@ struct Worker {
 struct QueueRt {
     /// Global queue index.
     index: usize,
+    /// The export the queue belongs to (held here so a request's task clones no `Arc`).
+    export: Arc<Export>,
+    /// Statistics of finished requests, added to the export's at each flush of the used ring.
+    stats: RefCell<LocalStats>,
     /// Completed requests (head, used length) not yet in the used ring.
     done: RefCell<Vec<(u16, u32)>>,
     /// Popping stopped with requests maybe left on the ring: the queue had `queue_size` requests
@@ -136,7 +141,15 @@ impl Worker {
         // vhost-user-backend gives thread `t` the queues of `queue_masks()[t]`, in order.
         let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
         let queues = (0..nvrings)
-            .map(|i| Rc::new(QueueRt { index: first + i, done: RefCell::new(Vec::new()), throttled: Cell::new(false) }))
+            .map(|i| {
+                Rc::new(QueueRt {
+                    index: first + i,
+                    export: backend.export.clone(),
+                    stats: RefCell::new(LocalStats::default()),
+                    done: RefCell::new(Vec::new()),
+                    throttled: Cell::new(false),
+                })
+            })
             .collect();
         tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
         let poll = RefCell::new(PollWindow::new(Duration::from_micros(u64::from(backend.export.settings.poll_us))));
@@ -343,11 +356,13 @@ impl Worker {
         let view = ExportView { geometry: &export.geometry, writeback: backend.writeback(), serial: &export.serial };
         // One clock read for the batch: its requests start within a microsecond or two.
         let started = Instant::now();
+        export.stats.started_many(heads.len());
         for &head in &heads {
             match map_chain(&snap, &keep, table, size, head, max_descs) {
-                Ok(chain) => self.start(export, q, Request::parse(chain, view), started),
+                Ok(chain) => self.start(q, Request::parse(chain, view), started),
                 Err(e) => {
                     tracing::warn!(export = %export.name, queue = q.index, head, "malformed descriptor chain: {e}");
+                    q.stats.borrow_mut().record(OpClass::Other, 0, false, Duration::ZERO);
                     q.done.borrow_mut().push((head, 0));
                 }
             }
@@ -356,15 +371,14 @@ impl Worker {
     }
 
     /// Spawn `req` (popped at `started`) as a task on this thread's engine.
-    fn start(&self, export: &Arc<Export>, q: &Rc<QueueRt>, req: Request, started: Instant) {
-        export.stats.started();
-        let export = export.clone();
+    fn start(&self, q: &Rc<QueueRt>, req: Request, started: Instant) {
         let io = self.io.clone();
         let q = q.clone();
         self.io.spawn(async move {
-            let st = execute(export.dev.clone(), io, &req.op, export.serial, &export.name).await;
+            let export = &q.export;
+            let st = execute(&*export.dev, io, &req.op, export.serial, &export.name).await;
             let len = req.complete(st);
-            export.stats.finished(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());
+            q.stats.borrow_mut().record(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());
             q.done.borrow_mut().push((req.head, len));
         });
     }
@@ -375,6 +389,9 @@ impl Worker {
         if done.is_empty() {
             return;
         }
+        // Counted before the guest can see the answers (a frontend that reads the statistics
+        // after its request completed finds it there).
+        q.export.stats.absorb(&mut q.stats.borrow_mut());
         let mem = self.mem.memory();
         {
             let mut state = vring.get_mut();
