@@ -489,11 +489,16 @@ impl<F: std::future::Future> std::future::Future for PeakInFlight<F> {
 /// Read `len` bytes at `off` of a fresh 2 MiB patterned file in `dir`; returns the most
 /// operations in flight at once and checks the bytes.
 fn lone_read(dir: &std::path::Path, off: u64, len: usize) -> usize {
+    lone_read_with(EngineConfig::default(), dir, off, len)
+}
+
+/// [`lone_read`] on an engine built with `config`.
+fn lone_read_with(config: EngineConfig, dir: &std::path::Path, off: u64, len: usize) -> usize {
     let path = dir.join("disk.img");
     let data = pattern(2 << 20, 9);
     std::fs::write(&path, &data).unwrap();
     let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
-    let io = IoCtx::new().unwrap();
+    let io = IoCtx::with_config(config).unwrap();
     let mut buf = SharedBuf::new(len);
     let fut = PeakInFlight { fut: Box::pin(dev.read(&io, off, buf.io(), IoTag::DATA)), io: io.clone(), peak: 0 };
     let (res, peak) = io.block_on(fut);
@@ -515,6 +520,10 @@ fn a_lone_large_read_from_tmpfs_is_copied_in_parallel_pieces() {
     assert!(lone_read(dir.path(), 12288, (1 << 20) + 8192) >= 2, "a lone 1 MiB tmpfs read was not split");
     // Small reads stay whole.
     assert_eq!(lone_read(dir.path(), 4096, 128 << 10), 1);
+    // No more pieces than the engine lets io_uring start workers for.
+    let one_worker = EngineConfig { max_bounded_workers: 1, ..EngineConfig::default() };
+    assert_eq!(lone_read_with(one_worker, dir.path(), 0, 1 << 20), 1, "split with one worker allowed");
+    assert!(EngineConfig::default().max_bounded_workers as usize >= cpus.min(4), "default worker cap below the CPUs");
     // An image file (growable) shorter than the read: the pieces past its end read zeros, the
     // piece across it the data then zeros.
     let path = dir.path().join("image.img");

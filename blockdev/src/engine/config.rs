@@ -10,7 +10,10 @@ pub struct EngineConfig {
     /// Slots in the sparse registered-file table.
     pub registered_files: u32,
     /// Cap on io_uring's bounded kernel workers (regular-file and block-device work punted to
-    /// threads: fsync, fallocate, buffered writes). 0 leaves the kernel default.
+    /// threads: fsync, fallocate, buffered writes, and every read and write of a tmpfs file).
+    /// 0 leaves the kernel default. The default is one per CPU, at most 4: that work is mostly
+    /// CPU-bound copies, and more workers than CPUs only take turns with the thread that feeds
+    /// them (RAID 5's 4K random writes on tmpfs: +9% median IOPS with 2 instead of 4 on 2 CPUs).
     pub max_bounded_workers: u32,
     /// Cap on io_uring's unbounded kernel workers. 0 leaves the kernel default.
     pub max_unbounded_workers: u32,
@@ -36,10 +39,16 @@ impl Default for EngineConfig {
             sq_entries: 256,
             max_in_flight: 1024,
             registered_files: 64,
-            max_bounded_workers: 4,
+            max_bounded_workers: online_cpus().min(4) as u32,
             max_unbounded_workers: 4,
             pool_buffers_per_class: 64,
             sq_poll_idle_ms: 0,
         }
     }
+}
+
+/// CPUs this process may run on (read once).
+pub(crate) fn online_cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+pub(crate) use config::online_cpus;
 pub use config::EngineConfig;
 pub use files::FileHandle;
 pub use ops::Op;

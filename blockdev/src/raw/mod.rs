@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::engine::Op;
+use crate::engine::{online_cpus as cpus, Op};
 use crate::{BlockDev, DevInfo, Error, ErrorKind, FileHandle, IoBufs, IoCtx, IoFuture, IoTag, Result};
 
 /// How to open a [`RawFile`].
@@ -364,12 +364,6 @@ const PARALLEL_PIECE: usize = 128 << 10;
 /// Most pieces a lone large read is cut into.
 const MAX_PARALLEL_PIECES: usize = 4;
 
-/// CPUs this process may run on (read once).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 impl RawFile {
     /// Into how many pieces to cut a read of `len` bytes. Reads from tmpfs are never tried
     /// inline: each is copied by one of io_uring's worker threads, alone, so a lone 1 MiB read
@@ -383,7 +377,12 @@ impl RawFile {
         if !self.inner.reads_on_workers || len < 2 * PARALLEL_PIECE || io.in_flight() > 0 || io.live_tasks() > 1 {
             return 1;
         }
-        (len / PARALLEL_PIECE).min(cpus()).min(MAX_PARALLEL_PIECES)
+        // More pieces than io_uring may start workers for would only queue behind each other.
+        let workers = match io.config().max_bounded_workers {
+            0 => MAX_PARALLEL_PIECES,
+            n => n as usize,
+        };
+        (len / PARALLEL_PIECE).min(cpus()).min(MAX_PARALLEL_PIECES).min(workers).max(1)
     }
 
     /// Read `bufs` at `off` as `pieces` concurrent reads of about equal, page-aligned size. The
