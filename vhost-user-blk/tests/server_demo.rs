@@ -1,5 +1,5 @@
-//! `vhost-user-blk --demo`: creates the 8 GiB qcow2 demo disk once, serves it, prints the QEMU
-//! command line, and stops cleanly on SIGTERM; a second run reuses the same disk.
+//! `vhost-user-blk --demo`: creates the 8 GiB qcow2 demo disk once, serves it, prints the
+//! QEMU and vmm-mini command lines, and stops cleanly on SIGTERM; a second run reuses the same disk.
 
 mod server_common;
 
@@ -32,7 +32,7 @@ fn run_demo_once(dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn demo_creates_a_qcow2_disk_once_and_prints_the_qemu_command() {
+fn demo_creates_a_qcow2_disk_once_and_prints_the_qemu_and_vmm_mini_commands() {
     let dir = tempfile::tempdir().expect("temp dir");
     let stdout = run_demo_once(dir.path());
     let image = dir.path().join("strata-demo/disk.qcow2");
@@ -43,6 +43,9 @@ fn demo_creates_a_qcow2_disk_once_and_prints_the_qemu_command() {
     assert!(stdout.contains("share=on"), "guest memory must be shared:\n{stdout}");
     let sock = dir.path().canonicalize().unwrap().join("strata-demo/disk.sock");
     assert!(stdout.contains(&sock.display().to_string()), "the socket path is not in:\n{stdout}");
+    let vmm = format!("vmm-mini --kernel BZIMAGE --initrd INITRD --disk socket={}", sock.display());
+    assert!(stdout.contains(&vmm), "no vmm-mini command ({vmm}) in:\n{stdout}");
+    assert!(stdout.contains(&format!("vmm-mini probe --disk socket={}", sock.display())), "no probe in:\n{stdout}");
 
     // The image is a real qcow2 of 8 GiB (judged by qemu-img when it is installed).
     match Command::new("qemu-img").args(["info", "--output=json", "-f", "qcow2"]).arg(&image).output() {

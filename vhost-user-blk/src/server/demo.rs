@@ -1,5 +1,6 @@
 //! `--demo`: an 8 GiB qcow2 disk (created by strata, empty until the guest writes) under
-//! `./strata-demo/`, served at `./strata-demo/disk.sock`, and the QEMU command line that attaches.
+//! `./strata-demo/`, served at `./strata-demo/disk.sock`, and the QEMU and vmm-mini command lines
+//! that attach to it.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,17 @@ pub fn qemu_command(socket: &Path) -> String {
 -chardev socket,id=c0,path={} -device vhost-user-blk-pci,chardev=c0",
         socket.display()
     )
+}
+
+/// The vmm-mini command line that boots a Linux guest on the export at `socket`.
+pub fn vmm_mini_command(socket: &Path) -> String {
+    format!("vmm-mini --kernel BZIMAGE --initrd INITRD --disk socket={}", socket.display())
+}
+
+/// The vmm-mini command that checks the export at `socket` end to end with its built-in probe
+/// guest (it writes a test pattern to the disk's first two and last sectors).
+pub fn vmm_mini_probe_command(socket: &Path) -> String {
+    format!("vmm-mini probe --disk socket={}", socket.display())
 }
 
 /// The demo directory under the current directory.

@@ -147,6 +147,12 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     if let Some(socket) = demo_socket {
         println!("Serving the demo disk at {}. Attach a guest with:\n", socket.display());
         println!("  {} \\\n    <your usual -kernel/-drive/-cdrom options>\n", demo::qemu_command(&socket));
+        println!("or with strata's own VMM (one process per guest; needs /dev/kvm):\n");
+        println!("  {}\n", demo::vmm_mini_command(&socket));
+        println!(
+            "or check the disk end to end with vmm-mini's built-in probe guest (writes a test pattern\nto the disk's first two and last sectors):\n"
+        );
+        println!("  {}\n", demo::vmm_mini_probe_command(&socket));
         println!("Stop with Ctrl-C.");
     }
     let sig = wait_for_signal(signals);
