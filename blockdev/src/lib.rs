@@ -14,6 +14,7 @@ mod info;
 pub mod join;
 mod mem;
 pub mod raw;
+pub mod signature;
 pub mod size;
 mod tag;
 #[cfg(feature = "test-utils")]

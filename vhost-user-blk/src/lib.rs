@@ -9,3 +9,10 @@ pub mod fio;
 pub mod server;
 pub mod spec;
 pub mod stack;
+
+/// Whether log lines on stderr may carry ANSI colour: only on a terminal, and never when
+/// `NO_COLOR` is set (no-color.org), so logs written to files and journals stay plain text.
+pub fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}

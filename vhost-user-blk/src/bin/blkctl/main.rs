@@ -49,8 +49,11 @@ groups! {
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
 ///
-/// Disks are named by a spec such as `format=raw,path=disk.img,direct=on`; sizes accept K, M, G
-/// and T suffixes (powers of 1024). Set RUST_LOG (e.g. RUST_LOG=info) for logs on stderr.
+/// Disks are named by a spec such as `format=raw,path=disk.img,direct=on`; sizes accept K, M, G,
+/// T and P suffixes (powers of 1024) and fractions such as 1.5G. Commands that create or format
+/// refuse a target that already holds data unless given --force. Exit status: 0 done, 1 error
+/// (usage errors included); the checks also use 2 and 3 (see their --help). Set RUST_LOG (e.g.
+/// RUST_LOG=info) for logs on stderr.
 #[derive(Parser)]
 #[command(name = "blkctl", version, subcommand_required = true, arg_required_else_help = true)]
 struct Cli {}
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        .with_ansi(vhost_user_blk::log_colour())
         .init();
     let mut cmd = Cli::command();
     // Augmenting copies a group's doc comment into the top-level about: keep ours.
@@ -72,7 +76,15 @@ fn main() -> ExitCode {
     if let Some(a) = long_about {
         cmd = cmd.long_about(a);
     }
-    let matches = cmd.get_matches();
+    // Usage errors exit 1, as every other failure: 2 and 3 are the checks' codes for corruption
+    // and leaks, and a typo must never look like a corrupt image.
+    let matches = match cmd.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     let Some((name, _)) = matches.subcommand() else { return ExitCode::FAILURE };
     let Some(group) = GROUPS.iter().find(|g| (g.has)(name)) else { return ExitCode::FAILURE };
     match (group.run)(&matches) {

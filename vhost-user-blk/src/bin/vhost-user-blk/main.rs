@@ -80,10 +80,15 @@ fn after_long_help() -> String {
 }
 
 fn main() -> ExitCode {
-    let matches = Args::command().after_long_help(after_long_help()).get_matches();
-    let args = match Args::from_arg_matches(&matches) {
+    // Usage errors exit 1, as every other failure (clap's own default is 2).
+    let parsed =
+        Args::command().after_long_help(after_long_help()).try_get_matches().and_then(|m| Args::from_arg_matches(&m));
+    let args = match parsed {
         Ok(a) => a,
-        Err(e) => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(vhost_user_blk::log_colour())
         .init();
     // Block the stop signals in every thread (they inherit the mask); main waits for them below.
     let signals = stop_signals();
