@@ -172,3 +172,92 @@ fn config_export_naming_an_unknown_node_exits_nonzero_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ghost"), "{err}");
 }
+
+/// Runs the daemon with `disk` and returns its output if it exits within 15 s (None: it kept
+/// running, and was killed).
+fn run_bounded(disk: &str) -> Option<std::process::Output> {
+    let mut child = Command::new(daemon_bin())
+        .args(["--disk", disk])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn socket_path_naming_a_file_is_refused_and_the_file_kept() {
+    // A disk image given as socket= by mistake.
+    let dir = tempdir();
+    let image = dir.path().join("vm.img");
+    let bytes: Vec<u8> = (0..65536u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&image, &bytes).unwrap();
+
+    let out = run_bounded(&format!("socket={},format=mem,size=1M", image.display()))
+        .expect("the daemon started serving over a regular file");
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vm.img") && err.contains("not a socket"), "{err}");
+    assert!(std::fs::read(&image).unwrap() == bytes, "the file changed");
+}
+
+#[test]
+fn socket_another_daemon_serves_is_refused_and_keeps_serving() {
+    let dir = tempdir();
+    let sock = dir.path().join("busy.sock");
+    let mut first = Command::new(daemon_bin())
+        .args(["--disk", &format!("socket={},format=mem,size=4M,serial=first", sock.display())])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sock, &mut first);
+
+    let second = run_bounded(&format!("socket={},format=mem,size=1M", sock.display()));
+
+    let out = second.unwrap_or_else(|| {
+        let _ = first.kill();
+        panic!("a second daemon took over a live daemon's socket")
+    });
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busy.sock") && err.contains("another process is listening"), "{err}");
+    let mut c = Client::connect(&sock, 1, 1 << 16);
+    assert_eq!(c.blkio.get_u64("capacity").unwrap(), 4 << 20, "the first daemon still serves the socket");
+    let data = [9u8; 4096];
+    assert_eq!(c.write(0, 0, &data), 0);
+    assert_eq!(c.read(0, 0, 4096), (0, data.to_vec()));
+    drop(c);
+    assert!(terminate(&mut first).success());
+}
+
+#[test]
+fn stale_socket_of_a_dead_daemon_is_replaced() {
+    let dir = tempdir();
+    let sock = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let mut child = Command::new(daemon_bin())
+        .args(["--disk", &format!("socket={},format=mem,size=1M", sock.display())])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut served = false;
+    while Instant::now() < deadline && !served {
+        assert!(child.try_wait().unwrap().is_none(), "the daemon refused a stale socket");
+        served = Client::try_connect(&sock, 1, 65536).is_ok();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served, "the daemon never served the stale socket's path");
+    assert!(terminate(&mut child).success());
+}

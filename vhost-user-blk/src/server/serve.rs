@@ -1,9 +1,15 @@
 //! Serving one export: the socket is bound once, and frontends are served one at a time, each
 //! with a fresh `VhostUserDaemon` (see `backend.rs` for why), the next accepted after the
 //! previous one went away and its in-flight requests drained.
+//!
+//! The accept loop waits in poll(2) on the listening socket and an eventfd, so that stopping
+//! wakes it whatever happened to the socket's path (removed, or taken over by another process);
+//! the path is removed at stop only while it still names the socket this export bound.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,6 +19,7 @@ use blockdev::{IoCtx, IoTag};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlkBackend;
 use super::export::Export;
@@ -27,6 +34,9 @@ pub struct ServedExport {
     backend: Arc<BlkBackend>,
     active: Arc<Mutex<Option<ShutdownHandle>>>,
     stop: Arc<AtomicBool>,
+    /// Signalled to wake the accept loop out of its poll.
+    wake: Arc<EventFd>,
+    socket: SocketFile,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -39,36 +49,58 @@ pub enum ServeError {
         /// Socket path.
         path: String,
         /// Cause.
-        source: vhost::vhost_user::Error,
+        source: std::io::Error,
     },
+    /// Another process listens on the socket path: it is left alone.
+    #[error("{0}: another process is listening on this socket (a daemon already serves it); stop it or choose another socket path")]
+    InUse(String),
+    /// The socket path names something that is not a socket (a disk image given as `socket=`,
+    /// say): it is never removed to make room.
+    #[error("{0}: exists and is not a socket; refusing to replace it (socket= names the vhost-user socket to create)")]
+    NotASocket(String),
     /// The accept thread could not be started.
     #[error("{0}: cannot start the export thread: {1}")]
     Thread(String, std::io::Error),
 }
 
 impl ServedExport {
-    /// Bind the export's socket (replacing a stale socket file) and start accepting frontends.
+    /// Bind the export's socket (replacing a stale socket file, refusing a live one or a file
+    /// that is not a socket) and start accepting frontends.
     pub fn start(export: Arc<Export>) -> Result<ServedExport, ServeError> {
         let path = export.settings.socket.clone();
-        let listener = Listener::new(&path, true)
-            .map_err(|source| ServeError::Bind { path: path.display().to_string(), source })?;
+        let (listener, socket) = bind(&path)?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ServeError::Thread(export.name.clone(), e));
+        let wake = match wake {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                socket.remove_if_ours();
+                return Err(e);
+            }
+        };
         let backend = BlkBackend::new(export.clone());
         let active = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (backend, active, stop) = (backend.clone(), active.clone(), stop.clone());
+        let spawned = {
+            let (backend, active, stop, wake) = (backend.clone(), active.clone(), stop.clone(), wake.clone());
             std::thread::Builder::new()
                 .name(format!("export {}", export.name))
-                .spawn(move || accept_loop(listener, backend, active, stop))
-                .map_err(|e| ServeError::Thread(export.name.clone(), e))?
+                .spawn(move || accept_loop(listener, &wake, backend, active, stop))
+        };
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                socket.remove_if_ours();
+                return Err(ServeError::Thread(export.name.clone(), e));
+            }
         };
         tracing::info!(export = %export.name, socket = %path.display(), "listening");
         warn_if_sqpoll_oversubscribes(&export);
-        Ok(ServedExport { export, backend, active, stop, thread: Some(thread) })
+        Ok(ServedExport { export, backend, active, stop, wake, socket, thread: Some(thread) })
     }
 
     /// Stop serving: refuse new requests, disconnect the frontend, drain in-flight requests,
-    /// flush the device, remove the socket file. Returns whether the flush succeeded.
+    /// flush the device, remove the socket file if it is still this export's. Returns whether
+    /// the flush succeeded.
     pub fn stop(mut self) -> bool {
         self.stop.store(true, Ordering::Release);
         self.backend.set_stopping();
@@ -76,13 +108,118 @@ impl ServedExport {
             h.shutdown();
         }
         self.backend.drain_all(DRAIN_TIMEOUT);
-        // Wake the accept loop if it is waiting for a frontend.
-        let _ = UnixStream::connect(&self.export.settings.socket);
+        // Wake the accept loop if it waits for a frontend. The eventfd stays readable, so a
+        // loop that is about to poll sees it too; a full counter is readable as well.
+        let _ = self.wake.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.export.settings.socket);
+        if !self.socket.remove_if_ours() {
+            tracing::warn!(
+                export = %self.export.name,
+                socket = %self.socket.path.display(),
+                "the socket path no longer names this export's socket (removed, or another process took it over): left as it is"
+            );
+        }
         flush_device(&self.export)
+    }
+}
+
+/// The socket file an export bound: its path, and the device and inode the path had right
+/// after bind. The path is removed at stop only while it still names that inode, so a socket
+/// another daemon bound at the same path since is never removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// What `path` names now (not following a symbolic link).
+    pub fn record(path: &Path) -> std::io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino() })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the path still names the socket recorded.
+    pub fn is_ours(&self) -> bool {
+        SocketFile::record(&self.path).is_ok_and(|now| now == *self)
+    }
+
+    /// Removes the path if it still names the socket recorded; true if it did, or if the path
+    /// is already gone.
+    pub fn remove_if_ours(&self) -> bool {
+        if self.is_ours() {
+            return std::fs::remove_file(&self.path).is_ok();
+        }
+        std::fs::symlink_metadata(&self.path).is_err()
+    }
+}
+
+/// Binds `path` for an export. A socket nobody listens on any more (a daemon that died) is
+/// replaced; a socket another process listens on, or a file that is not a socket, is refused
+/// and left as it is.
+fn bind(path: &Path) -> Result<(Listener, SocketFile), ServeError> {
+    let shown = || path.display().to_string();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServeError::NotASocket(shown()));
+        }
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(ServeError::InUse(shown())),
+            // Stale: nobody accepts on it.
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
+    let socket = SocketFile::record(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
+    // From a std listener: vhost's `Listener::new` would remove the path when dropped, whoever
+    // it names by then.
+    Ok((Listener::from(listener), socket))
+}
+
+/// What the accept loop's wait ended with.
+enum Wait {
+    /// A frontend is waiting to be accepted.
+    Frontend,
+    /// The export is stopping.
+    Stop,
+}
+
+/// Waits until a frontend connects to `listener` or `wake` is signalled.
+fn wait_for_frontend(listener: &Listener, wake: &EventFd) -> std::io::Result<Wait> {
+    let mut fds = [
+        libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: `fds` is an array of `fds.len()` initialised pollfd structs, alive for the
+        // call; both descriptors stay open while it runs (owned by the caller).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Wait::Stop);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            return Ok(Wait::Frontend);
+        }
+        if fds[0].revents != 0 {
+            return Err(std::io::Error::other(format!("listening socket reported poll events {:#x}", fds[0].revents)));
+        }
     }
 }
 
@@ -99,12 +236,24 @@ fn flush_device(export: &Export) -> bool {
 
 fn accept_loop(
     mut listener: Listener,
+    wake: &EventFd,
     backend: Arc<BlkBackend>,
     active: Arc<Mutex<Option<ShutdownHandle>>>,
     stop: Arc<AtomicBool>,
 ) {
     let name = backend.export.name.clone();
     while !stop.load(Ordering::Acquire) {
+        // The blocking accept in `daemon.start` runs only once a connection is queued: a queued
+        // Unix connection stays queued even if its peer closes, so it cannot block there.
+        match wait_for_frontend(&listener, wake) {
+            Ok(Wait::Frontend) => {}
+            Ok(Wait::Stop) => break,
+            Err(e) => {
+                tracing::error!(export = %name, "waiting for a frontend failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         backend.begin_connection(mem.clone());
         let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
