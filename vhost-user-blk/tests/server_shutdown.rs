@@ -4,9 +4,11 @@
 
 mod server_common;
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use server_common::{daemon_bin, tempdir, Client};
@@ -16,14 +18,22 @@ use server_common::{daemon_bin, tempdir, Client};
 const EXIT_BOUND: Duration = Duration::from_secs(15);
 
 /// A daemon process, killed on drop if still running (so a hanging one does not outlive the
-/// test).
-struct Daemon(Child);
+/// test), and its log lines.
+struct Daemon(Child, mpsc::Receiver<String>);
 
 impl Daemon {
     fn start(disk: &str, socket: &Path) -> Daemon {
-        let child =
-            Command::new(daemon_bin()).args(["--disk", disk]).stderr(Stdio::null()).spawn().expect("start the daemon");
-        let mut d = Daemon(child);
+        let mut child =
+            Command::new(daemon_bin()).args(["--disk", disk]).stderr(Stdio::piped()).spawn().expect("start the daemon");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("daemon: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon(child, rx);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
             if let Ok(Some(st)) = d.0.try_wait() {
@@ -33,6 +43,19 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// Waits (up to 20 s) for a log line containing one of `needles`.
+    fn wait_log(&self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.1.recv_timeout(left) {
+                Ok(line) if needles.iter().any(|n| line.contains(n)) => return,
+                Ok(_) => {}
+                Err(_) => panic!("the daemon never logged any of {needles:?}"),
+            }
+        }
     }
 
     /// SIGTERM, then the exit status if it came within `bound` (None: it hung, and was killed).
@@ -78,6 +101,10 @@ fn daemon_whose_socket_was_removed_exits_on_sigterm_with_its_data_flushed() {
         let mut c = Client::connect(&socket, 1, 1 << 16);
         assert_eq!(c.write(0, 4096, &data), 0);
     }
+    // Give the daemon time to go back to waiting for the next frontend: that wait is what a
+    // stop must interrupt (a stop during the disconnect itself never reaches it).
+    daemon.wait_log(&["frontend disconnected", "frontend connection ended"]);
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_file(&socket).unwrap();
 
     // Act
