@@ -95,7 +95,8 @@ fn daemon_whose_socket_was_removed_exits_on_sigterm_with_its_data_flushed() {
     let image = dir.path().join("disk.raw");
     std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
     let socket = dir.path().join("gone.sock");
-    let mut daemon = Daemon::start(&format!("socket={},format=raw,path={}", socket.display(), image.display()), &socket);
+    let mut daemon =
+        Daemon::start(&format!("socket={},format=raw,path={}", socket.display(), image.display()), &socket);
     let data = pattern(0x11);
     {
         let mut c = Client::connect(&socket, 1, 1 << 16);

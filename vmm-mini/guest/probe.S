@@ -4,7 +4,8 @@
 # position independent (rip-relative strings, relative calls), vmm-mini loads it at PROBE_ENTRY.
 #
 # Entry state, set by vmm-mini (src/cpu.rs): 64-bit long mode, the first 4 GiB identity mapped,
-# interrupts off, rsp = a stack, rdi = the seed of the data pattern.
+# interrupts off, rsp = a stack, rdi = the seed of the data pattern, rsi = flags (FLAG_READ_ONLY:
+# `vmm-mini probe --read-only`, nothing is written).
 #
 # The guest is a minimal virtio driver for the virtio-mmio (version 2) block device at
 # MMIO_BASE: one 8-entry split virtqueue, one request at a time on descriptors 0-2, completion
@@ -63,6 +64,7 @@
         .set F_NEXT, 1
         .set F_WRITE, 2
         .set BLK_F_RO, 1 << 5           # VIRTIO_BLK_F_RO: the device refuses writes
+        .set FLAG_READ_ONLY, 1          # entry flag (rsi): keep in sync with src/probe.rs
 
         # Check numbers, also the exit code: keep in sync with CHECKS in src/probe.rs.
         .set CHECK_DEVICE, 1
@@ -86,15 +88,20 @@
         .endm
 
 # Register use: rbx = MMIO_BASE, rbp = current check, r12 = pattern seed, r13 = avail idx,
-# r14 = BLK_F_RO if the device is read-only (else 0), r15 = capacity in sectors.
+# r14 = nonzero if the compare check expects the data from before (a read-only device or a
+# read-only probe), r15 = capacity in sectors, r10 = FLAG_READ_ONLY if the probe must not write.
 #
 # A read-only device (VIRTIO_BLK_F_RO offered) turns the write check around: the guest reads
 # the sectors first, its writes must end with IOERR, and the compare check expects the data
-# read afterwards to be what was there before.
+# read afterwards to be what was there before. A read-only probe (FLAG_READ_ONLY) reads the
+# sectors in the write check and sends no write at all; the compare check then expects the
+# second read to return the same data.
         .text
         .globl _start
 _start:
         mov r12, rdi
+        mov r10, rsi
+        and r10d, FLAG_READ_ONLY
         xor r13d, r13d
         mov ebx, MMIO_BASE
 
@@ -123,6 +130,7 @@ _start:
         and eax, (1 << 9) | BLK_F_RO                    # VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO
         mov r14d, eax
         and r14d, BLK_F_RO
+        or r14d, r10d
         mov dword ptr [rbx + DRIVER_FEATURES_SEL], 0
         mov [rbx + DRIVER_FEATURES], eax
         mov dword ptr [rbx + STATUS_REG], 11
@@ -177,7 +185,17 @@ _start:
         # On a read-only device the same sectors are read into BEFORE first and both writes
         # must end with IOERR.
         begin CHECK_WRITE, s_write
-        test r14d, r14d
+        test r10d, r10d
+        jz 4f
+        lea rsi, [rip + s_no_write]
+        call puts
+        mov edx, BEFORE
+        call read_sectors
+        test al, al
+        jnz fail
+        call ok
+        jmp 5f
+4:      test r14d, r14d
         jz 3f
         lea rsi, [rip + s_read_only]
         call puts
@@ -209,7 +227,7 @@ _start:
         call check_write_status
         call ok
 
-        begin CHECK_FLUSH, s_flush
+5:      begin CHECK_FLUSH, s_flush
         mov edi, T_FLUSH
         xor esi, esi
         xor edx, edx
@@ -227,7 +245,8 @@ _start:
         jnz fail
         call ok
 
-        # Writable: what was read is the pattern. Read-only: it is what was there before.
+        # Writable: what was read is the pattern. Read-only device or probe: it is what was
+        # there before.
         begin CHECK_COMPARE, s_compare
         mov esi, WBUF
         mov eax, BEFORE
@@ -384,6 +403,7 @@ s_capacity: .asciz "capacity "
 s_id:       .asciz "id "
 s_write:    .asciz "write"
 s_read_only: .asciz " (read-only: refused with ioerr)"
+s_no_write: .asciz " (--read-only: nothing written, sectors read)"
 s_flush:    .asciz "flush"
 s_read:     .asciz "read"
 s_compare:  .asciz "compare"

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -55,9 +56,10 @@ pub struct BlkDevice {
 }
 
 impl BlkDevice {
-    /// Connects to the disk's backend and builds the device the guest will see.
-    pub fn new(spec: &DiskSpec, mem: GuestMemoryMmap) -> Result<Self, BlkDeviceError> {
-        let frontend = BlkFrontend::connect(&spec.socket, spec.num_queues)?;
+    /// Connects to the disk's backend and builds the device the guest will see; connecting and
+    /// negotiating with the backend end within `timeout`.
+    pub fn new(spec: &DiskSpec, mem: GuestMemoryMmap, timeout: Duration) -> Result<Self, BlkDeviceError> {
+        let frontend = BlkFrontend::connect(&spec.socket, spec.num_queues, timeout)?;
         let features = offered_features(spec, frontend.guest_features())?;
         let n = usize::from(frontend.num_queues());
         let eventfds = || (0..n).map(|_| EventFd::new(libc::EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>();

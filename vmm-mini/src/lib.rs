@@ -21,6 +21,7 @@ pub mod memory;
 pub mod probe;
 pub mod pvh;
 pub mod serial;
+pub mod socket_deadline;
 pub mod vcpu;
 pub mod vhost_frontend;
 pub mod virtio_mmio;

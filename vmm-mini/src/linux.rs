@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -32,6 +33,9 @@ use crate::Error;
 pub const MAX_CPUS: u8 = 254;
 /// Command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+/// How long connecting to a disk's backend and negotiating with it may take before the boot is
+/// given up (a socket that is not a vhost-user backend never answers).
+pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -104,7 +108,7 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     let mut disks = Vec::new();
     let mut infos = Vec::new();
     for (i, spec) in opts.disks.iter().enumerate() {
-        let disk = BlkDevice::new(spec, mem.clone())?;
+        let disk = BlkDevice::new(spec, mem.clone(), BACKEND_TIMEOUT)?;
         let info =
             MmioDeviceInfo { base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE, irq: VIRTIO_IRQ_BASE + i as u32 };
         for (queue, kick) in disk.kick_fds().iter().enumerate() {

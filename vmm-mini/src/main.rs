@@ -57,15 +57,33 @@ struct BootArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Boot the built-in probe guest against one disk and check it end to end.
+    ///
+    /// THE PROBE WRITES TO THE DISK: a test pattern over sectors 0-1 (the first 1 KiB) and the
+    /// last 512-byte sector, overwriting what is there (a partition table, a file system's
+    /// superblock, a qcow2 guest's boot sector). Use --read-only on a disk whose data matters:
+    /// the guest then reads those sectors instead of writing them, and checks that a second
+    /// read returns the same data (capacity, ID, FLUSH and the read past the end are checked
+    /// as usual; FLUSH changes no data).
+    ///
+    /// Checks, in order: device, features, queue, capacity (at least 3 sectors), id, write,
+    /// flush, read, compare, past-end. Exit status: 0 all passed, 1 a check failed or timed
+    /// out (named), 2 set-up error (connecting, the vhost-user negotiation, or a socket that is
+    /// not a vhost-user backend), 77 /dev/kvm missing.
+    #[command(verbatim_doc_comment)]
     Probe {
         /// socket=PATH[,num-queues=N][,read-only=on]. A read-only disk (read-only=on, or a
         /// backend offering VIRTIO_BLK_F_RO) must refuse the probe's writes with IOERR and keep
         /// its data.
         #[arg(long)]
         disk: DiskSpec,
-        /// Seconds to wait for the guest.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds the whole probe may take: connecting, the vhost-user negotiation and the
+        /// guest's checks.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
+        /// Probe without writing: sectors 0-1 and the last sector are read (twice, compared)
+        /// instead of written; the disk's data is left as it was.
+        #[arg(long)]
+        read_only: bool,
         /// Seed of the data pattern written (qword i = seed + i).
         #[arg(long, default_value_t = DEFAULT_SEED, value_parser = parse_u64)]
         seed: u64,
@@ -93,11 +111,21 @@ fn kvm_present(what: &str) -> bool {
     present
 }
 
-fn probe(disk: DiskSpec, timeout: u64, seed: u64, json: bool) -> ExitCode {
+/// `vmm-mini probe`'s options, as parsed.
+struct ProbeArgs {
+    disk: DiskSpec,
+    timeout: u64,
+    read_only: bool,
+    seed: u64,
+    json: bool,
+}
+
+fn probe(args: ProbeArgs) -> ExitCode {
     if !kvm_present("probe") {
         return ExitCode::from(77);
     }
-    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed, serial_to_stderr: json };
+    let ProbeArgs { disk, timeout, read_only, seed, json } = args;
+    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed, serial_to_stderr: json, read_only };
     match run_probe(&opts) {
         Ok(report) => {
             if json {
@@ -156,7 +184,9 @@ fn boot(args: BootArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Probe { disk, timeout, seed, json }) => probe(disk, timeout, seed, json),
+        Some(Command::Probe { disk, timeout, read_only, seed, json }) => {
+            probe(ProbeArgs { disk, timeout, read_only, seed, json })
+        }
         None => boot(cli.boot),
     }
 }

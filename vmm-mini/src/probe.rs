@@ -1,5 +1,9 @@
 //! `vmm-mini probe`: boots the built-in bare-metal guest (guest/probe.S) against one
 //! vhost-user-blk disk and reports which checks passed.
+//!
+//! The guest writes a pattern to sectors 0-1 and to the last sector of the disk (overwriting
+//! them), unless [`ProbeOptions::read_only`] asks it to only read. The timeout bounds the
+//! whole run: connecting, the vhost-user negotiation and the guest.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -33,12 +37,18 @@ const PROBE_MEMORY: u64 = 4 << 20;
 /// Default seed of the data pattern ("STRATA" and a counter).
 pub const DEFAULT_SEED: u64 = 0x5354_5241_5441_0000;
 
+/// Bit of the guest's entry flags (`rsi`): probe without writing. Keep in sync with
+/// FLAG_READ_ONLY in guest/probe.S.
+const FLAG_READ_ONLY: u64 = 1;
+
 /// What to probe and how long to wait.
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     /// The disk.
     pub disk: DiskSpec,
-    /// Give up (and name the running check) after this long.
+    /// Give up after this long, counted from the start: connecting and the vhost-user
+    /// negotiation included (a set-up error naming the step), or the guest's checks (naming the
+    /// running check).
     pub timeout: Duration,
     /// Qword `i` of the pattern written to sectors 0-1 is `seed + i`; the last sector gets
     /// qwords 64-127.
@@ -46,6 +56,10 @@ pub struct ProbeOptions {
     /// Send the guest's serial output to stderr instead of stdout (`--json` keeps stdout for
     /// the report).
     pub serial_to_stderr: bool,
+    /// Probe without writing: the write check reads the sectors it would write instead, and
+    /// the compare check expects a second read to return the same data. FLUSH is still sent
+    /// (it changes no data).
+    pub read_only: bool,
 }
 
 /// How the probe ended.
@@ -124,8 +138,12 @@ impl ProbeReport {
 /// Runs the probe guest against `opts.disk`; its serial output goes to stdout.
 pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     let start = Instant::now();
+    let deadline = start + opts.timeout;
     let mem = create_guest_memory(PROBE_MEMORY)?;
-    let disk = BlkDevice::new(&opts.disk, mem.clone())?;
+    let disk = BlkDevice::new(&opts.disk, mem.clone(), deadline.saturating_duration_since(Instant::now()))?;
+    // Shut down at the timeout, so that a vCPU blocked in a vhost-user request (a backend that
+    // stopped answering) can be stopped.
+    let hang_up = disk.frontend().hang_up().map_err(Error::Io)?;
     let vm = Vm::new(mem.clone())?;
     for (queue, kick) in disk.kick_fds().iter().enumerate() {
         vm.register_kick(0, queue as u32, kick)?;
@@ -134,7 +152,8 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     mem.write_slice(PROBE_GUEST, GuestAddress(PROBE_ENTRY)).map_err(Error::GuestMemory)?;
     let vcpu = vm.create_vcpu(0)?;
     set_cpuid(&vcpu, 0, &vm.supported_cpuid()?)?;
-    enter_long_mode(&vcpu, 0, PROBE_ENTRY, PROBE_STACK_TOP, 0, opts.seed)?;
+    let flags = if opts.read_only { FLAG_READ_ONLY } else { 0 };
+    enter_long_mode(&vcpu, 0, PROBE_ENTRY, PROBE_STACK_TOP, flags, opts.seed)?;
 
     let progress = Arc::new(AtomicU8::new(0));
     let out: Box<dyn std::io::Write + Send> =
@@ -146,7 +165,7 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     let watch = BackendWatch::start(socket, exits.clone()).map_err(Error::Io)?;
     let setup = start.elapsed();
     let threads = VcpuThreads::spawn(vec![vcpu], devices.clone(), exits).map_err(Error::Io)?;
-    let outcome = match exit_rx.recv_timeout(opts.timeout) {
+    let outcome = match exit_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         Ok(GuestExit::ProbeResult(0)) => ProbeOutcome::Passed,
         Ok(GuestExit::ProbeResult(n)) => ProbeOutcome::Failed(check_name(n)),
         Ok(GuestExit::BackendLost(why)) => ProbeOutcome::BackendLost(why),
@@ -158,9 +177,13 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     let first_kvm_run_ns = first.entered_ns.load(Ordering::Relaxed);
     let cpu_ns_to_first_kvm_run = first.entered_cpu_ns.load(Ordering::Relaxed);
     let first_exit_ns = first.first_exit_ns.load(Ordering::Relaxed);
+    let timed_out = matches!(outcome, ProbeOutcome::TimedOut(_));
+    if timed_out {
+        let _ = hang_up.shutdown(std::net::Shutdown::Both);
+    }
     threads.stop();
     watch.stop();
-    if !matches!(outcome, ProbeOutcome::BackendLost(_)) {
+    if !timed_out && !matches!(outcome, ProbeOutcome::BackendLost(_)) {
         lock(&devices).stop_disks();
     }
     Ok(ProbeReport { outcome, elapsed, setup, first_kvm_run_ns, cpu_ns_to_first_kvm_run, first_exit_ns })

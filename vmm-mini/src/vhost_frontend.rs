@@ -2,7 +2,9 @@
 //! and protocol negotiation, config space, and starting/stopping the vrings.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -10,6 +12,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::socket_deadline::{connect_within, SocketDeadline};
 use crate::virtio_mmio::QueueConfig;
 
 /// Size of `struct virtio_blk_config` as QEMU asks for it (virtio 1.2, 5.2.4, up to the
@@ -35,21 +38,44 @@ fn set_config_num_queues(config: &mut [u8], num_queues: u16) {
 
 /// A vhost-user request that failed, naming the socket and the step.
 #[derive(Debug, thiserror::Error)]
-#[error("vhost-user backend {socket}: {step}: {source}")]
+#[error("vhost-user backend {socket}: {step}: {why}")]
 pub struct FrontendError {
     /// The backend's socket.
     pub socket: PathBuf,
     /// What vmm-mini was doing.
     pub step: &'static str,
-    /// The vhost crate's error.
+    /// What went wrong.
     #[source]
-    pub source: vhost::Error,
+    pub why: Failure,
+}
+
+/// What went wrong in one vhost-user step.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The vhost crate's error.
+    #[error(transparent)]
+    Vhost(#[from] vhost::Error),
+    /// The socket could not be connected to.
+    #[error("{0}")]
+    Connect(std::io::Error),
+    /// The peer did not answer by the deadline.
+    #[error(
+        "no answer within {:.1} s: not a vhost-user backend, or a backend busy with another frontend \
+         (a vhost-user-blk backend serves one at a time)",
+        .0.as_secs_f64()
+    )]
+    TimedOut(Duration),
+    /// The peer answered with something that is not a vhost-user message.
+    #[error("the answer is not a vhost-user message: the socket is not a vhost-user backend")]
+    NotVhostUser,
 }
 
 /// A connected vhost-user-blk backend, negotiated and ready to start vrings.
 pub struct BlkFrontend {
     socket: PathBuf,
     frontend: Frontend,
+    /// A second descriptor of the socket, to shut it down from another thread.
+    hang_up: UnixStream,
     backend_features: u64,
     num_queues: u16,
     config: Vec<u8>,
@@ -59,10 +85,47 @@ pub struct BlkFrontend {
 impl BlkFrontend {
     /// Connects to `socket`, takes ownership (SET_OWNER), negotiates protocol features
     /// (CONFIG is required; MQ and REPLY_ACK when offered), reads the config space, and settles
-    /// on `min(wanted_queues, the backend's)` queues.
-    pub fn connect(socket: &Path, wanted_queues: u16) -> Result<Self, FrontendError> {
-        let err = |step| move |source| FrontendError { socket: socket.to_path_buf(), step, source };
-        let mut frontend = Frontend::connect(socket, wanted_queues.into()).map_err(err("connect"))?;
+    /// on `min(wanted_queues, the backend's)` queues. Connecting and the whole negotiation end
+    /// within `timeout`: a peer that does not answer (not a vhost-user backend, or one serving
+    /// another frontend) is an error naming the step it did not answer.
+    pub fn connect(socket: &Path, wanted_queues: u16, timeout: Duration) -> Result<Self, FrontendError> {
+        let deadline = Instant::now() + timeout;
+        let fail = |step, why| FrontendError { socket: socket.to_path_buf(), step, why };
+        let stream = connect_within(socket, deadline).map_err(|e| fail("connect", Failure::Connect(e)))?;
+        let watchdog = SocketDeadline::arm(&stream, deadline)
+            .map_err(|e| fail("connect (arming the timeout)", Failure::Connect(e)))?;
+        let hang_up = stream.try_clone().map_err(|e| fail("connect", Failure::Connect(e)))?;
+        let mut frontend = Frontend::from_stream(stream, wanted_queues.into());
+        let negotiated = Self::negotiate(&mut frontend, wanted_queues);
+        // A deadline that passed turns whatever the blocked step saw (an end-of-file from the
+        // shut-down socket, most likely) into a timeout, and so does one that fired just after
+        // the last step: the socket is shut down then.
+        let fired = watchdog.disarm();
+        let (backend_features, num_queues, config) = match negotiated {
+            Ok(_) if fired => return Err(fail("vhost-user negotiation", Failure::TimedOut(timeout))),
+            Ok(done) => done,
+            Err((step, _)) if fired => return Err(fail(step, Failure::TimedOut(timeout))),
+            Err((step @ "GET_FEATURES", e)) if not_vhost_user(&e) => return Err(fail(step, Failure::NotVhostUser)),
+            Err((step, e)) => return Err(fail(step, Failure::Vhost(e))),
+        };
+        Ok(BlkFrontend {
+            socket: socket.to_path_buf(),
+            frontend,
+            hang_up,
+            backend_features,
+            num_queues,
+            config,
+            started: vec![],
+        })
+    }
+
+    /// The negotiation of [`BlkFrontend::connect`]: the backend's features, the queues agreed
+    /// on and the config space, or the step that failed.
+    fn negotiate(
+        frontend: &mut Frontend,
+        wanted_queues: u16,
+    ) -> Result<(u64, u16, Vec<u8>), (&'static str, vhost::Error)> {
+        let err = |step| move |e| (step, e);
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
         if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
@@ -89,14 +152,13 @@ impl BlkFrontend {
         let (_, mut config) =
             frontend.get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf).map_err(err("GET_CONFIG"))?;
         set_config_num_queues(&mut config, num_queues);
-        Ok(BlkFrontend {
-            socket: socket.to_path_buf(),
-            frontend,
-            backend_features,
-            num_queues,
-            config,
-            started: vec![],
-        })
+        Ok((backend_features, num_queues, config))
+    }
+
+    /// Shuts the backend's socket down, so that a request blocked waiting for the backend
+    /// returns (the probe does this when its timeout hits).
+    pub fn hang_up(&self) -> std::io::Result<UnixStream> {
+        self.hang_up.try_clone()
     }
 
     /// The virtio features to offer the guest: the backend's device and ring features, minus
@@ -126,7 +188,7 @@ impl BlkFrontend {
     }
 
     fn err(&self, step: &'static str) -> impl Fn(vhost::Error) -> FrontendError + '_ {
-        move |source| FrontendError { socket: self.socket.clone(), step, source }
+        move |e| FrontendError { socket: self.socket.clone(), step, why: Failure::Vhost(e) }
     }
 
     /// Starts the ready queues: SET_FEATURES with what the driver accepted, SET_MEM_TABLE with
@@ -184,6 +246,13 @@ impl BlkFrontend {
         }
         Ok(())
     }
+}
+
+/// Whether the first reply's error means the peer speaks something other than vhost-user: a
+/// header that does not parse, or fewer bytes than a reply before the peer closed.
+fn not_vhost_user(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    matches!(e, vhost::Error::VhostUserProtocol(E::InvalidMessage | E::PartialMessage))
 }
 
 #[cfg(test)]

@@ -283,3 +283,138 @@ fn probe_against_a_backend_that_hangs_up_fails_cleanly() {
     let step_named = stderr.contains("SET_OWNER") || stderr.contains("GET_FEATURES");
     assert!(stderr.contains("hangup.sock") && step_named, "{stderr}");
 }
+
+/// Runs `vmm-mini ARGS`, killing it after `bound`; returns its output and how long it ran, or
+/// panics naming the hang.
+fn run_bounded(args: &[&str], bound: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(vmm_mini()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "vmm-mini {args:?} still running after {bound:?}; killed. stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    (child.wait_with_output().unwrap(), elapsed)
+}
+
+/// `--timeout 2` plus set-up (KVM, memory) on a loaded machine.
+const TIMEOUT_2_BOUND: Duration = Duration::from_secs(5);
+
+fn assert_not_vhost_user(out: &Output, socket_name: &str) {
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", stdout(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(socket_name) && stderr.contains("not a vhost-user backend"), "{stderr}");
+}
+
+#[test]
+fn probe_against_a_listener_that_never_answers_gives_up_at_the_timeout() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new("silent");
+    let socket = dir.0.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // Accept and hold the connection without a word until the probe is over.
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &conn, &mut sink);
+    });
+
+    let disk = format!("socket={}", socket.display());
+    let (out, took) = run_bounded(&["probe", "--disk", &disk, "--timeout", "2"], Duration::from_secs(15));
+
+    assert!(took < TIMEOUT_2_BOUND, "took {took:?} with --timeout 2");
+    assert_not_vhost_user(&out, "silent.sock");
+    server.join().unwrap();
+}
+
+#[test]
+fn probe_against_a_peer_speaking_another_protocol_says_so() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new("http");
+    let socket = dir.0.join("http.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut conn, &mut sink);
+    });
+
+    let disk = format!("socket={}", socket.display());
+    let (out, took) = run_bounded(&["probe", "--disk", &disk, "--timeout", "2"], Duration::from_secs(15));
+
+    assert!(took < TIMEOUT_2_BOUND, "took {took:?} with --timeout 2");
+    assert_not_vhost_user(&out, "http.sock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a vhost-user message"), "{stderr}");
+    server.join().unwrap();
+}
+
+#[test]
+fn probe_against_the_daemons_control_socket_says_it_is_not_a_vhost_user_backend() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(daemon) = strata_daemon() else {
+        eprintln!("SKIPPED: strata's daemon is not built (cargo build -p vhost-user-blk --bin vhost-user-blk)");
+        return;
+    };
+    let dir = TempDir::new("api");
+    let api = dir.0.join("api.sock");
+    let backend = Backend::start(Command::new(daemon).arg("--api-socket").arg(&api), &api);
+
+    let disk = format!("socket={}", api.display());
+    let (out, took) = run_bounded(&["probe", "--disk", &disk, "--timeout", "2"], Duration::from_secs(15));
+
+    backend.stop();
+    assert!(took < TIMEOUT_2_BOUND, "took {took:?} with --timeout 2");
+    assert_not_vhost_user(&out, "api.sock");
+}
+
+#[test]
+fn read_only_probe_passes_and_leaves_the_disk_byte_identical() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(daemon) = strata_daemon() else {
+        eprintln!("SKIPPED: strata's daemon is not built (cargo build -p vhost-user-blk --bin vhost-user-blk)");
+        return;
+    };
+    let dir = TempDir::new("probe-ro");
+    let img = image(&dir, 2048);
+    let before = fill_sectors(&img);
+    let socket = dir.0.join("strata.sock");
+    // Served writable: only the probe's --read-only keeps the data.
+    let strata = Backend::strata(&daemon, &img, &socket);
+
+    let disk = format!("socket={}", socket.display());
+    let (out, _) = run_bounded(&["probe", "--disk", &disk, "--read-only"], Duration::from_secs(30));
+
+    strata.stop();
+    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("write (--read-only: nothing written, sectors read) ok"), "{text}");
+    assert!(text.contains("compare ok") && text.ends_with("PASS\n"), "{text}");
+    assert!(std::fs::read(&img).unwrap() == before, "the disk changed under probe --read-only");
+}
+
+#[test]
+fn probe_help_says_that_it_writes_and_where() {
+    let out = Command::new(vmm_mini()).args(["probe", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for needle in ["WRITES", "sectors 0-1", "last 512-byte sector", "--read-only", "--timeout"] {
+        assert!(help.contains(needle), "probe --help lacks {needle:?}:\n{help}");
+    }
+}
