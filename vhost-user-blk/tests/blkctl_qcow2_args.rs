@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// Lists tried per subcommand.
-const CASES: usize = 40;
+const CASES: usize = 60;
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
@@ -40,7 +40,6 @@ fn shapes(img: &str, raw: &str, missing: &str) -> Vec<Shape> {
         Shape {
             cmd: "create",
             valid: vec![
-                v(&["--force"]),
                 v(&["--force"]),
                 v(&["--cluster-size", "4K"]),
                 v(&["--preallocation", "metadata"]),
@@ -130,7 +129,7 @@ fn shapes(img: &str, raw: &str, missing: &str) -> Vec<Shape> {
 fn arguments(shape: &Shape, rng: &mut StdRng) -> Vec<String> {
     let mut pieces: Vec<Vec<String>> = Vec::new();
     for g in &shape.valid {
-        if rng.gen_bool(0.4) {
+        if rng.gen_bool(0.3) {
             pieces.push(g.clone());
         }
     }
