@@ -1,7 +1,8 @@
 //! Copying a disk between raw and qcow2 files (as `qemu-img convert`): the whole guest view of
 //! the source (a qcow2 source's backing chain included) goes into a new destination; ranges that
 //! read as zeros are not written (the destination stays sparse), and with `compress` every data
-//! cluster of a qcow2 destination is written compressed.
+//! cluster of a qcow2 destination is written compressed. The destination is written beside an
+//! existing one and renamed over it when complete ([`crate::newfile`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use blockdev::{BlockDev, Error, ErrorKind, IoCtx, IoTag, OpenOptions, RawFile, R
 use futures::stream::{self, StreamExt};
 
 use crate::compress_write::CompressedWriter;
+use crate::newfile::{NewFile, Overwrite};
 use crate::{CreateOptions, Qcow2};
 
 /// A disk image format `convert` reads and writes.
@@ -59,6 +61,8 @@ pub struct ConvertStats {
     pub size: u64,
     /// Bytes written to the destination (zero ranges are skipped).
     pub written: u64,
+    /// An existing destination file was replaced.
+    pub replaced: bool,
 }
 
 /// Bytes read per step.
@@ -161,8 +165,21 @@ async fn write_runs(io: &IoCtx, dev: &dyn BlockDev, off: u64, buf: &mut SharedBu
     try_join_all(futs).await
 }
 
-/// Convert `src` into a new `dst` (created or truncated). `progress(done, total)` is called as
-/// the copy advances (bytes of the virtual disk).
+/// True when `a` and `b` name the same file (hard links and symbolic links included).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Convert `src` into `dst`. `progress(done, total)` is called as the copy advances (bytes of
+/// the virtual disk). Every option is checked and the source opened first; then an existing
+/// `dst` is opened without truncation and its lock taken (a served destination is refused), the
+/// copy is written under a temporary name beside it and renamed over it when complete: a failure
+/// at any point leaves an existing `dst` byte for byte as it was. A `dst` that is the source is
+/// refused.
 pub fn convert(
     io: &IoCtx,
     src: &Path,
@@ -173,10 +190,12 @@ pub fn convert(
     if opts.compress && opts.dst_format != Format::Qcow2 {
         return Err(err(dst, ErrorKind::InvalidInput, "compression needs a qcow2 destination (-O qcow2)"));
     }
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
-        if a == b {
-            return Err(err(dst, ErrorKind::InvalidInput, "is the source itself; refusing to overwrite it"));
-        }
+    let create = |size| CreateOptions { size, cluster_size: opts.cluster_size, ..Default::default() };
+    if opts.dst_format == Format::Qcow2 {
+        create(0).header()?;
+    }
+    if same_file(src, dst) {
+        return Err(err(dst, ErrorKind::InvalidInput, "is the source itself; refusing to overwrite it"));
     }
     let source: Arc<dyn BlockDev> = match opts.src_format {
         Format::Qcow2 => {
@@ -190,17 +209,43 @@ pub fn convert(
     };
     // A raw file of odd length becomes a disk rounded up to whole sectors (as qemu-img).
     let size = source.info().size.next_multiple_of(512);
+    if opts.dst_format == Format::Qcow2 {
+        create(size).header().map_err(|e| e.context(dst.display().to_string()))?;
+    }
     let ranges = data_ranges(io, src, opts.src_format, source.info().size)?;
+    let new = NewFile::begin(dst, Overwrite::Always)?;
+    let replaced = new.replaces();
+    let what = if replaced { "left as it was" } else { "not created" };
+    let mut stats = copy(io, &source, new.tmp_path(), opts, size, &ranges, progress)
+        .map_err(|e| e.context(format!("{}: {what}", dst.display())))?;
+    new.commit()?;
+    progress(size, size);
+    stats.replaced = replaced;
+    Ok(stats)
+}
+
+/// Copy `ranges` of `source` into a new `size`-byte disk in the empty file at `path`.
+fn copy(
+    io: &IoCtx,
+    source: &Arc<dyn BlockDev>,
+    path: &Path,
+    opts: &ConvertOptions,
+    size: u64,
+    ranges: &[(u64, u64)],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertStats> {
     let (dev, qcow): (Arc<dyn BlockDev>, Option<Arc<Qcow2>>) = match opts.dst_format {
         Format::Qcow2 => {
+            let file: Arc<dyn BlockDev> =
+                Arc::new(RawFile::open(path, OpenOptions { growable: true, ..Default::default() })?);
             let c = CreateOptions { size, cluster_size: opts.cluster_size, ..Default::default() };
-            crate::create_path(io, dst, &c).map_err(|e| e.context(dst.display().to_string()))?;
-            let q = Arc::new(io.block_on(crate::open_path(io, dst, &crate::Options::default()))?);
+            io.block_on(crate::create(io, &file, &c))?;
+            let q = Arc::new(io.block_on(crate::open_dev(io, file, None, &crate::Options::default()))?);
             (q.clone() as Arc<dyn BlockDev>, Some(q))
         }
         Format::Raw => {
             let o = OpenOptions { growable: true, ..Default::default() };
-            (Arc::new(RawFile::create(dst, size, o)?), None)
+            (Arc::new(RawFile::create(path, size, o)?), None)
         }
     };
     let grain = match opts.dst_format {
@@ -211,16 +256,16 @@ pub fn convert(
         (Some(q), true) => Some(CompressedWriter::new(q)),
         _ => None,
     };
-    let chunks = chunks(&ranges, grain, CHUNK.max(grain), size);
+    let chunks = chunks(ranges, grain, CHUNK.max(grain), size);
     let src_size = source.info().size;
     let compress = cw.is_some();
-    let mut stats = ConvertStats { size, written: 0 };
+    let mut stats = ConvertStats { size, ..Default::default() };
     progress(0, size);
     io.block_on(async {
         // Several chunks in flight (as qemu-img's 8 requests); results come back in order, so
         // progress moves forward and compressed clusters are written in disk order.
         let mut copies = stream::iter(chunks.into_iter().map(|(off, n)| {
-            let (source, dev) = (&*source, &*dev);
+            let (source, dev) = (&**source, &*dev);
             async move {
                 let mut buf = read_chunk(io, source, off, n, src_size).await?;
                 let runs = data_runs(buf.bytes(), grain);
@@ -253,7 +298,6 @@ pub fn convert(
         Some(q) => io.block_on(q.close(io))?,
         None => io.block_on(dev.flush(io, IoTag::DATA))?,
     }
-    progress(size, size);
     Ok(stats)
 }
 

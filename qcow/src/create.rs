@@ -9,6 +9,7 @@ use blockdev::{BlockDev, Error, ErrorKind, IoCtx, OpenOptions, RawFile, Result};
 use crate::header::{incompat, Compression, Header, MAX_L1_BYTES, V2_HEADER_LEN, V3_HEADER_LEN};
 use crate::imagefile::{self, site};
 use crate::meta::set_bits;
+use crate::newfile::{NewFile, Overwrite};
 
 /// How much to allocate up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +161,7 @@ impl CreateOptions {
 }
 
 /// Write a new, empty image into `file` (which should be empty: it is overwritten from offset 0).
+/// The options are checked before the first byte is written.
 pub async fn create(io: &IoCtx, file: &Arc<dyn BlockDev>, opts: &CreateOptions) -> Result<()> {
     let mut h = opts.header()?;
     let cs = opts.cluster_size;
@@ -241,9 +243,36 @@ async fn preallocate(io: &IoCtx, file: &Arc<dyn BlockDev>, opts: &CreateOptions)
     Ok(())
 }
 
-/// Create the image file at `path` (truncating it) and write a new image into it.
+/// Write a new image at `path`, replacing what is there ([`create_path_with`] with
+/// [`Overwrite::Always`]; a file another process holds locked is still refused).
 pub fn create_path(io: &IoCtx, path: &Path, opts: &CreateOptions) -> Result<()> {
-    let raw = RawFile::create(path, 0, OpenOptions { growable: true, ..Default::default() })?;
-    let file: Arc<dyn BlockDev> = Arc::new(raw);
-    io.block_on(create(io, &file, opts))
+    create_path_with(io, path, opts, Overwrite::Always).map(|_| ())
+}
+
+/// Create the image file at `path`: check the options, open what the path holds without
+/// truncating it and take its exclusive lock (refusing it per `overwrite`), write the image
+/// under a temporary name beside it, and rename that into place. Any failure leaves an existing
+/// file byte for byte as it was. Returns true when an existing file was replaced.
+pub fn create_path_with(io: &IoCtx, path: &Path, opts: &CreateOptions, overwrite: Overwrite) -> Result<bool> {
+    opts.header()?;
+    if let Some(b) = &opts.backing_file {
+        let target = std::fs::canonicalize(path);
+        let backing = std::fs::canonicalize(crate::open::resolve_backing(path, b));
+        if let (Ok(t), Ok(b)) = (target, backing) {
+            if t == b {
+                return Err(invalid(format!("{}: is its own backing file", path.display())));
+            }
+        }
+    }
+    let new = NewFile::begin(path, overwrite)?;
+    let replaces = new.replaces();
+    let what = if replaces { "left as it was" } else { "not created" };
+    let write = || -> Result<()> {
+        let raw = RawFile::open(new.tmp_path(), OpenOptions { growable: true, ..Default::default() })?;
+        let file: Arc<dyn BlockDev> = Arc::new(raw);
+        io.block_on(create(io, &file, opts))
+    };
+    write().map_err(|e| e.context(format!("{}: {what}", path.display())))?;
+    new.commit()?;
+    Ok(replaces)
 }

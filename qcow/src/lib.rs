@@ -20,6 +20,7 @@ pub mod imagefile;
 pub mod l1l2;
 pub mod map;
 pub mod meta;
+pub mod newfile;
 pub mod open;
 pub mod overlap;
 pub mod plan;
@@ -30,8 +31,9 @@ pub mod snapshot;
 pub mod write;
 mod zero;
 
-pub use create::{create, create_path, CreateOptions, Preallocation};
+pub use create::{create, create_path, create_path_with, CreateOptions, Preallocation};
 pub use dev::Qcow2;
 pub use header::{Compression, Header};
+pub use newfile::Overwrite;
 pub use open::{open_dev, open_path, Options};
 pub use shared::Shared;

@@ -83,8 +83,9 @@ enum Status {
     Here(bool, bool, bool, Option<u64>),
 }
 
-/// Open the chain under `path` (each image read-only, backing formats from the headers).
-fn open_chain(io: &IoCtx, path: &Path) -> Result<Vec<Layer>> {
+/// Open the chain under `path` (each image read-only, backing formats from the headers; no
+/// locks with `force_share`).
+fn open_chain(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     let mut cur: PathBuf = path.to_path_buf();
     let mut format = "qcow2".to_string();
@@ -92,7 +93,7 @@ fn open_chain(io: &IoCtx, path: &Path) -> Result<Vec<Layer>> {
         let name = cur.display().to_string();
         match format.as_str() {
             "qcow2" => {
-                let opts = crate::Options { read_only: true, ignore_backing: true, ..Default::default() };
+                let opts = crate::Options { read_only: true, ignore_backing: true, force_share, ..Default::default() };
                 let dev = io.block_on(crate::open_path(io, &cur, &opts))?;
                 let h = dev.header();
                 layers.push(Layer::Qcow2(Box::new(dev), name.clone()));
@@ -192,7 +193,12 @@ fn raw_status(f: &std::fs::File, name: &str, off: u64, max: u64) -> Result<(Stat
 
 /// The map of the disk in the image at `path`, following its backing chain.
 pub fn map_path(io: &IoCtx, path: &Path) -> Result<Vec<MapEntry>> {
-    let layers = open_chain(io, path)?;
+    map_path_with(io, path, false)
+}
+
+/// As [`map_path`]; with `force_share` no file of the chain is locked (`qemu-img map -U`).
+pub fn map_path_with(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<MapEntry>> {
+    let layers = open_chain(io, path, force_share)?;
     let size = layers[0].size();
     let mut out: Vec<MapEntry> = Vec::new();
     let mut off = 0;

@@ -34,6 +34,10 @@ pub struct Options {
     pub ignore_backing: bool,
     /// Open the image file with O_DIRECT.
     pub direct: bool,
+    /// Take no lock on any file of the chain (`qemu-img -U`), so an image another process has
+    /// open for writing, a served one, can be looked at; what is read may be changing under the
+    /// reader. Only with `read_only`.
+    pub force_share: bool,
 }
 
 impl Default for Options {
@@ -44,6 +48,7 @@ impl Default for Options {
             refcount_cache_bytes: 256 << 10,
             ignore_backing: false,
             direct: false,
+            force_share: false,
         }
     }
 }
@@ -180,8 +185,15 @@ async fn open_chain(io: &IoCtx, path: &Path, opts: &Options, depth: usize) -> Re
     if depth > MAX_CHAIN_DEPTH {
         return Err(err(ErrorKind::InvalidInput, &name, format!("backing chain deeper than {MAX_CHAIN_DEPTH} images")));
     }
-    let raw_opts =
-        blockdev::OpenOptions { read_only: opts.read_only, growable: true, direct: opts.direct, no_lock: false };
+    if opts.force_share && !opts.read_only {
+        return Err(err(ErrorKind::InvalidInput, &name, "force-share (-U) can only be used with a read-only open"));
+    }
+    let raw_opts = blockdev::OpenOptions {
+        read_only: opts.read_only,
+        growable: true,
+        direct: opts.direct,
+        no_lock: opts.force_share,
+    };
     let file: Arc<dyn BlockDev> = Arc::new(RawFile::open(path, raw_opts)?);
     let header = read_header(io, &file, &name).await?;
     let mut backing = None;
@@ -192,7 +204,10 @@ async fn open_chain(io: &IoCtx, path: &Path, opts: &Options, depth: usize) -> Re
                 let bopts = Options { read_only: true, ..opts.clone() };
                 Arc::new(Box::pin(open_chain(io, &bpath, &bopts, depth + 1)).await?)
             }
-            Some("raw") => Arc::new(RawFile::open(&bpath, blockdev::OpenOptions { read_only: true, ..Default::default() })?),
+            Some("raw") => {
+                let o = blockdev::OpenOptions { read_only: true, no_lock: opts.force_share, ..Default::default() };
+                Arc::new(RawFile::open(&bpath, o)?)
+            }
             Some(other) => {
                 return Err(err(ErrorKind::Unsupported, &name, format!("backing file {bname}: format '{other}' is not supported (qcow2, raw)")))
             }

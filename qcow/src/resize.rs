@@ -8,19 +8,49 @@
 //! Growing over a backing file longer than the old size zeroes the new part (as QEMU), so the
 //! backing file's bytes past the old end do not appear.
 
+use blockdev::size::format_iec;
 use blockdev::{BlockDev, Error, ErrorKind, IoCtx, Result};
 
 use crate::alloc::alloc_clusters;
 use crate::flush::{flush_metadata, guarded_write, write_header};
-use crate::header::{MAX_DISK_SIZE, MAX_L1_BYTES};
+use crate::header::{Header, MAX_DISK_SIZE, MAX_L1_BYTES};
 use crate::imagefile::{self, site};
-use crate::l1l2::{L2Entry, OFFSET_MASK};
+use crate::l1l2::{Geometry, L2Entry, OFFSET_MASK};
 use crate::overlap::Kind;
 use crate::shared::Shared;
 use crate::Qcow2;
 
-fn invalid(sh: &Shared, msg: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::InvalidInput, format!("{}: {msg}", sh.name))
+fn invalid(name: &str, msg: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("{name}: {msg}"))
+}
+
+/// Check a resize of the image named `name`, whose header is `h`, to `new_size` bytes without
+/// touching it: the size itself, the L1 table it needs, `--shrink` for a smaller size, and
+/// qemu-img's refusal of version 2 images with snapshots. ([`resize`] also refuses a shrink
+/// while data lies past the new end, which needs the tables read.)
+pub fn check_size(name: &str, h: &Header, new_size: u64, allow_shrink: bool) -> Result<()> {
+    if !new_size.is_multiple_of(512) || new_size == 0 || new_size > MAX_DISK_SIZE {
+        return Err(invalid(name, format!("new size {new_size} must be a non-zero multiple of 512 up to 2^56")));
+    }
+    if h.nb_snapshots > 0 && h.version < 3 {
+        return Err(invalid(name, "a version 2 (compat 0.10) image with snapshots cannot be resized (as qemu-img)"));
+    }
+    let g = Geometry::of(h);
+    let need_l1 = new_size.div_ceil(g.cluster_size()).div_ceil(g.l2_entries());
+    if need_l1 * 8 > MAX_L1_BYTES {
+        return Err(invalid(name, format!("new size {new_size} needs an L1 table over 32 MiB")));
+    }
+    if new_size < h.size && !allow_shrink {
+        return Err(invalid(
+            name,
+            format!(
+                "new size {} is smaller than the current {}: shrinking needs --shrink",
+                format_iec(new_size),
+                format_iec(h.size)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Resize the open (writable) image to `new_size` bytes. A smaller size needs `allow_shrink`.
@@ -29,31 +59,17 @@ pub async fn resize(io: &IoCtx, dev: &Qcow2, new_size: u64, allow_shrink: bool) 
     if sh.read_only {
         return Err(Error::new(ErrorKind::ReadOnly, format!("{}: resize needs a writable open", sh.name)));
     }
-    if !new_size.is_multiple_of(512) || new_size == 0 || new_size > MAX_DISK_SIZE {
-        return Err(invalid(sh, format!("new size {new_size} must be a non-zero multiple of 512 up to 2^56")));
-    }
     let alloc_guard = sh.alloc.lock().await;
     flush_metadata(sh, io).await?;
     let h = sh.lock().header.clone();
-    if h.nb_snapshots > 0 && h.version < 3 {
-        return Err(invalid(sh, "a version 2 (compat 0.10) image with snapshots cannot be resized (as qemu-img)"));
-    }
+    check_size(&sh.name, &h, new_size, allow_shrink)?;
     let g = sh.geo;
     let need_l1 = new_size.div_ceil(g.cluster_size()).div_ceil(g.l2_entries());
     if new_size >= h.size {
         if need_l1 > u64::from(h.l1_size) {
-            if need_l1 * 8 > MAX_L1_BYTES {
-                return Err(invalid(sh, format!("new size {new_size} needs an L1 table over 32 MiB")));
-            }
             grow_l1(sh, io, need_l1 as usize).await?;
         }
     } else {
-        if !allow_shrink {
-            return Err(invalid(
-                sh,
-                format!("new size {new_size} is smaller than the current {}: shrinking needs --shrink", h.size),
-            ));
-        }
         check_nothing_past(sh, io, new_size, h.size).await?;
     }
     sh.lock().header.size = new_size;
@@ -136,7 +152,7 @@ async fn check_nothing_past(sh: &Shared, io: &IoCtx, new: u64, old: u64) -> Resu
         if data {
             let where_ = if guest < old { "" } else { " (an entry past the end of the disk)" };
             return Err(invalid(
-                sh,
+                &sh.name,
                 format!("cannot shrink to {new}: guest offset {guest}{where_} holds data; nothing may be allocated past the new end"),
             ));
         }

@@ -125,3 +125,45 @@ fn compressed_zstd_and_small_clusters_convert() {
     assert_eq!(qemu_check(&dst).0, 0, "{}", qemu_check(&dst).1);
     qemu_compare(&src, "qcow2", &dst, "qcow2", "zstd source -> 512-byte compressed clusters");
 }
+
+#[test]
+fn convert_and_create_replace_an_existing_file_only_unlocked_and_when_complete() {
+    if !have_qemu("convert_and_create_replace_an_existing_file_only_unlocked_and_when_complete") {
+        return;
+    }
+    let dir = tmp();
+    let io = IoCtx::new().unwrap();
+    let src = p(dir.path(), "src.qcow2");
+    qemu_create(&src, 8 << 20, "");
+    qemu_io(&src, &["write -P 0x31 1M 512k".into()]);
+    let dst = p(dir.path(), "dst.qcow2");
+    qemu_create(&dst, 4 << 20, "cluster_size=4096");
+    qemu_io(&dst, &["write -P 0x77 0 64k".into()]);
+    let before = std::fs::read(&dst).unwrap();
+    // Held open for writing (as the daemon serving it would): refused, byte for byte kept.
+    let holder = open(&io, &dst, false);
+    let e = convert(&io, &src, &dst, &ConvertOptions::default(), &mut |_, _| {}).unwrap_err();
+    assert_eq!(e.kind(), blockdev::ErrorKind::Locked, "{e}");
+    let e = qcow::create_path(&io, &dst, &qcow::CreateOptions { size: 1 << 20, ..Default::default() }).unwrap_err();
+    assert_eq!(e.kind(), blockdev::ErrorKind::Locked, "{e}");
+    io.block_on(holder.close(&io)).unwrap();
+    drop(holder);
+    assert!(std::fs::read(&dst).unwrap() == before, "a refused convert or create changed the file");
+    // Only blank files are created over without being told.
+    let e = qcow::create_path_with(
+        &io,
+        &dst,
+        &qcow::CreateOptions { size: 1 << 20, ..Default::default() },
+        qcow::Overwrite::IfBlank,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("a qcow2 image"), "{e}");
+    assert!(std::fs::read(&dst).unwrap() == before);
+    // Unlocked: replaced by a complete copy qemu agrees with.
+    let st = convert(&io, &src, &dst, &ConvertOptions::default(), &mut |_, _| {}).unwrap();
+    assert!(st.replaced);
+    qemu_compare(&src, "qcow2", &dst, "qcow2", "convert over an existing image");
+    assert_eq!(qemu_check(&dst).0, 0, "{}", qemu_check(&dst).1);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
