@@ -23,8 +23,12 @@ struct Daemon(Child, mpsc::Receiver<String>);
 
 impl Daemon {
     fn start(disk: &str, socket: &Path) -> Daemon {
-        let mut child =
-            Command::new(daemon_bin()).args(["--disk", disk]).stderr(Stdio::piped()).spawn().expect("start the daemon");
+        Daemon::start_with(&["--disk", disk], socket)
+    }
+
+    /// Starts the daemon with `args` and waits for `socket` to appear.
+    fn start_with(args: &[&str], socket: &Path) -> Daemon {
+        let mut child = Command::new(daemon_bin()).args(args).stderr(Stdio::piped()).spawn().expect("start the daemon");
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -167,6 +171,36 @@ fn daemon_whose_path_a_foreign_listener_took_over_exits_and_leaves_it() {
     let status = status.unwrap_or_else(|| panic!("the daemon did not exit within {EXIT_BOUND:?} of SIGTERM"));
     assert!(status.success(), "exit status {status}");
     let meta = std::fs::metadata(&socket).expect("the daemon removed the other listener's socket");
+    assert_eq!(meta.ino(), other_inode);
+    drop(other);
+}
+
+#[test]
+fn a_control_socket_taken_over_is_left_in_place_and_a_live_one_is_not_taken() {
+    // Arrange: a daemon with a control socket, whose path a plain listener then takes over.
+    let dir = tempdir();
+    let (socket, api) = (dir.path().join("d.sock"), dir.path().join("api.sock"));
+    let disk = format!("socket={},format=mem,size=1M", socket.display());
+    let mut daemon = Daemon::start_with(&["--disk", &disk, "--api-socket", api.to_str().unwrap()], &api);
+    let second_disk = format!("socket={},format=mem,size=1M", dir.path().join("e.sock").display());
+    let second = Command::new(daemon_bin())
+        .args(["--disk", &second_disk, "--api-socket", api.to_str().unwrap()])
+        .output()
+        .expect("run a second daemon");
+    std::fs::remove_file(&api).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&api).unwrap();
+    let other_inode = std::fs::metadata(&api).unwrap().ino();
+
+    // Act
+    let status = daemon.terminate_within(EXIT_BOUND);
+
+    // Assert: the second daemon was refused the live control socket, and the exiting daemon
+    // left the listener that took the path over.
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && text.contains("api.sock") && text.contains("another process"), "{text}");
+    let status = status.unwrap_or_else(|| panic!("the daemon did not exit within {EXIT_BOUND:?} of SIGTERM"));
+    assert!(status.success(), "exit status {status}");
+    let meta = std::fs::metadata(&api).expect("the daemon removed the other listener's control socket");
     assert_eq!(meta.ino(), other_inode);
     drop(other);
 }

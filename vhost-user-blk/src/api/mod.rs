@@ -15,7 +15,7 @@
 
 pub mod thin;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::server::serve::{bind_socket, SocketFile};
 use crate::server::{Daemon, DiskSpec};
 
 pub mod raid;
@@ -63,17 +64,16 @@ pub enum Request {
     Thin(thin::ThinRequest),
 }
 
-/// The running control socket; the socket file is removed when dropped.
+/// The running control socket; the socket file is removed when dropped, if the path still
+/// names it.
 pub struct ApiServer {
-    path: PathBuf,
+    socket: SocketFile,
 }
 
 impl ApiServer {
     /// Bind `path` (replacing a stale socket) and serve it on a new thread.
     pub fn start(path: &Path, daemon: Arc<Daemon>) -> std::io::Result<ApiServer> {
-        let _ = std::fs::remove_file(path);
-        let std_listener = std::os::unix::net::UnixListener::bind(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot listen: {e}", path.display())))?;
+        let (std_listener, socket) = bind_socket(path).map_err(std::io::Error::other)?;
         std_listener.set_nonblocking(true)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("api".into()).spawn(move || {
@@ -96,13 +96,15 @@ impl ApiServer {
             })
         })?;
         tracing::info!(socket = %path.display(), "control socket listening");
-        Ok(ApiServer { path: path.to_path_buf() })
+        Ok(ApiServer { socket })
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.socket.remove_if_ours() {
+            tracing::warn!(socket = %self.socket.path().display(), "control socket path now names another socket; left in place");
+        }
     }
 }
 

@@ -166,6 +166,16 @@ impl SocketFile {
 /// replaced; a socket another process listens on, or a file that is not a socket, is refused
 /// and left as it is.
 fn bind(path: &Path) -> Result<(Listener, SocketFile), ServeError> {
+    let (listener, socket) = bind_socket(path)?;
+    // From a std listener: vhost's `Listener::new` would remove the path when dropped, whoever
+    // it names by then.
+    Ok((Listener::from(listener), socket))
+}
+
+/// Binds a Unix socket at `path` the way every socket of the daemon is bound (exports and the
+/// control socket): a stale socket is replaced, a live one or a file that is not a socket is
+/// refused and left alone; the returned [`SocketFile`] says whether the path is still ours.
+pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
     let shown = || path.display().to_string();
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -181,9 +191,7 @@ fn bind(path: &Path) -> Result<(Listener, SocketFile), ServeError> {
     }
     let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
     let socket = SocketFile::record(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
-    // From a std listener: vhost's `Listener::new` would remove the path when dropped, whoever
-    // it names by then.
-    Ok((Listener::from(listener), socket))
+    Ok((listener, socket))
 }
 
 /// What the accept loop's wait ended with.

@@ -146,7 +146,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
             return Err(e);
         }
     }
-    let _api = match &api_socket {
+    let api = match &api_socket {
         Some(path) => Some(vhost_user_blk::api::ApiServer::start(path, daemon.clone()).map_err(|e| e.to_string())?),
         None => None,
     };
@@ -164,9 +164,8 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let sig = wait_for_signal(signals);
     tracing::info!("signal {sig}: finishing in-flight requests and flushing");
     let ok = daemon.shutdown();
-    if let Some(path) = &api_socket {
-        let _ = std::fs::remove_file(path);
-    }
+    // The control socket's file goes with the server, and only while the path still names it.
+    drop(api);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
