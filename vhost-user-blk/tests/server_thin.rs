@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blkio::ReqFlags;
-use blockdev::thin::{Pool, PoolConfig};
+use thin::{Pool, PoolConfig};
 use blockdev::{IoCtx, OpenOptions, RawFile};
 use server_common::{daemon_bin, tempdir, Client};
 

@@ -28,8 +28,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::thin::check::{check_open, CheckReport};
-use blockdev::thin::{Pool, PoolInfo, VolumeInfo};
+use thin::check::{check_open, CheckReport};
+use thin::{Pool, PoolInfo, VolumeInfo};
 use blockdev::{ErrorKind, IoCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -1,13 +1,13 @@
 //! `blkctl thin pool-create|pool-grow|pool-info|create|snapshot|list|remove|resize|check`: parse the
-//! options and call `blockdev::thin` on the pool file(s), or, with `--api-socket`, send the
+//! options and call `thin` on the pool file(s), or, with `--api-socket`, send the
 //! command to the daemon serving the pool (`vhost_user_blk::api::thin`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockdev::size::{format_size, parse_size};
-use blockdev::thin::check::{self, CheckReport};
-use blockdev::thin::{Pool, PoolConfig};
+use thin::check::{self, CheckReport};
+use thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
 use serde_json::{json, Value};
 use vhost_user_blk::api::thin::{

@@ -9,7 +9,7 @@ use super::format::{self, Superblock, KIND_ARRAY, KIND_DIR, PAGE_PAYLOAD, PAGE_S
 use super::metaio::read_pages;
 use super::paged::PagedArray;
 use super::state::{PoolState, VolumeState};
-use crate::{BlockDev, Error, ErrorKind, IoCtx, IoTag, Result};
+use blockdev::{BlockDev, Error, ErrorKind, IoCtx, IoTag, Result};
 
 /// What an audit of the space map against the mappings found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

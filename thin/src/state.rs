@@ -10,7 +10,7 @@ use std::task::Waker;
 use super::dir;
 use super::format::{self, Superblock, KIND_ARRAY, KIND_DIR, PAGE_PAYLOAD, SB_PAGES};
 use super::paged::PagedArray;
-use crate::{Error, ErrorKind, Result};
+use blockdev::{Error, ErrorKind, Result};
 
 /// Fresh (never written) blocks one commit reserves for allocation without zero-filling.
 const FRESH_RESERVE: u64 = 1024;

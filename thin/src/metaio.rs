@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::format::PAGE_SIZE;
-use crate::join::try_join_all;
-use crate::{BlockDev, IoCtx, IoFuture, IoTag, Result, SharedBuf};
+use blockdev::join::try_join_all;
+use blockdev::{BlockDev, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
 /// Pages read or written concurrently at most.
 const BATCH: usize = 32;

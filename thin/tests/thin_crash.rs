@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::{CrashDev, CrashMode, ModelDev};
-use blockdev::thin::{check, Pool, PoolConfig};
+use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture};
 use thin_common::*;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
-use blockdev::thin::{check, format::PAGE_SIZE, Pool};
+use thin::{check, format::PAGE_SIZE, Pool};
 use blockdev::{BlockDev, IoCtx, IoTag, SharedBuf};
 use thin_common::*;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
-use blockdev::thin::{check, Pool, PoolConfig};
+use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture, IoTag};
 use thin_common::*;
 

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use super::pool::{commit, PoolInner};
 use super::state::Alloc;
 use super::timer;
-use crate::join::try_join_all;
-use crate::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
+use blockdev::join::try_join_all;
+use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
 
 /// An open thin volume (dropping it closes it).
 pub struct ThinVolume {
@@ -432,14 +432,14 @@ impl BlockDev for ThinVolume {
 
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_range(off, bufs.len() as u64) {
-            return crate::ready(Err(e));
+            return blockdev::ready(Err(e));
         }
         Box::pin(read(self.inner.clone(), io.clone(), self.id, off, bufs))
     }
 
     fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_write(off, bufs.len() as u64) {
-            return crate::ready(Err(e));
+            return blockdev::ready(Err(e));
         }
         Box::pin(write(self.inner.clone(), io.clone(), self.id, off, bufs, fua, self.no_space_wait))
     }
@@ -451,14 +451,14 @@ impl BlockDev for ThinVolume {
 
     fn discard(&self, io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_write(off, len) {
-            return crate::ready(Err(e));
+            return blockdev::ready(Err(e));
         }
         Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, false, self.no_space_wait))
     }
 
     fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, _unmap: bool, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_write(off, len) {
-            return crate::ready(Err(e));
+            return blockdev::ready(Err(e));
         }
         Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, true, self.no_space_wait))
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::thin::{Pool, PoolConfig};
+use thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, DevInfo, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, RawFile, SharedBuf};
 use thin_common::*;
 

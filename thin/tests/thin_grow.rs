@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blockdev::testdev::{CrashDev, CrashMode};
-use blockdev::thin::{check, Pool, PoolConfig};
+use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
 use thin_common::*;
 

@@ -4,7 +4,7 @@
 //! - [`Pool`]: create/open a pool on one device (metadata area, then data) or on a metadata
 //!   device plus a data device; volumes are created (with overcommit), snapshotted, resized,
 //!   removed and listed through it, and its metadata is committed on FLUSH or FUA.
-//! - [`ThinVolume`]: a volume as a [`BlockDev`](crate::BlockDev).
+//! - [`ThinVolume`]: a volume as a [`BlockDev`](blockdev::BlockDev).
 //! - [`check`]: the checker (space map against mappings; leaks repairable).
 //!
 //! The on-disk format is in [`format`] (superblock, checksummed pages) and `docs/thin.md`.

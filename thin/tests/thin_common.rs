@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use blockdev::thin::{Pool, PoolConfig};
+use thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, IoCtx, IoTag, MemDisk, SharedBuf};
 
 /// The pools' block size.

@@ -6,7 +6,7 @@
 //! transaction id `t` writes copy `t % 2`; open takes the valid copy with the highest id), pages
 //! from 2 on hold array and directory pages, allocated copy-on-write.
 
-use crate::{Error, ErrorKind, Result};
+use blockdev::{Error, ErrorKind, Result};
 
 /// Size of a metadata page and of a superblock copy.
 pub const PAGE_SIZE: usize = 4096;

@@ -8,7 +8,7 @@ mod thin_common;
 use std::sync::Arc;
 
 use blockdev::testdev::{CrashDev, CrashMode};
-use blockdev::thin::Pool;
+use thin::Pool;
 use blockdev::IoCtx;
 use thin_common::*;
 
@@ -102,7 +102,7 @@ impl blockdev::BlockDev for NoZeroes {
 #[test]
 fn new_volume_on_a_device_without_zeroing_reads_zeros_where_a_removed_one_had_data() {
     let io = IoCtx::new().unwrap();
-    let cfg = blockdev::thin::PoolConfig { block_size: BS as u32, metadata_size: Some(1 << 20) };
+    let cfg = thin::PoolConfig { block_size: BS as u32, metadata_size: Some(1 << 20) };
     let dev: Arc<dyn blockdev::BlockDev> = Arc::new(NoZeroes(mem((1 << 20) + 8 * BS)));
     let pool = io.block_on(Pool::create(&io, dev, None, cfg)).unwrap();
     io.block_on(pool.create_volume(&io, "old", 8 * BS)).unwrap();

@@ -5,7 +5,7 @@
 
 use super::paged::PagedArray;
 use super::state::PoolState;
-use crate::{Error, ErrorKind, Result};
+use blockdev::{Error, ErrorKind, Result};
 
 /// Longest volume name in bytes.
 pub const MAX_NAME: usize = 128;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::pool::Pool;
-use crate::{BlockDev, ErrorKind, IoCtx, Result};
+use blockdev::{BlockDev, ErrorKind, IoCtx, Result};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,8 +74,8 @@ pub async fn check_open(io: &IoCtx, pool: &Pool, repair: bool) -> Result<CheckRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thin::PoolConfig;
-    use crate::{IoTag, MemDisk, SharedBuf};
+    use crate::PoolConfig;
+    use blockdev::{IoTag, MemDisk, SharedBuf};
 
     #[test]
     fn leaks_give_exit_3_and_repair_fixes_them() {

@@ -19,8 +19,8 @@ use super::paged::PagedArray;
 use super::state::{CommitPlan, PoolState, VolumeState};
 use super::volume::ThinVolume;
 use super::MAX_VOLUME_SIZE;
-use crate::join::try_join_all;
-use crate::{BlockDev, Error, ErrorKind, IoCtx, IoFuture, IoTag, Result, SharedBuf};
+use blockdev::join::try_join_all;
+use blockdev::{BlockDev, Error, ErrorKind, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
 /// How to lay out a new pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
