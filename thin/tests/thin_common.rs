@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, IoCtx, IoTag, MemDisk, SharedBuf};
+use thin::{Pool, PoolConfig};
 
 /// The pools' block size.
 pub const BS: u64 = 64 << 10;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::{CrashDev, CrashMode, ModelDev};
-use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture};
+use thin::{check, Pool, PoolConfig};
 use thin_common::*;
 
 const VOLS: [u64; 3] = [2 << 20, 3 << 20, 1 << 20];

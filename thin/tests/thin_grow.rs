@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blockdev::testdev::{CrashDev, CrashMode};
-use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
+use thin::{check, Pool, PoolConfig};
 use thin_common::*;
 
 const MIB: u64 = 1 << 20;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thin::{Pool, PoolConfig};
 use blockdev::{BlockDev, DevInfo, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, RawFile, SharedBuf};
+use thin::{Pool, PoolConfig};
 use thin_common::*;
 
 /// Each write request covers one region: 64 KiB starting half-way into a data block, so it

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
-use thin::{check, Pool, PoolConfig};
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture, IoTag};
+use thin::{check, Pool, PoolConfig};
 use thin_common::*;
 
 #[test]

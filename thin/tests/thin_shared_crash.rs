@@ -8,8 +8,8 @@ mod thin_common;
 use std::sync::Arc;
 
 use blockdev::testdev::{CrashDev, CrashMode};
-use thin::Pool;
 use blockdev::IoCtx;
+use thin::Pool;
 use thin_common::*;
 
 fn original() -> Vec<u8> {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
-use thin::{check, format::PAGE_SIZE, Pool};
 use blockdev::{BlockDev, IoCtx, IoTag, SharedBuf};
+use thin::{check, format::PAGE_SIZE, Pool};
 use thin_common::*;
 
 #[test]

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use thin::{Pool, ThinVolume};
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
+use thin::{Pool, ThinVolume};
 
 use super::{Backing, Format, OpenCtx, NODE_PREFIX};
 use crate::spec::Spec;
@@ -136,9 +136,9 @@ impl BlockDev for ServedVolume {
 #[cfg(test)]
 mod tests {
     use crate::stack::{open_spec, OpenCtx};
-    use thin::{Pool, PoolConfig};
     use blockdev::{IoCtx, IoTag, OpenOptions, RawFile, SharedBuf};
     use std::sync::Arc;
+    use thin::{Pool, PoolConfig};
 
     fn pool_file(dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("pool.img");

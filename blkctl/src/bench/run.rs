@@ -9,8 +9,8 @@ use blockdev::{Error, ErrorKind, Result};
 use super::fio::FioRunner;
 use super::report::{BenchReport, CaseResult, SCHEMA};
 use super::{sysinfo, BenchTarget, Case, DevTarget, Limit, Workload};
-use crate::spec::Spec;
-use crate::stack::{open_disk, OpenCtx, NODE_PREFIX};
+use vhost_user_blk::spec::Spec;
+use vhost_user_blk::stack::{open_disk, OpenCtx, NODE_PREFIX};
 
 /// The cases touch whole MiBs of the disk (so 1 MiB sequential requests tile the range).
 pub const RANGE_ALIGN: u64 = 1 << 20;

@@ -40,7 +40,7 @@ fn parse_run(text: &str) -> std::result::Result<SavedRun, serde_json::Error> {
 }
 
 /// The command that regenerates the document (printed at its top).
-pub const REGENERATE: &str = "cargo run --release -p vhost-user-blk --bin blkctl -- bench-report";
+pub const REGENERATE: &str = "cargo run --release -p blkctl -- bench-report";
 
 /// Every `*.json` in `dir`, parsed, in file-name order.
 pub fn load_reports(dir: &Path) -> Result<Vec<(String, SavedRun)>> {
@@ -158,7 +158,7 @@ pub fn render(reports: &[(String, SavedRun)]) -> String {
          Regenerate this page from the saved runs in `docs/bench/` with:\n\n```\n{REGENERATE}\n```\n\n\
          Add a run by saving `blkctl bench ... --json --section \"SECTION\"` output as a new\n\
          `docs/bench/NAME.json` (files are read in name order and grouped by section), then regenerate.\n\
-         `blkctl` in the commands below is `cargo run --release -p vhost-user-blk --bin blkctl --`.\n\n\
+         `blkctl` in the commands below is `cargo run --release -p blkctl --`.\n\n\
          IOPS and MB/s (10^6 bytes per second) count completed requests over the case's wall time.\n\
          Latency runs from submission to the completion being seen by the submitting task, in\n\
          microseconds, from a log-linear histogram (3% resolution). With `--fio`, fio runs the same\n\

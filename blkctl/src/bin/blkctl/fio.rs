@@ -1,10 +1,10 @@
-//! `blkctl fio`: parse the options and call the runner in `vhost_user_blk::fio`.
+//! `blkctl fio`: parse the options and call the runner in `blkctl::fio`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vhost_user_blk::fio::runner::{run, FioOptions, FioRun};
-use vhost_user_blk::fio::vmm::{Vmm, VmmMode};
+use blkctl::fio::runner::{run, FioOptions, FioRun};
+use blkctl::fio::vmm::{Vmm, VmmMode};
 
 use crate::args;
 

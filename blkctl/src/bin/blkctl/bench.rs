@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vhost_user_blk::bench::report::{table_header, table_row};
-use vhost_user_blk::bench::run::{run_bench, BenchOptions, ALL_QDS};
-use vhost_user_blk::bench::{markdown, Limit, Workload};
+use blkctl::bench::report::{table_header, table_row};
+use blkctl::bench::run::{run_bench, BenchOptions, ALL_QDS};
+use blkctl::bench::{markdown, Limit, Workload};
 
 use crate::args;
 

@@ -16,8 +16,8 @@ use strata_guest::{qemu_escape, StorageDaemon};
 
 use super::summary::Summary;
 use super::vmm::{run_vmm_mini, Vmm};
-use crate::spec::Spec;
-use crate::stack::{open_spec, OpenCtx};
+use vhost_user_blk::spec::Spec;
+use vhost_user_blk::stack::{open_spec, OpenCtx};
 
 /// A runner failure, saying what and where.
 #[derive(Debug, thiserror::Error)]

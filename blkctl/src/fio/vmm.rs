@@ -16,7 +16,7 @@ use strata_guest::fio::{FioDisk, FioDiskResult, FioGuest};
 use strata_guest::vmm_mini::{detect_kvm, KvmHost, VmmMini};
 
 use super::runner::{command_version, err, qcow2_backing, FioOptions, FioRun, Result, StrataDaemon};
-use crate::spec::Spec;
+use vhost_user_blk::spec::Spec;
 
 /// Which machine boots the fio guest.
 #[derive(Debug, Clone)]
