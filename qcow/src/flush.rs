@@ -130,7 +130,7 @@ async fn write_slices(sh: &Shared, io: &IoCtx, slices: &[(u64, Vec<u8>)], tag: &
         .collect();
     let res = try_join_all(futs).await;
     sh.writeback_gen.fetch_add(1, Ordering::AcqRel);
-    res
+    res.map_err(|e| e.context(format!("qcow2 image {}: writing {} slices", sh.name, site::describe(tag))))
 }
 
 /// Write the 512-byte sectors of a table holding dirty entries.
