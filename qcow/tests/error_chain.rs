@@ -38,5 +38,8 @@ fn a_failed_l2_update_names_every_layer_down_to_the_errno() {
     assert_eq!(bottom_errno, Some(libc::EIO), "the chain must end at the OS error: {chain:?}");
     assert!(chain.len() >= 3, "the qcow2 layer adds its own words above the device's: {chain:?}");
     assert!(chain.iter().any(|c| c.contains("faultdev")), "{chain:?}");
-    assert!(chain[0].contains("qcow2") && chain[0].contains("L2 table"), "the outermost words are the qcow2 layer's: {chain:?}");
+    assert!(
+        chain[0].contains("qcow2") && chain[0].contains("L2 table"),
+        "the outermost words are the qcow2 layer's: {chain:?}"
+    );
 }
