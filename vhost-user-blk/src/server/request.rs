@@ -291,10 +291,8 @@ mod tests {
     }
 
     fn chain(bufs: &mut Bufs, kind: u32, sector: u64, data_writable: bool) -> MappedChain {
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&kind.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        bufs.hdr.bytes_mut().copy_from_slice(&h);
+        let h = RequestHeader { kind: kind.into(), reserved: 0.into(), sector: sector.into() };
+        bufs.hdr.bytes_mut().copy_from_slice(h.as_bytes());
         let mut readable = bufs.hdr.io();
         let mut writable = IoBufs::new();
         if data_writable {
@@ -358,11 +356,7 @@ mod tests {
     }
 
     fn segment(sector: u64, sectors: u32, flags: u32) -> Vec<u8> {
-        let mut s = Vec::new();
-        s.extend_from_slice(&sector.to_le_bytes());
-        s.extend_from_slice(&sectors.to_le_bytes());
-        s.extend_from_slice(&flags.to_le_bytes());
-        s
+        DiscardSegment { sector: sector.into(), num_sectors: sectors.into(), flags: flags.into() }.as_bytes().to_vec()
     }
 
     fn ranges(kind: u32, segs: &[Vec<u8>]) -> Op {

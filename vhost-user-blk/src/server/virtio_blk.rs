@@ -273,15 +273,15 @@ mod tests {
     #[test]
     fn config_space_carries_capacity_and_queues() {
         let c = geometry().config_space(true);
-        let b = c.as_bytes();
-        assert_eq!(b.len(), 60);
-        assert_eq!(b[0..8], ((1u64 << 30) / 512).to_le_bytes());
-        assert_eq!(b[12..16], 254u32.to_le_bytes());
-        assert_eq!(b[20..24], 512u32.to_le_bytes());
-        assert_eq!(b[CONFIG_WRITEBACK_OFFSET], 1);
-        assert_eq!(CONFIG_WRITEBACK_OFFSET, 32);
-        assert_eq!(b[34..36], 2u16.to_le_bytes());
-        assert_eq!(b[40..44], MAX_DISCARD_SEGMENTS.to_le_bytes());
+        assert_eq!(c.as_bytes().len(), 60);
+        assert_eq!(c.capacity.get(), (1 << 30) / 512);
+        assert_eq!(c.seg_max.get(), 254);
+        assert_eq!(c.blk_size.get(), 512);
+        assert_eq!((CONFIG_WRITEBACK_OFFSET, c.as_bytes()[CONFIG_WRITEBACK_OFFSET]), (32, 1));
+        assert_eq!(c.num_queues.get(), 2);
+        assert_eq!(c.max_discard_seg.get(), MAX_DISCARD_SEGMENTS);
+        // The wire order is little-endian: capacity's lowest byte comes first.
+        assert_eq!(c.as_bytes()[0..4], [0x00, 0x00, 0x20, 0x00]);
     }
 
     #[test]
