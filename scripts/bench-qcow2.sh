@@ -20,7 +20,7 @@ SIZE_MB="${SIZE_MB:-1024}"
 ROUNDS="${ROUNDS:-3}"
 ALLOC_OPS="${ALLOC_OPS:-20000}"
 EMPTY_SIZE="${EMPTY_SIZE:-16G}"
-cargo build --release -q -p vhost-user-blk --bins
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
 REV="$(git rev-parse --short HEAD)"

@@ -31,7 +31,7 @@ if [ "${ALL:-0}" = 1 ]; then
     bash scripts/bench-vs-qsd.sh
 fi
 
-cargo build --release -q -p vhost-user-blk --bins
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
 REV="$(git rev-parse --short HEAD)"

@@ -16,7 +16,7 @@ cd "$ROOT"
 TIME="${TIME:-2s}"
 SIZE_MB="${SIZE_MB:-256}"
 ROUNDS="${ROUNDS:-3}"
-cargo build --release -q -p vhost-user-blk --bins
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
 

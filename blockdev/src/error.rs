@@ -1,7 +1,13 @@
 //! The crate-level error: a kind callers can match on, the OS error number when there is one,
-//! and a message that names the device, file or field involved.
+//! a message that names the device, file or field involved, and the error it was caused by.
+//!
+//! Each layer adds its own words with [`Error::context`], which wraps the error below as its
+//! [`source`](std::error::Error::source) instead of re-formatting its text, so the chain reaches
+//! down to the kernel's errno (`std::io::Error`) and a caller can walk it. `Display` prints the
+//! whole chain, outermost first, joined by `": "`.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, coarsely, so callers can decide what to do (retry, report UNSUPP, refuse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,13 +55,16 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// What caused an error: the layer below's error, or the OS error.
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// An error from a block device or the io engine.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{msg}")]
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     errno: Option<i32>,
     msg: String,
+    source: Option<Cause>,
 }
 
 /// Result alias used across the crate.
@@ -64,7 +73,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An error of `kind` with a message.
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
-        Error { kind, errno: None, msg: msg.into() }
+        Error { kind, errno: None, msg: msg.into(), source: None }
     }
 
     /// An error from a failed syscall or a negative io_uring result (`errno` is positive).
@@ -78,15 +87,24 @@ impl Error {
             _ => ErrorKind::Io,
         };
         let os = std::io::Error::from_raw_os_error(errno);
-        Error { kind, errno: Some(errno), msg: format!("{context}: {os}") }
+        Error { kind, errno: Some(errno), msg: context.to_string(), source: Some(Arc::new(os)) }
     }
 
-    /// Wrap a `std::io::Error` with context.
+    /// Wrap a `std::io::Error` with context (the I/O error becomes the source).
     pub fn from_io(err: std::io::Error, context: impl fmt::Display) -> Self {
         match err.raw_os_error() {
             Some(errno) => Error::from_errno(errno, context),
-            None => Error::new(ErrorKind::Io, format!("{context}: {err}")),
+            None => Error { kind: ErrorKind::Io, errno: None, msg: context.to_string(), source: Some(Arc::new(err)) },
         }
+    }
+
+    /// An error of `kind` whose cause is another library's error (kept as the source).
+    pub fn caused_by(
+        kind: ErrorKind,
+        context: impl fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error { kind, errno: None, msg: context.to_string(), source: Some(Arc::new(cause)) }
     }
 
     /// The kind, for matching.
@@ -99,15 +117,15 @@ impl Error {
         self.errno
     }
 
-    /// The message, without the kind.
+    /// This error's own message, without its causes.
     pub fn message(&self) -> &str {
         &self.msg
     }
 
-    /// Prefix the message with more context (e.g. the layer or device name).
-    pub fn context(mut self, ctx: impl fmt::Display) -> Self {
-        self.msg = format!("{ctx}: {}", self.msg);
-        self
+    /// Wrap with more context (e.g. the layer or device name): the new error has the same kind
+    /// and errno, says `ctx`, and has this error as its source.
+    pub fn context(self, ctx: impl fmt::Display) -> Self {
+        Error { kind: self.kind, errno: self.errno, msg: ctx.to_string(), source: Some(Arc::new(self)) }
     }
 
     /// Shorthand for an out-of-range request error.
@@ -116,6 +134,28 @@ impl Error {
             ErrorKind::OutOfRange,
             format!("request [{off}, +{len}) reaches past the end of the device ({size} bytes)"),
         )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)?;
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            // Our own errors print only their own words here; the loop prints their causes.
+            match cause.downcast_ref::<Error>() {
+                Some(ours) => write!(f, ": {}", ours.msg)?,
+                None => write!(f, ": {cause}")?,
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -141,5 +181,23 @@ mod tests {
     fn context_prefixes_message() {
         let e = Error::new(ErrorKind::Corrupt, "bad magic").context("pool.img");
         assert_eq!(e.to_string(), "pool.img: bad magic");
+        assert_eq!(e.message(), "pool.img");
+    }
+
+    #[test]
+    fn every_cause_is_kept_down_to_the_errno() {
+        use std::error::Error as _;
+        let e = Error::from_errno(libc::EIO, "write at 65536").context("L2 table update").context("disk.qcow2");
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.errno(), Some(libc::EIO));
+        let mut chain = vec![e.message().to_string()];
+        let mut next = e.source();
+        while let Some(c) = next {
+            chain.push(c.downcast_ref::<Error>().map_or_else(|| c.to_string(), |o| o.message().to_string()));
+            next = c.source();
+        }
+        let os = std::io::Error::from_raw_os_error(libc::EIO).to_string();
+        assert_eq!(chain, ["disk.qcow2", "L2 table update", "write at 65536", os.as_str()]);
+        assert_eq!(e.to_string(), format!("disk.qcow2: L2 table update: write at 65536: {os}"));
     }
 }

@@ -19,7 +19,6 @@ pub mod size;
 mod tag;
 #[cfg(feature = "test-utils")]
 pub mod testdev;
-pub mod thin;
 
 pub use bufs::{BufPool, DmaBuf, IoBufs, Keepalive, SharedBuf};
 pub use dev::{ready, BlockDev, IoFuture};

@@ -168,7 +168,7 @@ async fn grow_reftable(sh: &Shared, io: &IoCtx, need: u64) -> Result<()> {
         imagefile::write_meta(io, &sh.file, table[*r as usize], data, site::REFCOUNT_UPDATE).await?;
     }
     crate::flush::write_refcount_slices(sh, io).await?;
-    let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+    let raw = crate::format::encode_table(table.iter().copied());
     crate::flush::guarded_write(sh, io, start * cs, &raw, site::REFTABLE_UPDATE, crate::overlap::Kind::None).await?;
     imagefile::sync(io, &sh.file).await?;
     let (old_off, old_clusters) = {

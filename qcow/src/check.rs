@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use blockdev::{Error, ErrorKind, IoCtx, Result};
+use zerocopy::FromBytes;
 
+use crate::format::{decode_table, l2_entries, table_get, table_set, Be64, SnapshotHeader};
 use crate::imagefile;
 use crate::l1l2::{Geometry, L2Entry, COPIED, OFFSET_MASK};
 use crate::shared::Shared;
@@ -83,7 +85,7 @@ impl Counter {
 
 async fn read_u64s(sh: &Shared, io: &IoCtx, off: u64, n: usize) -> Result<Vec<u64>> {
     let raw = imagefile::read_vec(io, &sh.file, off, n * 8).await?;
-    Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect())
+    Ok(decode_table(&raw))
 }
 
 /// Count the references of one L1 table (its clusters, L2 tables and data clusters). With
@@ -121,9 +123,7 @@ async fn count_l1(
         }
         let table = imagefile::read_vec(io, &sh.file, t, cs as usize).await?;
         let esz = g.l2_entry_size as usize;
-        for (j, chunk) in table.chunks_exact(esz).enumerate() {
-            let raw = u64::from_be_bytes(chunk[..8].try_into().expect("8"));
-            let bm = if g.extended { u64::from_be_bytes(chunk[8..16].try_into().expect("8")) } else { 0 };
+        for (j, (raw, bm)) in l2_entries(&table, g.extended).into_iter().enumerate() {
             let entry = g.decode_l2(raw, bm);
             match entry {
                 L2Entry::Compressed { offset, size } => {
@@ -163,13 +163,13 @@ pub async fn snapshot_l1s(sh: &Shared, io: &IoCtx) -> Result<(Vec<(u64, u32)>, u
     let mut out = Vec::new();
     let mut pos = 0u64;
     for i in 0..n {
-        let fixed = imagefile::read_vec(io, &sh.file, off + pos, 40).await?;
-        let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
-        let l1_off = u64::from_be_bytes(fixed[0..8].try_into().expect("8"));
-        let l1_size = be32(8);
-        let id_len = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
-        let name_len = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
-        let extra = u64::from(be32(36));
+        let raw = imagefile::read_vec(io, &sh.file, off + pos, size_of::<SnapshotHeader>()).await?;
+        let fixed = SnapshotHeader::read_from_bytes(&raw[..]).unwrap_or_default();
+        let l1_off = fixed.l1_table_offset.get();
+        let l1_size = fixed.l1_size.get();
+        let id_len = u64::from(fixed.id_str_size.get());
+        let name_len = u64::from(fixed.name_size.get());
+        let extra = u64::from(fixed.extra_data_size.get());
         if extra > 1024 || u64::from(l1_size) * 8 > crate::header::MAX_L1_BYTES {
             return Err(Error::new(
                 ErrorKind::Corrupt,
@@ -177,7 +177,7 @@ pub async fn snapshot_l1s(sh: &Shared, io: &IoCtx) -> Result<(Vec<(u64, u32)>, u
             ));
         }
         out.push((l1_off, l1_size));
-        pos = (pos + 40 + extra + id_len + name_len).next_multiple_of(8);
+        pos = (pos + size_of::<SnapshotHeader>() as u64 + extra + id_len + name_len).next_multiple_of(8);
     }
     Ok((out, pos))
 }
@@ -296,8 +296,10 @@ async fn fix_copied_flag(sh: &Shared, io: &IoCtx, h: &crate::Header, at: u64, se
         let Some(d) = m.l2.get_mut(slice) else {
             return Err(crate::meta::LookupErr::Miss(crate::meta::Miss::L2(slice)));
         };
-        let e = u64::from_be_bytes(d[pos..pos + 8].try_into().expect("8"));
-        d[pos..pos + 8].copy_from_slice(&flip(e).to_be_bytes());
+        let index = pos / size_of::<Be64>();
+        if let Some(e) = table_get::<Be64>(d, index) {
+            table_set(d, index, Be64::new(flip(e.get())));
+        }
         Ok(())
     })
     .await

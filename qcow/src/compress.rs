@@ -49,7 +49,7 @@ fn unzstd(input: &[u8], out: &mut [u8], at: u64) -> Result<()> {
 pub fn compress(kind: Compression, input: &[u8], max: usize) -> Result<Option<Vec<u8>>> {
     match kind {
         Compression::Zstd => {
-            let out = zstd::bulk::compress(input, 0).map_err(|e| Error::new(ErrorKind::Io, format!("zstd: {e}")))?;
+            let out = zstd::bulk::compress(input, 0).map_err(|e| Error::from_io(e, "zstd"))?;
             Ok((out.len() < max).then_some(out))
         }
         Compression::Zlib => Ok(deflate_small_window(input).filter(|o| o.len() < max)),

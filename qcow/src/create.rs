@@ -185,10 +185,8 @@ pub async fn create(io: &IoCtx, file: &Arc<dyn BlockDev>, opts: &CreateOptions) 
     let mut img = vec![0u8; (total * cs) as usize];
     let hdr = h.serialize()?;
     img[..hdr.len()].copy_from_slice(&hdr);
-    for i in 0..rb {
-        let at = (cs + i * 8) as usize;
-        img[at..at + 8].copy_from_slice(&((1 + rt + i) * cs).to_be_bytes());
-    }
+    let reftable = crate::format::encode_table((0..rb).map(|i| (1 + rt + i) * cs));
+    img[cs as usize..cs as usize + reftable.len()].copy_from_slice(&reftable);
     let blocks = ((1 + rt) * cs) as usize;
     for c in 0..total {
         let block = (c / rb_entries) as usize;

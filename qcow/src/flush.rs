@@ -130,7 +130,7 @@ async fn write_slices(sh: &Shared, io: &IoCtx, slices: &[(u64, Vec<u8>)], tag: &
         .collect();
     let res = try_join_all(futs).await;
     sh.writeback_gen.fetch_add(1, Ordering::AcqRel);
-    res
+    res.map_err(|e| e.context(format!("qcow2 image {}: writing {} slices", sh.name, site::describe(tag))))
 }
 
 /// Write the 512-byte sectors of a table holding dirty entries.
@@ -145,10 +145,8 @@ async fn write_table_sectors(
 ) -> Result<bool> {
     let sectors: BTreeSet<usize> = dirty.iter().map(|i| i / 64).collect();
     for s in &sectors {
-        let mut buf = vec![0u8; 512];
-        for (j, e) in entries.iter().skip(s * 64).take(64).enumerate() {
-            buf[j * 8..j * 8 + 8].copy_from_slice(&e.to_be_bytes());
-        }
+        let mut buf = crate::format::encode_table(entries.iter().skip(s * 64).take(64).copied());
+        buf.resize(512, 0);
         guarded_write(sh, io, table_off + *s as u64 * 512, &buf, tag, kind).await?;
     }
     Ok(!sectors.is_empty())

@@ -2,6 +2,9 @@
 //! and QEMU's caps, and serialising back (unknown extensions and bitmaps are kept byte for byte).
 
 use blockdev::{Error, ErrorKind, Result};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::format::{ExtensionHeader, FeatureNameEntry, HeaderV2, HeaderV3, COMPRESSION_TYPE_OFFSET};
 
 /// `QFI\xfb`.
 pub const MAGIC: u32 = 0x5146_49fb;
@@ -150,14 +153,6 @@ pub struct Header {
     pub other_extensions: Vec<RawExtension>,
 }
 
-fn be32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-
-fn be64(b: &[u8], off: usize) -> u64 {
-    u64::from_be_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
-
 fn bad(field: &str, msg: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Corrupt, format!("qcow2 header field {field}: {msg}"))
 }
@@ -200,17 +195,17 @@ impl Header {
     /// Parse a header from `buf` (the first cluster of the image, or at least the first 64 KiB
     /// of it, or the whole file if it is shorter) and validate it against `file_size`.
     pub fn parse(buf: &[u8], file_size: u64) -> Result<Header> {
-        if buf.len() < V2_HEADER_LEN as usize {
+        let Ok((v2, rest)) = HeaderV2::read_from_prefix(buf) else {
             return Err(bad("magic", format!("file too short for a qcow2 header ({} bytes)", buf.len())));
+        };
+        if v2.magic.get() != MAGIC {
+            return Err(bad("magic", format!("{:#010x} is not QFI\\xfb (not a qcow2 image)", v2.magic.get())));
         }
-        if be32(buf, 0) != MAGIC {
-            return Err(bad("magic", format!("{:#010x} is not QFI\\xfb (not a qcow2 image)", be32(buf, 0))));
-        }
-        let version = be32(buf, 4);
+        let version = v2.version.get();
         if version != 2 && version != 3 {
             return Err(unsupported(format!("qcow2 header field version: {version} is not supported (2 or 3)")));
         }
-        let cluster_bits = be32(buf, 20);
+        let cluster_bits = v2.cluster_bits.get();
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(bad(
                 "cluster_bits",
@@ -219,17 +214,17 @@ impl Header {
         }
         let mut h = Header {
             version,
-            backing_file_offset: be64(buf, 8),
-            backing_file_size: be32(buf, 16),
+            backing_file_offset: v2.backing_file_offset.get(),
+            backing_file_size: v2.backing_file_size.get(),
             cluster_bits,
-            size: be64(buf, 24),
-            crypt_method: be32(buf, 32),
-            l1_size: be32(buf, 36),
-            l1_table_offset: be64(buf, 40),
-            refcount_table_offset: be64(buf, 48),
-            refcount_table_clusters: be32(buf, 56),
-            nb_snapshots: be32(buf, 60),
-            snapshots_offset: be64(buf, 64),
+            size: v2.size.get(),
+            crypt_method: v2.crypt_method.get(),
+            l1_size: v2.l1_size.get(),
+            l1_table_offset: v2.l1_table_offset.get(),
+            refcount_table_offset: v2.refcount_table_offset.get(),
+            refcount_table_clusters: v2.refcount_table_clusters.get(),
+            nb_snapshots: v2.nb_snapshots.get(),
+            snapshots_offset: v2.snapshots_offset.get(),
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -243,14 +238,14 @@ impl Header {
         };
         let cs = h.cluster_size();
         if version == 3 {
-            if buf.len() < 104 {
+            let Ok((v3, _)) = HeaderV3::read_from_prefix(rest) else {
                 return Err(bad("header_length", "file too short for a version 3 header"));
-            }
-            h.incompatible_features = be64(buf, 72);
-            h.compatible_features = be64(buf, 80);
-            h.autoclear_features = be64(buf, 88);
-            h.refcount_order = be32(buf, 96);
-            h.header_length = be32(buf, 100);
+            };
+            h.incompatible_features = v3.incompatible_features.get();
+            h.compatible_features = v3.compatible_features.get();
+            h.autoclear_features = v3.autoclear_features.get();
+            h.refcount_order = v3.refcount_order.get();
+            h.header_length = v3.header_length.get();
             if h.header_length < 104 || !h.header_length.is_multiple_of(8) || u64::from(h.header_length) > cs {
                 return Err(bad(
                     "header_length",
@@ -260,8 +255,8 @@ impl Header {
             if h.header_length as usize > buf.len() {
                 return Err(bad("header_length", format!("{} reaches past the end of the file", h.header_length)));
             }
-            if h.header_length >= 105 {
-                h.compression = match buf[104] {
+            if h.header_length as usize > COMPRESSION_TYPE_OFFSET {
+                h.compression = match buf[COMPRESSION_TYPE_OFFSET] {
                     0 => Compression::Zlib,
                     1 => Compression::Zstd,
                     t => return Err(unsupported(format!("qcow2 header field compression_type: unknown type {t}"))),
@@ -313,10 +308,9 @@ impl Header {
         let end = if self.backing_file_offset != 0 { (self.backing_file_offset as usize).min(cs) } else { cs };
         let end = end.min(buf.len());
         let mut pos = self.header_length as usize;
-        while pos + 8 <= end {
-            let kind = be32(buf, pos);
-            let len = be32(buf, pos + 4) as usize;
-            pos += 8;
+        while let Some(Ok((eh, _))) = buf.get(pos..end).map(ExtensionHeader::read_from_prefix) {
+            let (kind, len) = (eh.kind.get(), eh.len.get() as usize);
+            pos += size_of::<ExtensionHeader>();
             if kind == ext::END {
                 break;
             }
@@ -333,10 +327,11 @@ impl Header {
                     self.backing_format = Some(s);
                 }
                 ext::FEATURE_NAMES => {
-                    for e in data.chunks_exact(48) {
-                        let name_end = e[2..].iter().position(|&b| b == 0).unwrap_or(46);
-                        let name = String::from_utf8_lossy(&e[2..2 + name_end]).to_string();
-                        self.feature_names.push(FeatureName { kind: e[0], bit: e[1], name });
+                    for raw in data.chunks_exact(size_of::<FeatureNameEntry>()) {
+                        let Ok(e) = FeatureNameEntry::read_from_bytes(raw) else { continue };
+                        let name_end = e.name.iter().position(|&b| b == 0).unwrap_or(e.name.len());
+                        let name = String::from_utf8_lossy(&e.name[..name_end]).to_string();
+                        self.feature_names.push(FeatureName { kind: e.kind, bit: e.bit, name });
                     }
                 }
                 ext::CRYPTO => {
@@ -438,37 +433,43 @@ impl Header {
     /// Serialise the header and its extensions into one cluster-sized buffer (at most `cluster_size`).
     pub fn serialize(&self) -> Result<Vec<u8>> {
         let cs = self.cluster_size() as usize;
-        let mut b = vec![0u8; V2_HEADER_LEN as usize];
-        b[0..4].copy_from_slice(&MAGIC.to_be_bytes());
-        b[4..8].copy_from_slice(&self.version.to_be_bytes());
-        b[16..20].copy_from_slice(&self.backing_file_size.to_be_bytes());
-        b[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
-        b[24..32].copy_from_slice(&self.size.to_be_bytes());
-        b[32..36].copy_from_slice(&self.crypt_method.to_be_bytes());
-        b[36..40].copy_from_slice(&self.l1_size.to_be_bytes());
-        b[40..48].copy_from_slice(&self.l1_table_offset.to_be_bytes());
-        b[48..56].copy_from_slice(&self.refcount_table_offset.to_be_bytes());
-        b[56..60].copy_from_slice(&self.refcount_table_clusters.to_be_bytes());
-        b[60..64].copy_from_slice(&self.nb_snapshots.to_be_bytes());
-        b[64..72].copy_from_slice(&self.snapshots_offset.to_be_bytes());
+        // The backing file name goes after the extensions; its offset is set once that is known.
+        let mut v2 = HeaderV2 {
+            magic: MAGIC.into(),
+            version: self.version.into(),
+            backing_file_offset: 0.into(),
+            backing_file_size: 0.into(),
+            cluster_bits: self.cluster_bits.into(),
+            size: self.size.into(),
+            crypt_method: self.crypt_method.into(),
+            l1_size: self.l1_size.into(),
+            l1_table_offset: self.l1_table_offset.into(),
+            refcount_table_offset: self.refcount_table_offset.into(),
+            refcount_table_clusters: self.refcount_table_clusters.into(),
+            nb_snapshots: self.nb_snapshots.into(),
+            snapshots_offset: self.snapshots_offset.into(),
+        };
+        let mut b = v2.as_bytes().to_vec();
         if self.version == 3 {
-            b.resize(self.header_length.max(104) as usize, 0);
-            b[72..80].copy_from_slice(&self.incompatible_features.to_be_bytes());
-            b[80..88].copy_from_slice(&self.compatible_features.to_be_bytes());
-            b[88..96].copy_from_slice(&self.autoclear_features.to_be_bytes());
-            b[96..100].copy_from_slice(&self.refcount_order.to_be_bytes());
-            let hl = b.len() as u32;
-            b[100..104].copy_from_slice(&hl.to_be_bytes());
-            if b.len() > 104 {
-                b[104] = match self.compression {
+            let len = self.header_length.max(COMPRESSION_TYPE_OFFSET as u32);
+            let v3 = HeaderV3 {
+                incompatible_features: self.incompatible_features.into(),
+                compatible_features: self.compatible_features.into(),
+                autoclear_features: self.autoclear_features.into(),
+                refcount_order: self.refcount_order.into(),
+                header_length: len.into(),
+            };
+            b.extend_from_slice(v3.as_bytes());
+            b.resize(len as usize, 0);
+            if b.len() > COMPRESSION_TYPE_OFFSET {
+                b[COMPRESSION_TYPE_OFFSET] = match self.compression {
                     Compression::Zlib => 0,
                     Compression::Zstd => 1,
                 };
             }
         }
         let push_ext = |b: &mut Vec<u8>, kind: u32, data: &[u8]| {
-            b.extend_from_slice(&kind.to_be_bytes());
-            b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            b.extend_from_slice(ExtensionHeader { kind: kind.into(), len: (data.len() as u32).into() }.as_bytes());
             b.extend_from_slice(data);
             b.resize(b.len().next_multiple_of(8), 0);
         };
@@ -478,12 +479,10 @@ impl Header {
         if self.version == 3 {
             let mut names = Vec::new();
             for f in &self.feature_names {
-                let mut e = [0u8; 48];
-                e[0] = f.kind;
-                e[1] = f.bit;
-                let n = f.name.len().min(46);
-                e[2..2 + n].copy_from_slice(&f.name.as_bytes()[..n]);
-                names.extend_from_slice(&e);
+                let mut e = FeatureNameEntry { kind: f.kind, bit: f.bit, name: [0; 46] };
+                let n = f.name.len().min(e.name.len());
+                e.name[..n].copy_from_slice(&f.name.as_bytes()[..n]);
+                names.extend_from_slice(e.as_bytes());
             }
             if !names.is_empty() {
                 push_ext(&mut b, ext::FEATURE_NAMES, &names);
@@ -495,14 +494,10 @@ impl Header {
         push_ext(&mut b, ext::END, &[]);
         let mut out = b;
         if let Some(name) = &self.backing_file {
-            let off = out.len();
+            v2.backing_file_offset = (out.len() as u64).into();
+            v2.backing_file_size = (name.len() as u32).into();
             out.extend_from_slice(name.as_bytes());
-            let (o, s) = (off as u64, name.len() as u32);
-            out[8..16].copy_from_slice(&o.to_be_bytes());
-            out[16..20].copy_from_slice(&s.to_be_bytes());
-        } else {
-            out[8..16].fill(0);
-            out[16..20].fill(0);
+            out[..size_of::<HeaderV2>()].copy_from_slice(v2.as_bytes());
         }
         if out.len() > cs {
             return Err(Error::new(ErrorKind::InvalidInput, "qcow2 header and extensions do not fit in one cluster"));
@@ -614,7 +609,9 @@ mod tests {
     fn huge_cluster_bits_is_refused() {
         let h = sample();
         let mut buf = h.serialize().unwrap();
-        buf[20..24].copy_from_slice(&22u32.to_be_bytes());
+        let mut v2 = HeaderV2::read_from_prefix(&buf).unwrap().0;
+        v2.cluster_bits = 22.into();
+        buf[..72].copy_from_slice(v2.as_bytes());
         let e = Header::parse(&buf, 4 << 16).unwrap_err();
         assert!(e.to_string().contains("cluster_bits"), "{e}");
     }

@@ -26,6 +26,20 @@ pub mod site {
     pub const COW: &str = "qcow2.cow";
     /// Guest data.
     pub const DATA: &str = "qcow2.data";
+
+    /// What a site writes, in words for error messages.
+    pub fn describe(site: &str) -> &'static str {
+        match site {
+            L2_UPDATE => "L2 table",
+            REFCOUNT_UPDATE => "refcount block",
+            REFTABLE_UPDATE => "refcount table",
+            L1_UPDATE => "L1 table",
+            HEADER => "header",
+            COW => "copy-on-write data",
+            DATA => "guest data",
+            _ => "metadata",
+        }
+    }
 }
 
 /// Read `len` bytes at `off`. Bytes past the end of a fixed-size file read as zeros.
@@ -41,7 +55,9 @@ pub async fn read_vec(io: &IoCtx, file: &Arc<dyn BlockDev>, off: u64, len: usize
         return Ok(out);
     }
     let mut buf = SharedBuf::new((avail_end - start) as usize);
-    file.read(io, start, buf.io(), IoTag::meta(site::META_READ)).await?;
+    file.read(io, start, buf.io(), IoTag::meta(site::META_READ))
+        .await
+        .map_err(|e| e.context(format!("qcow2: reading metadata at offset {off}")))?;
     let have = buf.bytes();
     let skip = (off - start) as usize;
     let n = len.min(have.len().saturating_sub(skip));
@@ -52,7 +68,9 @@ pub async fn read_vec(io: &IoCtx, file: &Arc<dyn BlockDev>, off: u64, len: usize
 /// Write `data` at `off` with the metadata tag `site`.
 pub async fn write_meta(io: &IoCtx, file: &Arc<dyn BlockDev>, off: u64, data: &[u8], site: &'static str) -> Result<()> {
     let mut buf = SharedBuf::from_slice(data);
-    file.write(io, off, buf.io(), false, IoTag::meta(site)).await
+    file.write(io, off, buf.io(), false, IoTag::meta(site))
+        .await
+        .map_err(|e| e.context(format!("qcow2: writing {} at offset {off}", site::describe(site))))
 }
 
 /// Make everything written to the image file stable.

@@ -15,6 +15,7 @@ pub mod convert;
 pub mod create;
 mod dev;
 pub mod flush;
+pub mod format;
 pub mod header;
 pub mod imagefile;
 pub mod l1l2;

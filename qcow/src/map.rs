@@ -107,8 +107,8 @@ fn open_chain(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<Layer>> 
                 cur = resolve_backing(&cur, &b);
             }
             "raw" => {
-                let f = std::fs::File::open(&cur).map_err(|e| Error::new(ErrorKind::Io, format!("{name}: {e}")))?;
-                let size = f.metadata().map_err(|e| Error::new(ErrorKind::Io, format!("{name}: {e}")))?.len();
+                let f = std::fs::File::open(&cur).map_err(|e| Error::from_io(e, &name))?;
+                let size = f.metadata().map_err(|e| Error::from_io(e, &name))?.len();
                 layers.push(Layer::Raw(f, size, name));
                 return Ok(layers);
             }
@@ -172,7 +172,7 @@ pub fn raw_extent(f: &std::fs::File, name: &str, off: u64, max: u64) -> Result<(
             if e.raw_os_error() == Some(libc::ENXIO) {
                 return Ok(None);
             }
-            return Err(Error::new(ErrorKind::Io, format!("{name}: lseek at {off}: {e}")));
+            return Err(Error::from_io(e, format!("{name}: lseek at {off}")));
         }
         Ok(Some(r as u64))
     };

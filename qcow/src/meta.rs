@@ -6,8 +6,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use blockdev::{Error, ErrorKind, Result};
+use zerocopy::byteorder::{BigEndian as BE, U16, U32, U64};
 
 use crate::cache::SliceCache;
+use crate::format::{l2_get, l2_set, table_get, table_set};
 use crate::header::Header;
 use crate::l1l2::{Geometry, L2Entry, COPIED, OFFSET_MASK};
 
@@ -118,9 +120,7 @@ impl Meta {
         let (slice, at) = self.l2_slot(table, guest);
         let ext = self.geo.extended;
         let Some(s) = self.l2.get(slice) else { return Err(LookupErr::Miss(Miss::L2(slice))) };
-        let e = u64::from_be_bytes(s[at..at + 8].try_into().expect("8"));
-        let bm = if ext { u64::from_be_bytes(s[at + 8..at + 16].try_into().expect("8")) } else { 0 };
-        Ok((e, bm))
+        Ok(l2_get(s, at / self.geo.l2_entry_size as usize, ext).unwrap_or_default())
     }
 
     /// The decoded L2 entry for `guest`, with its host offset checked against the file.
@@ -143,11 +143,9 @@ impl Meta {
         }
         let (slice, at) = self.l2_slot(table, guest);
         let ext = self.geo.extended;
+        let index = at / self.geo.l2_entry_size as usize;
         let Some(s) = self.l2.get_mut(slice) else { return Err(LookupErr::Miss(Miss::L2(slice))) };
-        s[at..at + 8].copy_from_slice(&entry.to_be_bytes());
-        if ext {
-            s[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
-        }
+        l2_set(s, index, ext, entry, bitmap);
         Ok(())
     }
 
@@ -222,9 +220,9 @@ pub fn get_bits(s: &[u8], bit: u64, order: u32) -> u64 {
     match width {
         1 | 2 | 4 => u64::from((s[byte] >> (bit % 8)) & ((1u16 << width) - 1) as u8),
         8 => u64::from(s[byte]),
-        16 => u64::from(u16::from_be_bytes([s[byte], s[byte + 1]])),
-        32 => u64::from(u32::from_be_bytes(s[byte..byte + 4].try_into().expect("4"))),
-        _ => u64::from_be_bytes(s[byte..byte + 8].try_into().expect("8")),
+        16 => table_get::<U16<BE>>(s, byte / 2).map_or(0, |v| v.get().into()),
+        32 => table_get::<U32<BE>>(s, byte / 4).map_or(0, |v| v.get().into()),
+        _ => table_get::<U64<BE>>(s, byte / 8).map_or(0, |v| v.get()),
     }
 }
 
@@ -238,9 +236,9 @@ pub fn set_bits(s: &mut [u8], bit: u64, order: u32, value: u64) {
             s[byte] = (s[byte] & !mask) | (((value as u8) << (bit % 8)) & mask);
         }
         8 => s[byte] = value as u8,
-        16 => s[byte..byte + 2].copy_from_slice(&(value as u16).to_be_bytes()),
-        32 => s[byte..byte + 4].copy_from_slice(&(value as u32).to_be_bytes()),
-        _ => s[byte..byte + 8].copy_from_slice(&value.to_be_bytes()),
+        16 => _ = table_set(s, byte / 2, U16::<BE>::new(value as u16)),
+        32 => _ = table_set(s, byte / 4, U32::<BE>::new(value as u32)),
+        _ => _ = table_set(s, byte / 8, U64::<BE>::new(value)),
     }
 }
 

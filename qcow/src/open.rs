@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use blockdev::{BlockDev, Error, ErrorKind, IoCtx, RawFile, Result};
 
+use zerocopy::FromBytes;
+
 use crate::cache::SliceCache;
+use crate::format::{decode_table, HeaderV2};
 use crate::header::{autoclear, Header};
 use crate::imagefile::{self, site};
 use crate::l1l2::Geometry;
@@ -69,10 +72,11 @@ fn err(kind: ErrorKind, name: &str, msg: impl std::fmt::Display) -> Error {
 pub async fn read_header(io: &IoCtx, file: &Arc<dyn BlockDev>, name: &str) -> Result<Header> {
     let file_size = file.info().size;
     let first = imagefile::read_vec(io, file, 0, 512).await?;
-    if file_size < 72 {
+    if file_size < size_of::<HeaderV2>() as u64 {
         return Err(err(ErrorKind::Corrupt, name, "file too short for a qcow2 header"));
     }
-    let bits = u32::from_be_bytes(first[20..24].try_into().expect("4"));
+    // An out-of-range value reads one sector; Header::parse then names the field.
+    let bits = HeaderV2::read_from_prefix(&first[..]).map_or(0, |(h, _)| h.cluster_bits.get());
     let want = if (9..=21).contains(&bits) { (1u64 << bits).min(file_size) as usize } else { 512 };
     let buf = if want > 512 { imagefile::read_vec(io, file, 0, want).await? } else { first };
     Header::parse(&buf, file_size).map_err(|e| e.context(name))
@@ -83,7 +87,7 @@ async fn read_table(io: &IoCtx, file: &Arc<dyn BlockDev>, off: u64, entries: usi
         return Ok(Vec::new());
     }
     let raw = imagefile::read_vec(io, file, off, entries * 8).await?;
-    Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect())
+    Ok(decode_table(&raw))
 }
 
 /// Open the image in `file` with `backing` as its backing device (the caller resolved it).

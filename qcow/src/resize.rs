@@ -99,7 +99,7 @@ pub(crate) async fn grow_l1(sh: &Shared, io: &IoCtx, entries: usize) -> Result<(
     let off = alloc_clusters(sh, io, clusters).await?;
     let mut table = sh.lock().l1.clone();
     table.resize(entries, 0);
-    let mut raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+    let mut raw = crate::format::encode_table(table.iter().copied());
     raw.resize((clusters * cs) as usize, 0);
     // The new clusters' refcounts first, then the table, then the header that points at it.
     flush_metadata(sh, io).await?;

@@ -15,9 +15,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use blockdev::{Error, ErrorKind, IoCtx, Result};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::alloc::alloc_clusters;
 use crate::flush::{flush_metadata, guarded_write, write_header};
+use crate::format::{decode_table, encode_table, l2_entries, l2_set, table_get, Be64, SnapshotExtra, SnapshotHeader};
 use crate::header::{MAX_L1_BYTES, MAX_SNAPSHOTS};
 use crate::imagefile::{self, site};
 use crate::l1l2::{L2Entry, COPIED, OFFSET_MASK};
@@ -55,24 +57,25 @@ pub struct Snapshot {
     pub extra: Vec<u8>,
 }
 
-fn be64_at(b: &[u8], off: usize) -> Option<u64> {
-    b.get(off..off + 8).map(|s| u64::from_be_bytes(s.try_into().expect("8")))
+/// Field `index` of the extra data (see [`SnapshotExtra`]), if the entry has it.
+fn extra_field(extra: &[u8], index: usize) -> Option<u64> {
+    table_get::<Be64>(extra, index).map(|v| v.get())
 }
 
 impl Snapshot {
     /// VM state size in bytes (the 64-bit extra field when present).
     pub fn vm_state_size(&self) -> u64 {
-        be64_at(&self.extra, 0).unwrap_or(u64::from(self.vm_state_size32))
+        extra_field(&self.extra, 0).unwrap_or(u64::from(self.vm_state_size32))
     }
 
     /// Virtual disk size when the snapshot was taken, if recorded.
     pub fn disk_size(&self) -> Option<u64> {
-        be64_at(&self.extra, 8)
+        extra_field(&self.extra, 1)
     }
 
     /// Instruction count (record/replay), if recorded.
     pub fn icount(&self) -> Option<u64> {
-        be64_at(&self.extra, 16).filter(|&v| v != u64::MAX)
+        extra_field(&self.extra, 2).filter(|&v| v != u64::MAX)
     }
 }
 
@@ -85,33 +88,32 @@ pub fn parse_table(buf: &[u8], n: u32) -> std::result::Result<(Vec<Snapshot>, u6
     let mut out = Vec::with_capacity(n.min(1024) as usize);
     let mut pos = 0usize;
     for i in 0..n {
-        let f = buf.get(pos..pos + 40).ok_or_else(|| format!("entry {i} lies past the end of the table"))?;
-        let be32 = |o: usize| u32::from_be_bytes(f[o..o + 4].try_into().expect("4"));
-        let l1_offset = be64_at(f, 0).expect("8");
-        let l1_size = be32(8);
-        let id_len = usize::from(u16::from_be_bytes([f[12], f[13]]));
-        let name_len = usize::from(u16::from_be_bytes([f[14], f[15]]));
-        let extra_len = be32(36);
+        let past_end = || format!("entry {i} lies past the end of the table");
+        let (f, _) = buf.get(pos..).and_then(|b| SnapshotHeader::read_from_prefix(b).ok()).ok_or_else(past_end)?;
+        let l1_size = f.l1_size.get();
+        let id_len = usize::from(f.id_str_size.get());
+        let name_len = usize::from(f.name_size.get());
+        let extra_len = f.extra_data_size.get();
         if extra_len > MAX_EXTRA {
             return Err(format!("entry {i}: {extra_len} bytes of extra data (at most {MAX_EXTRA})"));
         }
         if u64::from(l1_size) * 8 > MAX_L1_BYTES {
             return Err(format!("entry {i}: L1 table of {l1_size} entries exceeds 32 MiB"));
         }
-        let var = pos + 40;
+        let var = pos + size_of::<SnapshotHeader>();
         let end = var + extra_len as usize + id_len + name_len;
-        let rest = buf.get(var..end).ok_or_else(|| format!("entry {i} lies past the end of the table"))?;
+        let rest = buf.get(var..end).ok_or_else(past_end)?;
         let (extra, rest) = rest.split_at(extra_len as usize);
         let (id, name) = rest.split_at(id_len);
         out.push(Snapshot {
-            l1_offset,
+            l1_offset: f.l1_table_offset.get(),
             l1_size,
             id: String::from_utf8_lossy(id).into_owned(),
             name: String::from_utf8_lossy(name).into_owned(),
-            date_sec: be32(16),
-            date_nsec: be32(20),
-            vm_clock_nsec: be64_at(f, 24).expect("8"),
-            vm_state_size32: be32(32),
+            date_sec: f.date_sec.get(),
+            date_nsec: f.date_nsec.get(),
+            vm_clock_nsec: f.vm_clock_nsec.get(),
+            vm_state_size32: f.vm_state_size.get(),
             extra: extra.to_vec(),
         });
         pos = end.next_multiple_of(8);
@@ -123,15 +125,18 @@ pub fn parse_table(buf: &[u8], n: u32) -> std::result::Result<(Vec<Snapshot>, u6
 pub fn serialize_table(snaps: &[Snapshot]) -> Vec<u8> {
     let mut b = Vec::new();
     for s in snaps {
-        b.extend_from_slice(&s.l1_offset.to_be_bytes());
-        b.extend_from_slice(&s.l1_size.to_be_bytes());
-        b.extend_from_slice(&(s.id.len() as u16).to_be_bytes());
-        b.extend_from_slice(&(s.name.len() as u16).to_be_bytes());
-        b.extend_from_slice(&s.date_sec.to_be_bytes());
-        b.extend_from_slice(&s.date_nsec.to_be_bytes());
-        b.extend_from_slice(&s.vm_clock_nsec.to_be_bytes());
-        b.extend_from_slice(&s.vm_state_size32.to_be_bytes());
-        b.extend_from_slice(&(s.extra.len() as u32).to_be_bytes());
+        let fixed = SnapshotHeader {
+            l1_table_offset: s.l1_offset.into(),
+            l1_size: s.l1_size.into(),
+            id_str_size: (s.id.len() as u16).into(),
+            name_size: (s.name.len() as u16).into(),
+            date_sec: s.date_sec.into(),
+            date_nsec: s.date_nsec.into(),
+            vm_clock_nsec: s.vm_clock_nsec.into(),
+            vm_state_size: s.vm_state_size32.into(),
+            extra_data_size: (s.extra.len() as u32).into(),
+        };
+        b.extend_from_slice(fixed.as_bytes());
         b.extend_from_slice(&s.extra);
         b.extend_from_slice(s.id.as_bytes());
         b.extend_from_slice(s.name.as_bytes());
@@ -219,15 +224,7 @@ fn entry_clusters(sh: &Shared, raw: u64, bitmap: u64, table: u64, idx: usize) ->
 
 /// The L2 entries of a table: (raw entry, bitmap).
 fn entries(sh: &Shared, table: &[u8]) -> Vec<(u64, u64)> {
-    let esz = sh.geo.l2_entry_size as usize;
-    table
-        .chunks_exact(esz)
-        .map(|c| {
-            let raw = u64::from_be_bytes(c[..8].try_into().expect("8"));
-            let bm = if esz == 16 { u64::from_be_bytes(c[8..16].try_into().expect("8")) } else { 0 };
-            (raw, bm)
-        })
-        .collect()
+    l2_entries(table, sh.geo.extended)
 }
 
 fn check_table_offset(sh: &Shared, t: u64, i: usize) -> Result<()> {
@@ -306,7 +303,6 @@ async fn fix_copied(sh: &Shared, io: &IoCtx) -> Result<()> {
     let cs = g.cluster_size();
     let l1 = sh.lock().l1.clone();
     let ss = sh.lock().l2_slice_size();
-    let esz = g.l2_entry_size;
     for (i, &e) in l1.iter().enumerate() {
         let t = e & OFFSET_MASK;
         if t == 0 {
@@ -333,14 +329,14 @@ async fn fix_copied(sh: &Shared, io: &IoCtx) -> Result<()> {
                 let rc = sh.lookup(io, |m| m.refcount(h / cs)).await?;
                 let new = if rc == 1 { raw | COPIED } else { raw & !COPIED };
                 if new != raw {
-                    changes.push((j * esz as usize, new));
+                    changes.push((j, new, bm));
                 }
             }
             if !changes.is_empty() {
                 sh.lookup(io, |m| {
                     let Some(d) = m.l2.get_mut(at) else { return Err(LookupErr::Miss(Miss::L2(at))) };
-                    for &(pos, v) in &changes {
-                        d[pos..pos + 8].copy_from_slice(&v.to_be_bytes());
+                    for &(j, v, bm) in &changes {
+                        l2_set(d, j, g.extended, v, bm);
                     }
                     Ok(())
                 })
@@ -402,7 +398,7 @@ async fn read_l1(sh: &Shared, io: &IoCtx, sn: &Snapshot) -> Result<Vec<u64>> {
         ));
     }
     let raw = imagefile::read_vec(io, &sh.file, sn.l1_offset, len as usize).await?;
-    Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect())
+    Ok(decode_table(&raw))
 }
 
 /// Set the dirty bit (version 3) before an operation's first metadata change, so that a crash in
@@ -469,7 +465,7 @@ pub async fn create(io: &IoCtx, dev: &Qcow2, name: &str) -> Result<Snapshot> {
     let l1_offset = if l1.is_empty() { 0 } else { alloc_clusters(sh, io, l1_bytes.div_ceil(cs)).await? };
     add_refs(sh, io, &l1).await?;
     fix_copied(sh, io).await?;
-    let mut raw: Vec<u8> = l1.iter().flat_map(|e| (e & !COPIED).to_be_bytes()).collect();
+    let mut raw = encode_table(l1.iter().map(|e| e & !COPIED));
     raw.resize(l1_bytes.next_multiple_of(cs) as usize, 0);
     flush_metadata(sh, io).await?;
     if !l1.is_empty() {
@@ -477,10 +473,8 @@ pub async fn create(io: &IoCtx, dev: &Qcow2, name: &str) -> Result<Snapshot> {
         imagefile::sync(io, &sh.file).await?;
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut extra = Vec::with_capacity(24);
-    extra.extend_from_slice(&0u64.to_be_bytes());
-    extra.extend_from_slice(&size.to_be_bytes());
-    extra.extend_from_slice(&0u64.to_be_bytes());
+    let extra =
+        SnapshotExtra { vm_state_size_large: 0.into(), disk_size: size.into(), icount: 0.into() }.as_bytes().to_vec();
     let sn = Snapshot {
         l1_offset,
         l1_size: l1.len() as u32,
@@ -684,7 +678,9 @@ mod tests {
         assert!(parse_table(&b[..30], 1).is_err());
         assert!(parse_table(&b, 2).is_err());
         let mut bad = b.clone();
-        bad[36..40].copy_from_slice(&5000u32.to_be_bytes());
+        let mut fixed = SnapshotHeader::read_from_prefix(&bad).unwrap().0;
+        fixed.extra_data_size = 5000.into();
+        bad[..40].copy_from_slice(fixed.as_bytes());
         assert!(parse_table(&bad, 1).unwrap_err().contains("extra data"));
     }
 

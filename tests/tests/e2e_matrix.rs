@@ -389,7 +389,7 @@ fn matrix_qcow2_on_thin_on_raid5() {
     {
         let array = open_spec(&format!("format=raid,members={members}"), &OpenCtx::new()).expect("assemble");
         let io = IoCtx::new().unwrap();
-        let p = io.block_on(blockdev::thin::Pool::create(&io, array.clone(), None, Default::default())).expect("pool");
+        let p = io.block_on(thin::Pool::create(&io, array.clone(), None, Default::default())).expect("pool");
         io.block_on(p.create_volume(&io, "v", 40 * MIB)).expect("volume");
         io.block_on(p.commit(&io)).expect("commit");
         drop(p);
@@ -411,7 +411,7 @@ fn matrix_qcow2_on_thin_on_raid5() {
     raid_scrub_clean(&members);
     let array = open_spec(&format!("format=raid,members={members}"), &OpenCtx::new()).unwrap();
     let io = IoCtx::new().unwrap();
-    let report = io.block_on(blockdev::thin::check::check(&io, array.clone(), None, false)).expect("thin check");
+    let report = io.block_on(thin::check::check(&io, array.clone(), None, false)).expect("thin check");
     assert_eq!(report.exit_code(), 0, "thin pool on the array: {report:?}");
     let mut ctx = OpenCtx::new();
     ctx.nodes.insert("array".into(), array);

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use server_common::{daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
 
 const MIB: u64 = 1 << 20;
 
 fn blkctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_blkctl"))
+    blkctl_bin()
 }
 
 fn run(args: &[&str]) -> Output {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blkio::ReqFlags;
-use blockdev::thin::{Pool, PoolConfig};
 use blockdev::{IoCtx, OpenOptions, RawFile};
-use server_common::{daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
+use thin::{Pool, PoolConfig};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -28,7 +28,7 @@ const REGIONS: u64 = VOL / REGION;
 const QD: u64 = 8;
 
 fn blkctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blkctl")).args(args).output().expect("run blkctl")
+    Command::new(blkctl_bin()).args(args).output().expect("run blkctl")
 }
 
 fn ok(out: &Output) -> String {

@@ -4,9 +4,9 @@
 //! timings JSON (`"kind": "timings"`) for `docs/bench/` on stdout; progress on stderr.
 //!
 //! ```text
-//! cargo build --release -p vmm-mini -p vhost-user-blk --examples --bins
+//! cargo build --release -p vmm-mini -p vhost-user-blk -p blkctl --examples --bins
 //! target/release/examples/bench_probe [--rounds 20] > docs/bench/50-vmm-mini-probe.json
-//! cargo run --release -p vhost-user-blk --bin blkctl -- bench-report
+//! cargo run --release -p blkctl -- bench-report
 //! ```
 //!
 //! `vmm-mini` and `vhost-user-blk` are taken from the directory above this example's
@@ -132,7 +132,10 @@ fn main() {
     let strata = strata_arg.unwrap_or_else(|| bin_dir.join("vhost-user-blk"));
     for p in [&vmm, &strata] {
         if !p.exists() {
-            die(format!("{} is missing: cargo build --release -p vmm-mini -p vhost-user-blk --bins", p.display()));
+            die(format!(
+                "{} is missing: cargo build --release -p vmm-mini -p vhost-user-blk -p blkctl --bins",
+                p.display()
+            ));
         }
     }
     let dir = std::env::temp_dir().join(format!("vmm-mini-bench-{}", std::process::id()));

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use blockdev::thin::format::{PAGE_MAGIC, PAGE_SIZE, SB_MAGIC};
-use blockdev::thin::{check, Pool};
+use thin::format::{PAGE_MAGIC, PAGE_SIZE, SB_MAGIC};
+use thin::{check, Pool};
 use blockdev::{BlockDev, EngineConfig, IoCtx, IoTag, MemDisk, SharedBuf};
 use libfuzzer_sys::fuzz_target;
 

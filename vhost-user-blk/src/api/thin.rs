@@ -28,11 +28,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::thin::check::{check_open, CheckReport};
-use blockdev::thin::{Pool, PoolInfo, VolumeInfo};
 use blockdev::{ErrorKind, IoCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use thin::check::{check_open, CheckReport};
+use thin::{Pool, PoolInfo, VolumeInfo};
 
 use crate::server::Daemon;
 use crate::stack::thin::served_pool;

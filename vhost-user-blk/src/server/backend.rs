@@ -28,8 +28,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use super::export::Export;
-use super::virtio_blk::CONFIG_WRITEBACK_OFFSET;
+use super::virtio_blk::{CONFIG_LEN, CONFIG_WRITEBACK_OFFSET};
 use super::worker;
+use zerocopy::IntoBytes;
 
 /// Guest memory as vhost-user-backend hands it to us.
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -232,7 +233,7 @@ impl VhostUserBackend for BlkBackend {
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut space = [0u8; CONFIG_SPACE_MAX];
         let cfg = self.export.geometry.config_space(self.writeback());
-        space[..cfg.len()].copy_from_slice(&cfg);
+        space[..CONFIG_LEN].copy_from_slice(cfg.as_bytes());
         let (off, len) = (offset as usize, size as usize);
         match off.checked_add(len) {
             Some(end) if end <= CONFIG_SPACE_MAX => space[off..end].to_vec(),

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use blockdev::{IoBufs, Keepalive};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use zerocopy::byteorder::{LittleEndian as LE, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Guest memory as the backend maps it.
 pub type GuestMem = GuestMemoryMmap<()>;
 
-const DESC_LEN: u64 = 16;
+const DESC_LEN: u64 = std::mem::size_of::<VirtqDesc>() as u64;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
@@ -72,6 +74,18 @@ pub struct MappedChain {
     pub descriptors: u32,
 }
 
+/// `struct virtq_desc` (virtio 1.2, 2.7.5): one split-ring descriptor as it lies in guest
+/// memory, little-endian.
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct VirtqDesc {
+    addr: U64<LE>,
+    len: U32<LE>,
+    flags: U16<LE>,
+    next: U16<LE>,
+}
+
+/// A descriptor, decoded.
 #[derive(Clone, Copy)]
 struct RawDesc {
     addr: u64,
@@ -83,14 +97,10 @@ struct RawDesc {
 fn read_desc(mem: &GuestMem, table: u64, index: u16) -> Result<RawDesc, ChainError> {
     let at =
         table.checked_add(u64::from(index) * DESC_LEN).ok_or(ChainError::BadAddress { addr: table, len: DESC_LEN })?;
-    let mut b = [0u8; 16];
-    mem.read_slice(&mut b, GuestAddress(at)).map_err(|_| ChainError::BadAddress { addr: at, len: DESC_LEN })?;
-    Ok(RawDesc {
-        addr: u64::from_le_bytes(b[0..8].try_into().unwrap_or_default()),
-        len: u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()),
-        flags: u16::from_le_bytes([b[12], b[13]]),
-        next: u16::from_le_bytes([b[14], b[15]]),
-    })
+    let mut d = VirtqDesc::default();
+    mem.read_slice(d.as_mut_bytes(), GuestAddress(at))
+        .map_err(|_| ChainError::BadAddress { addr: at, len: DESC_LEN })?;
+    Ok(RawDesc { addr: d.addr.get(), len: d.len.get(), flags: d.flags.get(), next: d.next.get() })
 }
 
 /// Append the host mapping of guest range `[addr, addr+len)` to `out`, across region boundaries.
@@ -203,12 +213,8 @@ mod tests {
     }
 
     fn put(mem: &GuestMem, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&b, GuestAddress(table + u64::from(i) * 16)).unwrap();
+        let d = VirtqDesc { addr: addr.into(), len: len.into(), flags: flags.into(), next: next.into() };
+        mem.write_slice(d.as_bytes(), GuestAddress(table + u64::from(i) * DESC_LEN)).unwrap();
     }
 
     fn walk(mem: &Arc<GuestMem>, head: u16) -> Result<MappedChain, ChainError> {

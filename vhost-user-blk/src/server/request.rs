@@ -4,11 +4,12 @@
 //! Every check that the guest can trip ends in a status (IOERR or UNSUPP), never a panic.
 
 use blockdev::{BlockDev, ErrorKind, IoBufs, IoCtx, IoTag};
+use zerocopy::IntoBytes;
 
 use super::chain::MappedChain;
 use super::virtio_blk::{
-    req, status, Geometry, DISCARD_SEGMENT_LEN, HEADER_LEN, ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS,
-    SECTOR_SHIFT, SEGMENT_FLAG_UNMAP,
+    req, status, DiscardSegment, Geometry, RequestHeader, DISCARD_SEGMENT_LEN, HEADER_LEN, ID_LEN, MAX_DISCARD_SECTORS,
+    MAX_DISCARD_SEGMENTS, SECTOR_SHIFT, SEGMENT_FLAG_UNMAP,
 };
 
 const TAG: IoTag = IoTag::data("vhost-user-blk.request");
@@ -148,10 +149,9 @@ fn parse_op(chain: &MappedChain, export: ExportView<'_>) -> (Op, usize) {
     if rlen < HEADER_LEN {
         return fail(status::IOERR);
     }
-    let mut hdr = [0u8; HEADER_LEN];
-    chain.readable.copy_to_slice(0, &mut hdr);
-    let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+    let mut hdr = RequestHeader::default();
+    chain.readable.copy_to_slice(0, hdr.as_mut_bytes());
+    let (kind, sector) = (hdr.kind.get(), hdr.sector.get());
     let wdata = chain.writable.len() - 1;
     // Header and status take at least one descriptor each; the rest carry data.
     if chain.descriptors > geo.seg_max + 2 {
@@ -206,14 +206,12 @@ fn parse_ranges(chain: &MappedChain, geo: &Geometry, zeroes: bool) -> (Op, usize
     if count > MAX_DISCARD_SEGMENTS as usize {
         return fail(status::IOERR);
     }
-    let mut raw = vec![0u8; payload];
-    chain.readable.copy_to_slice(HEADER_LEN, &mut raw);
+    let mut segments = vec![DiscardSegment::default(); count];
+    chain.readable.copy_to_slice(HEADER_LEN, segments.as_mut_bytes());
     let mut discards = Vec::new();
     let mut zero_ranges = Vec::new();
-    for seg in raw.chunks_exact(DISCARD_SEGMENT_LEN) {
-        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
-        let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
-        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+    for seg in &segments {
+        let (sector, sectors, flags) = (seg.sector.get(), seg.num_sectors.get(), seg.flags.get());
         let allowed = if zeroes { SEGMENT_FLAG_UNMAP } else { 0 };
         if flags & !allowed != 0 {
             return fail(status::UNSUPP);
@@ -293,10 +291,8 @@ mod tests {
     }
 
     fn chain(bufs: &mut Bufs, kind: u32, sector: u64, data_writable: bool) -> MappedChain {
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&kind.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        bufs.hdr.bytes_mut().copy_from_slice(&h);
+        let h = RequestHeader { kind: kind.into(), reserved: 0.into(), sector: sector.into() };
+        bufs.hdr.bytes_mut().copy_from_slice(h.as_bytes());
         let mut readable = bufs.hdr.io();
         let mut writable = IoBufs::new();
         if data_writable {
@@ -360,11 +356,7 @@ mod tests {
     }
 
     fn segment(sector: u64, sectors: u32, flags: u32) -> Vec<u8> {
-        let mut s = Vec::new();
-        s.extend_from_slice(&sector.to_le_bytes());
-        s.extend_from_slice(&sectors.to_le_bytes());
-        s.extend_from_slice(&flags.to_le_bytes());
-        s
+        DiscardSegment { sector: sector.into(), num_sectors: sectors.into(), flags: flags.into() }.as_bytes().to_vec()
     }
 
     fn ranges(kind: u32, segs: &[Vec<u8>]) -> Op {

@@ -1,81 +1,159 @@
 //! virtio-blk definitions (virtio 1.2, section 5.2): request types, status codes, feature bits,
 //! and the device configuration space the frontend reads with GET_CONFIG.
 
+use std::mem::size_of;
+
 use blockdev::DevInfo;
+// Every virtio structure since 1.0 is little-endian.
+use zerocopy::byteorder::{LittleEndian as LE, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes in a virtio-blk sector: request offsets are always in these units.
 pub const SECTOR_SIZE: u64 = 512;
 /// `sector` in the header is in 512-byte units whatever `blk_size` says.
 pub const SECTOR_SHIFT: u32 = 9;
 
-/// Length of `struct virtio_blk_outhdr` (type, reserved, sector).
-pub const HEADER_LEN: usize = 16;
-/// Length of one `struct virtio_blk_discard_write_zeroes` segment.
-pub const DISCARD_SEGMENT_LEN: usize = 16;
 /// Length of the GET_ID answer: "the device ID string ... up to 20 bytes".
 pub const ID_LEN: usize = 20;
 
-/// Request types (`type` in the request header).
-pub mod req {
-    /// Read.
-    pub const IN: u32 = 0;
-    /// Write.
-    pub const OUT: u32 = 1;
-    /// Flush the volatile write cache.
-    pub const FLUSH: u32 = 4;
-    /// Read the device ID string.
-    pub const GET_ID: u32 = 8;
-    /// Discard ranges.
-    pub const DISCARD: u32 = 11;
-    /// Write zeroes to ranges.
-    pub const WRITE_ZEROES: u32 = 13;
+/// `struct virtio_blk_outhdr`: the request header, the first 16 bytes a driver makes readable.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RequestHeader {
+    /// Request type, one of [`req`].
+    pub kind: U32<LE>,
+    /// Reserved (was the I/O priority).
+    pub reserved: U32<LE>,
+    /// First sector of the request, in 512-byte units.
+    pub sector: U64<LE>,
 }
 
-/// Status byte values.
+/// Length of [`RequestHeader`].
+pub const HEADER_LEN: usize = size_of::<RequestHeader>();
+
+/// `struct virtio_blk_discard_write_zeroes`: one range of a discard or write-zeroes request.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DiscardSegment {
+    /// First sector of the range.
+    pub sector: U64<LE>,
+    /// Sectors in the range.
+    pub num_sectors: U32<LE>,
+    /// [`SEGMENT_FLAG_UNMAP`] or 0.
+    pub flags: U32<LE>,
+}
+
+/// Length of one [`DiscardSegment`].
+pub const DISCARD_SEGMENT_LEN: usize = size_of::<DiscardSegment>();
+
+/// Request types (`type` in the request header), from `virtio-bindings`.
+pub mod req {
+    use virtio_bindings::virtio_blk as vb;
+    /// Read.
+    pub const IN: u32 = vb::VIRTIO_BLK_T_IN;
+    /// Write.
+    pub const OUT: u32 = vb::VIRTIO_BLK_T_OUT;
+    /// Flush the volatile write cache.
+    pub const FLUSH: u32 = vb::VIRTIO_BLK_T_FLUSH;
+    /// Read the device ID string.
+    pub const GET_ID: u32 = vb::VIRTIO_BLK_T_GET_ID;
+    /// Discard ranges.
+    pub const DISCARD: u32 = vb::VIRTIO_BLK_T_DISCARD;
+    /// Write zeroes to ranges.
+    pub const WRITE_ZEROES: u32 = vb::VIRTIO_BLK_T_WRITE_ZEROES;
+}
+
+/// Status byte values, from `virtio-bindings` (which gives them as `u32`).
 pub mod status {
+    use virtio_bindings::virtio_blk as vb;
     /// Success.
-    pub const OK: u8 = 0;
+    pub const OK: u8 = vb::VIRTIO_BLK_S_OK as u8;
     /// Device or driver error.
-    pub const IOERR: u8 = 1;
+    pub const IOERR: u8 = vb::VIRTIO_BLK_S_IOERR as u8;
     /// Request not supported.
-    pub const UNSUPP: u8 = 2;
+    pub const UNSUPP: u8 = vb::VIRTIO_BLK_S_UNSUPP as u8;
 }
 
 /// `flags` of a discard / write-zeroes segment: the device may deallocate (write-zeroes only).
-pub const SEGMENT_FLAG_UNMAP: u32 = 1;
+pub const SEGMENT_FLAG_UNMAP: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
-/// Feature bits offered by the device (bit numbers from the spec).
+/// Feature bits offered by the device, as masks of `virtio-bindings`' bit numbers.
 pub mod feature {
+    use virtio_bindings::{virtio_blk as vb, virtio_config as vc, virtio_ring as vr};
     /// Maximum number of segments in a request is in `seg_max`.
-    pub const SEG_MAX: u64 = 1 << 2;
+    pub const SEG_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SEG_MAX;
     /// Device is read-only.
-    pub const RO: u64 = 1 << 5;
+    pub const RO: u64 = 1 << vb::VIRTIO_BLK_F_RO;
     /// Block size of disk is in `blk_size`.
-    pub const BLK_SIZE: u64 = 1 << 6;
+    pub const BLK_SIZE: u64 = 1 << vb::VIRTIO_BLK_F_BLK_SIZE;
     /// Cache flush command support.
-    pub const FLUSH: u64 = 1 << 9;
+    pub const FLUSH: u64 = 1 << vb::VIRTIO_BLK_F_FLUSH;
     /// Device exports topology information.
-    pub const TOPOLOGY: u64 = 1 << 10;
+    pub const TOPOLOGY: u64 = 1 << vb::VIRTIO_BLK_F_TOPOLOGY;
     /// Device can toggle its cache between writeback and writethrough.
-    pub const CONFIG_WCE: u64 = 1 << 11;
+    pub const CONFIG_WCE: u64 = 1 << vb::VIRTIO_BLK_F_CONFIG_WCE;
     /// Device supports multiqueue.
-    pub const MQ: u64 = 1 << 12;
+    pub const MQ: u64 = 1 << vb::VIRTIO_BLK_F_MQ;
     /// Device supports discard.
-    pub const DISCARD: u64 = 1 << 13;
+    pub const DISCARD: u64 = 1 << vb::VIRTIO_BLK_F_DISCARD;
     /// Device supports write zeroes.
-    pub const WRITE_ZEROES: u64 = 1 << 14;
+    pub const WRITE_ZEROES: u64 = 1 << vb::VIRTIO_BLK_F_WRITE_ZEROES;
     /// Indirect descriptors.
-    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    pub const RING_INDIRECT_DESC: u64 = 1 << vr::VIRTIO_RING_F_INDIRECT_DESC;
     /// `used_event` / `avail_event` notification suppression.
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    pub const RING_EVENT_IDX: u64 = 1 << vr::VIRTIO_RING_F_EVENT_IDX;
     /// Virtio 1.0 or later.
-    pub const VERSION_1: u64 = 1 << 32;
+    pub const VERSION_1: u64 = 1 << vc::VIRTIO_F_VERSION_1;
+}
+
+/// `struct virtio_blk_config` up to and including `unused1` (virtio 1.2, 5.2.4), little-endian.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ConfigSpace {
+    /// Capacity in 512-byte sectors.
+    pub capacity: U64<LE>,
+    /// Largest segment (not offered).
+    pub size_max: U32<LE>,
+    /// Most data segments in a request.
+    pub seg_max: U32<LE>,
+    /// Cylinders, heads, sectors (not offered).
+    pub geometry: [u8; 4],
+    /// Logical block size.
+    pub blk_size: U32<LE>,
+    /// log2 of logical blocks per physical block.
+    pub physical_block_exp: u8,
+    /// Offset of the first aligned logical block.
+    pub alignment_offset: u8,
+    /// Smallest efficient I/O, in logical blocks.
+    pub min_io_size: U16<LE>,
+    /// Optimal I/O size, in logical blocks.
+    pub opt_io_size: U32<LE>,
+    /// 1: write-back cache, 0: write-through.
+    pub writeback: u8,
+    /// Padding.
+    pub unused0: u8,
+    /// Number of request queues.
+    pub num_queues: U16<LE>,
+    /// Most sectors in one discard segment.
+    pub max_discard_sectors: U32<LE>,
+    /// Most segments in one discard request.
+    pub max_discard_seg: U32<LE>,
+    /// Discard alignment, in sectors.
+    pub discard_sector_alignment: U32<LE>,
+    /// Most sectors in one write-zeroes segment.
+    pub max_write_zeroes_sectors: U32<LE>,
+    /// Most segments in one write-zeroes request.
+    pub max_write_zeroes_seg: U32<LE>,
+    /// 1: write-zeroes may deallocate.
+    pub write_zeroes_may_unmap: u8,
+    /// Padding.
+    pub unused1: [u8; 3],
 }
 
 /// Size of the configuration space we describe (up to and including `unused1`).
-pub const CONFIG_LEN: usize = 60;
+pub const CONFIG_LEN: usize = size_of::<ConfigSpace>();
 /// Offset of `writeback` in the configuration space.
-pub const CONFIG_WRITEBACK_OFFSET: usize = 32;
+pub const CONFIG_WRITEBACK_OFFSET: usize = std::mem::offset_of!(ConfigSpace, writeback);
 
 /// Everything the configuration space and the request checks need to know about one export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,33 +227,29 @@ impl Geometry {
         f
     }
 
-    /// `struct virtio_blk_config`, little-endian, with the current `writeback` value.
-    pub fn config_space(&self, writeback: bool) -> [u8; CONFIG_LEN] {
-        let mut c = [0u8; CONFIG_LEN];
+    /// `struct virtio_blk_config` with the current `writeback` value.
+    pub fn config_space(&self, writeback: bool) -> ConfigSpace {
         let lbs = self.block_size;
-        let put32 = |c: &mut [u8; CONFIG_LEN], off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        c[0..8].copy_from_slice(&self.capacity_sectors().to_le_bytes());
-        // size_max (8): not offered.
-        put32(&mut c, 12, self.seg_max);
-        // geometry (16..20): not offered.
-        put32(&mut c, 20, lbs);
-        // topology: physical_block_exp, alignment_offset, min_io_size (in blocks), opt_io_size (in blocks).
-        c[24] = (self.physical_block_size / lbs).max(1).trailing_zeros() as u8;
-        c[25] = 0;
-        c[26..28].copy_from_slice(&1u16.to_le_bytes());
-        put32(&mut c, 28, self.optimal_io_size / lbs);
-        c[CONFIG_WRITEBACK_OFFSET] = u8::from(writeback);
-        c[34..36].copy_from_slice(&self.num_queues.to_le_bytes());
-        let align_sectors = lbs >> SECTOR_SHIFT;
+        let mut c = ConfigSpace {
+            capacity: self.capacity_sectors().into(),
+            seg_max: self.seg_max.into(),
+            blk_size: lbs.into(),
+            physical_block_exp: (self.physical_block_size / lbs).max(1).trailing_zeros() as u8,
+            min_io_size: 1.into(),
+            opt_io_size: (self.optimal_io_size / lbs).into(),
+            writeback: u8::from(writeback),
+            num_queues: self.num_queues.into(),
+            ..Default::default()
+        };
         if self.discard {
-            put32(&mut c, 36, MAX_DISCARD_SECTORS);
-            put32(&mut c, 40, MAX_DISCARD_SEGMENTS);
-            put32(&mut c, 44, align_sectors);
+            c.max_discard_sectors = MAX_DISCARD_SECTORS.into();
+            c.max_discard_seg = MAX_DISCARD_SEGMENTS.into();
+            c.discard_sector_alignment = (lbs >> SECTOR_SHIFT).into();
         }
         if self.write_zeroes {
-            put32(&mut c, 48, MAX_DISCARD_SECTORS);
-            put32(&mut c, 52, MAX_DISCARD_SEGMENTS);
-            c[56] = u8::from(self.discard);
+            c.max_write_zeroes_sectors = MAX_DISCARD_SECTORS.into();
+            c.max_write_zeroes_seg = MAX_DISCARD_SEGMENTS.into();
+            c.write_zeroes_may_unmap = u8::from(self.discard);
         }
         c
     }
@@ -199,12 +273,23 @@ mod tests {
     #[test]
     fn config_space_carries_capacity_and_queues() {
         let c = geometry().config_space(true);
-        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), (1 << 30) / 512);
-        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
-        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
-        assert_eq!(c[CONFIG_WRITEBACK_OFFSET], 1);
-        assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 2);
-        assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), MAX_DISCARD_SEGMENTS);
+        assert_eq!(c.as_bytes().len(), 60);
+        assert_eq!(c.capacity.get(), (1 << 30) / 512);
+        assert_eq!(c.seg_max.get(), 254);
+        assert_eq!(c.blk_size.get(), 512);
+        assert_eq!((CONFIG_WRITEBACK_OFFSET, c.as_bytes()[CONFIG_WRITEBACK_OFFSET]), (32, 1));
+        assert_eq!(c.num_queues.get(), 2);
+        assert_eq!(c.max_discard_seg.get(), MAX_DISCARD_SEGMENTS);
+        // The wire order is little-endian: capacity's lowest byte comes first.
+        assert_eq!(c.as_bytes()[0..4], [0x00, 0x00, 0x20, 0x00]);
+    }
+
+    #[test]
+    fn wire_structs_have_the_spec_sizes() {
+        assert_eq!(HEADER_LEN, 16);
+        assert_eq!(DISCARD_SEGMENT_LEN, 16);
+        let h = RequestHeader::read_from_bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0][..]).unwrap();
+        assert_eq!((h.kind.get(), h.sector.get()), (req::OUT, 8));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `format=thin,pool=POOL,volume=NAME[,metadata=META][,direct=on][,commit-interval-ms=N]
-//! [,no-space-wait=DURATION]`: one volume of a thin pool ([`blockdev::thin`]). `POOL` (and `META`, for a pool with a separate
+//! [,no-space-wait=DURATION]`: one volume of a thin pool ([`thin`]). `POOL` (and `META`, for a pool with a separate
 //! metadata device) is a file, a block device or `node:NAME`. Several specs naming the same pool
 //! in one process share one open pool (the pool file is locked once), so one daemon serves many
 //! volumes of a pool, each on its own socket. The pool commits on FLUSH/FUA and, while dirty,
@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use blockdev::thin::{Pool, ThinVolume};
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
+use thin::{Pool, ThinVolume};
 
 use super::{Backing, Format, OpenCtx, NODE_PREFIX};
 use crate::spec::Spec;
@@ -136,9 +136,9 @@ impl BlockDev for ServedVolume {
 #[cfg(test)]
 mod tests {
     use crate::stack::{open_spec, OpenCtx};
-    use blockdev::thin::{Pool, PoolConfig};
     use blockdev::{IoCtx, IoTag, OpenOptions, RawFile, SharedBuf};
     use std::sync::Arc;
+    use thin::{Pool, PoolConfig};
 
     fn pool_file(dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("pool.img");

@@ -4,6 +4,11 @@
 
 pub mod ring;
 
+// The workspace-wide binary lookup of strata-tests, shared as source: this crate cannot depend on
+// strata-tests (which depends on it), and cargo gives a test only its own package's binaries.
+#[path = "../../../tests/src/bins.rs"]
+pub mod bins;
+
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -163,4 +168,9 @@ pub fn tempdir() -> tempfile::TempDir {
 /// Path of the daemon binary.
 pub fn daemon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-blk"))
+}
+
+/// Path of `blkctl` (another package's binary: found, or built once, by [`bins::bin_path`]).
+pub fn blkctl_bin() -> PathBuf {
+    bins::bin_path("blkctl").expect("find or build blkctl")
 }
