@@ -113,7 +113,12 @@ fn role_of(a: &ReplaceArgs, list: &[Listed], old: Old, st: &Status) -> Result<us
     let n = st.members.len();
     let role = match old {
         Old::Role(r) if r >= n => {
-            return Err(format!("{}: the array has roles 0 to {} only", a.old, n - 1));
+            return Err(format!(
+                "{} is not a member of the array {}: its members are {} (name one of them, or a role number below {n})",
+                a.old,
+                a.array,
+                names(list)
+            ));
         }
         Old::Role(r) => r,
         Old::Listed(i) if list[i].id.is_some() => st
