@@ -147,7 +147,10 @@ pub async fn create(io: &IoCtx, members: Vec<(String, Arc<dyn BlockDev>)>, opts:
             return Err(invalid(format!("member {name}: block size {} above 4096", i.logical_block_size)));
         }
         if let Some(want) = opts.member_size.filter(|&w| w > i.size) {
-            return Err(invalid(format!("member {name} has {} bytes, less than the member size {want} asked for", i.size)));
+            return Err(invalid(format!(
+                "member {name} has {} bytes, less than the member size {want} asked for",
+                i.size
+            )));
         }
     }
     let use_ppl = opts.ppl && level == Level::Raid5;

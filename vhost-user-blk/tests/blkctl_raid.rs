@@ -84,7 +84,12 @@ fn create_refuses_what_members_hold_and_force_overwrites() {
     ok(dir, &["thin", "pool-create", "pool.img"]);
     ok(dir, &["qcow2", "create", "disk.qcow2", "1G"]);
     std::fs::OpenOptions::new().write(true).open(dir.join("disk.qcow2")).unwrap().set_len(8 * MIB).unwrap();
-    std::fs::OpenOptions::new().write(true).open(dir.join("data.img")).unwrap().write_all_at(b"hello", 300_000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("data.img"))
+        .unwrap()
+        .write_all_at(b"hello", 300_000)
+        .unwrap();
     ok(dir, &["raid", "create", "--level", "1", "m1.img", "m2.img"]);
     let before = snapshot(dir);
     for (bad, holds) in [
@@ -198,7 +203,11 @@ fn replace_takes_only_a_member_that_is_down_and_prints_the_array_it_made() {
         );
     }
     // An active member: said so, and no lock is blamed on "another process".
-    let t = refused(dir, &["raid", "replace", "a.img:b.img:c.img", "a.img", "d.img"], &["is an active member: fail it first"]);
+    let t = refused(
+        dir,
+        &["raid", "replace", "a.img:b.img:c.img", "a.img", "d.img"],
+        &["is an active member: fail it first"],
+    );
     assert!(!t.contains("another process") && !t.contains("lock"), "{t}");
     refused(dir, &["raid", "replace", "a.img:b.img:c.img", "0", "d.img"], &["role 0, a.img) is an active member"]);
     // NEW must exist and hold nothing.
@@ -296,7 +305,8 @@ fn random_invalid_argument_lists_change_nothing() {
     std::fs::hard_link(dir.join("a.img"), dir.join("hard.img")).unwrap();
     let fixture = snapshot(dir);
     let files = ["a.img", "b.img", "c.img", "z.img", "pool.img", "data.img", "hard.img", "gone.img", "", "./a.img"];
-    let lists = ["a.img:b.img:c.img", "a.img:b.img", "a.img:hard.img:c.img", "a.img::c.img", "x:y", "a.img:b.img:c.img:z.img"];
+    let lists =
+        ["a.img:b.img:c.img", "a.img:b.img", "a.img:hard.img:c.img", "a.img::c.img", "x:y", "a.img:b.img:c.img:z.img"];
     let sizes = ["0", "-1", "1X", "4K", "100K", "1.5", "64M", "99999999999T", "+1M", ""];
     let mut rng = SmallRng::seed_from_u64(20);
     let mut refusals = 0;

@@ -172,8 +172,8 @@ fn scan_proc(id: (u64, u64)) -> Vec<u32> {
             }
             // The lock line's device is the superblock's; stat through the fd link gives the
             // same (device, inode) as ours for the very file.
-            let same = std::fs::metadata(p.path().join("fd").join(f.file_name()))
-                .is_ok_and(|m| (m.dev(), m.ino()) == id);
+            let same =
+                std::fs::metadata(p.path().join("fd").join(f.file_name())).is_ok_and(|m| (m.dev(), m.ino()) == id);
             if same && !pids.contains(&pid) {
                 pids.push(pid);
             }

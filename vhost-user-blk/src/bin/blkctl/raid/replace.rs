@@ -218,14 +218,14 @@ fn report(a: &ReplaceArgs, role: usize, array: &str, rebuilt: Option<(u64, f64)>
     }
     match rebuilt {
         Some((bytes, secs)) => println!(
-            "replaced role {role} ({}) with {} and rebuilt it: {} in {secs:.2}s ({:.1} MB/s); the array is now {array}",
-            a.old,
+            "rebuilt role {role} onto {} (replacing {}): {} in {secs:.2}s ({:.1} MB/s); the array is now {array}",
             a.new,
+            a.old,
             format_iec(bytes),
             mb_s.unwrap_or(0.0)
         ),
         None => println!(
-            "replaced role {role} ({}) with {}; the daemon is rebuilding it; the array is now {array}",
+            "role {role} ({}) replaced by {}; the daemon is rebuilding it; the array is now {array}",
             a.old, a.new
         ),
     }
