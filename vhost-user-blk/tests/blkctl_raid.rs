@@ -310,7 +310,7 @@ fn random_invalid_argument_lists_change_nothing() {
     let sizes = ["0", "-1", "1X", "4K", "100K", "1.5", "64M", "99999999999T", "+1M", ""];
     let mut rng = SmallRng::seed_from_u64(20);
     let mut refusals = 0;
-    for round in 0..60 {
+    for round in 0..80 {
         let mut args: Vec<String> = vec!["raid".into()];
         match rng.gen_range(0..4) {
             0 => {
@@ -330,17 +330,27 @@ fn random_invalid_argument_lists_change_nothing() {
                 }
             }
             1 => {
+                // Mostly the right shape (ARRAY OLD NEW), now and then a flag or a word short.
                 args.push("replace".into());
-                for _ in 0..rng.gen_range(0..4) {
-                    let (l, f) = (pick(&mut rng, &lists), pick(&mut rng, &files));
-                    args.push(pick(&mut rng, &[l, f, f, "1", "9", "--json", "--rate-limit", "--no-wait"]).into());
+                args.push(pick(&mut rng, &lists).into());
+                let f = pick(&mut rng, &files);
+                args.push(pick(&mut rng, &[f, f, f, "0", "1", "2", "9"]).into());
+                if rng.gen_bool(0.8) {
+                    args.push(pick(&mut rng, &files).into());
+                }
+                if rng.gen_bool(0.3) {
+                    args.push(pick(&mut rng, &["--json", "--rate-limit", "--no-wait", "--force", "1M"]).into());
                 }
             }
             2 => {
                 args.push("fail".into());
-                for _ in 0..rng.gen_range(0..3) {
-                    let (l, f) = (pick(&mut rng, &lists), pick(&mut rng, &files));
-                    args.push(pick(&mut rng, &[l, f, "3", "--json"]).into());
+                args.push(pick(&mut rng, &lists).into());
+                if rng.gen_bool(0.9) {
+                    let f = pick(&mut rng, &files);
+                    args.push(pick(&mut rng, &[f, f, f, "0", "1", "2", "3"]).into());
+                }
+                if rng.gen_bool(0.2) {
+                    args.push(pick(&mut rng, &["--json", "--bogus", "extra"]).into());
                 }
             }
             _ => {
@@ -376,5 +386,5 @@ fn random_invalid_argument_lists_change_nothing() {
         assert_eq!(o.status.code(), Some(1), "round {round}: {argv:?}: a refusal exits 1: {}", text(&o));
         assert_same(dir, &fixture, &format!("round {round}: {argv:?} ({})", text(&o).trim()));
     }
-    assert!(refusals >= 40, "most random lists are invalid: {refusals} of 60 refused");
+    assert!(refusals >= 40, "most random lists are invalid: {refusals} of 80 refused");
 }
