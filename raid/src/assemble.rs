@@ -33,12 +33,57 @@ pub struct CreateOptions {
     pub ppl: bool,
     /// Log slots per member (each holds one stripe update in flight before a flush).
     pub ppl_slots: u64,
+    /// Bytes of each member to use, metadata included (None: all of the smallest member).
+    pub member_size: Option<u64>,
 }
 
 impl CreateOptions {
-    /// Defaults for `level`: 64 KiB chunks, bitmap and log on.
+    /// Defaults for `level`: 64 KiB chunks, bitmap and log on, every member used whole.
     pub fn new(level: Level) -> Self {
-        CreateOptions { level, chunk: 64 << 10, bitmap: true, ppl: true, ppl_slots: 64 }
+        CreateOptions { level, chunk: 64 << 10, bitmap: true, ppl: true, ppl_slots: 64, member_size: None }
+    }
+
+    /// Check the options for an array of `members` members before anything is opened or written:
+    /// the member count for the level, the chunk size, and a member size that leaves room for
+    /// data after the metadata.
+    pub fn validate(&self, members: usize) -> Result<()> {
+        let level = self.level;
+        if members < level.min_members() || members > MAX_MEMBERS {
+            return Err(invalid(format!(
+                "RAID {} needs {} to {MAX_MEMBERS} members, got {members}",
+                level.number(),
+                level.min_members()
+            )));
+        }
+        if !self.chunk.is_power_of_two() || !(4096..=16 << 20).contains(&self.chunk) {
+            return Err(invalid(format!("chunk size {} is not a power of two from 4K to 16M", self.chunk)));
+        }
+        if let Some(size) = self.member_size {
+            let need = self.data_offset() + self.chunk;
+            if size < need {
+                return Err(invalid(format!(
+                    "member size {size} leaves no room for data: at least {need} bytes ({} of metadata and one \
+                     {}-byte chunk)",
+                    self.data_offset(),
+                    self.chunk
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The partial parity log's length on each member (0 without one).
+    fn ppl_len(&self) -> u64 {
+        if self.ppl && self.level == Level::Raid5 {
+            ppl::area_len(self.chunk, self.ppl_slots.clamp(4, 4096))
+        } else {
+            0
+        }
+    }
+
+    /// Where each member's data area starts: after the superblock, bitmap and log, 1 MiB aligned.
+    fn data_offset(&self) -> u64 {
+        align_up(BITMAP_OFFSET + BITMAP_LEN + self.ppl_len(), 1 << 20)
     }
 }
 
@@ -92,16 +137,7 @@ fn build_core(sb: &Superblock, members: Vec<Member>, name: String) -> Core {
 pub async fn create(io: &IoCtx, members: Vec<(String, Arc<dyn BlockDev>)>, opts: CreateOptions) -> Result<Array> {
     let n = members.len();
     let level = opts.level;
-    if n < level.min_members() || n > MAX_MEMBERS {
-        return Err(invalid(format!(
-            "RAID {} needs {} to {MAX_MEMBERS} members, got {n}",
-            level.number(),
-            level.min_members()
-        )));
-    }
-    if !opts.chunk.is_power_of_two() || !(4096..=16 << 20).contains(&opts.chunk) {
-        return Err(invalid(format!("chunk size {} is not a power of two from 4K to 16M", opts.chunk)));
-    }
+    opts.validate(n)?;
     for (name, dev) in &members {
         let i = dev.info();
         if i.read_only {
@@ -110,13 +146,20 @@ pub async fn create(io: &IoCtx, members: Vec<(String, Arc<dyn BlockDev>)>, opts:
         if i.logical_block_size > 4096 {
             return Err(invalid(format!("member {name}: block size {} above 4096", i.logical_block_size)));
         }
+        if let Some(want) = opts.member_size.filter(|&w| w > i.size) {
+            return Err(invalid(format!(
+                "member {name} has {} bytes, less than the member size {want} asked for",
+                i.size
+            )));
+        }
     }
     let use_ppl = opts.ppl && level == Level::Raid5;
     let use_bitmap = opts.bitmap && level != Level::Raid0;
     let ppl_offset = BITMAP_OFFSET + BITMAP_LEN;
-    let ppl_len = if use_ppl { ppl::area_len(opts.chunk, opts.ppl_slots.clamp(4, 4096)) } else { 0 };
-    let data_offset = align_up(ppl_offset + ppl_len, 1 << 20);
-    let min_size = members.iter().map(|(_, d)| d.info().size).min().unwrap_or(0);
+    let ppl_len = opts.ppl_len();
+    let data_offset = opts.data_offset();
+    let smallest = members.iter().map(|(_, d)| d.info().size).min().unwrap_or(0);
+    let min_size = opts.member_size.map_or(smallest, |w| w.min(smallest));
     let data_size = min_size.saturating_sub(data_offset) / opts.chunk * opts.chunk;
     if data_size == 0 {
         let small = members.iter().min_by_key(|(_, d)| d.info().size).map(|(n, _)| n.clone()).unwrap_or_default();

@@ -20,24 +20,36 @@ pub struct ScrubReport {
     pub mismatches: u64,
     /// Rows rewritten.
     pub repaired: u64,
+    /// Rows that could not be checked: too few readable copies (a degraded array).
+    pub unchecked: u64,
+}
+
+/// What checking one row found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// Copies or parity agree.
+    Consistent,
+    /// They disagreed (and were rewritten when repairing).
+    Mismatch,
+    /// Too few readable members to compare.
+    Unchecked,
 }
 
 /// Check chunk row `row`; with `repair`, make it consistent (parity recomputed from data, mirrors
-/// copied from the first readable one). Returns whether it was inconsistent. Rows that cannot be
-/// checked (too few readable members) count as consistent.
-pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -> Result<bool> {
+/// copied from the first readable one).
+pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -> Result<Row> {
     let chunk = core.geo.chunk;
     let off = row * chunk;
     let _g = core.locks.lock(row).await;
     let readable: Vec<usize> = (0..core.members.len()).filter(|&m| core.member(m).readable(off, chunk)).collect();
     let needed = match core.level() {
-        Level::Raid0 => return Ok(false),
+        Level::Raid0 => return Ok(Row::Unchecked),
         Level::Raid1 => 2,
         Level::Raid5 => core.members.len(),
     };
     let writable_extra = (0..core.members.len()).any(|m| core.member(m).writable() && !readable.contains(&m));
     if readable.len() < needed && !(repair && writable_extra && core.level() == Level::Raid1 && !readable.is_empty()) {
-        return Ok(false);
+        return Ok(Row::Unchecked);
     }
     let mut bufs: Vec<SharedBuf> = readable.iter().map(|_| io.pool().shared(chunk as usize)).collect();
     let futs = readable
@@ -69,7 +81,7 @@ pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -
                     .collect();
                 all(futs).await?;
             }
-            Ok(!bad.is_empty())
+            Ok(if bad.is_empty() { Row::Consistent } else { Row::Mismatch })
         }
         _ => {
             let mut x = vec![0u8; chunk as usize];
@@ -84,7 +96,7 @@ pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -
                 let mut b = SharedBuf::from_slice(&parity);
                 core.write_member(io, p, off, b.io(), false, IoTag::data("raid.repair")).await?;
             }
-            Ok(bad)
+            Ok(if bad { Row::Mismatch } else { Row::Consistent })
         }
     }
 }
@@ -96,7 +108,7 @@ pub(crate) async fn resync_range(core: &Core, io: &IoCtx, off: u64, len: u64) ->
     let last = ((off + len).min(core.geo.data_size)).div_ceil(chunk);
     let mut fixed = 0;
     for row in first..last {
-        if check_row(core, io, row, true).await? {
+        if check_row(core, io, row, true).await? == Row::Mismatch {
             fixed += 1;
         }
     }
@@ -130,11 +142,15 @@ impl Array {
         for row in 0..rows {
             progress.0.store(row + 1, Ordering::Release);
             rep.rows += 1;
-            if check_row(c, io, row, repair).await? {
-                rep.mismatches += 1;
-                if repair {
-                    rep.repaired += 1;
+            match check_row(c, io, row, repair).await? {
+                Row::Consistent => {}
+                Row::Mismatch => {
+                    rep.mismatches += 1;
+                    if repair {
+                        rep.repaired += 1;
+                    }
                 }
+                Row::Unchecked => rep.unchecked += 1,
             }
         }
         drop(progress);

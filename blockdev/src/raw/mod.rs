@@ -8,6 +8,7 @@
 //!   its end return zeros; otherwise the size is fixed at open.
 
 mod geometry;
+pub mod holder;
 pub mod lock;
 
 use std::fs::File;
@@ -96,14 +97,21 @@ impl RawFile {
         if !opts.no_lock {
             lock::lock_file(file.as_raw_fd(), path, !opts.read_only)?;
         }
-        let geo = geometry::probe(file.as_raw_fd(), &what, opts.direct)?;
+        // A refusal from here on releases the lock (and this process's record of it) now.
+        let refuse = |e: Error| {
+            if !opts.no_lock {
+                lock::unlock_file(file.as_raw_fd());
+            }
+            e
+        };
+        let geo = geometry::probe(file.as_raw_fd(), &what, opts.direct).map_err(refuse)?;
         let lbs = geo.logical_block_size;
         let size = if opts.growable { geo.size } else { geo.size - geo.size % u64::from(lbs) };
         if size == 0 && !opts.growable {
-            return Err(Error::new(
+            return Err(refuse(Error::new(
                 ErrorKind::InvalidInput,
                 format!("{what}: is empty (a disk needs at least {lbs} bytes)"),
-            ));
+            )));
         }
         let info = DevInfo {
             size,
@@ -138,6 +146,12 @@ impl RawFile {
         f.set_len(size).map_err(|e| Error::from_io(e, format!("{}: set size", path.display())))?;
         drop(f);
         RawFile::open(path, opts)
+    }
+
+    /// The open file (for reads outside the ring, such as a look at what it holds before a
+    /// tool formats it: [`crate::signature::refuse_overwrite`]).
+    pub fn file(&self) -> &File {
+        &self.inner._file
     }
 
     /// The path it was opened from.

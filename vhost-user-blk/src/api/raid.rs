@@ -7,10 +7,12 @@
 //!   here: `running`, `seconds`, and when done `bytes` and `mb_s` or `error`)
 //! - `{"cmd":"raid-fail","members":"A:B:C","member":"B"}` (a path or a role number)
 //! - `{"cmd":"raid-replace","members":"A:B:C","old":"B","new":"D","rate_limit":BYTES_PER_SEC}`
-//!   → `{"role":R,"members":"A:D:C"}` once D is in place; the rebuild then runs in the background
-//!   while I/O goes on (follow it with `raid-status`)
+//!   (OLD one of the listed members, or a role number) → `{"role":R,"members":"A:D:C"}` once D is
+//!   in place; the rebuild then runs in the background while I/O goes on (follow it with
+//!   `raid-status`)
 //! - `{"cmd":"raid-scrub","members":"A:B:C","repair":false}` → `{"rows":..,"mismatches":..,
-//!   "repaired":..}` when the scrub is done (it runs while I/O goes on)
+//!   "repaired":..,"unchecked":..}` when the scrub is done (it runs while I/O goes on; `unchecked`
+//!   counts rows too few readable copies left to compare)
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -167,9 +169,22 @@ fn role_to_replace(io: &IoCtx, arr: &Array, old: &str) -> Result<usize, String> 
 pub fn replace(req: ReplaceReq) -> Result<Value, String> {
     let arr = find(&req.members)?;
     let io = io_ctx()?;
-    let role = match req.old.parse::<usize>() {
-        Ok(r) if !Path::new(&req.old).exists() && r < arr.status().members.len() => r,
-        _ => role_to_replace(&io, &arr, &req.old)?,
+    // OLD is one of the members the request lists, or a role number: never a stranger whose
+    // superblock (or absence) would pick a role by itself.
+    let listed: Vec<String> = split_members(&req.members).iter().map(|m| member_key(m)).collect();
+    let n = arr.status().members.len();
+    let role = if listed.contains(&member_key(&req.old)) {
+        role_to_replace(&io, &arr, &req.old)?
+    } else {
+        match req.old.parse::<usize>() {
+            Ok(r) if !Path::new(&req.old).exists() && r < n => r,
+            _ => {
+                return Err(format!(
+                    "{} is not a member of the array {} (nor a role number below {n})",
+                    req.old, req.members
+                ))
+            }
+        }
     };
     let new_key = member_key(&req.new);
     if arr.role_of(&new_key).is_some() {
@@ -193,7 +208,7 @@ pub fn scrub(req: ScrubReq) -> Result<Value, String> {
     let arr = find(&req.members)?;
     let io = io_ctx()?;
     let rep = io.block_on(arr.scrub(&io, req.repair)).map_err(|e| e.to_string())?;
-    Ok(json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired}))
+    Ok(json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired, "unchecked": rep.unchecked}))
 }
 
 /// Send one request to the control socket at `socket` and return its `result` (or `null`);

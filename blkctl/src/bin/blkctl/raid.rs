@@ -1,23 +1,28 @@
 //! `blkctl raid create|status|fail|replace|scrub`: parse the options and call the `raid` crate on
 //! the member files. An array is named by its member list `A:B:C` (any order; roles come from
-//! the superblocks; a file that does not exist is a missing member). With `--api-socket PATH`,
-//! status, fail, replace and scrub go to the daemon that serves the array instead
-//! (`vhost_user_blk::api::raid`), so they run while its I/O goes on.
+//! the superblocks; a file that does not exist is a missing member; one file listed twice, under
+//! any name, is refused). With `--api-socket PATH`, status, fail, replace and scrub go to the
+//! daemon that serves the array instead (`vhost_user_blk::api::raid`), so they run while its I/O
+//! goes on. Every check of the arguments and of the members' superblocks comes before the first
+//! byte is written; a refused command leaves every member as it was.
+
+mod create;
+mod members;
+mod replace;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use blockdev::size::format_size;
+use blockdev::raw::holder::THIS_PROCESS;
+use blockdev::size::format_iec;
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
-use raid::{Array, AssembleOptions, CreateOptions, Level, MemberList, RebuildOptions};
+use raid::{Array, AssembleOptions, MemberList, Status};
 use serde_json::{json, Value};
 use vhost_user_blk::api::raid::{call, status_json};
-use vhost_user_blk::stack::raid::{open_members, split_members};
 use vhost_user_blk::stack::raid_registry::member_key;
-use vhost_user_blk::stack::OpenCtx;
 
-use crate::args;
+use members::{names, position, resolve, role_number, Listed};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -29,27 +34,18 @@ pub enum Cmd {
     Raid(RaidCmd),
 }
 
+/// What `scrub` exits with, as `qcow2 check` and `thin check` do.
+const SCRUB_CODES: &str = "Exit status: 0 every row checked and none left inconsistent (none found, or \
+                           --repair fixed them all); 2 mismatches found and left as they were (run again \
+                           with --repair); 3 none found, but rows the array could not check (degraded: too \
+                           few readable copies); 1 error (the scrub did not run or did not finish).";
+
 /// `blkctl raid ...`.
 #[derive(clap::Subcommand)]
 pub enum RaidCmd {
-    /// Make a new array over existing files or block devices (erases them).
-    Create {
-        /// RAID level: 0, 1 or 5.
-        #[arg(long)]
-        level: u32,
-        /// Chunk size (4K to 16M, default 64K); RAID 1 uses it only as its resync unit.
-        #[arg(long, value_parser = args::size)]
-        chunk: Option<u64>,
-        /// RAID 5: no partial parity log (leaves the write hole open; for comparisons).
-        #[arg(long)]
-        no_ppl: bool,
-        /// No write-intent bitmap (a crash then resyncs everything).
-        #[arg(long)]
-        no_bitmap: bool,
-        /// Member files, in role order.
-        #[arg(required = true, num_args = 2..)]
-        members: Vec<String>,
-    },
+    /// Make a new array over files or block devices. Refuses members that hold anything unless
+    /// --force; with --size, makes member files that do not exist.
+    Create(create::CreateArgs),
     /// Show state, members, degraded, rebuild progress and the last scrub's mismatch count
     /// (read from the superblocks; nothing is written).
     Status {
@@ -62,36 +58,28 @@ pub enum RaidCmd {
         #[arg(long, value_name = "PATH")]
         api_socket: Option<PathBuf>,
     },
-    /// Mark MEMBER (a path from the list, or a role number) faulty.
+    /// Mark MEMBER (a path from the list, or a role number) faulty. Refused when the array
+    /// would not survive without it.
+    #[command(after_help = "Exit status: 0 marked faulty (or it was not active), 1 error (nothing written \
+                            when a check refused it).")]
     Fail {
         /// The members, A:B:C.
         array: String,
         /// The member to fail.
         member: String,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
         /// Send the command to the daemon serving the array (its --api-socket).
         #[arg(long, value_name = "PATH")]
         api_socket: Option<PathBuf>,
     },
-    /// Replace OLD (faulty, missing or stale) with NEW and rebuild NEW to completion (with
-    /// --api-socket the daemon rebuilds while it serves the array; progress is shown until done).
-    Replace {
-        /// The members, A:B:C (with OLD).
-        array: String,
-        /// The member to replace (it may no longer exist).
-        old: String,
-        /// The new member (an existing file at least as large).
-        new: String,
-        /// Rebuild at most this many bytes per second (e.g. 100M).
-        #[arg(long, value_parser = args::size)]
-        rate_limit: Option<u64>,
-        /// Send the command to the daemon serving the array (its --api-socket).
-        #[arg(long, value_name = "PATH")]
-        api_socket: Option<PathBuf>,
-        /// With --api-socket: return once the rebuild has started (follow it with `status`).
-        #[arg(long, requires = "api_socket")]
-        no_wait: bool,
-    },
+    /// Replace OLD (faulty, missing or stale: a path from the list, or a role number) with NEW
+    /// and rebuild NEW to completion (with --api-socket the daemon rebuilds while it serves the
+    /// array; progress is shown until done). Prints the new member list.
+    Replace(replace::ReplaceArgs),
     /// Resync if needed, then check every stripe (and with --repair, fix mismatches).
+    #[command(after_help = SCRUB_CODES)]
     Scrub {
         /// The members, A:B:C.
         array: String,
@@ -113,93 +101,62 @@ impl crate::Group for Cmd {
         let Cmd::Raid(cmd) = self;
         let io = IoCtx::new()?;
         match cmd {
-            RaidCmd::Create { level, chunk, no_ppl, no_bitmap, members } => {
-                create(&io, level, chunk, no_ppl, no_bitmap, members)
-            }
+            RaidCmd::Create(a) => create::run(&io, a),
             RaidCmd::Status { array, json, api_socket: Some(sock) } => {
+                resolve(&array)?;
                 let v = call(&sock, &json!({"cmd": "raid-status", "members": keys(&array)}))?;
                 print_status(&v, json)
             }
             RaidCmd::Status { array, json, api_socket: None } => status(&io, &array, json),
-            RaidCmd::Fail { array, member, api_socket: Some(sock) } => {
-                let v = call(&sock, &json!({"cmd": "raid-fail", "members": keys(&array), "member": arg_key(&member)}))?;
-                println!("member {member} (role {}) marked faulty", v["role"]);
-                Ok(())
-            }
-            RaidCmd::Fail { array, member, api_socket: None } => fail(&io, &array, &member),
-            RaidCmd::Replace { array, old, new, rate_limit, api_socket: Some(sock), no_wait } => {
-                replace_live(&sock, &array, &old, &new, rate_limit, no_wait)
-            }
-            RaidCmd::Replace { array, old, new, rate_limit, api_socket: None, .. } => {
-                replace(&io, &array, &old, &new, rate_limit)
-            }
+            RaidCmd::Fail { array, member, json, api_socket } => fail(&io, &array, &member, json, api_socket),
+            RaidCmd::Replace(a) => replace::run(&io, a),
             RaidCmd::Scrub { array, repair, json, api_socket: Some(sock) } => scrub_live(&sock, &array, repair, json),
             RaidCmd::Scrub { array, repair, json, api_socket: None } => scrub(&io, &array, repair, json),
         }
     }
 }
 
-fn open_rw(path: &str) -> Result<Arc<dyn BlockDev>, Box<dyn std::error::Error>> {
-    Ok(Arc::new(RawFile::open(Path::new(path), OpenOptions::default()).map_err(|e| e.context(path))?))
-}
-
-fn create(io: &IoCtx, level: u32, chunk: Option<u64>, no_ppl: bool, no_bitmap: bool, members: Vec<String>) -> CmdResult {
-    let level = Level::from_number(level).ok_or_else(|| format!("--level {level}: one of 0, 1, 5"))?;
-    if level == Level::Raid1 && chunk.is_some() {
-        eprintln!("note: RAID 1 does not stripe; --chunk only sets its resync and locking unit");
-    }
-    let mut opts = CreateOptions::new(level);
-    if let Some(c) = chunk {
-        opts.chunk = c;
-    }
-    opts.ppl = !no_ppl;
-    opts.bitmap = !no_bitmap;
-    let devs = members.iter().map(|m| Ok((m.clone(), open_rw(m)?))).collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
-    let arr = io.block_on(raid::create(io, devs, opts))?;
-    io.block_on(arr.close(io))?;
-    let st = arr.status();
-    println!("created RAID {} array {}: {} over {} members", st.level, st.uuid, format_size(st.size), members.len());
-    println!("serve it with: format=raid,members={}", members.join(":"));
-    Ok(())
-}
-
 /// The member list with every member as the daemon knows it (absolute paths).
 fn keys(array: &str) -> String {
-    split_members(array).iter().map(|m| member_key(m)).collect::<Vec<_>>().join(":")
+    vhost_user_blk::stack::raid::split_members(array).iter().map(|m| member_key(m)).collect::<Vec<_>>().join(":")
 }
 
-/// A member argument as a key, unless it is a role number.
-fn arg_key(member: &str) -> String {
-    if member.parse::<usize>().is_ok() && !Path::new(member).exists() {
-        member.to_string()
-    } else {
-        member_key(member)
-    }
-}
-
-/// Open the members; a member another process holds (a daemon serving the array) is an error
-/// that points at --api-socket.
-fn members(array: &str, ctx: &OpenCtx) -> Result<MemberList, Box<dyn std::error::Error>> {
-    open_members(array, ctx, false).map_err(|e| {
-        if e.kind() == ErrorKind::Locked {
-            format!(
-                "{e}\nthe array's members are in use: if a vhost-user-blk daemon serves it, send the command \
-                 to the daemon with --api-socket PATH (its control socket)"
-            )
-            .into()
-        } else {
-            e.into()
+/// Open the listed members (writable unless `read_only`); a member another process holds (a
+/// daemon serving the array) is an error that points at --api-socket.
+fn open_listed(array: &str, list: &[Listed], read_only: bool) -> Result<MemberList, Box<dyn std::error::Error>> {
+    let mut out: MemberList = Vec::with_capacity(list.len());
+    for l in list {
+        if l.id.is_none() {
+            tracing::warn!("raid member {} does not exist: treated as missing", l.name);
+            out.push((l.name.clone(), None));
+            continue;
         }
-    })
+        let opts = OpenOptions { read_only, ..OpenOptions::default() };
+        match RawFile::open(Path::new(&l.name), opts) {
+            Ok(d) => out.push((l.name.clone(), Some(Arc::new(d) as Arc<dyn BlockDev>))),
+            Err(e) if e.kind() == ErrorKind::Locked && !e.to_string().contains(THIS_PROCESS) => {
+                return Err(format!(
+                    "member {e}\nthe array's members are in use: if a vhost-user-blk daemon serves {array}, send \
+                     the command to the daemon with --api-socket PATH (its control socket)"
+                )
+                .into())
+            }
+            // RawFile's errors start with the path.
+            Err(e) => return Err(format!("member {e}").into()),
+        }
+    }
+    Ok(out)
 }
 
 fn assemble(io: &IoCtx, array: &str) -> Result<Array, Box<dyn std::error::Error>> {
-    let members = members(array, &OpenCtx::new())?;
+    let list = resolve(array)?;
+    let members = open_listed(array, &list, false)?;
     Ok(io.block_on(raid::assemble(io, members, AssembleOptions::default()))?)
 }
 
 fn status(io: &IoCtx, array: &str, as_json: bool) -> CmdResult {
-    let members = members(array, &OpenCtx { read_only: true, ..OpenCtx::new() })?;
+    let list = resolve(array)?;
+    let members = open_listed(array, &list, true)?;
     let st = io.block_on(raid::examine(io, members))?;
     print_status(&status_json(&st), as_json)
 }
@@ -209,8 +166,8 @@ fn print_status(v: &Value, as_json: bool) -> CmdResult {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    let size = format_size(v["size"].as_u64().unwrap_or(0));
-    let chunk = format_size(v["chunk"].as_u64().unwrap_or(0));
+    let size = format_iec(v["size"].as_u64().unwrap_or(0));
+    let chunk = format_iec(v["chunk"].as_u64().unwrap_or(0));
     println!("array {}: RAID {}, {size}, chunk {chunk}", v["uuid"].as_str().unwrap_or("?"), v["level"]);
     let degraded = if v["degraded"] == true { "yes" } else { "no" };
     println!("state: {}, degraded: {degraded}", v["state"].as_str().unwrap_or("?"));
@@ -221,7 +178,7 @@ fn print_status(v: &Value, as_json: bool) -> CmdResult {
     if let Some(e) = rb["error"].as_str() {
         println!("last rebuild failed: {e}");
     } else if let Some(mbs) = rb["mb_s"].as_f64() {
-        println!("last rebuild: {} in {:.2}s ({mbs:.1} MB/s)", format_size(rb["bytes"].as_u64().unwrap_or(0)), rb["seconds"].as_f64().unwrap_or(0.0));
+        println!("last rebuild: {} in {:.2}s ({mbs:.1} MB/s)", format_iec(rb["bytes"].as_u64().unwrap_or(0)), rb["seconds"].as_f64().unwrap_or(0.0));
     }
     println!("write hole: {}", if v["ppl"] == true { "closed (partial parity log)" } else { "no log" });
     println!("last scrub mismatches: {}", v["mismatches"]);
@@ -234,126 +191,132 @@ fn print_status(v: &Value, as_json: bool) -> CmdResult {
     Ok(())
 }
 
-fn print_scrub(v: &Value, as_json: bool) {
-    if as_json {
-        println!("{v}");
-    } else {
-        println!("{} rows checked, {} mismatches, {} repaired", v["rows"], v["mismatches"], v["repaired"]);
-    }
-}
-
-/// `replace --api-socket`: the daemon swaps the member in and rebuilds in the background; show
-/// progress until it is done (unless `no_wait`).
-fn replace_live(sock: &Path, array: &str, old: &str, new: &str, rate_limit: Option<u64>, no_wait: bool) -> CmdResult {
-    let req = json!({"cmd": "raid-replace", "members": keys(array), "old": arg_key(old), "new": member_key(new),
-                     "rate_limit": rate_limit});
-    let v = call(sock, &req)?;
-    let list = v["members"].as_str().unwrap_or("?").to_string();
-    println!("role {} replaced by {new}; the daemon is rebuilding it", v["role"]);
-    if !no_wait {
-        let status_req = json!({"cmd": "raid-status", "members": list});
-        loop {
-            let st = call(sock, &status_req)?;
-            let rb = &st["rebuild"];
-            if rb["running"] == true {
-                if let Some(p) = st["rebuild_progress"].as_f64() {
-                    eprint!("\rrebuild: {:5.1}%", p * 100.0);
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            eprintln!();
-            if let Some(e) = rb["error"].as_str() {
-                return Err(format!("the rebuild failed: {e}").into());
-            }
-            println!(
-                "rebuilt role {} onto {new}: {} in {:.2}s ({:.1} MB/s)",
-                v["role"],
-                format_size(rb["bytes"].as_u64().unwrap_or(0)),
-                rb["seconds"].as_f64().unwrap_or(0.0),
-                rb["mb_s"].as_f64().unwrap_or(0.0)
-            );
-            break;
+/// The role `member` names in the array whose superblocks say `st` (a listed path, or a role
+/// number), for `fail`.
+fn member_role(array: &str, list: &[Listed], member: &str, st: &Status) -> Result<usize, String> {
+    let n = st.members.len();
+    if let Some(i) = position(list, member) {
+        if list[i].id.is_none() {
+            return Err(format!("{member}: does not exist: it is a missing member already"));
         }
+        return st
+            .members
+            .iter()
+            .find(|m| m.name == list[i].name)
+            .map(|m| m.role)
+            .ok_or_else(|| format!("{member}: its superblock gives it no role in array {}", st.uuid));
     }
-    println!("the array is now: {list}");
-    Ok(())
+    role_number(member, n).ok_or_else(|| {
+        format!(
+            "{member} is not a member of the array {array}: its members are {} (name one of them, or a role number \
+             below {n})",
+            names(list)
+        )
+    })
 }
 
-fn find_role(arr: &Array, member: &str) -> Result<usize, Box<dyn std::error::Error>> {
-    if let Some(r) = arr.role_of(member) {
-        return Ok(r);
+/// Refuse to fail `role` when the array would stop without it (from the superblocks' view).
+fn check_survives(st: &Status, role: usize) -> Result<(), String> {
+    let n = st.members.len();
+    let others = st.members.iter().filter(|m| m.role != role && m.state == "active").count();
+    let survives = match st.level {
+        0 => false,
+        1 => others >= 1,
+        _ => others + 1 >= n,
+    };
+    if survives {
+        Ok(())
+    } else {
+        Err(format!(
+            "failing role {role} ({}) would stop the array: RAID {} with {others} other active member(s) of {n}",
+            st.members[role].name, st.level
+        ))
     }
-    member.parse::<usize>().map_err(|_| format!("{member} is not a member of this array (nor a role number)").into())
 }
 
-fn fail(io: &IoCtx, array: &str, member: &str) -> CmdResult {
-    let arr = assemble(io, array)?;
-    let role = find_role(&arr, member)?;
-    io.block_on(arr.fail_member(io, role))?;
-    io.block_on(arr.close(io))?;
-    println!("member {member} (role {role}) marked faulty");
-    Ok(())
-}
-
-fn replace(io: &IoCtx, array: &str, old: &str, new: &str, rate_limit: Option<u64>) -> CmdResult {
-    let arr = assemble(io, array)?;
-    let st = arr.status();
-    let role = match arr.role_of(old).filter(|&r| st.members[r].state != "active") {
-        Some(r) => r,
-        None if Path::new(old).exists() => {
-            let dev = RawFile::open(Path::new(old), OpenOptions { read_only: true, ..OpenOptions::default() })?;
-            let sb = io.block_on(raid::read_superblock(io, old, &dev))?;
-            if st.members[sb.role as usize].state == "active" {
-                return Err(format!("{old} (role {}) is active: fail it first", sb.role).into());
-            }
-            sb.role as usize
+fn fail(io: &IoCtx, array: &str, member: &str, as_json: bool, api_socket: Option<PathBuf>) -> CmdResult {
+    let list = resolve(array)?;
+    let (role, already) = match api_socket {
+        Some(sock) => {
+            let arg = match position(&list, member) {
+                Some(i) => member_key(&list[i].name),
+                None if member.parse::<usize>().is_ok() => member.to_string(),
+                None => {
+                    return Err(format!(
+                        "{member} is not a member of the array {array}: its members are {} (name one of them, or a \
+                         role number)",
+                        names(&list)
+                    )
+                    .into())
+                }
+            };
+            let v = call(&sock, &json!({"cmd": "raid-fail", "members": keys(array), "member": arg}))?;
+            (v["role"].as_u64().unwrap_or(0) as usize, None)
         }
         None => {
-            let down: Vec<usize> = st.members.iter().filter(|m| m.state != "active").map(|m| m.role).collect();
-            match down.as_slice() {
-                [r] => *r,
-                _ => return Err(format!("cannot tell which role {old} had: roles {down:?} are down").into()),
+            let members = open_listed(array, &list, false)?;
+            let st = io.block_on(raid::examine(io, members.clone()))?;
+            let role = member_role(array, &list, member, &st)?;
+            let state = st.members[role].state;
+            if state == "active" {
+                check_survives(&st, role)?;
+                let arr = io.block_on(raid::assemble(io, members, AssembleOptions::default()))?;
+                io.block_on(arr.fail_member(io, role))?;
+                io.block_on(arr.close(io))?;
+                (role, None)
+            } else {
+                (role, Some(state))
             }
         }
     };
-    let dev = open_rw(new)?;
-    io.block_on(arr.replace(io, role, new.to_string(), dev))?;
-    let t = Instant::now();
-    let opts = RebuildOptions { rate_limit, ..Default::default() };
-    // Progress on stderr from a watcher thread while this one runs the rebuild.
-    let arr = Arc::new(arr);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (watched, stop) = (arr.clone(), done.clone());
-    let watcher = std::thread::spawn(move || {
-        while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            if let Some(p) = watched.status().rebuild_progress {
-                eprint!("\rrebuild: {:5.1}%", p * 100.0);
-            }
-            std::thread::sleep(Duration::from_millis(500));
+    if as_json {
+        let v = json!({"array": array, "member": member, "role": role, "state": already.unwrap_or("faulty"),
+                       "changed": already.is_none()});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if let Some(state) = already {
+        println!("member {member} (role {role}) is already {state}: nothing to do");
+    } else {
+        println!("member {member} (role {role}) marked faulty; replace it with: blkctl raid replace {array} {member} NEW");
+    }
+    Ok(())
+}
+
+/// Print a scrub's result (`rows`, `mismatches`, `repaired`, `unchecked`) and exit with its code
+/// ([`SCRUB_CODES`]).
+fn finish_scrub(array: &str, repair: bool, v: &Value, as_json: bool) -> CmdResult {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let (rows, mismatches, repaired, unchecked) = (n("rows"), n("mismatches"), n("repaired"), n("unchecked"));
+    let code = if mismatches > repaired {
+        2
+    } else if unchecked > 0 {
+        3
+    } else {
+        0
+    };
+    if as_json {
+        let v = json!({"array": array, "repair": repair, "rows": rows, "mismatches": mismatches,
+                       "repaired": repaired, "unchecked": unchecked, "exit_code": code});
+        println!("{v}");
+    } else {
+        let mut line = format!("scrub of {array}: {rows} rows checked, {mismatches} mismatches, {repaired} repaired");
+        if unchecked > 0 {
+            line.push_str(&format!("; {unchecked} rows could not be checked (degraded: too few readable copies)"));
         }
-    });
-    let res = io.block_on(arr.rebuild(io, opts));
-    done.store(true, std::sync::atomic::Ordering::Release);
-    let _ = watcher.join();
-    eprintln!();
-    let bytes = res?;
-    let secs = t.elapsed().as_secs_f64();
-    io.block_on(arr.close(io))?;
-    println!(
-        "rebuilt role {role} onto {new}: {} in {secs:.2}s ({:.1} MB/s)",
-        format_size(bytes),
-        bytes as f64 / secs.max(1e-9) / 1e6
-    );
-    let list: Vec<String> =
-        vhost_user_blk::stack::raid::split_members(array).into_iter().map(|m| if m == old { new.to_string() } else { m }).collect();
-    println!("the array is now: {}", list.join(":"));
+        if mismatches > repaired {
+            line.push_str("; run it again with --repair to fix them");
+        }
+        println!("{line}");
+    }
+    if code != 0 {
+        std::process::exit(code);
+    }
     Ok(())
 }
 
 /// `scrub --api-socket`: the request waits for the scrub; meanwhile another connection polls
 /// `raid-status` and shows the progress on stderr.
 fn scrub_live(sock: &Path, array: &str, repair: bool, as_json: bool) -> CmdResult {
+    resolve(array)?;
     let req = json!({"cmd": "raid-scrub", "members": keys(array), "repair": repair});
     let sock2 = sock.to_path_buf();
     let worker = std::thread::spawn(move || call(&sock2, &req));
@@ -372,33 +335,53 @@ fn scrub_live(sock: &Path, array: &str, repair: bool, as_json: bool) -> CmdResul
         eprintln!();
     }
     let v = worker.join().map_err(|_| "the scrub request thread panicked")??;
-    print_scrub(&v, as_json);
-    Ok(())
+    finish_scrub(array, repair, &v, as_json)
+}
+
+/// A thread that shows progress on stderr every half second while a long step runs on this one;
+/// dropping it stops the thread at once.
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Show `label: NN.N%` whenever `get` has a fraction to show.
+    fn show(label: &'static str, get: impl Fn() -> Option<f64> + Send + 'static) -> Progress {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut shown = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(500)) {
+                if let Some(p) = get() {
+                    eprint!("\r{label}: {:5.1}%", p * 100.0);
+                    shown = true;
+                }
+            }
+            if shown {
+                eprintln!();
+            }
+        });
+        Progress { stop: Some(tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn scrub(io: &IoCtx, array: &str, repair: bool, as_json: bool) -> CmdResult {
     let arr = Arc::new(assemble(io, array)?);
-    // Progress on stderr from a watcher thread while this one scrubs.
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (watched, stop) = (arr.clone(), done.clone());
-    let watcher = std::thread::spawn(move || {
-        let mut shown = false;
-        while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            if let Some(p) = watched.status().scrub_progress {
-                eprint!("\rscrub: {:5.1}%", p * 100.0);
-                shown = true;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if shown {
-            eprintln!();
-        }
-    });
+    let watched = arr.clone();
+    let progress = Progress::show("scrub", move || watched.status().scrub_progress);
     let rep = io.block_on(arr.scrub(io, repair));
-    done.store(true, std::sync::atomic::Ordering::Release);
-    let _ = watcher.join();
+    drop(progress);
     let rep = rep?;
     io.block_on(arr.close(io))?;
-    print_scrub(&json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired}), as_json);
-    Ok(())
+    let v = json!({"rows": rep.rows, "mismatches": rep.mismatches, "repaired": rep.repaired, "unchecked": rep.unchecked});
+    finish_scrub(array, repair, &v, as_json)
 }
