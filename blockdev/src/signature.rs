@@ -25,6 +25,8 @@ struct Magic {
 const MAGICS: &[Magic] = &[
     Magic { name: "a qcow2 image", offset: 0, bytes: b"QFI\xfb" },
     Magic { name: "a strata thin pool", offset: 0, bytes: b"STRTHIN1" },
+    // A pool keeps two superblock copies, a page apart; a new pool's first commit is in the second.
+    Magic { name: "a strata thin pool", offset: 4096, bytes: b"STRTHIN1" },
     Magic { name: "a strata RAID member", offset: 0, bytes: b"STRRAID1" },
     Magic { name: "a LUKS encrypted volume", offset: 0, bytes: b"LUKS\xba\xbe" },
     Magic { name: "a LUKS2 encrypted volume", offset: 0, bytes: b"SKUL\xba\xbe" },
@@ -123,6 +125,7 @@ mod tests {
     fn known_headers_are_named() {
         assert_eq!(identify(&with(0, b"QFI\xfb\0\0\0\x03")), Some(Signature::Header("a qcow2 image")));
         assert_eq!(identify(&with(0, b"STRTHIN1")), Some(Signature::Header("a strata thin pool")));
+        assert_eq!(identify(&with(4096, b"STRTHIN1")), Some(Signature::Header("a strata thin pool")));
         assert_eq!(identify(&with(0, b"STRRAID1")), Some(Signature::Header("a strata RAID member")));
         assert_eq!(identify(&with(0, b"LUKS\xba\xbe")), Some(Signature::Header("a LUKS encrypted volume")));
         assert_eq!(identify(&with(1080, &[0x53, 0xef])), Some(Signature::Header("an ext2/3/4 file system")));

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use server_common::{daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
 
 fn blkctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blkctl")).arg("qcow2").args(args).output().expect("run blkctl")
+    Command::new(blkctl_bin()).arg("qcow2").args(args).output().expect("run blkctl")
 }
 
 fn s(p: &Path) -> &str {

@@ -4,6 +4,8 @@
 //! `scrub` exits 2 with mismatches left and 0 once repaired, and `replace` refuses an OLD that
 //! is not a member (the daemon refuses it too) and prints the list it made.
 
+mod server_common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1 << 20;
 
 fn blkctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blkctl")).current_dir(dir).args(args).output().expect("run blkctl")
+    Command::new(server_common::blkctl_bin()).current_dir(dir).args(args).output().expect("run blkctl")
 }
 
 fn text(o: &Output) -> String {
@@ -27,7 +29,7 @@ struct Daemon(Child);
 impl Daemon {
     fn start(dir: &Path, members: &str) -> Daemon {
         let (disk, api) = (dir.join("r.sock"), dir.join("api.sock"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"))
+        let mut child = Command::new(server_common::daemon_bin())
             .current_dir(dir)
             .arg("--disk")
             .arg(format!("socket={},format=raid,members={members}", disk.display()))
