@@ -5,9 +5,9 @@ mod thin_common;
 
 use std::sync::Arc;
 
+use blockdev::size::SizeChange;
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
-use blockdev::size::SizeChange;
 use blockdev::thin::{check, Pool, PoolConfig, ResizeOptions};
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture, IoTag};
 use thin_common::*;

@@ -26,7 +26,7 @@ mod timer;
 mod volume;
 
 pub use load::Audit;
-pub use pool::{check_name, Pool, PoolConfig, PoolInfo, VolumeInfo};
+pub use pool::{check_name, overcommit_text, Pool, PoolConfig, PoolInfo, VolumeInfo};
 pub use probe::existing_pool;
 pub use resize::{ResizeOptions, Resized};
 pub use volume::ThinVolume;

@@ -81,12 +81,17 @@ impl PoolInfo {
     /// One phrase for people: `overcommitted 2.5x: 20 GiB provisioned on 8 GiB`, or
     /// `4 GiB provisioned on 8 GiB (not overcommitted)`.
     pub fn overcommit_text(&self) -> String {
-        let (prov, size) = (format_iec(self.provisioned), format_iec(self.size()));
-        if self.provisioned > self.size() {
-            format!("overcommitted {:.1}x: {prov} provisioned on {size}", self.overcommit_ratio())
-        } else {
-            format!("{prov} provisioned on {size} (not overcommitted)")
-        }
+        overcommit_text(self.provisioned, self.size())
+    }
+}
+
+/// [`PoolInfo::overcommit_text`] from the two sizes (as a JSON answer carries them).
+pub fn overcommit_text(provisioned: u64, size: u64) -> String {
+    let (prov, pool) = (format_iec(provisioned), format_iec(size));
+    if provisioned > size {
+        format!("overcommitted {:.1}x: {prov} provisioned on {pool}", provisioned as f64 / size as f64)
+    } else {
+        format!("{prov} provisioned on {pool} (not overcommitted)")
     }
 }
 
@@ -159,9 +164,13 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-pub(super) fn check_size(size: u64) -> Result<()> {
+/// Check the size of volume `name`: a non-zero multiple of 512 up to [`MAX_VOLUME_SIZE`].
+pub(super) fn check_size(name: &str, size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(512) || size > MAX_VOLUME_SIZE {
-        return Err(invalid(format!("thin volume size {size}: must be a non-zero multiple of 512 up to 256T")));
+        return Err(invalid(format!(
+            "thin volume '{name}': size {} ({size} bytes) must be a non-zero multiple of 512 up to 256 TiB",
+            format_iec(size)
+        )));
     }
     Ok(())
 }
@@ -350,7 +359,7 @@ impl Pool {
     /// Create a volume of `size` bytes (may exceed the pool: overcommit) and commit.
     pub async fn create_volume(&self, io: &IoCtx, name: &str, size: u64) -> Result<()> {
         check_name(name)?;
-        check_size(size)?;
+        check_size(name, size)?;
         {
             let mut st = self.inner.lock();
             self.check_new_name(&st, name)?;

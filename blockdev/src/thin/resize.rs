@@ -69,14 +69,20 @@ impl Pool {
     /// dropped and the new end falls inside a mapped block, the part of that block past the end
     /// is zeroed first (copied if shared), so growing the volume again reads zeros there.
     /// Every refusal changes nothing.
-    pub async fn resize_volume(&self, io: &IoCtx, name: &str, change: SizeChange, opts: ResizeOptions) -> Result<Resized> {
+    pub async fn resize_volume(
+        &self,
+        io: &IoCtx,
+        name: &str,
+        change: SizeChange,
+        opts: ResizeOptions,
+    ) -> Result<Resized> {
         let what = format!("thin volume '{name}'");
         let old = {
             let st = self.inner.lock();
             st.volumes[&st.volume_id(name)?].size
         };
         let new = change.apply(old).map_err(|e| e.context(&what))?;
-        check_size(new).map_err(|e| e.context(&what))?;
+        check_size(name, new)?;
         let mut discarded = 0;
         if new < old {
             if !opts.shrink {
