@@ -305,14 +305,14 @@ fn invalid_args(rng: &mut Rng, pool: &str, meta_same: &str) -> Vec<String> {
     let cmd = rng.pick(&["pool-create", "pool-grow", "create", "snapshot", "remove", "resize"]);
     let mut pos: Vec<&str> = vec![pool];
     let mut opts: Vec<Vec<&str>> = Vec::new();
-    let json = rng.next() % 2 == 0;
+    let json = rng.next().is_multiple_of(2);
     if json {
         opts.push(vec!["--json"]);
     }
     match cmd {
         "pool-create" => {
             // The pool exists: without --force that alone is the fault; with it, another.
-            let force = rng.next() % 2 == 0;
+            let force = rng.next().is_multiple_of(2);
             if force {
                 opts.push(vec!["--force"]);
                 opts.push(match rng.next() % 6 {
@@ -323,7 +323,7 @@ fn invalid_args(rng: &mut Rng, pool: &str, meta_same: &str) -> Vec<String> {
                     4 => vec!["--api-socket", "/nonexistent/api.sock"],
                     _ => vec!["--metadata", meta_same, "--metadata-size", "2M"],
                 });
-            } else if rng.next() % 2 == 0 {
+            } else if rng.next().is_multiple_of(2) {
                 opts.push(vec!["--block-size", rng.pick(&["64K", "128K", "1M"])]);
             }
         }
@@ -367,7 +367,7 @@ fn invalid_args(rng: &mut Rng, pool: &str, meta_same: &str) -> Vec<String> {
         }
     }
     // Now and then a fault of syntax as well.
-    if rng.next() % 8 == 0 {
+    if rng.next().is_multiple_of(8) {
         opts.push(vec![rng.pick(&["--bogus", "-z", "--size"])]);
     }
     // Options in random order, each before, between or after the positionals.

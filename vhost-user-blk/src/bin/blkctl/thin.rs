@@ -280,14 +280,17 @@ type Devices = (Arc<dyn BlockDev>, Option<Arc<dyn BlockDev>>);
 /// Open the pool's device(s); writable opens take the exclusive lock.
 /// A pool locked by a daemon says so and points at `--api-socket`.
 fn devices(p: &PoolArg, read_only: bool) -> Result<Devices, Box<dyn std::error::Error>> {
+    devices_for(p, read_only, "pass --api-socket PATH (the daemon's control socket) to send the command to the daemon")
+}
+
+/// [`devices`], with `what_to_do` in the error when another process holds a device.
+fn devices_for(p: &PoolArg, read_only: bool, what_to_do: &str) -> Result<Devices, Box<dyn std::error::Error>> {
     let opts = OpenOptions { read_only, ..OpenOptions::default() };
     let open = |path: &PathBuf| -> Result<Arc<dyn BlockDev>, Box<dyn std::error::Error>> {
         match RawFile::open(path, opts) {
             Ok(f) => Ok(Arc::new(f)),
             Err(e) if e.kind() == ErrorKind::Locked => Err(format!(
-                "thin pool {} is in use by another process, e.g. a strata daemon serving it: \
-                 pass --api-socket PATH (the daemon's control socket) to send the command to the daemon \
-                 ({e})",
+                "thin pool {} is in use by another process, e.g. a strata daemon serving it: {what_to_do} ({e})",
                 p.pool.display()
             )
             .into()),

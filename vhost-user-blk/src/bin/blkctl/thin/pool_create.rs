@@ -11,7 +11,7 @@ use blockdev::IoCtx;
 use serde_json::{json, Value};
 use vhost_user_blk::api::thin::pool_info_json;
 
-use super::{devices, PoolArg};
+use super::{devices_for, PoolArg};
 
 /// The options of `pool-create` besides the devices.
 pub struct Args {
@@ -49,7 +49,7 @@ pub fn run(io: &IoCtx, p: &PoolArg, a: Args) -> Res<Value> {
             .into());
         }
     }
-    let (meta, data) = devices(p, false)?;
+    let (meta, data) = devices_for(p, false, "nothing was written; stop serving it before making a new pool on it")?;
     if !a.force {
         // The pool's superblock is on the metadata device when there is one.
         let meta_path = p.metadata.as_deref().unwrap_or(&p.pool);
