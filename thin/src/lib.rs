@@ -3,7 +3,10 @@
 //!
 //! - [`Pool`]: create/open a pool on one device (metadata area, then data) or on a metadata
 //!   device plus a data device; volumes are created (with overcommit), snapshotted, resized,
-//!   removed and listed through it, and its metadata is committed on FLUSH or FUA.
+//!   removed and listed through it, and its metadata is committed on FLUSH or FUA. A shrink
+//!   must be asked for and keeps mapped data unless told to drop it ([`ResizeOptions`]).
+//! - [`existing_pool`]: what a device holds when it already holds a pool (before `pool-create`
+//!   overwrites it).
 //! - [`ThinVolume`]: a volume as a [`BlockDev`](blockdev::BlockDev).
 //! - [`check`]: the checker (space map against mappings; leaks repairable).
 //!
@@ -16,12 +19,16 @@ mod load;
 mod metaio;
 mod paged;
 mod pool;
+mod probe;
+mod resize;
 mod state;
 mod timer;
 mod volume;
 
 pub use load::Audit;
-pub use pool::{check_name, Pool, PoolConfig, PoolInfo, VolumeInfo};
+pub use pool::{check_name, overcommit_text, Pool, PoolConfig, PoolInfo, VolumeInfo};
+pub use probe::existing_pool;
+pub use resize::{ResizeOptions, Resized};
 pub use volume::ThinVolume;
 
 /// Largest virtual size of a volume (256 TiB).

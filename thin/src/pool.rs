@@ -20,6 +20,7 @@ use super::state::{CommitPlan, PoolState, VolumeState};
 use super::volume::ThinVolume;
 use super::MAX_VOLUME_SIZE;
 use blockdev::join::try_join_all;
+use blockdev::size::format_iec;
 use blockdev::{BlockDev, Error, ErrorKind, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
 /// How to lay out a new pool.
@@ -59,6 +60,39 @@ pub struct PoolInfo {
     pub volumes: usize,
     /// Less than a tenth of the data blocks is available.
     pub below_low_water: bool,
+    /// Sum of the volumes' virtual sizes (more than the pool's size when overcommitted).
+    pub provisioned: u64,
+}
+
+impl PoolInfo {
+    /// The pool's data size in bytes.
+    pub fn size(&self) -> u64 {
+        self.data_blocks * self.block_size
+    }
+
+    /// Provisioned virtual size over the pool's data size (above 1.0: overcommitted).
+    pub fn overcommit_ratio(&self) -> f64 {
+        match self.size() {
+            0 => 0.0,
+            size => self.provisioned as f64 / size as f64,
+        }
+    }
+
+    /// One phrase for people: `overcommitted 2.5x: 20 GiB provisioned on 8 GiB`, or
+    /// `4 GiB provisioned on 8 GiB (not overcommitted)`.
+    pub fn overcommit_text(&self) -> String {
+        overcommit_text(self.provisioned, self.size())
+    }
+}
+
+/// [`PoolInfo::overcommit_text`] from the two sizes (as a JSON answer carries them).
+pub fn overcommit_text(provisioned: u64, size: u64) -> String {
+    let (prov, pool) = (format_iec(provisioned), format_iec(size));
+    if provisioned > size {
+        format!("overcommitted {:.1}x: {prov} provisioned on {pool}", provisioned as f64 / size as f64)
+    } else {
+        format!("{prov} provisioned on {pool} (not overcommitted)")
+    }
 }
 
 /// A volume as listed.
@@ -94,7 +128,7 @@ impl PoolInner {
 /// An open thin pool (cheap to clone; clones share it).
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<PoolInner>,
+    pub(super) inner: Arc<PoolInner>,
 }
 
 fn uuid() -> [u8; 16] {
@@ -130,9 +164,13 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn check_size(size: u64) -> Result<()> {
+/// Check the size of volume `name`: a non-zero multiple of 512 up to [`MAX_VOLUME_SIZE`].
+pub(super) fn check_size(name: &str, size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(512) || size > MAX_VOLUME_SIZE {
-        return Err(invalid(format!("thin volume size {size}: must be a non-zero multiple of 512 up to 256T")));
+        return Err(invalid(format!(
+            "thin volume '{name}': size {} ({size} bytes) must be a non-zero multiple of 512 up to 256 TiB",
+            format_iec(size)
+        )));
     }
     Ok(())
 }
@@ -154,18 +192,32 @@ impl Pool {
         let meta_size = meta.info().size;
         let (meta_pages, data_offset) = if shared_dev {
             let want = cfg.metadata_size.unwrap_or((meta_size / 256).max(1 << 20));
-            let bytes = want.div_ceil(bs) * bs;
+            // Rounded up to whole data blocks; a size past the device is refused below.
+            let bytes = want.div_ceil(bs).saturating_mul(bs);
             (bytes / PAGE_SIZE as u64, bytes)
         } else {
             (meta_size / PAGE_SIZE as u64, 0)
         };
         if !(16..=(1 << 32)).contains(&meta_pages) {
-            return Err(invalid(format!("thin pool: metadata area of {meta_pages} pages (need 16 to 2^32)")));
+            return Err(invalid(format!(
+                "thin pool: a metadata area of {} ({meta_pages} pages of 4 KiB) is out of range: it needs 16 to 2^32 \
+                 pages (64 KiB to 16 TiB)",
+                format_iec(meta_pages.saturating_mul(PAGE_SIZE as u64))
+            )));
         }
         let data_size = data.info().size;
         let data_blocks = data_size.saturating_sub(data_offset) / bs;
         if data_blocks == 0 {
-            return Err(invalid(format!("thin pool: device of {data_size} bytes leaves no room for data blocks")));
+            let meta_part = if shared_dev {
+                format!(" after a metadata area of {}", format_iec(data_offset))
+            } else {
+                String::new()
+            };
+            return Err(invalid(format!(
+                "thin pool: a device of {} ({data_size} bytes) leaves no room for a data block of {}{meta_part}",
+                format_iec(data_size),
+                format_iec(bs)
+            )));
         }
         if data_blocks > MAX_DATA_BLOCKS {
             return Err(invalid(format!("thin pool: {data_blocks} data blocks is too many")));
@@ -291,6 +343,7 @@ impl Pool {
             metadata_free_pages: st.meta_free_pages(),
             volumes: st.volumes.len(),
             below_low_water: st.below_low_water(),
+            provisioned: st.volumes.values().map(|v| v.size).sum(),
         }
     }
 
@@ -306,7 +359,7 @@ impl Pool {
     /// Create a volume of `size` bytes (may exceed the pool: overcommit) and commit.
     pub async fn create_volume(&self, io: &IoCtx, name: &str, size: u64) -> Result<()> {
         check_name(name)?;
-        check_size(size)?;
+        check_size(name, size)?;
         {
             let mut st = self.inner.lock();
             self.check_new_name(&st, name)?;
@@ -390,21 +443,6 @@ impl Pool {
                 ));
             }
             st.drop_volume(id);
-        }
-        self.commit(io).await
-    }
-
-    /// Change a volume's size (shrinking unmaps the end; refused while the volume is open).
-    pub async fn resize_volume(&self, io: &IoCtx, name: &str, size: u64) -> Result<()> {
-        check_size(size)?;
-        {
-            let mut st = self.inner.lock();
-            let id = st.volume_id(name)?;
-            let v = &st.volumes[&id];
-            if size < v.size && v.open > 0 {
-                return Err(Error::new(ErrorKind::Locked, format!("thin volume '{name}' is open: cannot shrink it")));
-            }
-            st.resize_volume(id, size);
         }
         self.commit(io).await
     }

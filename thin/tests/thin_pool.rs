@@ -5,10 +5,11 @@ mod thin_common;
 
 use std::sync::Arc;
 
+use blockdev::size::SizeChange;
 use blockdev::testdev::workload::{self, Weights, WorkloadConfig};
 use blockdev::testdev::ModelDev;
 use blockdev::{BlockDev, ErrorKind, IoCtx, IoFuture, IoTag};
-use thin::{check, Pool, PoolConfig};
+use thin::{check, Pool, PoolConfig, ResizeOptions};
 use thin_common::*;
 
 #[test]
@@ -163,12 +164,14 @@ fn grown_volume_accepts_writes_past_the_old_end() {
     io.block_on(pool.create_volume(&io, "a", 1 << 20)).unwrap();
     let a = pool.volume("a").unwrap();
     assert_eq!(write(&io, &a, 1 << 20, &[1; 512], false).unwrap_err().kind(), ErrorKind::OutOfRange);
-    io.block_on(pool.resize_volume(&io, "a", 2 << 20)).unwrap();
+    io.block_on(pool.resize_volume(&io, "a", SizeChange::To(2 << 20), ResizeOptions::default())).unwrap();
     write(&io, &a, 1 << 20, &[1; 512], false).unwrap();
     assert_eq!(a.info().size, 2 << 20);
     assert_eq!(read(&io, &a, 1 << 20, 512), vec![1; 512]);
     // Shrinking an open volume is refused.
-    assert_eq!(io.block_on(pool.resize_volume(&io, "a", 1 << 20)).unwrap_err().kind(), ErrorKind::Locked);
+    let shrink = ResizeOptions { shrink: true, discard_data: true };
+    let e = io.block_on(pool.resize_volume(&io, "a", SizeChange::To(1 << 20), shrink)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked);
 }
 
 #[test]

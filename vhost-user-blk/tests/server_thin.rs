@@ -357,7 +357,7 @@ fn served_pool_out_of_space_grows_live_and_takes_the_waiting_and_the_refused_wri
     assert!(st.success());
     let grown_at = Instant::now();
     let out = ok(&blkctl(&["thin", "pool-grow", pool, "--api-socket", api_s]));
-    assert!(out.contains("grown from 7M to 15M") && out.contains("240 data blocks"), "{out}");
+    assert!(out.contains("grown from 7 MiB to 15 MiB") && out.contains("240 data blocks"), "{out}");
 
     // The waiting write goes on, the refused one now succeeds, and both read back.
     let (ret, done_at, mut b) = waiter.join().unwrap();

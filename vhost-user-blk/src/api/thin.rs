@@ -3,16 +3,26 @@
 //! snapshotted, resized and removed while others are in use.
 //!
 //! Requests carry `"cmd":"thin"`, an `op` and the pool as the daemon's specs name it (a path —
-//! the data device's with a separate metadata device — or `node:NAME`):
-//! - `{"cmd":"thin","op":"pool-info","pool":P}` → the pool summary (as `blkctl thin pool-info --json`)
+//! the data device's with a separate metadata device — or `node:NAME`). Every op that changes
+//! the pool answers with what it did (`blkctl thin ... --json` prints the same object), `pool`
+//! included:
+//! - `{"cmd":"thin","op":"pool-info","pool":P}` → the pool summary (as `blkctl thin pool-info --json`),
+//!   with `provisioned` (the volumes' sizes summed) and `overcommit-ratio` (that over the size)
 //! - `{"cmd":"thin","op":"list","pool":P}` → the volumes (as `blkctl thin list --json`)
-//! - `{"cmd":"thin","op":"create","pool":P,"name":N,"size":BYTES}`
-//! - `{"cmd":"thin","op":"snapshot","pool":P,"origin":O,"name":N}`: the origin may be served; its
-//!   writes pause while those in flight finish, so the snapshot holds every write that completed
-//!   before the request and none that started after it.
-//! - `{"cmd":"thin","op":"remove","pool":P,"name":N}`: refused while the volume is served.
-//! - `{"cmd":"thin","op":"resize","pool":P,"name":N,"size":BYTES}`: a served volume may grow (its
-//!   export keeps the capacity it announced until the export is added again), not shrink.
+//! - `{"cmd":"thin","op":"create","pool":P,"name":N,"size":BYTES}` → `volume`, `size`, and the
+//!   pool's `provisioned`, `pool-size` and `overcommit-ratio` (overcommit is allowed)
+//! - `{"cmd":"thin","op":"snapshot","pool":P,"origin":O,"name":N}` → `snapshot`, `origin`, `size`
+//!   and the overcommit fields: the origin may be served; its writes pause while those in flight
+//!   finish, so the snapshot holds every write that completed before the request and none that
+//!   started after it.
+//! - `{"cmd":"thin","op":"remove","pool":P,"name":N}` → `removed`, `freed` (bytes of data blocks
+//!   nobody else referenced): refused while the volume is served, naming the export.
+//! - `{"cmd":"thin","op":"resize","pool":P,"name":N,"size":SIZE[,"shrink":true][,"discard-data":true]}`
+//!   → `volume`, `old-size`, `size`, `discarded`. `SIZE` is bytes, or a string: `"2G"`, or
+//!   `"+1G"` / `"-512M"` relative to the size now. A smaller size needs `shrink`, is refused
+//!   while the volume is served, and is refused while mapped data lies past the new end (the
+//!   error says how much) unless `discard-data` drops it. A served volume may grow (its export
+//!   keeps the capacity it announced until the export is added again).
 //! - `{"cmd":"thin","op":"check","pool":P[,"repair":true]}` → the checker's report on the
 //!   committed metadata (read from the device while commits wait); `repair` fixes leaks.
 //! - `{"cmd":"thin","op":"pool-grow","pool":P}` → the pool summary after growing, plus
@@ -28,14 +38,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blockdev::size::SizeChange;
 use blockdev::{ErrorKind, IoCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use thin::check::{check_open, CheckReport};
-use thin::{Pool, PoolInfo, VolumeInfo};
+use thin::{Pool, PoolInfo, ResizeOptions, VolumeInfo};
 
 use crate::server::Daemon;
-use crate::stack::thin::served_pool;
+use crate::stack::thin::{holder_of, served_pool};
 
 /// One thin pool request (the `op` field selects it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,8 +93,14 @@ pub enum ThinRequest {
         pool: String,
         /// Volume name.
         name: String,
-        /// New virtual size in bytes.
-        size: u64,
+        /// New virtual size: bytes, or `"2G"`, `"+1G"`, `"-512M"`.
+        size: SizeArg,
+        /// A smaller size is allowed.
+        #[serde(default)]
+        shrink: bool,
+        /// Mapped data past a smaller size may be dropped.
+        #[serde(default, rename = "discard-data")]
+        discard_data: bool,
     },
     /// Take in space added at the end of the pool's (data) device.
     PoolGrow {
@@ -98,6 +115,26 @@ pub enum ThinRequest {
         #[serde(default)]
         repair: bool,
     },
+}
+
+/// A size in a request: bytes, or text as `blkctl` takes it (`2G`, `+1G`, `-512M`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeArg {
+    /// Bytes.
+    Bytes(u64),
+    /// `SIZE`, `+SIZE` or `-SIZE` with K, M, G, T suffixes.
+    Text(String),
+}
+
+impl SizeArg {
+    /// The change it asks for.
+    pub fn change(&self) -> blockdev::Result<SizeChange> {
+        match self {
+            SizeArg::Bytes(n) => Ok(SizeChange::To(*n)),
+            SizeArg::Text(t) => SizeChange::parse(t),
+        }
+    }
 }
 
 impl ThinRequest {
@@ -116,7 +153,7 @@ impl ThinRequest {
 }
 
 /// Carry out one thin request (on a blocking thread: it waits for the pool's I/O).
-pub fn handle(daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
+pub fn handle(_daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
     let name = req.pool().to_string();
     let pool: Arc<Pool> = served_pool(&name).ok_or_else(|| {
         format!(
@@ -125,42 +162,87 @@ pub fn handle(daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
         )
     })?;
     let io = IoCtx::new().map_err(|e| e.to_string())?;
-    let err = |e: blockdev::Error| format!("thin pool {name}: {e}");
-    match req {
-        ThinRequest::PoolInfo { .. } => Ok(pool_info_json(&pool.info())),
-        ThinRequest::List { .. } => Ok(volumes_json(&pool.list(), pool.info().block_size)),
+    let volume = match &req {
+        ThinRequest::Remove { name, .. } | ThinRequest::Resize { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    run(&pool, &io, &name, req).map_err(|e| {
+        // A volume in use: say which export holds it.
+        let held = volume.filter(|_| e.kind() == ErrorKind::Locked).and_then(|v| holder_of(&name, &v));
+        match held {
+            Some(holder) => format!("thin pool {name}: {e} (held by {holder}: remove that export first)"),
+            None => format!("thin pool {name}: {e}"),
+        }
+    })
+}
+
+/// Carry out `req` on the open `pool` (named `name` in the answers) and answer what it did, as
+/// the module docs list; `blkctl thin` without `--api-socket` runs the same on a pool it opened.
+pub fn run(pool: &Pool, io: &IoCtx, name: &str, req: ThinRequest) -> blockdev::Result<Value> {
+    let mut v = match req {
+        ThinRequest::PoolInfo { .. } => return Ok(pool_info_json(&pool.info())),
+        ThinRequest::List { .. } => return Ok(volumes_json(&pool.list(), pool.info().block_size)),
+        ThinRequest::Check { repair, .. } => {
+            return io.block_on(check_open(io, pool, repair)).map(|r| check_report_json(&r))
+        }
         ThinRequest::Create { name: vol, size, .. } => {
-            io.block_on(pool.create_volume(&io, &vol, size)).map_err(err).map(|()| Value::Null)
+            io.block_on(pool.create_volume(io, &vol, size))?;
+            let mut v = overcommit_json(&pool.info());
+            v["volume"] = json!(vol);
+            v["size"] = json!(size);
+            v
         }
         ThinRequest::Snapshot { origin, name: snap, .. } => {
-            io.block_on(pool.snapshot(&io, &origin, &snap)).map_err(err).map(|()| Value::Null)
+            io.block_on(pool.snapshot(io, &origin, &snap))?;
+            let size = pool.list().iter().find(|v| v.name == snap).map_or(0, |v| v.size);
+            let mut v = overcommit_json(&pool.info());
+            v["snapshot"] = json!(snap);
+            v["origin"] = json!(origin);
+            v["size"] = json!(size);
+            v
         }
-        ThinRequest::Remove { name: vol, .. } => match io.block_on(pool.remove_volume(&io, &vol)) {
-            Ok(()) => Ok(Value::Null),
-            Err(e) if e.kind() == ErrorKind::Locked => {
-                let exports: Vec<String> =
-                    daemon.list().into_iter().filter(|x| x.device == format!("thin:{vol}")).map(|x| x.name).collect();
-                let hint = if exports.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (served by export {}: remove the export first)", exports.join(", "))
-                };
-                Err(format!("thin pool {name}: {e}{hint}"))
-            }
-            Err(e) => Err(err(e)),
-        },
-        ThinRequest::Resize { name: vol, size, .. } => {
-            io.block_on(pool.resize_volume(&io, &vol, size)).map_err(err).map(|()| Value::Null)
+        ThinRequest::Remove { name: vol, .. } => {
+            let before = pool.info();
+            io.block_on(pool.remove_volume(io, &vol))?;
+            let after = pool.info();
+            let mut v = overcommit_json(&after);
+            v["removed"] = json!(vol);
+            v["freed"] = json!(before.used_blocks.saturating_sub(after.used_blocks) * after.block_size);
+            v
+        }
+        ThinRequest::Resize { name: vol, size, shrink, discard_data, .. } => {
+            let change = size.change().map_err(|e| e.context(format!("thin volume '{vol}'")))?;
+            let r = io.block_on(pool.resize_volume(io, &vol, change, ResizeOptions { shrink, discard_data }))?;
+            let mut v = overcommit_json(&pool.info());
+            v["volume"] = json!(vol);
+            v["old-size"] = json!(r.old_size);
+            v["size"] = json!(r.size);
+            v["discarded"] = json!(r.discarded);
+            v
         }
         ThinRequest::PoolGrow { .. } => {
             let before = pool.info();
-            io.block_on(pool.grow(&io)).map_err(err)?;
-            Ok(grown_json(&before, &pool.info()))
+            io.block_on(pool.grow(io))?;
+            grown_json(&before, &pool.info())
         }
-        ThinRequest::Check { repair, .. } => {
-            io.block_on(check_open(&io, &pool, repair)).map_err(err).map(|r| check_report_json(&r))
-        }
-    }
+    };
+    v["pool"] = json!(name);
+    Ok(v)
+}
+
+/// How much the pool's volumes provision against its size: `provisioned`, `pool-size`,
+/// `overcommit-ratio` (above 1: overcommitted).
+pub fn overcommit_json(i: &PoolInfo) -> Value {
+    json!({
+        "provisioned": i.provisioned,
+        "pool-size": i.size(),
+        "overcommit-ratio": ratio(i),
+    })
+}
+
+/// The overcommit ratio rounded to hundredths (for JSON answers).
+fn ratio(i: &PoolInfo) -> f64 {
+    (i.overcommit_ratio() * 100.0).round() / 100.0
 }
 
 /// The pool summary as `blkctl thin pool-info --json` prints it.
@@ -179,6 +261,8 @@ pub fn pool_info_json(i: &PoolInfo) -> Value {
         "metadata-free-pages": i.metadata_free_pages,
         "volumes": i.volumes,
         "below-low-water": i.below_low_water,
+        "provisioned": i.provisioned,
+        "overcommit-ratio": ratio(i),
     })
 }
 
@@ -284,6 +368,18 @@ mod tests {
         let g: crate::api::Request = serde_json::from_str(r#"{"cmd":"thin","op":"pool-grow","pool":"/p"}"#).unwrap();
         assert_eq!(g, crate::api::Request::Thin(ThinRequest::PoolGrow { pool: "/p".into() }));
         assert!(serde_json::from_str::<crate::api::Request>(r#"{"cmd":"thin","op":"explode","pool":"/p"}"#).is_err());
+        // A resize takes bytes (as before) or text with a relative form, and the shrink flags.
+        let r: crate::api::Request =
+            serde_json::from_str(r#"{"cmd":"thin","op":"resize","pool":"/p","name":"v","size":1048576}"#).unwrap();
+        let crate::api::Request::Thin(ThinRequest::Resize { size, shrink, discard_data, .. }) = r else { panic!() };
+        assert_eq!((size.change().unwrap(), shrink, discard_data), (SizeChange::To(1 << 20), false, false));
+        let r: crate::api::Request = serde_json::from_str(
+            r#"{"cmd":"thin","op":"resize","pool":"/p","name":"v","size":"-1G","shrink":true,"discard-data":true}"#,
+        )
+        .unwrap();
+        let crate::api::Request::Thin(ThinRequest::Resize { size, shrink, discard_data, .. }) = r else { panic!() };
+        assert_eq!((size.change().unwrap(), shrink, discard_data), (SizeChange::Shrink(1 << 30), true, true));
+        assert!(SizeArg::Text("1X".into()).change().is_err());
     }
 
     #[test]

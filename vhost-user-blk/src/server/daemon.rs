@@ -12,7 +12,7 @@ use super::disk_spec::{open_device, DiskSpec};
 use super::export::{Export, ExportSettings};
 use super::serve::ServedExport;
 use super::stats::StatsSnapshot;
-use crate::stack::raid_registry;
+use crate::stack::{raid_registry, thin};
 
 /// What the control socket lists for one export.
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +51,9 @@ impl Daemon {
         if nodes.contains_key(name) {
             return Err(format!("node {name}: already defined"));
         }
-        let (dev, arrays) = raid_registry::collect_opened(|| open_device(device, false, &nodes));
+        let (dev, arrays) = raid_registry::collect_opened(|| {
+            thin::opened_by(&format!("node {name}"), || open_device(device, false, &nodes))
+        });
         self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
         let dev = dev.map_err(|e| format!("node {name}: {e}"))?;
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), dev);
@@ -67,8 +69,10 @@ impl Daemon {
             }
         }
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (dev, arrays) =
-            raid_registry::collect_opened(|| open_device(&spec.device, spec.settings.read_only, &nodes));
+        let holder = thin::export_holder(&spec.name, &spec.settings.socket);
+        let (dev, arrays) = raid_registry::collect_opened(|| {
+            thin::opened_by(&holder, || open_device(&spec.device, spec.settings.read_only, &nodes))
+        });
         self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
         let dev = dev.map_err(|e| format!("{}: {e}", spec.name))?;
         let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;

@@ -7,8 +7,14 @@
 //! when the pool is full fails with IOERR at once, or after waiting up to `no-space-wait` (e.g.
 //! `30s`) for space to come back (blocks freed, the pool grown). The daemon's control socket
 //! reaches an open pool through [`served_pool`].
+//!
+//! One writer per volume: a volume (or snapshot) is open through at most one spec at a time in
+//! this process. A second spec naming it is refused with the holder named — the export (and
+//! its socket) or node that opened it inside [`opened_by`] — until the first lets it go.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -50,6 +56,67 @@ fn path_key(p: &std::path::Path) -> String {
 pub fn served_pool(pool: &str) -> Option<Arc<Pool>> {
     let key = if pool.starts_with(NODE_PREFIX) { pool.to_string() } else { path_key(std::path::Path::new(pool)) };
     open_pools().lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(Weak::upgrade)
+}
+
+/// Who holds each open volume: (pool key, volume name) -> holder, as [`opened_by`] named it.
+fn writers() -> &'static Mutex<HashMap<(String, String), String>> {
+    static WRITERS: OnceLock<Mutex<HashMap<(String, String), String>>> = OnceLock::new();
+    WRITERS.get_or_init(Default::default)
+}
+
+thread_local! {
+    /// The holder named by the innermost [`opened_by`] running on this thread.
+    static HOLDER: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Run `f`, which opens a device stack on this thread, on behalf of `holder` (an export as
+/// [`export_holder`] names it, or `node NAME`): a thin volume it opens is held in that name, and
+/// a second spec naming the volume is refused with it.
+pub fn opened_by<T>(holder: &str, f: impl FnOnce() -> T) -> T {
+    let outer = HOLDER.with(|h| h.borrow_mut().replace(holder.to_string()));
+    let r = f();
+    HOLDER.with(|h| *h.borrow_mut() = outer);
+    r
+}
+
+/// How an export is named as a volume's holder: `export NAME (socket PATH)`, or `export at
+/// socket PATH` when its name is its socket path.
+pub fn export_holder(name: &str, socket: &Path) -> String {
+    if Path::new(name) == socket {
+        format!("export at socket {}", socket.display())
+    } else {
+        format!("export {name} (socket {})", socket.display())
+    }
+}
+
+/// Who holds volume `volume` of `pool` (named as [`served_pool`] takes it) open in this process.
+pub fn holder_of(pool: &str, volume: &str) -> Option<String> {
+    let key = if pool.starts_with(NODE_PREFIX) { pool.to_string() } else { path_key(Path::new(pool)) };
+    writers().lock().unwrap_or_else(|p| p.into_inner()).get(&(key, volume.to_string())).cloned()
+}
+
+/// A volume held open by one spec; dropping it lets the next one in.
+struct WriterClaim {
+    key: (String, String),
+}
+
+impl WriterClaim {
+    fn take(pool: &str, volume: &str) -> std::result::Result<WriterClaim, String> {
+        let key = (pool.to_string(), volume.to_string());
+        let mut w = writers().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(holder) = w.get(&key) {
+            return Err(holder.clone());
+        }
+        let me = HOLDER.with(|h| h.borrow().clone()).unwrap_or_else(|| "another device of this process".into());
+        w.insert(key.clone(), me);
+        Ok(WriterClaim { key })
+    }
+}
+
+impl Drop for WriterClaim {
+    fn drop(&mut self) {
+        writers().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 fn open_dev(b: Backing, direct: bool) -> Result<Arc<dyn BlockDev>> {
@@ -94,18 +161,30 @@ fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
                 pool.start_periodic_commit(Duration::from_millis(u64::from(interval)))?;
             }
             let pool = Arc::new(pool);
-            pools.insert(key, Arc::downgrade(&pool));
+            pools.insert(key.clone(), Arc::downgrade(&pool));
             pool
         }
     };
+    drop(pools);
     let mut vol = pool.volume(&volume).map_err(|e| e.context(format!("disk spec '{}'", spec.source())))?;
+    let claim = WriterClaim::take(&key, &volume).map_err(|holder| {
+        Error::new(
+            ErrorKind::Locked,
+            format!(
+                "disk spec '{}': thin volume '{volume}' of pool {key} is already served writable by {holder}; \
+                 a volume has one writer at a time (remove that export first, or serve a snapshot of it)",
+                spec.source()
+            ),
+        )
+    })?;
     vol.set_no_space_wait(space_wait);
-    Ok(Arc::new(ServedVolume { vol, _pool: pool }))
+    Ok(Arc::new(ServedVolume { vol, _claim: claim, _pool: pool }))
 }
 
-/// A volume that keeps its shared pool open.
+/// A volume that keeps its shared pool open and holds the volume's one writer claim.
 struct ServedVolume {
     vol: ThinVolume,
+    _claim: WriterClaim,
     _pool: Arc<Pool>,
 }
 
@@ -184,7 +263,8 @@ mod tests {
             // Volume a is 8M in a 64M pool: grow it past the pool first.
             if n == 0 {
                 let pool = crate::stack::thin::served_pool(path.to_str().unwrap()).unwrap();
-                io.block_on(pool.resize_volume(&io, "a", 1 << 30)).unwrap();
+                let grow = blockdev::size::SizeChange::To(1 << 30);
+                io.block_on(pool.resize_volume(&io, "a", grow, Default::default())).unwrap();
             }
             let t0 = std::time::Instant::now();
             match io.block_on(a.write(&io, n * (64 << 10), w.io(), false, IoTag::DATA)) {
@@ -194,6 +274,31 @@ mod tests {
         };
         assert_eq!(err.0.kind(), blockdev::ErrorKind::NoSpace, "{}", err.0);
         assert!(err.1 >= std::time::Duration::from_millis(300), "did not wait: {:?}", err.1);
+    }
+
+    #[test]
+    fn a_volume_has_one_writer_named_in_the_refusal_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pool_file(dir.path());
+        let spec = |v: &str| format!("format=thin,pool={},volume={v}", path.display());
+        let sock = dir.path().join("a.sock");
+        let holder = super::export_holder("a", &sock);
+        let first = super::opened_by(&holder, || open_spec(&spec("a"), &OpenCtx::new())).unwrap();
+        assert_eq!(super::holder_of(path.to_str().unwrap(), "a").as_deref(), Some(holder.as_str()));
+        let e = super::opened_by("export b", || open_spec(&spec("a"), &OpenCtx::new())).err().unwrap();
+        assert_eq!(e.kind(), blockdev::ErrorKind::Locked);
+        let msg = e.to_string();
+        assert!(msg.contains("'a'") && msg.contains("export a (socket ") && msg.contains("a.sock"), "{msg}");
+        // Another volume of the pool is served alongside; the refused open left no claim.
+        let b = open_spec(&spec("b"), &OpenCtx::new()).unwrap();
+        assert!(super::holder_of(path.to_str().unwrap(), "b").unwrap().contains("another device"));
+        drop(first);
+        assert_eq!(super::holder_of(path.to_str().unwrap(), "a"), None);
+        let again = open_spec(&spec("a"), &OpenCtx::new()).unwrap();
+        assert_eq!(again.info().size, 8 << 20);
+        drop((b, again));
+        // An export named by its socket path is named once.
+        assert_eq!(super::export_holder("/s/x.sock", std::path::Path::new("/s/x.sock")), "export at socket /s/x.sock");
     }
 
     #[test]

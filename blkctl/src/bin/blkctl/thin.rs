@@ -1,18 +1,20 @@
 //! `blkctl thin pool-create|pool-grow|pool-info|create|snapshot|list|remove|resize|check`: parse the
 //! options and call `thin` on the pool file(s), or, with `--api-socket`, send the
-//! command to the daemon serving the pool (`vhost_user_blk::api::thin`).
+//! command to the daemon serving the pool (`vhost_user_blk::api::thin`). Either way a change is
+//! carried out by `api::thin::run` and answered with one JSON object saying what it did, which
+//! `--json` prints and [`print`] turns into one line.
+
+mod pool_create;
+mod print;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use blockdev::size::{format_size, parse_size};
-use thin::check::{self, CheckReport};
-use thin::{Pool, PoolConfig};
+use thin::check;
+use thin::Pool;
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
 use serde_json::{json, Value};
-use vhost_user_blk::api::thin::{
-    call, check_report_from_json, check_report_json, grown_json, pool_info_json, volumes_json,
-};
+use vhost_user_blk::api::thin::{call, check_report_from_json, run, SizeArg, ThinRequest};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -38,10 +40,39 @@ pub struct PoolArg {
     api_socket: Option<PathBuf>,
 }
 
+/// A size, given positionally or as `--size` (the same either way).
+#[derive(clap::Args)]
+pub struct SizeArgs {
+    /// Size with K, M, G, T suffixes (powers of 1024; 1.5G as qemu-img takes it); resize also
+    /// takes +SIZE / -SIZE, relative to the size now.
+    #[arg(value_name = "SIZE", allow_hyphen_values = true, required_unless_present = "size_opt")]
+    size: Option<String>,
+    /// The size, as an option.
+    #[arg(long = "size", value_name = "SIZE", allow_hyphen_values = true, conflicts_with = "size")]
+    size_opt: Option<String>,
+}
+
+impl SizeArgs {
+    fn text(&self) -> &str {
+        self.size.as_deref().or(self.size_opt.as_deref()).unwrap_or_default()
+    }
+}
+
+/// `--json`: print the JSON object saying what was done instead of one line.
+#[derive(clap::Args)]
+pub struct JsonArg {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `blkctl thin ...`.
 #[derive(clap::Subcommand)]
 pub enum ThinCmd {
-    /// Make a new, empty pool on POOL (its size is the pool's size).
+    /// Make a new, empty pool on POOL (its size is the pool's size). Refused when POOL (or the
+    /// --metadata device) holds anything — a pool, an image, a file system, any data in its
+    /// first MiB — unless --force.
+    #[command(after_help = "Exit status: 0 created, 1 error (the devices are left as they were).")]
     PoolCreate {
         #[command(flatten)]
         pool: PoolArg,
@@ -51,6 +82,11 @@ pub enum ThinCmd {
         /// Metadata area size on a single-device pool (default 1/256 of it, at least 1M).
         #[arg(long)]
         metadata_size: Option<String>,
+        /// Overwrite whatever the device(s) hold (every volume of a pool on it is lost).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Take in space added at the end of the pool's (data) device: first enlarge the file
     /// (truncate -s, fallocate -l) or the block device, then run this. With --api-socket the
@@ -59,24 +95,27 @@ pub enum ThinCmd {
     PoolGrow {
         #[command(flatten)]
         pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
     },
-    /// Show size, usage, transaction id and volumes.
+    /// Show size, usage, how much the volumes provision (overcommit), transaction id, volumes.
     PoolInfo {
         #[command(flatten)]
         pool: PoolArg,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
-    /// Create a volume (its size may exceed the pool's: overcommit).
+    /// Create a volume: blkctl thin create POOL NAME SIZE (or --size SIZE). Its size may exceed
+    /// the pool's (overcommit); the output says by how much the pool is overcommitted.
     Create {
         #[command(flatten)]
         pool: PoolArg,
         /// Volume name.
         name: String,
-        /// Virtual size (K, M, G, T suffixes).
-        #[arg(long)]
-        size: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Writable snapshot NAME of volume or snapshot ORIGIN.
     Snapshot {
@@ -86,14 +125,15 @@ pub enum ThinCmd {
         origin: String,
         /// The snapshot's name.
         name: String,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// List volumes with the space each maps.
     List {
         #[command(flatten)]
         pool: PoolArg,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Remove a volume or snapshot (blocks nobody else references are freed).
     Remove {
@@ -101,15 +141,29 @@ pub enum ThinCmd {
         pool: PoolArg,
         /// Volume name.
         name: String,
+        #[command(flatten)]
+        json: JsonArg,
     },
-    /// Grow (or shrink, dropping the end) a volume.
+    /// Change a volume's size: blkctl thin resize POOL NAME [+|-]SIZE (or --size). Growing is
+    /// always allowed; a smaller size needs --shrink, and is refused while mapped data lies past
+    /// the new end (the error says how much) unless --discard-data drops it.
+    #[command(after_help = "Exit status: 0 resized, 1 error (the volume is left as it was).")]
     Resize {
         #[command(flatten)]
         pool: PoolArg,
         /// Volume name.
         name: String,
-        /// New virtual size.
-        size: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Allow a smaller size (refused anyway while the volume is served, and while mapped
+        /// data lies past the new end unless --discard-data).
+        #[arg(long)]
+        shrink: bool,
+        /// With --shrink: drop the data mapped past the new end.
+        #[arg(long, requires = "shrink")]
+        discard_data: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Check mappings against the space map: exit 0 clean, 3 leaks only, 2 corruption.
     Check {
@@ -118,9 +172,8 @@ pub enum ThinCmd {
         /// Repair leaks (exit 0 once everything found is repaired).
         #[arg(long)]
         repair: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
 }
 
@@ -128,88 +181,46 @@ impl crate::Group for Cmd {
     fn run(self) -> CmdResult {
         let Cmd::Thin(cmd) = self;
         let io = IoCtx::new()?;
+        let p = |pool: &PoolArg| pool.pool.display().to_string();
         match cmd {
-            ThinCmd::PoolCreate { pool, block_size, metadata_size } => {
+            ThinCmd::PoolCreate { pool, block_size, metadata_size, force, json } => {
                 no_daemon(&pool, "pool-create")?;
-                let (meta, data) = devices(&pool, false)?;
-                let block_size = u32::try_from(parse_size(&block_size)?).map_err(|_| "--block-size too large")?;
-                let metadata_size = metadata_size.map(|s| parse_size(&s)).transpose()?;
-                let p = io.block_on(Pool::create(&io, meta, data, PoolConfig { block_size, metadata_size }))?;
-                let i = p.info();
-                emit(&format!(
-                    "created thin pool {} with {} data blocks of {}\n",
-                    i.uuid,
-                    i.data_blocks,
-                    format_size(i.block_size)
-                ));
-                Ok(())
+                let args = pool_create::Args { block_size, metadata_size, force };
+                let v = pool_create::run(&io, &pool, args)?;
+                print::answer(&v, json.json, print::pool_created)
             }
             ThinCmd::PoolInfo { pool, json } => {
-                let v = match remote(&pool, json!({"op": "pool-info"}))? {
-                    Some(v) => v,
-                    None => pool_info_json(&open(&io, &pool, true)?.info()),
-                };
-                print_pool_info(&v, json)
+                let v = query(&io, &pool, ThinRequest::PoolInfo { pool: p(&pool) })?;
+                print::answer(&v, json.json, print::pool_info)
             }
-            ThinCmd::PoolGrow { pool } => {
-                let v = match remote(&pool, json!({"op": "pool-grow"}))? {
-                    Some(v) => v,
-                    None => {
-                        let p = open(&io, &pool, false)?;
-                        let before = p.info();
-                        io.block_on(p.grow(&io)).map_err(|e| format!("{}: {e}", pool.pool.display()))?;
-                        grown_json(&before, &p.info())
-                    }
-                };
-                emit(&format!(
-                    "thin pool grown from {} to {} ({} data blocks of {}, {} free)\n",
-                    format_size(u(&v, "old-size")),
-                    format_size(u(&v, "size")),
-                    u(&v, "data-blocks"),
-                    format_size(u(&v, "block-size")),
-                    format_size(u(&v, "free"))
-                ));
-                Ok(())
+            ThinCmd::PoolGrow { pool, json } => {
+                let v = change(&io, &pool, ThinRequest::PoolGrow { pool: p(&pool) })?;
+                print::answer(&v, json.json, print::pool_grown)
             }
-            ThinCmd::Create { pool, name, size } => {
-                let size = parse_size(&size)?;
-                if remote(&pool, json!({"op": "create", "name": name, "size": size}))?.is_none() {
-                    let p = open(&io, &pool, false)?;
-                    io.block_on(p.create_volume(&io, &name, size))?;
-                }
-                Ok(())
+            ThinCmd::Create { pool, name, size, json } => {
+                let size = blockdev::size::parse_size(size.text())?;
+                let v = change(&io, &pool, ThinRequest::Create { pool: p(&pool), name, size })?;
+                print::answer(&v, json.json, print::created)
             }
-            ThinCmd::Snapshot { pool, origin, name } => {
-                if remote(&pool, json!({"op": "snapshot", "origin": origin, "name": name}))?.is_none() {
-                    let p = open(&io, &pool, false)?;
-                    io.block_on(p.snapshot(&io, &origin, &name))?;
-                }
-                Ok(())
+            ThinCmd::Snapshot { pool, origin, name, json } => {
+                let v = change(&io, &pool, ThinRequest::Snapshot { pool: p(&pool), origin, name })?;
+                print::answer(&v, json.json, print::snapshot)
             }
             ThinCmd::List { pool, json } => {
-                let v = match remote(&pool, json!({"op": "list"}))? {
-                    Some(v) => v,
-                    None => {
-                        let p = open(&io, &pool, true)?;
-                        volumes_json(&p.list(), p.info().block_size)
-                    }
-                };
-                print_list(&v, json)
+                let v = query(&io, &pool, ThinRequest::List { pool: p(&pool) })?;
+                print::answer(&v, json.json, print::list)
             }
-            ThinCmd::Remove { pool, name } => {
-                if remote(&pool, json!({"op": "remove", "name": name}))?.is_none() {
-                    let p = open(&io, &pool, false)?;
-                    io.block_on(p.remove_volume(&io, &name))?;
-                }
-                Ok(())
+            ThinCmd::Remove { pool, name, json } => {
+                let v = change(&io, &pool, ThinRequest::Remove { pool: p(&pool), name })?;
+                print::answer(&v, json.json, print::removed)
             }
-            ThinCmd::Resize { pool, name, size } => {
-                let size = parse_size(&size)?;
-                if remote(&pool, json!({"op": "resize", "name": name, "size": size}))?.is_none() {
-                    let p = open(&io, &pool, false)?;
-                    io.block_on(p.resize_volume(&io, &name, size))?;
-                }
-                Ok(())
+            ThinCmd::Resize { pool, name, size, shrink, discard_data, json } => {
+                // Checked here, before the pool is opened; sent as text so that a relative size
+                // applies to the size the volume has when the change is made.
+                blockdev::size::SizeChange::parse(size.text())?;
+                let size = SizeArg::Text(size.text().to_string());
+                let v = change(&io, &pool, ThinRequest::Resize { pool: p(&pool), name, size, shrink, discard_data })?;
+                print::answer(&v, json.json, print::resized)
             }
             ThinCmd::Check { pool, repair, json } => {
                 let rep = match remote(&pool, json!({"op": "check", "repair": repair}))? {
@@ -219,10 +230,31 @@ impl crate::Group for Cmd {
                         io.block_on(check::check(&io, meta, data, repair))?
                     }
                 };
-                print_check(&pool, &rep, json)
+                print::check(&pool.pool, &rep, json.json)
             }
         }
     }
+}
+
+/// A request that changes the pool: through the daemon with `--api-socket`, else on the pool
+/// opened (and locked) here. Answers what was done.
+fn change(io: &IoCtx, p: &PoolArg, req: ThinRequest) -> Result<Value, Box<dyn std::error::Error>> {
+    if let Some(v) = remote(p, serde_json::to_value(&req)?)? {
+        return Ok(v);
+    }
+    let pool = open(io, p, false)?;
+    let v = run(&pool, io, &p.pool.display().to_string(), req).map_err(|e| format!("{}: {e}", p.pool.display()))?;
+    Ok(v)
+}
+
+/// A request that only reads: through the daemon with `--api-socket`, else on the pool opened
+/// read-only here.
+fn query(io: &IoCtx, p: &PoolArg, req: ThinRequest) -> Result<Value, Box<dyn std::error::Error>> {
+    if let Some(v) = remote(p, serde_json::to_value(&req)?)? {
+        return Ok(v);
+    }
+    let pool = open(io, p, true)?;
+    Ok(run(&pool, io, &p.pool.display().to_string(), req)?)
 }
 
 /// With `--api-socket`, send `req` (an object with its `op`) for this pool to the daemon and
@@ -248,14 +280,17 @@ type Devices = (Arc<dyn BlockDev>, Option<Arc<dyn BlockDev>>);
 /// Open the pool's device(s); writable opens take the exclusive lock.
 /// A pool locked by a daemon says so and points at `--api-socket`.
 fn devices(p: &PoolArg, read_only: bool) -> Result<Devices, Box<dyn std::error::Error>> {
+    devices_for(p, read_only, "pass --api-socket PATH (the daemon's control socket) to send the command to the daemon")
+}
+
+/// [`devices`], with `what_to_do` in the error when another process holds a device.
+fn devices_for(p: &PoolArg, read_only: bool, what_to_do: &str) -> Result<Devices, Box<dyn std::error::Error>> {
     let opts = OpenOptions { read_only, ..OpenOptions::default() };
     let open = |path: &PathBuf| -> Result<Arc<dyn BlockDev>, Box<dyn std::error::Error>> {
         match RawFile::open(path, opts) {
             Ok(f) => Ok(Arc::new(f)),
             Err(e) if e.kind() == ErrorKind::Locked => Err(format!(
-                "thin pool {} is in use by another process, e.g. a strata daemon serving it: \
-                 pass --api-socket PATH (the daemon's control socket) to send the command to the daemon \
-                 ({e})",
+                "thin pool {} is in use by another process, e.g. a strata daemon serving it: {what_to_do} ({e})",
                 p.pool.display()
             )
             .into()),
@@ -279,91 +314,4 @@ fn open(io: &IoCtx, p: &PoolArg, read_only: bool) -> Result<Pool, Box<dyn std::e
         };
         format!("{}: {e}{hint}", p.pool.display()).into()
     })
-}
-
-fn u(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or(0)
-}
-
-fn print_pool_info(v: &Value, json: bool) -> CmdResult {
-    if json {
-        emit(&format!("{}\n", serde_json::to_string_pretty(v)?));
-        return Ok(());
-    }
-    let low = v["below-low-water"].as_bool().unwrap_or(false);
-    emit(&format!(
-        "uuid: {}\nblock size: {}\nsize: {}\nused: {} ({} of {} blocks)\nfree: {}{}\ntransaction id: {}\n\
-         metadata: {} of {} pages free\nvolumes: {}\n",
-        v["uuid"].as_str().unwrap_or("?"),
-        format_size(u(v, "block-size")),
-        format_size(u(v, "size")),
-        format_size(u(v, "used")),
-        u(v, "used-blocks"),
-        u(v, "data-blocks"),
-        format_size(u(v, "free")),
-        if low { " (below the 10% low-water mark)" } else { "" },
-        u(v, "transaction-id"),
-        u(v, "metadata-free-pages"),
-        u(v, "metadata-pages"),
-        u(v, "volumes")
-    ));
-    Ok(())
-}
-
-fn print_list(v: &Value, json: bool) -> CmdResult {
-    if json {
-        emit(&format!("{}\n", serde_json::to_string_pretty(v)?));
-        return Ok(());
-    }
-    let mut out = format!("{:<24} {:>10} {:>10}\n", "NAME", "SIZE", "MAPPED");
-    for vol in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        out.push_str(&format!(
-            "{:<24} {:>10} {:>10}\n",
-            vol["name"].as_str().unwrap_or("?"),
-            format_size(u(vol, "size")),
-            format_size(u(vol, "mapped"))
-        ));
-    }
-    emit(&out);
-    Ok(())
-}
-
-fn print_check(p: &PoolArg, rep: &CheckReport, json: bool) -> CmdResult {
-    let code = rep.exit_code();
-    if json {
-        let mut v = json!({
-            "filename": p.pool.display().to_string(),
-            "corruptions": rep.errors.len(),
-            "leaks": rep.leaks.len() as u64 - rep.repaired,
-            "leaks-fixed": rep.repaired,
-        });
-        if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), check_report_json(rep)) {
-            obj.extend(more);
-        }
-        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
-    } else {
-        let mut out = String::new();
-        for e in &rep.errors {
-            out.push_str(&format!("ERROR {e}\n"));
-        }
-        for (b, stored, found) in &rep.leaks {
-            out.push_str(&format!("Leaked data block {b}: refcount {stored}, {found} reference(s)\n"));
-        }
-        out.push_str(&match code {
-            0 if rep.repaired > 0 => format!("Repaired {} leaks; no errors remain.\n", rep.repaired),
-            0 => "No errors were found in the pool.\n".to_string(),
-            _ => format!("{} errors and {} leaked blocks were found in the pool.\n", rep.errors.len(), rep.leaks.len()),
-        });
-        emit(&out);
-    }
-    if code != 0 {
-        std::process::exit(code);
-    }
-    Ok(())
-}
-
-/// Print to stdout; a closed pipe is not an error worth a panic.
-fn emit(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(text.as_bytes());
 }
