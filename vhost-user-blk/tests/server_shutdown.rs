@@ -23,11 +23,12 @@ struct Daemon(Child, mpsc::Receiver<String>);
 
 impl Daemon {
     fn start(disk: &str, socket: &Path) -> Daemon {
-        Daemon::start_with(&["--disk", disk], socket)
+        Daemon::start_with(&["--disk", disk], socket, "listening export=")
     }
 
-    /// Starts the daemon with `args` and waits for `socket` to appear.
-    fn start_with(args: &[&str], socket: &Path) -> Daemon {
+    /// Starts the daemon with `args` and waits until `socket` exists and the daemon has logged
+    /// `ready` (the file appears at bind(2), a moment before listen(2) lets frontends in).
+    fn start_with(args: &[&str], socket: &Path, ready: &str) -> Daemon {
         let mut child = Command::new(daemon_bin()).args(args).stderr(Stdio::piped()).spawn().expect("start the daemon");
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -38,6 +39,7 @@ impl Daemon {
             }
         });
         let mut d = Daemon(child, rx);
+        d.wait_log(&[ready]);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
             if let Ok(Some(st)) = d.0.try_wait() {
@@ -181,7 +183,8 @@ fn a_control_socket_taken_over_is_left_in_place_and_a_live_one_is_not_taken() {
     let dir = tempdir();
     let (socket, api) = (dir.path().join("d.sock"), dir.path().join("api.sock"));
     let disk = format!("socket={},format=mem,size=1M", socket.display());
-    let mut daemon = Daemon::start_with(&["--disk", &disk, "--api-socket", api.to_str().unwrap()], &api);
+    let mut daemon =
+        Daemon::start_with(&["--disk", &disk, "--api-socket", api.to_str().unwrap()], &api, "control socket listening");
     let second_disk = format!("socket={},format=mem,size=1M", dir.path().join("e.sock").display());
     let second = Command::new(daemon_bin())
         .args(["--disk", &second_disk, "--api-socket", api.to_str().unwrap()])

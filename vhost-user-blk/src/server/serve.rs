@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -189,9 +189,26 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, SocketFile), ServeError
             }
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
+    let listener = bind_listening(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
     let socket = SocketFile::record(path).map_err(|source| ServeError::Bind { path: shown(), source })?;
     Ok((listener, socket))
+}
+
+/// Binds and listens under a temporary name beside `path`, then renames the socket into place,
+/// so the path never names a socket that refuses connections: a frontend (or a script waiting
+/// for the file) that connects as soon as it appears is let in. Where the temporary name cannot
+/// be bound (a path near the 108-byte limit), binds `path` directly.
+fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".vub{}.{n}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let Ok(listener) = UnixListener::bind(&tmp) else { return UnixListener::bind(path) };
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// What the accept loop's wait ended with.

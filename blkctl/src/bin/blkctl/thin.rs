@@ -289,11 +289,11 @@ fn devices_for(p: &PoolArg, read_only: bool, what_to_do: &str) -> Result<Devices
     let open = |path: &PathBuf| -> Result<Arc<dyn BlockDev>, Box<dyn std::error::Error>> {
         match RawFile::open(path, opts) {
             Ok(f) => Ok(Arc::new(f)),
-            Err(e) if e.kind() == ErrorKind::Locked => Err(format!(
-                "thin pool {} is in use by another process, e.g. a strata daemon serving it: {what_to_do} ({e})",
-                p.pool.display()
-            )
-            .into()),
+            // The lock error names the holder (this process, or another by pid and name).
+            Err(e) if e.kind() == ErrorKind::Locked => {
+                Err(format!("thin pool {} is in use: {e}; to change it while served, {what_to_do}", p.pool.display())
+                    .into())
+            }
             Err(e) => Err(e.into()),
         }
     };
