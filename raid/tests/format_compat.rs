@@ -177,7 +177,7 @@ fn log_bytes_of_the_earlier_encoder_decode_and_encode_identically() {
     let mut size = UnitSize::new();
     assert!(entries.iter().all(|e| size.try_add(e, CHUNK)));
     let mut enc = vec![0xee; size.bytes()];
-    ppl_unit::encode_unit(&UUID, 0x0102_0304_0506_0708, &entries, &mut enc);
+    ppl_unit::encode_unit(&UUID, 0x0102_0304_0506_0708, &entries, &mut enc).unwrap();
     assert!(enc == old, "the log unit moved a byte");
 }
 
