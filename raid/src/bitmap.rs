@@ -3,13 +3,14 @@
 //! whose bit is set need a resync. Updates are coalesced: writers whose bits are already on disk
 //! go straight on, and one bitmap write carries every bit set while it was waiting. Bits are
 //! cleared after a flush, for regions with no write in flight and none completed since the flush
-//! started.
+//! started. On disk the bitmap is its words, little-endian, with no header (`format.rs`).
 
 use std::sync::Mutex;
 
 use blockdev::{IoCtx, IoTag, Result, SharedBuf};
 
 use crate::core::Core;
+use crate::format;
 
 struct State {
     mem: Vec<u64>,
@@ -40,19 +41,11 @@ impl Bitmap {
     pub fn new(offset: u64, len: u64, region: u64, data_size: u64, on_disk: Option<&[u8]>) -> Bitmap {
         let nbits = data_size.div_ceil(region) as usize;
         let words = nbits.div_ceil(64);
-        let mut mem = vec![0u64; words];
-        if let Some(b) = on_disk {
-            for (i, w) in mem.iter_mut().enumerate() {
-                let mut a = [0u8; 8];
-                if let Some(src) = b.get(i * 8..i * 8 + 8) {
-                    a.copy_from_slice(src);
-                }
-                *w = u64::from_le_bytes(a);
-            }
-            if !nbits.is_multiple_of(64) {
-                if let Some(last) = mem.last_mut() {
-                    *last &= (1u64 << (nbits % 64)) - 1;
-                }
+        let mut mem = format::bitmap_words(on_disk.unwrap_or_default(), words);
+        // Bits past the last region are not ours.
+        if !nbits.is_multiple_of(64) {
+            if let Some(last) = mem.last_mut() {
+                *last &= (1u64 << (nbits % 64)) - 1;
             }
         }
         Bitmap {
@@ -167,12 +160,7 @@ impl Bitmap {
     /// Write the in-memory bitmap to every writable member (caller holds `write_lock`).
     async fn write_out(&self, core: &Core, io: &IoCtx, fua: bool) -> Result<()> {
         let snapshot = self.state().mem.clone();
-        let mut bytes = vec![0u8; self.len as usize];
-        for (i, w) in snapshot.iter().enumerate() {
-            if let Some(dst) = bytes.get_mut(i * 8..i * 8 + 8) {
-                dst.copy_from_slice(&w.to_le_bytes());
-            }
-        }
+        let bytes = format::bitmap_bytes(&snapshot, self.len as usize);
         let targets = core.writable_members();
         let futs: Vec<blockdev::IoFuture> = targets
             .iter()

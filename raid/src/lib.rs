@@ -16,6 +16,7 @@ mod assemble;
 mod bitmap;
 mod core;
 mod flush_group;
+mod format;
 mod int_hash;
 mod join_small;
 pub mod layout;

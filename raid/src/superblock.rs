@@ -3,9 +3,12 @@
 //! a rebuild onto it got. Parsing never panics: every check names the member and the field.
 
 use blockdev::{Error, ErrorKind, Result};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::format::{Checksummed, Le32, Le64, SuperblockBlock, SuperblockFields};
 
 /// Bytes the superblock occupies at the start of each member.
-pub const SB_SIZE: usize = 4096;
+pub const SB_SIZE: usize = size_of::<SuperblockBlock>();
 /// Magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"STRRAID1";
 /// The only format version written and read. 2: the partial parity log packs the entries of
@@ -145,30 +148,6 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-const CRC_AT: usize = SB_SIZE - 4;
-const STATES_AT: usize = 128;
-const MISMATCHES_AT: usize = STATES_AT + MAX_MEMBERS;
-
 fn bad(member: &str, field: &str, what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Corrupt, format!("member {member}: superblock field '{field}': {what}"))
 }
@@ -176,48 +155,53 @@ fn bad(member: &str, field: &str, what: impl std::fmt::Display) -> Error {
 impl Superblock {
     /// Encode into a 4 KiB block (crc32 in the last 4 bytes).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; SB_SIZE];
-        b[0..8].copy_from_slice(&MAGIC);
-        put_u32(&mut b, 8, VERSION);
-        put_u32(&mut b, 12, self.level.number());
-        b[16..32].copy_from_slice(&self.uuid);
-        put_u32(&mut b, 32, self.chunk);
-        put_u32(&mut b, 36, self.members);
-        put_u32(&mut b, 40, self.role);
-        put_u32(&mut b, 44, u32::from(self.dirty));
-        put_u64(&mut b, 48, self.events);
-        put_u64(&mut b, 56, self.data_offset);
-        put_u64(&mut b, 64, self.data_size);
-        put_u64(&mut b, 72, self.bitmap_offset);
-        put_u64(&mut b, 80, self.bitmap_len);
-        put_u64(&mut b, 88, self.bitmap_region);
-        put_u64(&mut b, 96, self.ppl_offset);
-        put_u64(&mut b, 104, self.ppl_len);
-        put_u64(&mut b, 112, self.rebuild_checkpoint);
-        put_u32(&mut b, 120, self.flags);
-        put_u64(&mut b, MISMATCHES_AT, self.mismatches);
-        for (i, s) in self.role_states.iter().take(MAX_MEMBERS).enumerate() {
-            b[STATES_AT + i] = s.to_byte();
+        let mut role_states = [0u8; MAX_MEMBERS];
+        for (b, s) in role_states.iter_mut().zip(&self.role_states) {
+            *b = s.to_byte();
         }
-        let crc = crc32fast::hash(&b[..CRC_AT]);
-        put_u32(&mut b, CRC_AT, crc);
-        b
+        let mut block = SuperblockBlock::new_zeroed();
+        block.fields = SuperblockFields {
+            magic: MAGIC,
+            version: Le32::new(VERSION),
+            level: Le32::new(self.level.number()),
+            uuid: self.uuid,
+            chunk: Le32::new(self.chunk),
+            members: Le32::new(self.members),
+            role: Le32::new(self.role),
+            state: Le32::new(u32::from(self.dirty)),
+            events: Le64::new(self.events),
+            data_offset: Le64::new(self.data_offset),
+            data_size: Le64::new(self.data_size),
+            bitmap_offset: Le64::new(self.bitmap_offset),
+            bitmap_len: Le64::new(self.bitmap_len),
+            bitmap_region: Le64::new(self.bitmap_region),
+            ppl_offset: Le64::new(self.ppl_offset),
+            ppl_len: Le64::new(self.ppl_len),
+            rebuild_checkpoint: Le64::new(self.rebuild_checkpoint),
+            flags: Le32::new(self.flags),
+            reserved: [0; 4],
+            role_states,
+            mismatches: Le64::new(self.mismatches),
+        };
+        block.seal();
+        block.as_bytes().to_vec()
     }
 
     /// Decode and validate `b` read from `member` (named in every error). `member_size`, when
     /// known, bounds the data area.
     pub fn decode(member: &str, b: &[u8], member_size: Option<u64>) -> Result<Superblock> {
-        if b.len() < SB_SIZE {
+        let Ok((block, _)) = SuperblockBlock::ref_from_prefix(b) else {
             return Err(bad(member, "size", format!("truncated: {} bytes, need {SB_SIZE}", b.len())));
-        }
-        if b[0..8] != MAGIC {
+        };
+        let f = &block.fields;
+        if f.magic != MAGIC {
             return Err(bad(member, "magic", "not a strata RAID member (no superblock)"));
         }
-        let crc = crc32fast::hash(&b[..CRC_AT]);
-        if get_u32(b, CRC_AT) != crc {
-            return Err(bad(member, "crc32", format!("checksum {:#x} != computed {crc:#x}", get_u32(b, CRC_AT))));
+        let crc = block.computed_crc();
+        if block.crc.get() != crc {
+            return Err(bad(member, "crc32", format!("checksum {:#x} != computed {crc:#x}", block.crc.get())));
         }
-        let version = get_u32(b, 8);
+        let version = f.version.get();
         if version != VERSION {
             return Err(bad(
                 member,
@@ -225,32 +209,30 @@ impl Superblock {
                 format!("{version} is not supported (only {VERSION}: partial parity log layout {VERSION})"),
             ));
         }
-        let level_n = get_u32(b, 12);
+        let level_n = f.level.get();
         let level = Level::from_number(level_n).ok_or_else(|| bad(member, "level", format!("{level_n} unknown")))?;
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&b[16..32]);
         let sb = Superblock {
             level,
-            uuid,
-            chunk: get_u32(b, 32),
-            members: get_u32(b, 36),
-            role: get_u32(b, 40),
-            dirty: match get_u32(b, 44) {
+            uuid: f.uuid,
+            chunk: f.chunk.get(),
+            members: f.members.get(),
+            role: f.role.get(),
+            dirty: match f.state.get() {
                 0 => false,
                 1 => true,
                 v => return Err(bad(member, "state", format!("{v} is neither clean (0) nor dirty (1)"))),
             },
-            events: get_u64(b, 48),
-            data_offset: get_u64(b, 56),
-            data_size: get_u64(b, 64),
-            bitmap_offset: get_u64(b, 72),
-            bitmap_len: get_u64(b, 80),
-            bitmap_region: get_u64(b, 88),
-            ppl_offset: get_u64(b, 96),
-            ppl_len: get_u64(b, 104),
-            rebuild_checkpoint: get_u64(b, 112),
-            flags: get_u32(b, 120),
-            mismatches: get_u64(b, MISMATCHES_AT),
+            events: f.events.get(),
+            data_offset: f.data_offset.get(),
+            data_size: f.data_size.get(),
+            bitmap_offset: f.bitmap_offset.get(),
+            bitmap_len: f.bitmap_len.get(),
+            bitmap_region: f.bitmap_region.get(),
+            ppl_offset: f.ppl_offset.get(),
+            ppl_len: f.ppl_len.get(),
+            rebuild_checkpoint: f.rebuild_checkpoint.get(),
+            flags: f.flags.get(),
+            mismatches: f.mismatches.get(),
             role_states: Vec::new(),
         };
         let n = sb.members as usize;
@@ -262,10 +244,9 @@ impl Superblock {
             ));
         }
         let mut states = Vec::with_capacity(n);
-        for i in 0..n {
-            let s = RoleState::from_byte(b[STATES_AT + i]).ok_or_else(|| {
-                bad(member, "role_states", format!("role {i} has unknown state {}", b[STATES_AT + i]))
-            })?;
+        for (i, &byte) in f.role_states.iter().take(n).enumerate() {
+            let s = RoleState::from_byte(byte)
+                .ok_or_else(|| bad(member, "role_states", format!("role {i} has unknown state {byte}")))?;
             states.push(s);
         }
         let sb = Superblock { role_states: states, ..sb };
@@ -414,11 +395,11 @@ mod tests {
 
     #[test]
     fn version_1_is_refused_by_member_and_field() {
-        let mut b = sample().encode();
-        b[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32fast::hash(&b[..CRC_AT]);
-        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
-        let err = Superblock::decode("disk-b.img", &b, None).unwrap_err().to_string();
+        let mut block = SuperblockBlock::read_from_bytes(&sample().encode()).unwrap();
+        block.fields.version = Le32::new(1);
+        block.seal();
+        let b = block.as_bytes();
+        let err = Superblock::decode("disk-b.img", b, None).unwrap_err().to_string();
         assert!(err.contains("disk-b.img") && err.contains("'version'") && err.contains("1 is not supported"), "{err}");
     }
 

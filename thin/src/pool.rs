@@ -140,8 +140,7 @@ fn uuid() -> [u8; 16] {
         }
     }
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    u.copy_from_slice(&t.to_le_bytes());
-    u
+    zerocopy::byteorder::U128::<zerocopy::LittleEndian>::new(t).to_bytes()
 }
 
 /// Most data blocks a pool has.

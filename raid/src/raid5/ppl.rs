@@ -304,7 +304,7 @@ impl Ppl {
         let at = self.offset + BLOCK + (seq % self.slots) * self.slot_size;
         // The header block, then each payload from its own buffer (one vectored write).
         let mut head = io.pool().shared(BLOCK as usize);
-        encode_unit_header(&core.uuid, seq, &entries, head.bytes_mut());
+        encode_unit_header(&core.uuid, seq, &entries, head.bytes_mut())?;
         let mut bufs = head.io();
         for e in entries {
             let mut b = match e.pp {

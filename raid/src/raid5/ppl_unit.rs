@@ -10,10 +10,17 @@
 //! its write never completed, so none of its stripes' data writes had started, and it is
 //! ignored whole.
 
+use blockdev::{Error, ErrorKind, Result};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
+
+use crate::format::{
+    self, Checksummed, EntryDesc, Le32, Le64, LogHeaderBlock, LogHeaderFields, ModDesc, UnitBlock, UnitFields,
+};
+
 /// The log layout this build reads and writes (1: one entry per slot; 2: packed units).
 pub const LOG_VERSION: u32 = 2;
 /// Block size of the log's headers.
-pub const BLOCK: u64 = 4096;
+pub const BLOCK: u64 = format::BLOCK as u64;
 const UNIT_MAGIC: [u8; 8] = *b"STRPPLU2";
 const HEADER_MAGIC: [u8; 8] = *b"STRPPLH1";
 /// Most modified ranges one entry records.
@@ -23,13 +30,13 @@ pub const MAX_ENTRIES: usize = 128;
 /// Flag: no payload, the partial parity is zero (recompute parity from all the data).
 const FLAG_ZERO: u32 = 1;
 /// Where entry descriptors start in the unit header.
-const ENTRIES_AT: usize = 64;
+const ENTRIES_AT: usize = size_of::<UnitFields>();
 /// Fixed bytes of one entry descriptor (stripe, lo, hi, flags, payload crc, mod count).
-const ENTRY_FIXED: usize = 28;
+const ENTRY_FIXED: usize = size_of::<EntryDesc>();
 /// Bytes of one modified range (member, start, end).
-const MOD_LEN: usize = 12;
-/// End of the space for descriptors (the last 4 bytes are the header's crc).
-const DESC_END: usize = BLOCK as usize - 4;
+const MOD_LEN: usize = size_of::<ModDesc>();
+/// End of the space for descriptors (the header's crc follows).
+const DESC_END: usize = UnitBlock::CRC_AT;
 
 /// One log entry. `P` holds the partial parity's bytes: a `Vec` when decoded, a pooled buffer
 /// on its way to the log (written from where it was computed, not copied into the unit).
@@ -100,103 +107,111 @@ impl Default for UnitSize {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
+/// Store `value` at the start of `dst` and return the rest (None when it does not fit).
+fn put<'a, T: IntoBytes + Immutable>(dst: &'a mut [u8], value: &T) -> Option<&'a mut [u8]> {
+    let (head, rest) = dst.split_at_mut_checked(size_of::<T>())?;
+    head.copy_from_slice(value.as_bytes());
+    Some(rest)
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+fn too_big(what: String) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("partial parity log unit: {what}"))
 }
 
 /// Encode a unit of `entries` with sequence `seq` into `b`, which must be exactly the
 /// [`UnitSize::bytes`] of those entries (any prior contents).
-pub fn encode_unit<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) {
-    let (head, mut rest) = b.split_at_mut(BLOCK as usize);
-    encode_unit_header(uuid, seq, entries, head);
+pub fn encode_unit<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) -> Result<()> {
+    let len = b.len();
+    let (head, mut rest) = b
+        .split_at_mut_checked(BLOCK as usize)
+        .ok_or_else(|| too_big(format!("a buffer of {len} bytes cannot hold its header block")))?;
+    encode_unit_header(uuid, seq, entries, head)?;
     for e in entries {
-        let (dst, tail) = rest.split_at_mut(e.payload_len());
+        let (dst, tail) = rest
+            .split_at_mut_checked(e.payload_len())
+            .ok_or_else(|| too_big(format!("the buffer has no room for the payload of stripe {}", e.stripe)))?;
         dst.copy_from_slice(e.payload());
         rest = tail;
     }
+    Ok(())
 }
 
 /// Encode the header block (exactly [`BLOCK`] bytes, any prior contents) of a unit of
 /// `entries`: the unit is this block followed by the entries' payloads in order, which a
-/// vectored write can take from where they are.
-pub fn encode_unit_header<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) {
-    b.fill(0);
-    b[0..8].copy_from_slice(&UNIT_MAGIC);
-    b[8..24].copy_from_slice(uuid);
-    b[24..32].copy_from_slice(&seq.to_le_bytes());
-    put32(b, 32, entries.len() as u32);
-    let mut at = ENTRIES_AT;
-    let mut pay = 0usize;
+/// vectored write can take from where they are. The entries must fit ([`UnitSize`]): if they
+/// do not, or `b` is not one block, nothing valid is written and the error says why.
+pub fn encode_unit_header<P: AsRef<[u8]>>(uuid: &[u8; 16], seq: u64, entries: &[Entry<P>], b: &mut [u8]) -> Result<()> {
+    let len = b.len();
+    let block =
+        UnitBlock::mut_from_bytes(b).map_err(|_| too_big(format!("a header block is {BLOCK} bytes, not {len}")))?;
+    block.zero();
+    let mut descs: &mut [u8] = &mut block.descs;
+    let mut payload_len = 0usize;
     for e in entries {
         let payload = e.payload();
-        b[at..at + 8].copy_from_slice(&e.stripe.to_le_bytes());
-        put32(b, at + 8, e.lo as u32);
-        put32(b, at + 12, e.hi as u32);
-        put32(b, at + 16, if e.pp.is_none() { FLAG_ZERO } else { 0 });
-        put32(b, at + 20, crc32fast::hash(payload));
         let mods = &e.mods[..e.mods.len().min(MAX_MODS)];
-        put32(b, at + 24, mods.len() as u32);
-        at += ENTRY_FIXED;
+        let desc = EntryDesc {
+            stripe: Le64::new(e.stripe),
+            lo: Le32::new(e.lo as u32),
+            hi: Le32::new(e.hi as u32),
+            flags: Le32::new(if e.pp.is_none() { FLAG_ZERO } else { 0 }),
+            payload_crc: Le32::new(crc32fast::hash(payload)),
+            mods: Le32::new(mods.len() as u32),
+        };
+        let full = || too_big(format!("{} entries do not fit one header block", entries.len()));
+        descs = put(descs, &desc).ok_or_else(full)?;
         for &(m, lo, hi) in mods {
-            put32(b, at, m as u32);
-            put32(b, at + 4, lo as u32);
-            put32(b, at + 8, hi as u32);
-            at += MOD_LEN;
+            let range = ModDesc { member: Le32::new(m as u32), lo: Le32::new(lo as u32), hi: Le32::new(hi as u32) };
+            descs = put(descs, &range).ok_or_else(full)?;
         }
-        pay += payload.len();
+        payload_len += payload.len();
     }
-    put32(b, 36, pay as u32);
-    let crc = crc32fast::hash(&b[..DESC_END]);
-    put32(b, DESC_END, crc);
+    block.fields = UnitFields {
+        magic: UNIT_MAGIC,
+        uuid: *uuid,
+        seq: Le64::new(seq),
+        count: Le32::new(entries.len() as u32),
+        payload_len: Le32::new(payload_len as u32),
+        reserved: [0; 24],
+    };
+    block.seal();
+    Ok(())
 }
 
 /// Decode a slot (unit header plus up to `chunk` payload bytes): its sequence number and
 /// entries, or None if it holds no complete unit of this array. Never panics.
 pub fn decode_unit(b: &[u8], uuid: &[u8; 16], chunk: u64, members: usize) -> Option<(u64, Vec<Entry>)> {
-    let hb = b.get(..BLOCK as usize)?;
-    if hb[0..8] != UNIT_MAGIC || hb[8..24] != uuid[..] || crc32fast::hash(&hb[..DESC_END]) != u32_at(hb, DESC_END) {
+    let (block, after) = UnitBlock::ref_from_prefix(b).ok()?;
+    let f = &block.fields;
+    if f.magic != UNIT_MAGIC || f.uuid != *uuid || block.computed_crc() != block.crc.get() {
         return None;
     }
-    let seq = u64_at(hb, 24);
-    let count = u32_at(hb, 32) as usize;
-    let total = u32_at(hb, 36) as u64;
+    let seq = f.seq.get();
+    let count = f.count.get() as usize;
+    let total = f.payload_len.get() as u64;
     if count == 0 || count > MAX_ENTRIES || total > chunk {
         return None;
     }
-    let payloads = b.get(BLOCK as usize..(BLOCK + total) as usize)?;
+    let payloads = after.get(..total as usize)?;
     let mut entries = Vec::with_capacity(count);
-    let (mut at, mut pay) = (ENTRIES_AT, 0usize);
+    let mut descs: &[u8] = &block.descs;
+    let mut pay = 0usize;
     for _ in 0..count {
-        if at + ENTRY_FIXED > DESC_END {
+        let (d, rest) = EntryDesc::read_from_prefix(descs).ok()?;
+        let (stripe, lo, hi) = (d.stripe.get(), u64::from(d.lo.get()), u64::from(d.hi.get()));
+        let (flags, crc, n) = (d.flags.get(), d.payload_crc.get(), d.mods.get() as usize);
+        if lo >= hi || hi > chunk || n > MAX_MODS.min(members) {
             return None;
         }
-        let stripe = u64_at(hb, at);
-        let (lo, hi) = (u64::from(u32_at(hb, at + 8)), u64::from(u32_at(hb, at + 12)));
-        let (flags, crc, n) = (u32_at(hb, at + 16), u32_at(hb, at + 20), u32_at(hb, at + 24) as usize);
-        at += ENTRY_FIXED;
-        if lo >= hi || hi > chunk || n > MAX_MODS.min(members) || at + n * MOD_LEN > DESC_END {
-            return None;
-        }
+        let (ranges, rest) = <[ModDesc]>::ref_from_prefix_with_elems(rest, n).ok()?;
+        descs = rest;
         let mut mods = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (m, a, e) = (u32_at(hb, at) as usize, u64::from(u32_at(hb, at + 4)), u64::from(u32_at(hb, at + 8)));
+        for r in ranges {
+            let (m, a, e) = (r.member.get() as usize, u64::from(r.lo.get()), u64::from(r.hi.get()));
             if m >= members || a >= e || a < lo || e > hi {
                 return None;
             }
             mods.push((m, a, e));
-            at += MOD_LEN;
         }
         let pp = if flags & FLAG_ZERO != 0 {
             None
@@ -215,14 +230,15 @@ pub fn decode_unit(b: &[u8], uuid: &[u8; 16], chunk: u64, members: usize) -> Opt
 
 /// The log area's header block: `valid_from` and the layout version.
 pub fn encode_header(uuid: &[u8; 16], valid_from: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK as usize];
-    b[0..8].copy_from_slice(&HEADER_MAGIC);
-    b[8..24].copy_from_slice(uuid);
-    b[24..32].copy_from_slice(&valid_from.to_le_bytes());
-    put32(&mut b, 32, LOG_VERSION);
-    let crc = crc32fast::hash(&b[..DESC_END]);
-    put32(&mut b, DESC_END, crc);
-    b
+    let mut block = LogHeaderBlock::new_zeroed();
+    block.fields = LogHeaderFields {
+        magic: HEADER_MAGIC,
+        uuid: *uuid,
+        valid_from: Le64::new(valid_from),
+        version: Le32::new(LOG_VERSION),
+    };
+    block.seal();
+    block.as_bytes().to_vec()
 }
 
 /// What a log area's header block says.
@@ -238,12 +254,12 @@ pub enum Header {
 
 /// Decode the log area's header block. Never panics.
 pub fn decode_header(b: &[u8], uuid: &[u8; 16]) -> Header {
-    let Some(hb) = b.get(..BLOCK as usize) else { return Header::Missing };
-    let ok =
-        hb[0..8] == HEADER_MAGIC && hb[8..24] == uuid[..] && crc32fast::hash(&hb[..DESC_END]) == u32_at(hb, DESC_END);
-    match (ok, u32_at(hb, 32)) {
+    let Ok((block, _)) = LogHeaderBlock::ref_from_prefix(b) else { return Header::Missing };
+    let f = &block.fields;
+    let ok = f.magic == HEADER_MAGIC && f.uuid == *uuid && block.computed_crc() == block.crc.get();
+    match (ok, f.version.get()) {
         (false, _) => Header::Missing,
-        (true, LOG_VERSION) => Header::Valid(u64_at(hb, 24)),
+        (true, LOG_VERSION) => Header::Valid(f.valid_from.get()),
         (true, v) => Header::OtherVersion(v),
     }
 }
@@ -262,7 +278,7 @@ mod tests {
             assert!(size.try_add(e, 65536));
         }
         let mut b = vec![0xAA; size.bytes()];
-        encode_unit(&[1; 16], 7, entries, &mut b);
+        encode_unit(&[1; 16], 7, entries, &mut b).unwrap();
         b
     }
 
@@ -309,14 +325,28 @@ mod tests {
     }
 
     #[test]
+    fn entries_that_overflow_the_header_block_are_an_error_not_a_torn_unit() {
+        let many: Vec<Entry> = (0..MAX_ENTRIES as u64)
+            .map(|s| Entry { seq: 7, stripe: s, lo: 0, hi: 512, mods: vec![(0, 0, 512); MAX_MODS], pp: None })
+            .collect();
+        let mut b = vec![0u8; BLOCK as usize];
+        let err = encode_unit_header(&[1; 16], 7, &many, &mut b).unwrap_err();
+        assert!(err.to_string().contains("do not fit one header block"), "{err}");
+        let one = &many[..1];
+        let err = encode_unit_header(&[1; 16], 7, one, &mut b[..100]).unwrap_err();
+        assert!(err.to_string().contains("not 100"), "{err}");
+        let err = encode_unit(&[1; 16], 7, &[entry(1, 0, 512, Some(vec![1; 512]))], &mut b).unwrap_err();
+        assert!(err.to_string().contains("no room for the payload of stripe 1"), "{err}");
+    }
+
+    #[test]
     fn headers_of_other_layouts_are_recognized() {
         let h = encode_header(&[1; 16], 42);
         assert_eq!(decode_header(&h, &[1; 16]), Header::Valid(42));
-        let mut v1 = h.clone();
-        put32(&mut v1, 32, 0);
-        let crc = crc32fast::hash(&v1[..DESC_END]);
-        put32(&mut v1, DESC_END, crc);
-        assert_eq!(decode_header(&v1, &[1; 16]), Header::OtherVersion(0));
+        let mut v1 = LogHeaderBlock::read_from_bytes(&h).unwrap();
+        v1.fields.version = Le32::new(0);
+        v1.seal();
+        assert_eq!(decode_header(v1.as_bytes(), &[1; 16]), Header::OtherVersion(0));
         assert_eq!(decode_header(&h, &[2; 16]), Header::Missing);
     }
 }
