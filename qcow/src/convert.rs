@@ -2,7 +2,7 @@
 //! the source (a qcow2 source's backing chain included) goes into a new destination; ranges that
 //! read as zeros are not written (the destination stays sparse), and with `compress` every data
 //! cluster of a qcow2 destination is written compressed. The destination is written beside an
-//! existing one and renamed over it when complete ([`crate::newfile`]).
+//! existing one and renamed over it when complete (`newfile`).
 
 use std::path::Path;
 use std::sync::Arc;
