@@ -19,6 +19,7 @@ pub mod size;
 mod tag;
 #[cfg(feature = "test-utils")]
 pub mod testdev;
+pub mod timer;
 
 pub use bufs::{BufPool, DmaBuf, IoBufs, Keepalive, SharedBuf};
 pub use dev::{ready, BlockDev, IoFuture};

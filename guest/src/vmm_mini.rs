@@ -2,10 +2,10 @@
 //! Linux under it directly or only nested inside a QEMU TCG guest.
 //!
 //! vmm-mini needs `/dev/kvm`. Where KVM is hardware virtualization (Intel VMX, AMD SVM) it boots
-//! Debian's kernel in about a second. Where `/dev/kvm` is a software KVM (PVM, the
-//! `kvm_pvm` module, as on the machines strata is developed on) guest code runs at about 1 µs
-//! per instruction and Linux cannot boot; there vmm-mini runs nested: inside a QEMU TCG guest
-//! with `-cpu max` (emulated SVM) whose own `kvm-amd` is fast enough (docs/vmm-mini.md).
+//! Debian's kernel directly. Where `/dev/kvm` is a software KVM (PVM, the `kvm_pvm` module, as
+//! on the machines strata is developed on) guest code runs slowly and Linux cannot boot
+//! (docs/vmm-mini.md says why); there vmm-mini runs nested: inside a QEMU TCG guest with
+//! `-cpu max` (emulated SVM) whose own `kvm-amd` is fast enough.
 //!
 //! [`detect_kvm`] decides from facts the kernel publishes, without running a guest:
 //! - `/dev/kvm` missing or not openable read-write: [`KvmHost::Missing`];

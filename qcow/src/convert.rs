@@ -2,7 +2,7 @@
 //! the source (a qcow2 source's backing chain included) goes into a new destination; ranges that
 //! read as zeros are not written (the destination stays sparse), and with `compress` every data
 //! cluster of a qcow2 destination is written compressed. The destination is written beside an
-//! existing one and renamed over it when complete ([`crate::newfile`]).
+//! existing one and renamed over it when complete (`newfile`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -160,8 +160,7 @@ fn data_runs(bytes: &[u8], grain: u64) -> Vec<(u64, u64)> {
 async fn write_runs(io: &IoCtx, dev: &dyn BlockDev, off: u64, buf: &mut SharedBuf, runs: &[(u64, u64)]) -> Result<()> {
     let futs = runs
         .iter()
-        .map(|&(g, e)| dev.write(io, off + g, buf.io_range(g as usize, (e - g) as usize), false, IoTag::DATA))
-        .collect();
+        .map(|&(g, e)| dev.write(io, off + g, buf.io_range(g as usize, (e - g) as usize), false, IoTag::DATA));
     try_join_all(futs).await
 }
 

@@ -7,7 +7,7 @@ use blockdev::{ready, BlockDev, DevInfo, IoBufs, IoCtx, IoFuture, IoTag, Result}
 
 use crate::header::Header;
 use crate::imagefile::site;
-use crate::l1l2::L2Entry;
+use crate::in_place;
 use crate::shared::Shared;
 
 /// An open qcow2 image.
@@ -22,7 +22,7 @@ impl Qcow2 {
     }
 
     /// The shared state (metadata, file, backing).
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.sh
     }
 
@@ -61,8 +61,8 @@ impl Qcow2 {
         self.sh.lazy && self.sh.lock().header.is_dirty()
     }
 
-    /// The host offset of `[off, off+len)` when it lies in one cluster that is allocated (and,
-    /// for a write, not shared and not being allocated) and its L2 slice is cached.
+    /// The host offset of `[off, off+len)` when it lies in one cluster whose L2 slice is cached
+    /// and may be read, or written in place, there ([`crate::in_place`]).
     fn in_place_host(&self, off: u64, len: u64, write: bool) -> Option<u64> {
         let g = self.sh.geo;
         let within = g.in_cluster(off);
@@ -70,26 +70,10 @@ impl Qcow2 {
             return None;
         }
         let mut m = self.sh.lock();
-        let entry = m.l2_entry(off).ok()?;
-        let host = match entry {
-            L2Entry::Normal { offset, copied, .. } if copied || !write => offset,
-            L2Entry::Extended { offset, copied, alloc, zero, .. } if offset != 0 && (copied || !write) => {
-                let mask = crate::write::subcluster_mask(g.subcluster_size(), within, len);
-                if alloc & mask != mask || zero & mask != 0 {
-                    return None;
-                }
-                offset
-            }
-            _ => return None,
-        };
-        if write && m.inflight.contains_key(&(off >> g.cluster_bits)) {
-            return None;
+        if write {
+            return in_place::writable_host(&mut m, off, len).ok().flatten();
         }
-        if write && crate::overlap::fixed_conflict(&m, host + within, len).is_some() {
-            // The slow path refuses it and marks the image corrupt.
-            return None;
-        }
-        Some(host + within)
+        in_place::host_bytes(&g, m.l2_entry(off).ok()?, within, len, false)
     }
 
     fn dirty_items(&self) -> usize {

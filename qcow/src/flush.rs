@@ -121,13 +121,10 @@ async fn write_slices(sh: &Shared, io: &IoCtx, slices: &[(u64, Vec<u8>)], tag: &
         mark_corrupt(sh, io).await;
         return Err(overlap_error(&sh.name, off, len, what, kind));
     }
-    let futs = slices
-        .iter()
-        .map(|(off, data)| {
-            let mut buf = SharedBuf::from_slice(data);
-            sh.file.write(io, *off, buf.io(), false, IoTag::meta(tag))
-        })
-        .collect();
+    let futs = slices.iter().map(|(off, data)| {
+        let mut buf = SharedBuf::from_slice(data);
+        sh.file.write(io, *off, buf.io(), false, IoTag::meta(tag))
+    });
     let res = try_join_all(futs).await;
     sh.writeback_gen.fetch_add(1, Ordering::AcqRel);
     res.map_err(|e| e.context(format!("qcow2 image {}: writing {} slices", sh.name, site::describe(tag))))

@@ -15,6 +15,7 @@ use blockdev::{Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result, SharedB
 use crate::alloc::{alloc_clusters, alloc_clusters_zeroed};
 use crate::flush::flush_metadata;
 use crate::imagefile::{self, site};
+use crate::in_place;
 use crate::l1l2::{L2Entry, COPIED, OFFSET_MASK};
 use crate::meta::{Lookup, Meta};
 use crate::overlap::{fixed_conflict, overlap_error, Kind, MetaRanges};
@@ -27,30 +28,15 @@ type InFlight = futures::lock::OwnedMutexGuard<()>;
 /// Host extents `(pos in request, len, host offset)` when the whole write can go in place.
 fn plan_in_place(m: &mut Meta, off: u64, len: u64, out: &mut Vec<(u64, u64, u64)>) -> Lookup<bool> {
     out.clear();
-    let g = m.geo;
-    let cs = g.cluster_size();
+    let cs = m.geo.cluster_size();
     let mut done = 0;
     while done < len {
         let guest = off + done;
-        let within = g.in_cluster(guest);
-        let n = (cs - within).min(len - done);
-        let host = match m.l2_entry(guest)? {
-            L2Entry::Normal { offset, copied: true, .. } => offset,
-            L2Entry::Extended { offset, copied: true, alloc, zero, .. } if offset != 0 => {
-                let mask = subcluster_mask(g.subcluster_size(), within, n);
-                if alloc & mask != mask || zero & mask != 0 {
-                    return Ok(false);
-                }
-                offset
-            }
-            _ => return Ok(false),
-        };
-        if m.inflight.contains_key(&(guest / cs)) || fixed_conflict(m, host + within, n).is_some() {
-            return Ok(false);
-        }
+        let n = (cs - guest % cs).min(len - done);
+        let Some(host) = in_place::writable_host(m, guest, n)? else { return Ok(false) };
         match out.last_mut() {
-            Some(last) if last.2 + last.1 == host + within => last.1 += n,
-            _ => out.push((done, n, host + within)),
+            Some(last) if last.2 + last.1 == host => last.1 += n,
+            _ => out.push((done, n, host)),
         }
         done += n;
     }
@@ -176,9 +162,27 @@ pub async fn ensure_l2(sh: &Shared, io: &IoCtx, guest: u64) -> Result<()> {
 enum Action {
     /// Write in place at this host offset (no metadata change).
     InPlace(u64),
-    /// Write into `host` (new or reused), copying `[cow_start, cow_end)` around the data from the
-    /// old contents, then set the entry. `zeroed`: the host cluster is known to read as zeros.
-    Allocate { host: u64, fresh: bool, zeroed: bool, cow_start: u64, cow_end: u64, frees: Vec<u64>, alloc_bits: u32 },
+    /// Write into a host cluster with the old contents around the data, then set the entry.
+    Allocate(Allocation),
+}
+
+/// An allocating write of one guest cluster: where the data goes, what surrounds it, and what
+/// the new L2 entry says.
+struct Allocation {
+    /// Host cluster written: a new one, or the entry's own (preallocated zero cluster, or an
+    /// extended entry's cluster gaining subclusters).
+    host: u64,
+    /// `host` was allocated for this write (given back if the write fails).
+    fresh: bool,
+    /// The host cluster is known to read as zeros.
+    zeroed: bool,
+    /// Range of the cluster that must hold the old contents (or the data) once written.
+    cow_start: u64,
+    cow_end: u64,
+    /// Host clusters the old entry referenced, released after the next durable flush.
+    frees: Vec<u64>,
+    /// Subclusters the new entry marks allocated besides those written (extended L2).
+    alloc_bits: u32,
 }
 
 /// Host clusters a compressed stream occupies.
@@ -197,24 +201,22 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
     let sc = g.subcluster_size();
     let touched = subcluster_mask(sc, within, len);
     let (sub_start, sub_end) = (within / sc * sc, (within + len).next_multiple_of(sc));
+    if let Some(at) = in_place::host_bytes(&g, entry, within, len, true) {
+        return Ok((Action::InPlace(at), entry));
+    }
     let action = match entry {
-        L2Entry::Normal { offset, copied: true, .. } => Action::InPlace(offset + within),
-        L2Entry::Extended { offset, copied: true, alloc, zero, .. } if offset != 0 => {
-            if alloc & touched == touched && zero & touched == 0 {
-                Action::InPlace(offset + within)
-            } else {
-                Action::Allocate {
-                    host: offset,
-                    fresh: false,
-                    zeroed: false,
-                    cow_start: sub_start,
-                    cow_end: sub_end,
-                    frees: vec![],
-                    alloc_bits: touched,
-                }
-            }
-        }
-        L2Entry::Zero { offset, copied: true } if offset != 0 => Action::Allocate {
+        // Our own cluster, but a touched subcluster is unallocated or reads as zeros: write
+        // there, filling the touched subclusters whole.
+        L2Entry::Extended { offset, copied: true, .. } if offset != 0 => Action::Allocate(Allocation {
+            host: offset,
+            fresh: false,
+            zeroed: false,
+            cow_start: sub_start,
+            cow_end: sub_end,
+            frees: vec![],
+            alloc_bits: touched,
+        }),
+        L2Entry::Zero { offset, copied: true } if offset != 0 => Action::Allocate(Allocation {
             host: offset,
             fresh: false,
             zeroed: false,
@@ -222,7 +224,7 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
             cow_end: cs,
             frees: vec![],
             alloc_bits: 0,
-        },
+        }),
         other => {
             let (host, zeroed) = alloc_clusters_zeroed(sh, io, 1).await?;
             let (frees, cow_start, cow_end, bits) = match other {
@@ -237,7 +239,7 @@ async fn decide(sh: &Shared, io: &IoCtx, guest: u64, len: u64) -> Result<(Action
                 L2Entry::Extended { .. } => (vec![], sub_start, sub_end, touched),
                 L2Entry::Unallocated { .. } => (vec![], 0, cs, u32::MAX),
             };
-            Action::Allocate { host, fresh: true, zeroed, cow_start, cow_end, frees, alloc_bits: bits }
+            Action::Allocate(Allocation { host, fresh: true, zeroed, cow_start, cow_end, frees, alloc_bits: bits })
         }
     };
     Ok((action, entry))
@@ -256,7 +258,7 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
     // Phase 1.
     let lock = lock_cluster(sh, io, gc).await?;
     let (action, old) = decide(sh, io, guest, len).await?;
-    let (host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits) = match action {
+    let a = match action {
         Action::InPlace(at) => {
             let conflict = fixed_conflict(&sh.lock(), at, len);
             if let Some(what) = conflict {
@@ -266,24 +268,23 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
             drop(lock);
             return sh.file.write(io, at, data, false, IoTag::data(site::DATA)).await;
         }
-        Action::Allocate { host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits } => {
-            (host, fresh, zeroed, cow_start, cow_end, frees, alloc_bits)
-        }
+        Action::Allocate(a) => a,
     };
     let guard = mark_in_flight(sh, gc);
     drop(lock);
     // Phase 2.
-    let cow = Cow { cluster_guest: guest - within, host, zeroed, old, start: cow_start, end: cow_end };
+    let cow =
+        Cow { cluster_guest: guest - within, host: a.host, zeroed: a.zeroed, old, start: a.cow_start, end: a.cow_end };
     let res = write_with_cow(sh, io, &cow, within, data).await;
     // Phase 3.
     let _lock = sh.alloc.lock().await;
     let res = match res {
-        Ok(()) => link(sh, io, guest, host, alloc_bits, cow_start, cow_end, frees).await,
+        Ok(()) => link(sh, io, guest, &a).await,
         Err(e) => Err(e),
     };
-    if res.is_err() && fresh {
+    if res.is_err() && a.fresh {
         // Never referenced: give the cluster back at once.
-        let c = host / cs;
+        let c = a.host / cs;
         let _ = sh.lookup(io, |m| m.set_refcount(c, 0)).await;
         let mut m = sh.lock();
         m.free_hint = m.free_hint.min(c);
@@ -293,32 +294,22 @@ async fn write_cluster(sh: &Arc<Shared>, io: &IoCtx, guest: u64, data: IoBufs) -
     res
 }
 
-/// Point the L2 entry for `guest` at `host`.
-#[allow(clippy::too_many_arguments)]
-async fn link(
-    sh: &Shared,
-    io: &IoCtx,
-    guest: u64,
-    host: u64,
-    alloc_bits: u32,
-    cow_start: u64,
-    cow_end: u64,
-    frees: Vec<u64>,
-) -> Result<()> {
+/// Point the L2 entry for `guest` at the cluster `a` wrote.
+async fn link(sh: &Shared, io: &IoCtx, guest: u64, a: &Allocation) -> Result<()> {
     let g = sh.geo;
     let sc = g.subcluster_size();
     sh.lookup(io, |m| {
         let (_, bm) = m.l2_raw(guest)?;
         let bitmap = if g.extended {
-            let written = subcluster_mask(sc, cow_start, cow_end - cow_start);
-            let alloc = bm as u32 | alloc_bits | written;
-            let zero = (bm >> 32) as u32 & !written & !alloc_bits;
+            let written = subcluster_mask(sc, a.cow_start, a.cow_end - a.cow_start);
+            let alloc = bm as u32 | a.alloc_bits | written;
+            let zero = (bm >> 32) as u32 & !written & !a.alloc_bits;
             u64::from(alloc) | (u64::from(zero) << 32)
         } else {
             0
         };
-        m.set_l2_raw(guest, host | COPIED, bitmap)?;
-        m.pending_free.extend_from_slice(&frees);
+        m.set_l2_raw(guest, a.host | COPIED, bitmap)?;
+        m.pending_free.extend_from_slice(&a.frees);
         Ok(())
     })
     .await
@@ -403,11 +394,4 @@ async fn read_old(
     exec(sh, io, cluster_guest + start, &plan, &bufs).await?;
     drop(bufs);
     Ok(buf)
-}
-
-/// Read into a fresh buffer (used by COW and tests).
-pub async fn read_to_vec(sh: &Arc<Shared>, io: &IoCtx, off: u64, len: usize) -> Result<Vec<u8>> {
-    let mut buf = SharedBuf::new(len);
-    crate::read::read(sh.clone(), io.clone(), off, buf.io()).await?;
-    Ok(buf.bytes().to_vec())
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use blockdev::join::{join_all, try_join_all};
+use blockdev::join::join_all;
 use blockdev::{DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result, SharedBuf};
 
 use crate::bitmap::Bitmap;
@@ -194,14 +194,11 @@ impl Core {
                 .collect();
         }
         let targets = self.writable_members();
-        let futs = targets
-            .iter()
-            .map(|&m| {
-                let buf = SharedBuf::from_slice(&self.superblock_for(m).encode());
-                let mut buf = buf;
-                self.write_member_raw(io, m, 0, buf.io(), true, IoTag::meta("raid.superblock"))
-            })
-            .collect();
+        let futs = targets.iter().map(|&m| {
+            let buf = SharedBuf::from_slice(&self.superblock_for(m).encode());
+            let mut buf = buf;
+            self.write_member_raw(io, m, 0, buf.io(), true, IoTag::meta("raid.superblock"))
+        });
         let results = join_all(futs).await;
         let mut ok = 0;
         let mut last_err = None;
@@ -250,13 +247,10 @@ impl Core {
     pub async fn flush_members(&self, io: &IoCtx, clear_bits: bool) -> Result<()> {
         let e = self.epoch.fetch_add(1, Ordering::AcqRel);
         let targets = self.writable_members();
-        let futs = targets
-            .iter()
-            .map(|&m| match self.members[m].dev() {
-                Some(d) => d.flush(io, IoTag::meta("raid.flush")),
-                None => blockdev::ready(Ok(())),
-            })
-            .collect();
+        let futs = targets.iter().map(|&m| match self.members[m].dev() {
+            Some(d) => d.flush(io, IoTag::meta("raid.flush")),
+            None => blockdev::ready(Ok(())),
+        });
         let results = join_all(futs).await;
         for (m, r) in targets.into_iter().zip(results) {
             if let Err(err) = r {
@@ -306,7 +300,7 @@ pub(crate) async fn write_members_tolerant<F: std::future::Future<Output = Resul
     members: &[usize],
     futs: impl IntoIterator<Item = F>,
 ) -> Result<Vec<usize>> {
-    let results = crate::join_small::join(futs).await;
+    let results = join_all(futs).await;
     let mut failed = Vec::new();
     for (&m, r) in members.iter().zip(results) {
         if let Err(e) = r {
@@ -315,12 +309,4 @@ pub(crate) async fn write_members_tolerant<F: std::future::Future<Output = Resul
         }
     }
     Ok(failed)
-}
-
-/// Run `futs` in parallel and return the first error.
-pub(crate) async fn all(futs: Vec<IoFuture>) -> Result<()> {
-    if futs.is_empty() {
-        return Ok(());
-    }
-    try_join_all(futs).await
 }

@@ -18,7 +18,6 @@ mod core;
 mod flush_group;
 mod format;
 mod int_hash;
-mod join_small;
 pub mod layout;
 mod member;
 mod raid0;
@@ -28,7 +27,6 @@ mod rebuild;
 mod scrub;
 pub mod stripe_lock;
 pub mod superblock;
-mod timer;
 
 pub use array::{Array, MemberStatus, Status};
 pub use assemble::{assemble, create, examine, read_superblock, AssembleOptions, CreateOptions, MemberList};

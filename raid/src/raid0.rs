@@ -3,34 +3,28 @@
 
 use std::sync::Arc;
 
+use blockdev::join::try_join_all;
 use blockdev::{IoBufs, IoCtx, IoTag, Result};
 
-use crate::core::{all, Core};
+use crate::core::Core;
 
 /// Read `bufs` at array offset `off`.
 pub(crate) async fn read(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> Result<()> {
-    let futs = core
-        .geo
-        .split(off, bufs.len() as u64)
-        .into_iter()
-        .map(|e| core.read_member(&io, e.member, e.member_off, bufs.slice(e.req_off as usize, e.len as usize), tag))
-        .collect();
-    all(futs).await
+    let futs =
+        core.geo.split(off, bufs.len() as u64).into_iter().map(|e| {
+            core.read_member(&io, e.member, e.member_off, bufs.slice(e.req_off as usize, e.len as usize), tag)
+        });
+    try_join_all(futs).await
 }
 
 /// Write `bufs` at array offset `off`.
 pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fua: bool, tag: IoTag) -> Result<()> {
     core.ensure_dirty(&io).await?;
-    let futs = core
-        .geo
-        .split(off, bufs.len() as u64)
-        .into_iter()
-        .map(|e| {
-            let b = bufs.slice(e.req_off as usize, e.len as usize);
-            core.write_member(&io, e.member, e.member_off, b, fua, tag)
-        })
-        .collect();
-    all(futs).await
+    let futs = core.geo.split(off, bufs.len() as u64).into_iter().map(|e| {
+        let b = bufs.slice(e.req_off as usize, e.len as usize);
+        core.write_member(&io, e.member, e.member_off, b, fua, tag)
+    });
+    try_join_all(futs).await
 }
 
 /// Discard or write zeroes over `[off, off+len)`, piece by piece.
@@ -46,5 +40,5 @@ pub(crate) async fn zero(core: Arc<Core>, io: IoCtx, off: u64, len: u64, discard
             dev.write_zeroes(&io, at, e.len, unmap, IoTag::data("raid0.write_zeroes"))
         });
     }
-    all(futs).await
+    try_join_all(futs).await
 }

@@ -120,7 +120,7 @@ async fn rebuild_all(c: &Core, io: &IoCtx, opts: RebuildOptions) -> Result<u64> 
                 let due = Duration::from_secs_f64(done as f64 / rate as f64);
                 let el = started.elapsed();
                 if due > el {
-                    crate::timer::sleep(due - el).await;
+                    blockdev::timer::sleep(due - el).await;
                 }
             }
         }

@@ -3,10 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
+use blockdev::join::try_join_all;
 use blockdev::{Error, ErrorKind, IoCtx, IoTag, Result, SharedBuf};
 
 use crate::array::Array;
-use crate::core::{all, Core};
+use crate::core::Core;
 use crate::member::MemberState;
 use crate::raid5::parity::xor_into;
 use crate::superblock::Level;
@@ -55,9 +56,8 @@ pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -
     let futs = readable
         .iter()
         .zip(bufs.iter_mut())
-        .map(|(&m, b)| core.read_member(io, m, off, b.io(), IoTag::data("raid.scrub")))
-        .collect();
-    all(futs).await?;
+        .map(|(&m, b)| core.read_member(io, m, off, b.io(), IoTag::data("raid.scrub")));
+    try_join_all(futs).await?;
     match core.level() {
         Level::Raid1 => {
             let first = bufs[0].bytes().to_vec();
@@ -72,14 +72,11 @@ pub(crate) async fn check_row(core: &Core, io: &IoCtx, row: u64, repair: bool) -
                 let targets: Vec<usize> = (0..core.members.len())
                     .filter(|&m| core.member(m).writable() && (bad.contains(&m) || !readable.contains(&m)))
                     .collect();
-                let futs = targets
-                    .iter()
-                    .map(|&m| {
-                        let mut b = SharedBuf::from_slice(&first);
-                        core.write_member(io, m, off, b.io(), false, IoTag::data("raid.repair"))
-                    })
-                    .collect();
-                all(futs).await?;
+                let futs = targets.iter().map(|&m| {
+                    let mut b = SharedBuf::from_slice(&first);
+                    core.write_member(io, m, off, b.io(), false, IoTag::data("raid.repair"))
+                });
+                try_join_all(futs).await?;
             }
             Ok(if bad.is_empty() { Row::Consistent } else { Row::Mismatch })
         }

@@ -10,7 +10,7 @@
 //! raw and qcow2 (fresh and over a backing file) also run under vmm-mini
 //! (`matrix_raw_and_qcow2_under_vmm_mini`): directly where `/dev/kvm` is hardware
 //! virtualization, else nested in a QEMU TCG guest (`strata_guest::fio::nested`), which takes
-//! 1 to 20 minutes on a small shared machine, so that case is opt-in as `tests/nested.rs` is:
+//! minutes (docs/testing.md), so that case is opt-in as `tests/nested.rs` is:
 //! it runs only with `VMM_MINI_NESTED=1` and otherwise prints `SKIPPED:`.
 
 use std::path::{Path, PathBuf};

@@ -3,9 +3,9 @@
 //! 2 vCPUs, 2 queues), the vmlinux extracted from it (PVH entry, reset), and a boot that loses
 //! its daemon.
 //!
-//! It takes from about a minute (quiet machine) to 20 minutes (this 2-core machine shared
-//! by several builds), far past the per-test budget, so it runs only with `VMM_MINI_NESTED=1`
-//! and otherwise prints `SKIPPED:` saying so; `scripts/test.sh` repeats that at its end.
+//! It takes minutes, far past the per-test budget (docs/testing.md has how long it took where),
+//! so it runs only with `VMM_MINI_NESTED=1` and otherwise prints `SKIPPED:` saying so;
+//! `scripts/test.sh` repeats that at its end.
 //! Run it with: `VMM_MINI_NESTED=1 cargo test -p strata-tests --test nested -- --nocapture`.
 //!
 //! The same opt-in covers `blkctl fio --vmm vmm-mini` on this machine (nested: the fio guest

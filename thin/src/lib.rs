@@ -22,7 +22,6 @@ mod pool;
 mod probe;
 mod resize;
 mod state;
-mod timer;
 mod volume;
 
 pub use load::Audit;

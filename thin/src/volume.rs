@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use super::pool::{commit, PoolInner};
 use super::state::Alloc;
-use super::timer;
 use blockdev::join::try_join_all;
+use blockdev::timer;
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
 
 /// An open thin volume (dropping it closes it).
@@ -103,18 +103,19 @@ async fn enter(inner: &Arc<PoolInner>, id: u64) -> Result<Writer> {
 }
 
 /// Wait until the pool may have space again (any wake-up: blocks freed, a commit, the pool
-/// grown) or until `deadline`. `timer_set` records that the deadline wake-up is registered.
-async fn wait_for_space(inner: &PoolInner, deadline: Instant, timer_set: &mut bool) {
+/// grown) or until `deadline`. `timer` holds the deadline wake-up once registered (the write
+/// keeps it across its waits; dropping it cancels the wake-up).
+async fn wait_for_space(inner: &PoolInner, deadline: Instant, timer: &mut Option<timer::Registration>) {
     let mut parked = false;
     poll_fn(|cx| {
         if parked || Instant::now() >= deadline {
             return Poll::Ready(());
         }
-        if !*timer_set {
-            if !timer::wake_at(deadline, cx.waker()) {
-                return Poll::Ready(());
+        if timer.is_none() {
+            match timer::wake_at(deadline, cx.waker()) {
+                Some(reg) => *timer = Some(reg),
+                None => return Poll::Ready(()),
             }
-            *timer_set = true;
         }
         inner.lock().park(cx.waker());
         parked = true;
@@ -203,7 +204,7 @@ async fn write_seg(
     let bs = inner.block_size;
     let mut waits = 0;
     let mut deadline: Option<Instant> = None;
-    let mut timer_set = false;
+    let mut timer = None;
     let plan = loop {
         let plan = {
             let mut st = inner.lock();
@@ -236,7 +237,7 @@ async fn write_seg(
                 if Instant::now() >= until {
                     return Err(no_space());
                 }
-                wait_for_space(&inner, until, &mut timer_set).await;
+                wait_for_space(&inner, until, &mut timer).await;
                 waits = 0;
             }
             p => break p,

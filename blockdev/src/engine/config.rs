@@ -13,7 +13,7 @@ pub struct EngineConfig {
     /// threads: fsync, fallocate, buffered writes, and every read and write of a tmpfs file).
     /// 0 leaves the kernel default. The default is one per CPU, at most 4: that work is mostly
     /// CPU-bound copies, and more workers than CPUs only take turns with the thread that feeds
-    /// them (RAID 5's 4K random writes on tmpfs: +9% median IOPS with 2 instead of 4 on 2 CPUs).
+    /// them (docs/design.md, "The engine").
     pub max_bounded_workers: u32,
     /// Cap on io_uring's unbounded kernel workers. 0 leaves the kernel default.
     pub max_unbounded_workers: u32,

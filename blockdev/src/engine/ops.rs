@@ -109,9 +109,8 @@ macro_rules! with_target {
 /// large copy queues behind one worker thread and sequential throughput is one CPU's memcpy.
 /// A large request alone on the ring (queue depth 1) keeps the inline attempt: a page-cache hit
 /// is then copied by the submitting thread where the file system can, without a hop to a worker
-/// and back (1 MiB tmpfs reads through the server, 2026-12-03, quiet machine, equal copies of the
-/// file: QD1 3.9-4.0k IOPS always punted, 4.0-4.5k this way; QD32 7.6-8.4k and 8.5-9.1k). Small
-/// requests always try inline.
+/// and back (this beat punting every large request at QD1 and QD32 alike: docs/design.md, "The
+/// engine"). Small requests always try inline.
 pub const ASYNC_THRESHOLD: usize = 128 << 10;
 
 /// Build the SQE for `kind` on `bufs`; `others_in_flight` says the ring has other operations in

@@ -81,8 +81,9 @@ impl RawFile {
         let open =
             |flags: i32| std::fs::OpenOptions::new().read(true).write(!opts.read_only).custom_flags(flags).open(path);
         // No access-time updates: a read served from the page cache would otherwise also look at
-        // (and now and then dirty) the inode, ~1.5% of a 4 KiB read's CPU. Only the file's owner
-        // (or CAP_FOWNER) may ask for it, so anyone else opens the file as usual.
+        // (and now and then dirty) the inode, a visible part of a small read's CPU time
+        // (docs/design.md, "Devices"). Only the file's owner (or CAP_FOWNER) may ask for it, so
+        // anyone else opens the file as usual.
         let file = match open(flags | libc::O_NOATIME) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(flags),
             other => other,
@@ -380,13 +381,12 @@ const MAX_PARALLEL_PIECES: usize = 4;
 
 impl RawFile {
     /// Into how many pieces to cut a read of `len` bytes. Reads from tmpfs are never tried
-    /// inline: each is copied by one of io_uring's worker threads, alone, so a lone 1 MiB read
-    /// took ~300 us of one CPU while the other idled. When it is all this thread has to do (no
-    /// other operation in flight, no other task), pieces of at least [`PARALLEL_PIECE`], one
-    /// per CPU, go to as many workers at once (in-process 1 MiB QD1 reads, 2026-12-03, three
-    /// alternating rounds: 5.2-6.1k IOPS against 3.4-3.9k whole). Not for files whose reads the
-    /// kernel copies inline from the page cache (ext4: the same split took 12-14k down to
-    /// 6-8k IOPS, the hop to a worker costing more than the second CPU gives).
+    /// inline: each is copied by one of io_uring's worker threads, alone, so a lone large read
+    /// keeps one CPU busy while the others idle. When it is all this thread has to do (no other
+    /// operation in flight, no other task), pieces of at least [`PARALLEL_PIECE`], one per CPU,
+    /// go to as many workers at once. Not for files whose reads the kernel copies inline from
+    /// the page cache: there the hop to a worker costs more than the second CPU gives. Both
+    /// were measured (docs/design.md, "Devices").
     fn parallel_pieces(&self, io: &IoCtx, len: usize) -> usize {
         if !self.inner.reads_on_workers || len < 2 * PARALLEL_PIECE || io.in_flight() > 0 || io.live_tasks() > 1 {
             return 1;
@@ -402,7 +402,8 @@ impl RawFile {
     /// Read `bufs` at `off` as `pieces` concurrent reads of about equal, page-aligned size. The
     /// first goes to a worker as any tmpfs read does; the others are marked for workers
     /// (IOSQE_ASYNC), which is what makes io-wq start one more worker for each instead of
-    /// queueing them behind the first (all marked measured no faster than one whole read).
+    /// queueing them behind the first (marking the first too made the split no faster than one
+    /// whole read).
     fn split_read(&self, io: &IoCtx, off: u64, bufs: IoBufs, pieces: usize) -> IoFuture {
         const PAGE: usize = 4096;
         let len = bufs.len();

@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
+use blockdev::join::try_join_all;
 use blockdev::{IoBufs, IoCtx, IoTag, Result, SharedBuf};
 
 use super::parity::{xor_into, xor_pair};
 use super::{partial_parity_entry, present_mods, write_stripe, Seg};
-use crate::core::{all, write_members_tolerant, Core};
+use crate::core::{write_members_tolerant, Core};
 use crate::member::MemberState;
 
 /// A run of full stripes copied in: per member, its chunks of the run in row order.
@@ -90,13 +91,11 @@ pub(super) async fn write(core: Arc<Core>, io: IoCtx, mut run: Run, fua: bool) -
         && core.ppl.as_ref().is_none_or(|ppl| (first..first + n).all(|s| !ppl.has_replayable(s)));
     if !plain {
         drop(guards);
-        let futs = (0..n)
-            .map(|i| -> blockdev::IoFuture {
-                let (segs, _) = run.stripe(&core, &io, i);
-                Box::pin(write_stripe(core.clone(), io.clone(), first + i, segs, fua))
-            })
-            .collect();
-        return all(futs).await;
+        let futs = (0..n).map(|i| -> blockdev::IoFuture {
+            let (segs, _) = run.stripe(&core, &io, i);
+            Box::pin(write_stripe(core.clone(), io.clone(), first + i, segs, fua))
+        });
+        return try_join_all(futs).await;
     }
     let chunk = core.geo.chunk;
     let marked = match &core.bitmap {

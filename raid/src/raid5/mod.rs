@@ -12,10 +12,10 @@ pub mod ppl_unit;
 
 use std::sync::Arc;
 
+use blockdev::join::{join_all, try_join_all, INLINE};
 use blockdev::{Error, ErrorKind, IoBufs, IoCtx, IoTag, Result, SharedBuf};
 
-use crate::core::{all, write_members_tolerant, Core, MemberIo};
-use crate::join_small::INLINE;
+use crate::core::{write_members_tolerant, Core, MemberIo};
 use parity::{xor_into, xor_pair};
 use plan::{complement, ModRange, Plan};
 use ppl::{LogEntry, Payload};
@@ -31,19 +31,14 @@ pub(super) struct Seg {
 /// Read `bufs` at array offset `off`.
 pub(crate) async fn read(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> Result<()> {
     let stripe_bytes = core.geo.stripe_bytes();
-    let futs = core
-        .geo
-        .split(off, bufs.len() as u64)
-        .into_iter()
-        .map(|e| {
-            let b = bufs.slice(e.req_off as usize, e.len as usize);
-            let s = (off + e.req_off) / stripe_bytes;
-            let fut: blockdev::IoFuture =
-                Box::pin(read_extent(core.clone(), io.clone(), s, e.member, e.member_off, b, tag));
-            fut
-        })
-        .collect();
-    all(futs).await
+    let futs = core.geo.split(off, bufs.len() as u64).into_iter().map(|e| {
+        let b = bufs.slice(e.req_off as usize, e.len as usize);
+        let s = (off + e.req_off) / stripe_bytes;
+        let fut: blockdev::IoFuture =
+            Box::pin(read_extent(core.clone(), io.clone(), s, e.member, e.member_off, b, tag));
+        fut
+    });
+    try_join_all(futs).await
 }
 
 async fn read_extent(core: Arc<Core>, io: IoCtx, s: u64, m: usize, off: u64, bufs: IoBufs, tag: IoTag) -> Result<()> {
@@ -97,9 +92,8 @@ pub(crate) async fn reconstruct(core: &Core, io: &IoCtx, m: usize, off: u64, len
     let futs = others
         .iter()
         .zip(bufs.iter_mut())
-        .map(|(&o, b)| core.read_member(io, o, off, b.io(), IoTag::data("raid5.reconstruct")))
-        .collect();
-    all(futs).await?;
+        .map(|(&o, b)| core.read_member(io, o, off, b.io(), IoTag::data("raid5.reconstruct")));
+    try_join_all(futs).await?;
     let mut out = vec![0u8; len];
     for b in &bufs {
         xor_into(&mut out, b.bytes());
@@ -137,7 +131,7 @@ pub(crate) async fn write(core: Arc<Core>, io: IoCtx, off: u64, bufs: IoBufs, fu
         futs.push(Box::pin(write_stripe(core.clone(), io.clone(), s, segs, fua)));
         pos = end;
     }
-    all(futs).await
+    try_join_all(futs).await
 }
 
 /// Copy request bytes `[pos, end)` (inside stripe `s`; the request starts at array offset
@@ -506,7 +500,7 @@ async fn read_pieces(
             core.read_member_io(io, member_of(i), base + a, buf.io(), IoTag::data("raid5.preread"))
         })
         .collect();
-    for (&(i, _, _), r) in reads.iter().zip(crate::join_small::join(futs).await) {
+    for (&(i, _, _), r) in reads.iter().zip(join_all(futs).await) {
         if let Err(e) = r {
             return Err(PreReadError::Member(member_of(i), e));
         }

@@ -317,8 +317,8 @@ fn accept_loop(
 
 /// `sqpoll` gives every worker thread a kernel thread that spins while I/O keeps coming: with
 /// more such pairs than CPUs they take the CPUs from each other (and from the guest), and deep
-/// queues ran at a tenth of the default's speed in docs/server.md's measurements. Say so at
-/// start rather than leave the user to find out.
+/// queues collapse (docs/server.md, "Kernel submission threads"). Say so at start rather than
+/// leave the user to find out.
 fn warn_if_sqpoll_oversubscribes(export: &Export) {
     let settings = &export.settings;
     if settings.sqpoll_ms == 0 {
