@@ -162,10 +162,10 @@ impl Worker {
                     self.start_batch(backend, q, &batch);
                 }
             }
-            // Drive. An event's turn always runs the engine once (it may be the engine's own
-            // event, and a turn consumes work handed over from other threads); a polling pass
-            // only when something is waiting, which is read from shared memory.
-            let forced = first && matches!(wake, Wake::Kick(_) | Wake::Engine);
+            // Drive. A turn runs the engine at least once, as it may be the engine's own event
+            // and other threads hand work over to it; a polling pass only when something is
+            // waiting, which is read from shared memory.
+            let forced = first && wake != Wake::Poll;
             let waiting = popped == 0 && !forced && self.io.work_waiting();
             if popped > 0 || forced || waiting {
                 let completed = if first && wake == Wake::Engine { self.io.run_once() } else { self.io.run_pending() };

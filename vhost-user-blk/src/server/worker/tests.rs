@@ -5,12 +5,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use blockdev::MemDisk;
 use vhost_user_backend::VringT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, Le16};
+use zerocopy::IntoBytes;
 
 use super::queue::PIPELINE_BATCH;
 use super::*;
 use crate::server::export::{Export, ExportSettings};
-use crate::server::virtio_blk::req;
+use crate::server::virtio_blk::{req, RequestHeader};
 
 const QSIZE: u16 = 1024;
 const F_NEXT: u16 = 1;
@@ -75,16 +77,12 @@ impl Rig {
         backend.set_epoll_fds(vec![epoll.as_raw_fd()]);
         let guest = mem.memory();
         let put_desc = |at: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut d = [0u8; 16];
-            d[..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..].copy_from_slice(&next.to_le_bytes());
-            guest.write_slice(&d, GuestAddress(at)).unwrap();
+            guest.write_obj(Descriptor::new(addr, len, flags, next), GuestAddress(at)).unwrap();
         };
         put_desc(TABLE, HEADER, 16, F_NEXT, 1);
         put_desc(TABLE + 16, STATUS, 1, F_WRITE, 0);
-        guest.write_obj(req::FLUSH.to_le(), GuestAddress(HEADER)).unwrap();
+        let header = RequestHeader { kind: req::FLUSH.into(), reserved: 0.into(), sector: 0.into() };
+        guest.write_slice(header.as_bytes(), GuestAddress(HEADER)).unwrap();
         let mut vrings = Vec::new();
         let mut calls = Vec::new();
         for r in 0..2 {
@@ -115,23 +113,22 @@ impl Rig {
     fn publish(&self, r: usize, n: u16) {
         let (_, avail, _) = ring_addrs(r);
         let guest = self.mem.memory();
-        let idx: u16 = guest.read_obj(GuestAddress(avail + 2)).unwrap();
+        let idx = u16::from(guest.read_obj::<Le16>(GuestAddress(avail + 2)).unwrap());
         for k in 0..n {
-            let slot = idx.wrapping_add(k);
-            let head = slot % QSIZE;
-            guest.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(slot % QSIZE))).unwrap();
+            let slot = idx.wrapping_add(k) % QSIZE;
+            guest.write_obj(Le16::from(slot), GuestAddress(avail + 4 + 2 * u64::from(slot))).unwrap();
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        guest.write_obj(idx.wrapping_add(n), GuestAddress(avail + 2)).unwrap();
+        guest.write_obj(Le16::from(idx.wrapping_add(n)), GuestAddress(avail + 2)).unwrap();
     }
 
     fn used_idx(&self, r: usize) -> u16 {
-        self.mem.memory().read_obj(GuestAddress(ring_addrs(r).2 + 2)).unwrap()
+        self.mem.memory().read_obj::<Le16>(GuestAddress(ring_addrs(r).2 + 2)).unwrap().into()
     }
 
     /// Whether the device asks the guest not to kick ring `r` (no EVENT_IDX: NO_NOTIFY).
     fn kicks_off(&self, r: usize) -> bool {
-        let flags: u16 = self.mem.memory().read_obj(GuestAddress(ring_addrs(r).2)).unwrap();
+        let flags = u16::from(self.mem.memory().read_obj::<Le16>(GuestAddress(ring_addrs(r).2)).unwrap());
         flags & USED_F_NO_NOTIFY != 0
     }
 
