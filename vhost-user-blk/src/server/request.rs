@@ -104,8 +104,6 @@ pub struct ExportView<'a> {
     pub geometry: &'a Geometry,
     /// The guest chose writeback caching (otherwise every write is written through).
     pub writeback: bool,
-    /// The device ID (GET_ID), NUL-padded.
-    pub serial: &'a [u8; ID_LEN],
 }
 
 impl Request {
@@ -313,7 +311,7 @@ mod tests {
     }
 
     fn parse(c: MappedChain, g: &Geometry) -> Request {
-        Request::parse(c, ExportView { geometry: g, writeback: true, serial: &[b'x'; ID_LEN] })
+        Request::parse(c, ExportView { geometry: g, writeback: true })
     }
 
     #[test]

@@ -1,53 +1,62 @@
-//! The queue worker: runs on a vhost-user-backend worker thread (one per queue), owns that
-//! thread's io engine, pops requests, runs them as tasks so many are in flight, and puts
-//! completions in the used ring in batches, notifying the guest only when EVENT_IDX says so.
+//! The queue worker: runs on a vhost-user-backend worker thread (one per queue, or per
+//! `queues-per-thread` queues), owns that thread's io engine, and serves its queues in turns.
 //!
-//! Data path: kick → pop chains → map descriptors (zero copy) → validate → spawn a task on the
-//! thread's `IoCtx` → completion eventfd (in the same epoll set) → `run_once` → used ring.
+//! A turn ([`Worker::turn`]) is a request's whole path: pop a batch of chains from each ring it
+//! looks at, start each request as a task on the thread's `IoCtx` (descriptors mapped without
+//! copying, then validated), drive the engine (page-cache hits complete inside the submission),
+//! publish what finished to the used rings (notifying the guest when EVENT_IDX says so), and go
+//! round again while a ring has more, within one budget ([`TURN_BUDGET`]). The epoll event
+//! handler (a kick, or the engine's completion or wake eventfd) runs one turn per event; the
+//! polling loop that follows work runs one per pass.
 
-use std::cell::{Cell, RefCell};
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::{EngineConfig, IoCtx, Keepalive};
-use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{Error as QueueError, QueueOwnedT, QueueT};
+use vhost_user_backend::VringRwLock;
 use vm_memory::GuestAddressSpace;
 
 use super::backend::{completion_event, first_queue_of_thread, BlkBackend, GuestMemAtomic};
 use super::chain::{map_chain, GuestMem};
-use super::export::Export;
 use super::poll_window::PollWindow;
 use super::request::{execute, ExportView, OpClass, Request};
-use super::stats::LocalStats;
 use super::virtio_blk::status;
+use queue::{queue_live, Batch, QueueRt, Rearm};
 
 thread_local! {
     /// This thread's worker, created on its first event (an `IoCtx` must be made on its thread).
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
+/// Most requests a turn pops, over all the thread's rings, before it stops going round: a
+/// frontend that refills as fast as the worker completes would otherwise keep the thread in one
+/// turn for ever, and kicks of its other rings, exit and vring-enable events wait until a turn
+/// ends. A turn that stops with requests left comes back by a wake-up of its own (or the polling
+/// loop's next pass). The largest queue's worth, so a turn ends about as often as a polling
+/// stretch ([`MAX_POLL_STRETCH`]) on a fast device.
+const TURN_BUDGET: usize = 1024;
+
 /// Longest a worker stays in its polling loop while work keeps coming, before it goes back to
 /// vhost-user-backend's epoll loop (which also carries the exit and vring-enable events).
 const MAX_POLL_STRETCH: Duration = Duration::from_millis(2);
 
-/// Most requests a worker pops before it runs the engine and publishes what finished. Reads that
-/// hit the page cache complete inside the submission, so without a cap a deep queue is served
-/// in one lump: the frontend learns of the first completion only after the last one, sleeps
-/// meanwhile, and the worker then waits for it to wake and refill. Publishing every few
-/// requests lets the frontend refill on its own CPU while the worker goes on (ext4 4 KiB QD32
-/// reads, quiet machine, median of 5 alternating rounds: 8 gave 1.17x the uncapped IOPS).
-const PIPELINE_BATCH: usize = 8;
-
-/// Whether popping requests ends by turning guest notifications (kicks) back on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rearm {
-    /// Turn them on and look once more (the worker is about to sleep until a kick).
-    Yes,
-    /// Leave them off: the worker is polling the avail ring itself.
-    No,
+/// Why a turn runs: which rings it pops first, and how it leaves the guest's kicks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wake {
+    /// The guest kicked the thread's ring with this local index. Kicks end up on.
+    Kick(usize),
+    /// The engine's completion or wake eventfd fired: its signal is consumed. Kicks end up on.
+    Engine,
+    /// A pass of the polling loop: every live ring is popped, kicks stay off.
+    Poll,
+    /// The end of a polling stretch: every live ring is popped with kicks back on.
+    Settle,
 }
 
 /// Per-thread state: the io engine and the queues this thread serves.
@@ -57,28 +66,6 @@ struct Worker {
     queues: Vec<Rc<QueueRt>>,
     /// How long to poll after work, adapted to how soon work follows work.
     poll: RefCell<PollWindow>,
-}
-
-/// One queue's state on its worker thread.
-struct QueueRt {
-    /// Global queue index.
-    index: usize,
-    /// The export the queue belongs to (held here so a request's task clones no `Arc`).
-    export: Arc<Export>,
-    /// Statistics of finished requests, added to the export's at each flush of the used ring.
-    stats: RefCell<LocalStats>,
-    /// Completed requests (head, used length) not yet in the used ring.
-    done: RefCell<Vec<(u16, u32)>>,
-    /// Popping stopped with requests maybe left on the ring: the queue had `queue_size` requests
-    /// in flight, or the worker took a queue's worth in one go; `turn` resumes it.
-    throttled: Cell<bool>,
-}
-
-/// True when the frontend enabled this ring and set it up (only such rings are polled; a kick
-/// on any other is ignored by vhost-user-backend too).
-fn queue_live(vring: &VringRwLock) -> bool {
-    let state = vring.get_ref();
-    state.is_enabled() && state.get_queue().ready()
 }
 
 /// Entry point from `VhostUserBackend::handle_event`.
@@ -96,16 +83,13 @@ pub fn handle_event(backend: &BlkBackend, device_event: u16, vrings: &[VringRwLo
         }
         let Some(w) = slot.as_ref() else { return };
         w.poll.borrow_mut().woke(Instant::now());
-        let local = device_event as usize;
-        let mut work = 0;
-        if local < vrings.len() {
-            work += w.process_queue(backend, local, &vrings[local], Rearm::Yes);
-        }
-        // Only the completion eventfd's own event needs its counter read; a kick's turn leaves it.
-        work += w.turn(backend, vrings, device_event == completion_event(backend.queues.len()));
+        let local = usize::from(device_event);
+        // Our only other events are the engine's eventfds (`completion_event`).
+        let wake = if local < vrings.len() { Wake::Kick(local) } else { Wake::Engine };
+        let busy = w.turn(backend, vrings, wake);
         // Poll only after real work: a wake-up that found nothing (a kick left over from an
         // earlier polling stretch, say) goes straight back to sleep.
-        if work > 0 || w.io.in_flight() > 0 {
+        if busy || w.io.in_flight() > 0 {
             w.poll(backend, vrings);
         }
         w.poll.borrow_mut().sleeping(Instant::now());
@@ -140,66 +124,86 @@ impl Worker {
         }
         // vhost-user-backend gives thread `t` the queues of `queue_masks()[t]`, in order.
         let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
-        let queues = (0..nvrings)
-            .map(|i| {
-                Rc::new(QueueRt {
-                    index: first + i,
-                    export: backend.export.clone(),
-                    stats: RefCell::new(LocalStats::default()),
-                    done: RefCell::new(Vec::new()),
-                    throttled: Cell::new(false),
-                })
-            })
-            .collect();
+        let queues = (0..nvrings).map(|i| Rc::new(QueueRt::new(first + i, backend.export.clone()))).collect();
         tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
         let poll = RefCell::new(PollWindow::new(Duration::from_micros(u64::from(backend.export.settings.poll_us))));
         Ok(Worker { io, mem, queues, poll })
     }
 
-    /// Run completions and put them in the used rings; resume throttled queues. `woken` says
-    /// the completion eventfd fired (its signal is consumed on the first pass). Returns how many
-    /// completions and resumed requests it handled.
-    fn turn(&self, backend: &BlkBackend, vrings: &[VringRwLock], woken: bool) -> usize {
-        let mut work = 0;
-        for pass in 0..64 {
-            work += if woken && pass == 0 { self.io.run_once() } else { self.io.run_pending() };
-            let mut resumed = false;
-            for (i, q) in self.queues.iter().enumerate() {
-                self.flush_used(backend, q, &vrings[i]);
-                if q.throttled.get() && self.room(backend, q) > 0 {
-                    q.throttled.set(false);
-                    let n = self.process_queue(backend, i, &vrings[i], Rearm::Yes);
-                    work += n;
-                    resumed |= n > 0;
+    /// One turn: pop, start, drive, publish, and round again while a ring has more. Each round
+    /// pops at most [`PIPELINE_BATCH`](queue::PIPELINE_BATCH) requests from each ring it looks
+    /// at (the one kicked, every live one when polling, and those whose popping stopped with
+    /// more waiting), starts them, runs the engine, and puts what finished in the used rings,
+    /// so the frontend refills while the worker goes on. A turn stops going round once it has
+    /// popped [`TURN_BUDGET`] requests; a ring left with requests and its kicks off is then
+    /// resumed by a wake-up of the worker's own. Returns whether it did any work (popped
+    /// requests, took completions, or found the engine with work waiting).
+    fn turn(&self, backend: &BlkBackend, vrings: &[VringRwLock], wake: Wake) -> bool {
+        let rearm = if wake == Wake::Poll { Rearm::No } else { Rearm::Yes };
+        let mut spent = 0;
+        let mut busy = false;
+        let mut first = true;
+        loop {
+            // Pop and start.
+            let mut popped = 0;
+            for (i, (q, vring)) in self.queues.iter().zip(vrings).enumerate() {
+                let look = q.resume.get()
+                    || (first
+                        && match wake {
+                            Wake::Kick(k) => k == i,
+                            Wake::Engine => false,
+                            Wake::Poll | Wake::Settle => queue_live(vring),
+                        });
+                if !look {
+                    continue;
+                }
+                if let Some(batch) = q.pop(backend, vring, &self.mem, rearm) {
+                    popped += batch.heads().len();
+                    self.start_batch(backend, q, &batch);
                 }
             }
-            if !resumed {
-                return work;
+            // Drive. A turn runs the engine at least once, as it may be the engine's own event
+            // and other threads hand work over to it; a polling pass only when something is
+            // waiting, which is read from shared memory.
+            let forced = first && wake != Wake::Poll;
+            let waiting = popped == 0 && !forced && self.io.work_waiting();
+            if popped > 0 || forced || waiting {
+                let completed = if first && wake == Wake::Engine { self.io.run_once() } else { self.io.run_pending() };
+                busy |= completed > 0 || waiting;
+            }
+            busy |= popped > 0;
+            // Publish.
+            for (q, vring) in self.queues.iter().zip(vrings) {
+                q.flush_used(backend, vring, &self.mem);
+            }
+            first = false;
+            // Again? Only for a ring that stopped with more waiting and now has room; a ring
+            // whose room ran out is popped again by the turn that takes its completions.
+            spent += popped.max(1);
+            if !self.queues.iter().any(|q| q.resume.get() && q.room(backend) > 0) {
+                return busy;
+            }
+            if spent >= TURN_BUDGET {
+                // Kicks are off on that ring: come back through the event loop rather than
+                // sleep with requests left on it (a polling pass is followed by the next).
+                if rearm == Rearm::Yes {
+                    self.io.remote_waker().wake();
+                }
+                return busy;
             }
         }
-        // Still resuming after all those passes: come back through the event loop (a wake-up
-        // of our own) rather than sleep with requests left on a ring whose kicks are off.
-        if self.queues.iter().any(|q| q.throttled.get() && self.room(backend, q) > 0) {
-            self.io.remote_waker().wake();
-        }
-        work
-    }
-
-    fn room(&self, backend: &BlkBackend, q: &QueueRt) -> usize {
-        let cap = backend.export.settings.queue_size as usize;
-        cap.saturating_sub(backend.queues[q.index].in_flight.load(Ordering::Acquire))
     }
 
     /// Busy-poll this thread's queues and ring after a turn, for up to the polling window (at
     /// most `poll-us`, adapted by [`PollWindow`]) after the last request or completion, and for
     /// [`MAX_POLL_STRETCH`] (or two windows) at most in all, so that a request that arrives soon
     /// is taken without a kick and a completion without a wake-up. Guest kicks stay off while
-    /// polling (the avail event index is not advanced, or NO_NOTIFY stays set); they
-    /// are turned back on, and the rings looked at once more, before the thread sleeps.
+    /// polling (the avail event index is not advanced, or NO_NOTIFY stays set); the last turn
+    /// turns them back on, and looks at the rings once more, before the thread sleeps.
     ///
-    /// On a QD1 stream this takes the daemon's wake-up (epoll, kick read, scheduler) out of every
-    /// request, at the price of a core spinning while requests keep coming; `poll-us=0` turns it
-    /// off. cloud-hypervisor's vhost-user-block and SPDK poll the same way.
+    /// This takes the daemon's wake-up (epoll, kick read, scheduler) out of every request of a
+    /// QD1 stream, at the price of a core spinning while requests keep coming; `poll-us=0` turns
+    /// it off. cloud-hypervisor's vhost-user-block and SPDK poll the same way.
     fn poll(&self, backend: &BlkBackend, vrings: &[VringRwLock]) {
         let window = self.poll.borrow().current();
         if window.is_zero() {
@@ -208,19 +212,8 @@ impl Worker {
         let start = Instant::now();
         let stretch = MAX_POLL_STRETCH.max(window * 2);
         let mut last_work = start;
-        let mut polled = false;
         while !backend.stopping() {
-            let mut busy = false;
-            if self.io.work_waiting() {
-                self.turn(backend, vrings, false);
-                busy = true;
-            }
-            for (i, vring) in vrings.iter().enumerate() {
-                if queue_live(vring) {
-                    polled = true;
-                    busy |= self.process_queue(backend, i, vring, Rearm::No) > 0;
-                }
-            }
+            let busy = self.turn(backend, vrings, Wake::Poll);
             let now = Instant::now();
             if busy {
                 last_work = now;
@@ -237,128 +230,28 @@ impl Worker {
                 break;
             }
         }
-        if polled {
-            // Kicks back on before sleeping; anything that slipped in meanwhile is taken now. The
-            // guest's kick for the first request polled above is still in its eventfd and wakes
-            // the thread once for nothing: it is not read here, because vhost-user-backend may
-            // already hold it as a ready event and would then block reading an empty eventfd.
-            for (i, vring) in vrings.iter().enumerate() {
-                if queue_live(vring) {
-                    self.process_queue(backend, i, vring, Rearm::Yes);
-                }
-            }
-            self.turn(backend, vrings, false);
-        }
+        // Kicks back on before sleeping; anything that slipped in meanwhile is taken now. The
+        // guest's kick for the first request polled above is still in its eventfd and wakes
+        // the thread once for nothing: it is not read here, because vhost-user-backend may
+        // already hold it as a ready event and would then block reading an empty eventfd.
+        self.turn(backend, vrings, Wake::Settle);
     }
 
-    /// Pop every available chain (up to the in-flight cap) and start it, [`PIPELINE_BATCH`] at
-    /// a time: between batches the engine runs (page-cache hits complete inside the submission)
-    /// and finished requests go to the used ring, so the frontend refills the queue while this
-    /// thread works on the rest. Returns how many it started. With [`Rearm::Yes`] guest
-    /// notifications end up on (checked race-free against new requests); with [`Rearm::No`]
-    /// they are left as they are.
-    fn process_queue(&self, backend: &BlkBackend, local: usize, vring: &VringRwLock, rearm: Rearm) -> usize {
-        let mut total = 0;
-        let fair_share = usize::from(backend.export.settings.queue_size);
-        loop {
-            let (started, more) = self.process_batch(backend, local, vring, rearm);
-            total += started;
-            if !more {
-                return total;
-            }
-            if total >= fair_share {
-                // A frontend that refills as fast as this thread completes would keep it here
-                // for ever: after a queue's worth, come back later so the thread's other queues
-                // get their turn (the poll loop comes back by itself; otherwise `turn` resumes
-                // the queue as a throttled one).
-                if rearm == Rearm::Yes {
-                    self.queues[local].throttled.set(true);
-                }
-                return total;
-            }
-            self.io.run_pending();
-            self.flush_used(backend, &self.queues[local], vring);
-        }
-    }
-
-    /// Pop up to [`PIPELINE_BATCH`] chains and start them. Returns how many, and whether more
-    /// may be waiting (the batch filled up before the ring ran dry or the in-flight cap hit).
-    fn process_batch(&self, backend: &BlkBackend, local: usize, vring: &VringRwLock, rearm: Rearm) -> (usize, bool) {
-        let q = &self.queues[local];
-        let shared = &backend.queues[q.index];
-        if backend.stopping() || shared.broken.load(Ordering::Acquire) {
-            return (0, false);
-        }
+    /// Map, validate and start the requests of `batch`, popped from `q`'s ring.
+    fn start_batch(&self, backend: &BlkBackend, q: &Rc<QueueRt>, batch: &Batch) {
         let export = &backend.export;
-        let mut more = false;
-        let ring_mem = self.mem.memory();
-        let mut heads: Vec<u16> = Vec::new();
-        let (table, size) = {
-            let mut state = vring.get_mut();
-            let queue = state.get_queue_mut();
-            let (table, size) = (queue.desc_table(), queue.size());
-            loop {
-                let room = self.room(backend, q).saturating_sub(heads.len());
-                if room == 0 {
-                    q.throttled.set(true);
-                    break;
-                }
-                if heads.len() >= PIPELINE_BATCH {
-                    more = true;
-                    break;
-                }
-                let room = room.min(PIPELINE_BATCH - heads.len());
-                if let Err(e) = queue.disable_notification(&*ring_mem) {
-                    tracing::debug!(export = %export.name, queue = q.index, "cannot disable notifications: {e}");
-                }
-                match queue.iter(&*ring_mem) {
-                    Ok(iter) => heads.extend(iter.take(room).map(|c| c.head_index())),
-                    Err(QueueError::InvalidAvailRingIndex) => {
-                        tracing::error!(
-                            export = %export.name,
-                            queue = q.index,
-                            "the guest moved the avail index by more than the queue size: queue stopped until it is reset"
-                        );
-                        shared.broken.store(true, Ordering::Release);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(export = %export.name, queue = q.index, "queue not usable: {e}");
-                        break;
-                    }
-                }
-                if self.room(backend, q) <= heads.len() {
-                    continue;
-                }
-                if rearm == Rearm::No {
-                    break;
-                }
-                match queue.enable_notification(&*ring_mem) {
-                    Ok(true) => continue,
-                    _ => break,
-                }
-            }
-            // Counted while the ring's lock is held: GET_VRING_BASE marks the ring stopped under
-            // that lock and then waits for the count to drain, so it never misses these.
-            shared.in_flight.fetch_add(heads.len(), Ordering::AcqRel);
-            (table, size)
-        };
-        drop(ring_mem);
-        if heads.is_empty() {
-            return (0, false);
-        }
         // Map buffers with a snapshot taken after the avail index was read: a frontend adds a
         // memory region (and waits for our ack) before it publishes requests that use it, so this
         // snapshot holds every region those requests name.
         let snap: Arc<GuestMem> = self.mem.memory().into_inner();
         let keep: Keepalive = Rc::new(snap.clone());
         let max_descs = export.geometry.seg_max + 2;
-        let view = ExportView { geometry: &export.geometry, writeback: backend.writeback(), serial: &export.serial };
+        let view = ExportView { geometry: &export.geometry, writeback: backend.writeback() };
         // One clock read for the batch: its requests start within a microsecond or two.
         let started = Instant::now();
-        export.stats.started_many(heads.len());
-        for &head in &heads {
-            match map_chain(&snap, &keep, table, size, head, max_descs) {
+        export.stats.started_many(batch.heads().len());
+        for &head in batch.heads() {
+            match map_chain(&snap, &keep, batch.table, batch.size, head, max_descs) {
                 Ok(chain) => self.start(q, Request::parse(chain, view), started),
                 Err(e) => {
                     tracing::warn!(export = %export.name, queue = q.index, head, "malformed descriptor chain: {e}");
@@ -367,7 +260,6 @@ impl Worker {
                 }
             }
         }
-        (heads.len(), more)
     }
 
     /// Spawn `req` (popped at `started`) as a task on this thread's engine.
@@ -381,40 +273,5 @@ impl Worker {
             q.stats.borrow_mut().record(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());
             q.done.borrow_mut().push((req.head, len));
         });
-    }
-
-    /// Put finished requests in the used ring and notify the guest if it asked for it.
-    fn flush_used(&self, backend: &BlkBackend, q: &QueueRt, vring: &VringRwLock) {
-        let done = std::mem::take(&mut *q.done.borrow_mut());
-        if done.is_empty() {
-            return;
-        }
-        // Counted before the guest can see the answers (a frontend that reads the statistics
-        // after its request completed finds it there).
-        q.export.stats.absorb(&mut q.stats.borrow_mut());
-        let mem = self.mem.memory();
-        {
-            let mut state = vring.get_mut();
-            let queue = state.get_queue_mut();
-            for &(head, len) in &done {
-                if let Err(e) = queue.add_used(&*mem, head, len) {
-                    tracing::warn!(export = %backend.export.name, queue = q.index, head, "cannot add to the used ring: {e}");
-                }
-            }
-            let notify = queue.needs_notification(&*mem).unwrap_or(true);
-            if notify {
-                if let Err(e) = state.signal_used_queue() {
-                    tracing::debug!(export = %backend.export.name, queue = q.index, "cannot notify the guest: {e}");
-                }
-            }
-        }
-        backend.retire(q.index, done.len());
-        // Give the allocation back for the next batch.
-        let mut done = done;
-        done.clear();
-        let mut slot = q.done.borrow_mut();
-        if slot.is_empty() {
-            *slot = done;
-        }
     }
 }
