@@ -11,6 +11,7 @@ mod dev;
 pub mod engine;
 mod error;
 mod info;
+pub mod int_hash;
 pub mod join;
 mod mem;
 pub mod raw;

@@ -17,7 +17,6 @@ mod bitmap;
 mod core;
 mod flush_group;
 mod format;
-mod int_hash;
 pub mod layout;
 mod member;
 mod raid0;

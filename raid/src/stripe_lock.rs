@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::int_hash::IntMap;
+use blockdev::int_hash::IntMap;
 
 const SHARDS: usize = 64;
 

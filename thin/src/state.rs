@@ -4,12 +4,13 @@
 //!
 //! Held under a `std::sync::Mutex` that is never kept across an `.await`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::task::Waker;
 
 use super::dir;
 use super::format::{self, Superblock, KIND_ARRAY, KIND_DIR, PAGE_PAYLOAD, SB_PAGES};
 use super::paged::PagedArray;
+use blockdev::int_hash::IntMap;
 use blockdev::{Error, ErrorKind, Result};
 
 /// Fresh (never written) blocks one commit reserves for allocation without zero-filling.
@@ -125,7 +126,7 @@ pub struct PoolState {
     /// Blocks whose stored refcount exceeded their references at open.
     pub leaked: u64,
     /// Data blocks with reads in flight, and how many.
-    pins: HashMap<u64, u32>,
+    pins: IntMap<u64, u32>,
     /// Freed blocks held back until the reads in flight on them finish.
     deferred: HashSet<u64>,
     /// The low-water warning was logged (reset when space is back above the mark).
@@ -169,7 +170,7 @@ impl PoolState {
             committing: false,
             waiters: Vec::new(),
             leaked: 0,
-            pins: HashMap::new(),
+            pins: IntMap::default(),
             deferred: HashSet::new(),
             low_water_warned: false,
             sb,
@@ -222,7 +223,7 @@ impl PoolState {
             *n -= 1;
             if *n == 0 {
                 self.pins.remove(&block);
-                if self.deferred.remove(&block) {
+                if !self.deferred.is_empty() && self.deferred.remove(&block) {
                     self.free.push(block);
                     return true;
                 }

@@ -24,6 +24,7 @@ use super::state::Alloc;
 use blockdev::join::try_join_all;
 use blockdev::timer;
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, Result};
+use smallvec::SmallVec;
 
 /// An open thin volume (dropping it closes it).
 pub struct ThinVolume {
@@ -169,8 +170,8 @@ struct Seg {
     at: usize,
 }
 
-fn segments(bs: u64, off: u64, len: u64) -> Vec<Seg> {
-    let mut out = Vec::new();
+fn segments(bs: u64, off: u64, len: u64) -> SmallVec<[Seg; 2]> {
+    let mut out = SmallVec::new();
     let mut done = 0;
     while done < len {
         let pos = off + done;
@@ -332,13 +333,16 @@ async fn write(
 }
 
 /// Data blocks a read is using: freed blocks are not reused until it is dropped.
-struct Pins {
-    inner: Arc<PoolInner>,
-    blocks: Vec<u64>,
+struct Pins<'a> {
+    inner: &'a PoolInner,
+    blocks: SmallVec<[u64; 2]>,
 }
 
-impl Drop for Pins {
+impl Drop for Pins<'_> {
     fn drop(&mut self) {
+        if self.blocks.is_empty() {
+            return;
+        }
         let mut st = self.inner.lock();
         let mut released = false;
         for &b in &self.blocks {
@@ -352,31 +356,35 @@ impl Drop for Pins {
 
 async fn read(inner: Arc<PoolInner>, io: IoCtx, id: u64, off: u64, bufs: IoBufs) -> Result<()> {
     let segs = segments(inner.block_size, off, bufs.len() as u64);
-    let (entries, _pins) = {
+    // Look the blocks up and pin the mapped ones under one lock; most reads lie in one block.
+    let mut pins = Pins { inner: &inner, blocks: SmallVec::new() };
+    let entries: SmallVec<[u64; 2]> = {
         let mut st = inner.lock();
         let v = st.volumes.get(&id).ok_or_else(|| Error::new(ErrorKind::NotFound, "thin volume was removed"))?;
-        let entries: Vec<u64> = segs.iter().map(|s| v.map.get(s.vb)).collect();
-        let blocks: Vec<u64> = entries.iter().filter(|&&e| e != 0).map(|e| e - 1).collect();
-        for &b in &blocks {
-            st.pin(b);
+        let entries: SmallVec<[u64; 2]> = segs.iter().map(|s| v.map.get(s.vb)).collect();
+        for &e in entries.iter().filter(|&&e| e != 0) {
+            st.pin(e - 1);
+            pins.blocks.push(e - 1);
         }
-        (entries, Pins { inner: inner.clone(), blocks })
+        entries
     };
-    let mut futs: Vec<IoFuture> = Vec::new();
-    for (s, e) in segs.iter().zip(entries) {
+    let read_seg = |s: &Seg, e: u64| {
         let b = bufs.slice(s.at, s.len as usize);
         if e == 0 {
             b.zero(0, b.len());
+            None
         } else {
             let dev_off = inner.data_offset + (e - 1) * inner.block_size + s.within;
-            futs.push(inner.data.read(&io, dev_off, b, IoTag::DATA));
+            Some(inner.data.read(&io, dev_off, b, IoTag::DATA))
         }
+    };
+    if let ([s], [e]) = (&segs[..], &entries[..]) {
+        return match read_seg(s, *e) {
+            Some(fut) => fut.await,
+            None => Ok(()),
+        };
     }
-    match futs.len() {
-        0 => Ok(()),
-        1 => futs.pop().expect("one future").await,
-        _ => try_join_all(futs).await,
-    }
+    try_join_all(segs.iter().zip(entries).filter_map(|(s, e)| read_seg(s, e))).await.map(|_| ())
 }
 
 /// Unmap the whole blocks of `[off, off+len)`; with `zero_partial`, write zeros over the mapped

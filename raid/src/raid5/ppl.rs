@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::int_hash::IntMap;
+use blockdev::int_hash::IntMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 

@@ -1,18 +1,18 @@
-//! A hasher for the integer keys of the write path's maps (stripe numbers, member indexes).
-//! The standard SipHash guards against keys chosen to collide, which these maps do not need:
-//! their keys come from the array's own layout. A multiply and a fold cost a few cycles where
-//! SipHash costs tens, on lookups made several times per stripe write.
+//! A hasher for integer keys that come from a device's own layout (RAID stripe numbers, thin
+//! data blocks). The standard SipHash guards against keys chosen to collide, which these maps do
+//! not need: nobody outside chooses the keys. A multiply and a fold cost a few cycles where
+//! SipHash costs tens, on lookups made on every request.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A `HashMap` keyed by integers, hashed with [`IntHasher`].
-pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+pub type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Multiplicative hashing (Fibonacci) with the high half folded into the low, so both the
 /// bucket index (low bits) and the control byte (high bits) vary with every key bit.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct IntHasher(u64);
+pub struct IntHasher(u64);
 
 impl Hasher for IntHasher {
     fn finish(&self) -> u64 {
