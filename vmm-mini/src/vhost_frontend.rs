@@ -18,12 +18,14 @@ use crate::virtio_mmio::QueueConfig;
 /// Size of `struct virtio_blk_config` as QEMU asks for it (virtio 1.2, 5.2.4, up to the
 /// write-zeroes fields).
 pub const BLK_CONFIG_SIZE: u32 = 60;
-/// virtio feature bits the guest may see, besides the device-type bits 0-23: VERSION_1 (32),
-/// INDIRECT_DESC (28), EVENT_IDX (29). Packed rings, IOMMU and the like stay hidden.
-const TRANSPORT_FEATURES: u64 = (1 << 32) | (1 << 28) | (1 << 29);
+/// virtio feature bits the guest may see, besides the device-type bits 0-23: VERSION_1,
+/// INDIRECT_DESC, EVENT_IDX. Packed rings, IOMMU and the like stay hidden.
+const TRANSPORT_FEATURES: u64 = (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
 const DEVICE_TYPE_FEATURES: u64 = (1 << 24) - 1;
-/// VIRTIO_BLK_F_RO.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// VIRTIO_BLK_F_RO, as a feature mask.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
 
 /// Offset of `num_queues` (u16) in `struct virtio_blk_config`.
 const CONFIG_NUM_QUEUES: usize = 34;

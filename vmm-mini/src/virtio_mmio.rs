@@ -12,80 +12,84 @@ pub const VERSION: u32 = 2;
 /// `VendorID` reported to the driver ("STRA").
 pub const VENDOR_ID: u32 = 0x4152_5453;
 /// virtio device type of a block device.
-pub const DEVICE_ID_BLOCK: u32 = 2;
+pub const DEVICE_ID_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 /// Register offsets inside the window (virtio 1.2, table 4.1).
 pub mod reg {
+    use virtio_bindings::virtio_mmio as vm;
+
     /// Magic value, reads [`super::MAGIC_VALUE`].
-    pub const MAGIC: u64 = 0x000;
+    pub const MAGIC: u64 = vm::VIRTIO_MMIO_MAGIC_VALUE as u64;
     /// Transport version.
-    pub const VERSION: u64 = 0x004;
+    pub const VERSION: u64 = vm::VIRTIO_MMIO_VERSION as u64;
     /// Device type.
-    pub const DEVICE_ID: u64 = 0x008;
+    pub const DEVICE_ID: u64 = vm::VIRTIO_MMIO_DEVICE_ID as u64;
     /// Vendor id.
-    pub const VENDOR_ID: u64 = 0x00c;
+    pub const VENDOR_ID: u64 = vm::VIRTIO_MMIO_VENDOR_ID as u64;
     /// 32 feature bits of the device, selected by `DEVICE_FEATURES_SEL`.
-    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES: u64 = vm::VIRTIO_MMIO_DEVICE_FEATURES as u64;
     /// Selects which 32 device feature bits `DEVICE_FEATURES` shows.
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DEVICE_FEATURES_SEL: u64 = vm::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
     /// 32 feature bits the driver accepts, selected by `DRIVER_FEATURES_SEL`.
-    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES: u64 = vm::VIRTIO_MMIO_DRIVER_FEATURES as u64;
     /// Selects which 32 driver feature bits `DRIVER_FEATURES` sets.
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const DRIVER_FEATURES_SEL: u64 = vm::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
     /// Selects the queue the queue registers refer to.
-    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_SEL: u64 = vm::VIRTIO_MMIO_QUEUE_SEL as u64;
     /// Largest size the selected queue may have (0: no such queue).
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM_MAX: u64 = vm::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
     /// Size of the selected queue.
-    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_NUM: u64 = vm::VIRTIO_MMIO_QUEUE_NUM as u64;
     /// Whether the selected queue is ready.
-    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_READY: u64 = vm::VIRTIO_MMIO_QUEUE_READY as u64;
     /// Queue notification (normally caught by a KVM ioeventfd before it gets here).
-    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const QUEUE_NOTIFY: u64 = vm::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
     /// Pending interrupt causes.
-    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_STATUS: u64 = vm::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
     /// Acknowledges interrupt causes.
-    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const INTERRUPT_ACK: u64 = vm::VIRTIO_MMIO_INTERRUPT_ACK as u64;
     /// Device status.
-    pub const STATUS: u64 = 0x070;
+    pub const STATUS: u64 = vm::VIRTIO_MMIO_STATUS as u64;
     /// Descriptor table address, low 32 bits.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_LOW: u64 = vm::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
     /// Descriptor table address, high 32 bits.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DESC_HIGH: u64 = vm::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
     /// Available (driver) ring address, low 32 bits.
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_LOW: u64 = vm::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
     /// Available (driver) ring address, high 32 bits.
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DRIVER_HIGH: u64 = vm::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
     /// Used (device) ring address, low 32 bits.
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_LOW: u64 = vm::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
     /// Used (device) ring address, high 32 bits.
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const QUEUE_DEVICE_HIGH: u64 = vm::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
     /// Config generation counter.
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG_GENERATION: u64 = vm::VIRTIO_MMIO_CONFIG_GENERATION as u64;
     /// Start of the device-specific config space.
-    pub const CONFIG: u64 = 0x100;
+    pub const CONFIG: u64 = vm::VIRTIO_MMIO_CONFIG as u64;
 }
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
+    use virtio_bindings::virtio_config as vc;
+
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = vc::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = vc::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready to drive the device.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = vc::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = vc::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device failed and needs a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const DEVICE_NEEDS_RESET: u32 = vc::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up on the device.
     pub const FAILED: u32 = 0x80;
 }
 
 /// `InterruptStatus` bit: a used buffer was returned.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// `InterruptStatus` bit: the configuration changed (or the device needs a reset).
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// What the driver set up for one virtqueue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -333,8 +337,8 @@ impl MmioTransport {
 mod tests {
     use super::*;
 
-    const VERSION_1: u64 = 1 << 32;
-    const FLUSH: u64 = 1 << 9;
+    const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    const FLUSH: u64 = 1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_FLUSH;
 
     fn transport() -> MmioTransport {
         MmioTransport::new(DEVICE_ID_BLOCK, VERSION_1 | FLUSH, 2, 256, vec![0x10, 0, 0, 0, 0, 0, 0, 0])

@@ -16,9 +16,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub type GuestMem = GuestMemoryMmap<()>;
 
 const DESC_LEN: u64 = std::mem::size_of::<VirtqDesc>() as u64;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+const F_NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+const F_WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+const F_INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
 
 /// Largest indirect table accepted, in descriptors (QEMU's limit too).
 pub const MAX_INDIRECT_DESCS: u32 = 1024;
