@@ -9,12 +9,12 @@ mod server_common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Instant;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, tempdir, Client, DaemonProcess};
 
 const MIB: u64 = 1 << 20;
 
@@ -33,17 +33,6 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
-fn wait_for(path: &Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("daemon exited early: {st}");
-        }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn api(sock: &Path, req: serde_json::Value) -> serde_json::Value {
     let mut s = UnixStream::connect(sock).unwrap();
     s.write_all(format!("{req}\n").as_bytes()).unwrap();
@@ -55,7 +44,7 @@ fn api(sock: &Path, req: serde_json::Value) -> serde_json::Value {
 }
 
 struct Daemon {
-    child: Child,
+    process: DaemonProcess,
     disk: PathBuf,
     api: PathBuf,
 }
@@ -64,38 +53,13 @@ impl Daemon {
     fn start(dir: &Path, members: &str) -> Daemon {
         let disk = dir.join("raid.sock");
         let api = dir.join("api.sock");
-        let mut child = Command::new(daemon_bin())
-            .arg("--disk")
-            .arg(format!("socket={},format=raid,members={members},name=r", disk.display()))
-            .arg("--api-socket")
-            .arg(&api)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(&disk, &mut child);
-        wait_for(&api, &mut child);
-        Daemon { child, disk, api }
+        let spec = format!("socket={},format=raid,members={members},name=r", disk.display());
+        let process = DaemonProcess::start(&["--disk", &spec, "--api-socket", api.to_str().unwrap()], &[&disk, &api]);
+        Daemon { process, disk, api }
     }
 
-    fn stop(mut self) {
-        // SAFETY: kill() with a pid we spawned and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exit status {st}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.process.stop();
     }
 }
 

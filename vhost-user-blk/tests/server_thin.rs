@@ -7,14 +7,14 @@
 mod server_common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blkio::ReqFlags;
 use blockdev::{IoCtx, OpenOptions, RawFile};
-use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, tempdir, Client, DaemonProcess};
 use thin::{Pool, PoolConfig};
 
 const KIB: u64 = 1 << 10;
@@ -34,46 +34,6 @@ fn blkctl(args: &[&str]) -> Output {
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "blkctl failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(path: &Path, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("daemon exited early: {st}");
-        }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The daemon, killed if the test fails before it is stopped.
-struct Daemon(Option<Child>);
-
-impl Daemon {
-    fn stop(mut self) {
-        let mut child = self.0.take().expect("running");
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn pattern(seq: u64) -> Vec<u8> {
@@ -166,14 +126,8 @@ fn served_pool_gets_a_new_volume_and_a_consistent_snapshot_through_the_control_s
     let api_s = api.to_str().unwrap();
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     let spec = |n: &str| format!("socket={},format=thin,pool={pool},volume={n},name={n}", sock(n).display());
-    let mut child = Command::new(daemon_bin())
-        .args(["--disk", &spec("a"), "--disk", &spec("b"), "--api-socket", api_s])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&api, &mut child);
-    let pid = child.id() as i32;
-    let daemon = Daemon(Some(child));
+    let daemon = DaemonProcess::start(&["--disk", &spec("a"), "--disk", &spec("b"), "--api-socket", api_s], &[&api]);
+    let pid = daemon.pid();
     // A request that never completes would hang the test: fail it loudly instead.
     let finished = Arc::new(AtomicBool::new(false));
     {
@@ -283,12 +237,10 @@ fn served_pool_gets_a_new_volume_and_a_consistent_snapshot_through_the_control_s
 }
 
 /// Start the daemon serving `specs`, with its control socket at `api`.
-fn start_daemon(specs: &[String], api: &Path) -> Daemon {
+fn start_daemon(specs: &[String], api: &Path) -> DaemonProcess {
     let mut args: Vec<&str> = specs.iter().flat_map(|s| ["--disk", s.as_str()]).collect();
     args.extend(["--api-socket", api.to_str().unwrap()]);
-    let mut child = Command::new(daemon_bin()).args(args).stderr(Stdio::null()).spawn().unwrap();
-    wait_for(api, &mut child);
-    Daemon(Some(child))
+    DaemonProcess::start(&args, &[api])
 }
 
 fn grow_pattern(i: u64) -> Vec<u8> {

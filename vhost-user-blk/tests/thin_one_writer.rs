@@ -8,11 +8,11 @@
 mod server_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use server_common::{blkctl_bin, daemon_bin, tempdir, Client};
+use server_common::{blkctl_bin, daemon_bin, tempdir, Client, DaemonProcess};
 use vhost_user_blk::api::thin::call;
 
 const MIB: u64 = 1 << 20;
@@ -39,48 +39,6 @@ fn pool(dir: &Path) -> String {
     ok(&blkctl(&["thin", "create", &p, "v", "8M"]));
     ok(&blkctl(&["thin", "create", &p, "w", "4M"]));
     p
-}
-
-/// The daemon, killed if a test fails before stopping it.
-struct Daemon(Option<Child>);
-
-impl Daemon {
-    fn start(args: &[String], wait_for: &Path) -> Daemon {
-        let mut child = Command::new(daemon_bin()).args(args).stderr(Stdio::null()).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !wait_for.exists() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("daemon exited early: {st}");
-            }
-            assert!(Instant::now() < deadline, "{} never appeared", wait_for.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon(Some(child))
-    }
-
-    fn stop(mut self) {
-        let mut child = self.0.take().expect("running");
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn spec(dir: &Path, name: &str, pool: &str, vol: &str) -> String {
@@ -130,7 +88,7 @@ fn two_disks_of_one_volume_are_refused_at_start_naming_the_first_and_change_noth
         "--api-socket".into(),
         api.display().to_string(),
     ];
-    Daemon::start(&args, &api).stop();
+    DaemonProcess::start(&args, &[&api]).stop();
 }
 
 #[test]
@@ -141,7 +99,7 @@ fn a_control_socket_add_of_a_served_volume_is_refused_until_its_export_is_remove
     let api_s = api.to_str().unwrap();
     let args: Vec<String> =
         vec!["--disk".into(), spec(dir.path(), "a", &pool, "v"), "--api-socket".into(), api_s.to_string()];
-    let daemon = Daemon::start(&args, &api);
+    let daemon = DaemonProcess::start(&args, &[&api]);
 
     let mut a = Client::connect(&dir.path().join("a.sock"), 1, MIB as usize);
     let pattern: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -189,7 +147,7 @@ fn a_shrink_through_the_control_socket_follows_the_offline_rules() {
     let api_s = api.to_str().unwrap();
     let args: Vec<String> =
         vec!["--disk".into(), spec(dir.path(), "a", &pool, "v"), "--api-socket".into(), api_s.to_string()];
-    let daemon = Daemon::start(&args, &api);
+    let daemon = DaemonProcess::start(&args, &[&api]);
     // Put data at the end of w through an export, then stop serving w.
     call(&api, &json!({"cmd": "add", "disk": spec(dir.path(), "w", &pool, "w")})).unwrap();
     let mut w = Client::connect(&dir.path().join("w.sock"), 1, MIB as usize);

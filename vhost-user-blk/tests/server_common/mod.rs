@@ -174,3 +174,62 @@ pub fn daemon_bin() -> PathBuf {
 pub fn blkctl_bin() -> PathBuf {
     bins::bin_path("blkctl").expect("find or build blkctl")
 }
+
+/// The daemon binary run as a process: started with its arguments, waited for until the paths
+/// it binds exist, stopped with SIGTERM (which must end it cleanly), and killed if a test fails
+/// before stopping it.
+pub struct DaemonProcess(Option<std::process::Child>);
+
+impl DaemonProcess {
+    /// Start `vhost-user-blk ARGS` (stderr discarded) and wait up to 20 s for every path in
+    /// `wait_for` to appear; panics if the daemon exits first.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], wait_for: &[&Path]) -> DaemonProcess {
+        let child = std::process::Command::new(daemon_bin())
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let mut d = DaemonProcess(Some(child));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for path in wait_for {
+            while !path.exists() {
+                if let Some(Ok(Some(st))) = d.0.as_mut().map(|c| c.try_wait()) {
+                    panic!("daemon exited early: {st}");
+                }
+                assert!(std::time::Instant::now() < deadline, "{} never appeared", path.display());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        d
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// SIGTERM, then wait up to 20 s for a successful exit.
+    pub fn stop(mut self) {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait for the daemon") {
+                assert!(st.success(), "daemon exited with {st}");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "daemon did not exit after SIGTERM");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
