@@ -43,18 +43,50 @@ pub fn qemu_command(socket: &Path) -> String {
     )
 }
 
-/// The vmm-mini command line that boots a Linux guest on the export at `socket`.
-pub fn vmm_mini_command(socket: &Path) -> String {
-    format!("vmm-mini --kernel BZIMAGE --initrd INITRD --disk socket={}", socket.display())
+/// The vmm-mini command line that boots a Linux guest on the export at `socket`; `vmm` is how
+/// to run vmm-mini (see [`vmm_mini_program`]).
+pub fn vmm_mini_command(vmm: &str, socket: &Path) -> String {
+    format!("{vmm} --kernel BZIMAGE --initrd INITRD --disk socket={}", socket.display())
 }
 
 /// The vmm-mini command that checks the export at `socket` end to end with its built-in probe
 /// guest (it writes a test pattern to the disk's first two and last sectors).
-pub fn vmm_mini_probe_command(socket: &Path) -> String {
-    format!("vmm-mini probe --disk socket={}", socket.display())
+pub fn vmm_mini_probe_command(vmm: &str, socket: &Path) -> String {
+    format!("{vmm} probe --disk socket={}", socket.display())
+}
+
+/// How to run vmm-mini so that a printed command works as printed: the `vmm-mini` binary next
+/// to this executable when there is one (cargo builds both into the same directory), otherwise
+/// the `cargo run` form, since a new user does not have vmm-mini on their PATH.
+pub fn vmm_mini_program() -> String {
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("vmm-mini")));
+    vmm_mini_program_in(beside.as_deref())
+}
+
+/// [`vmm_mini_program`] for a candidate path (`None` when the executable's directory is unknown).
+fn vmm_mini_program_in(candidate: Option<&Path>) -> String {
+    match candidate {
+        Some(p) if p.is_file() && !p.to_string_lossy().contains(char::is_whitespace) => p.display().to_string(),
+        _ => "cargo run --release -p vmm-mini --".to_string(),
+    }
 }
 
 /// The demo directory under the current directory.
 pub fn default_dir() -> PathBuf {
     PathBuf::from("strata-demo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_mini_is_run_from_beside_the_daemon_or_through_cargo() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("vmm-mini");
+        assert_eq!(vmm_mini_program_in(Some(&bin)), "cargo run --release -p vmm-mini --");
+        assert_eq!(vmm_mini_program_in(None), "cargo run --release -p vmm-mini --");
+        std::fs::write(&bin, b"").unwrap();
+        assert_eq!(vmm_mini_program_in(Some(&bin)), bin.display().to_string());
+    }
 }

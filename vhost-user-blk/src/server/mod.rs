@@ -7,6 +7,7 @@
 //! - [`backend`] and `worker`: the vhost-user backend and the per-queue data path;
 //!   `poll_window`: how long a worker busy-polls after work (adaptive, as QEMU's);
 //! - [`serve`]: the socket of one export and its frontend connections;
+//! - [`service`]: the pidfile and systemd's readiness notification;
 //! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
 
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod export;
 mod poll_window;
 pub mod request;
 pub mod serve;
+pub mod service;
 pub mod stats;
 pub mod virtio_blk;
 mod worker;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use vhost_user_blk::config::Config;
-use vhost_user_blk::server::{demo, Daemon, DiskSpec};
+use vhost_user_blk::server::{demo, service, Daemon, DiskSpec};
 
 /// Serve strata disks as virtio-blk devices over vhost-user sockets.
 ///
@@ -53,6 +53,12 @@ struct Args {
     /// add and remove exports at run time.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+
+    /// Write the daemon's pid and a newline to FILE once every socket listens (a symlink is
+    /// refused); removed at a clean exit while it still holds that pid. When NOTIFY_SOCKET is set
+    /// (systemd Type=notify), READY=1 is sent after that.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -150,15 +156,29 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         Some(path) => Some(vhost_user_blk::api::ApiServer::start(path, daemon.clone()).map_err(|e| e.to_string())?),
         None => None,
     };
+    // Every socket listens now: the pidfile, then readiness, as systemd expects.
+    let pidfile = match &args.pidfile {
+        Some(path) => match service::PidFile::write(path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                drop(api);
+                daemon.shutdown();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    service::notify_ready();
     if let Some(socket) = demo_socket {
+        let vmm = demo::vmm_mini_program();
         println!("Serving the demo disk at {}. Attach a guest with:\n", socket.display());
         println!("  {} \\\n    <your usual -kernel/-drive/-cdrom options>\n", demo::qemu_command(&socket));
         println!("or with strata's own VMM (one process per guest; needs /dev/kvm):\n");
-        println!("  {}\n", demo::vmm_mini_command(&socket));
+        println!("  {}\n", demo::vmm_mini_command(&vmm, &socket));
         println!(
             "or check the disk end to end with vmm-mini's built-in probe guest (writes a test pattern\nto the disk's first two and last sectors):\n"
         );
-        println!("  {}\n", demo::vmm_mini_probe_command(&socket));
+        println!("  {}\n", demo::vmm_mini_probe_command(&vmm, &socket));
         println!("Stop with Ctrl-C.");
     }
     let sig = wait_for_signal(signals);
@@ -166,6 +186,9 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let ok = daemon.shutdown();
     // The control socket's file goes with the server, and only while the path still names it.
     drop(api);
+    if let Some(p) = pidfile {
+        p.remove();
+    }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
