@@ -5,3 +5,4 @@
 
 pub mod bench;
 pub mod fio;
+pub mod progress;

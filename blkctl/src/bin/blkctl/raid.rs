@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blkctl::progress::{self, Meter, Show, Unit, Watch};
 use blockdev::raw::holder::THIS_PROCESS;
 use blockdev::size::format_iec;
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
@@ -321,63 +322,28 @@ fn scrub_live(sock: &Path, array: &str, repair: bool, as_json: bool) -> CmdResul
     let sock2 = sock.to_path_buf();
     let worker = std::thread::spawn(move || call(&sock2, &req));
     let status_req = json!({"cmd": "raid-status", "members": keys(array)});
-    let mut shown = false;
+    let show = progress::show_on_stderr(false);
+    let mut meter = Meter::new("scrub", Unit::Permille, 1000, show);
     while !worker.is_finished() {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
+        if show == Show::Off {
+            continue;
+        }
         if let Ok(st) = call(sock, &status_req) {
             if let Some(p) = st["scrub_progress"].as_f64() {
-                eprint!("\rscrub: {:5.1}%", p * 100.0);
-                shown = true;
+                meter.set((p.clamp(0.0, 1.0) * 1000.0) as u64);
             }
         }
     }
-    if shown {
-        eprintln!();
-    }
+    meter.finish();
     let v = worker.join().map_err(|_| "the scrub request thread panicked")??;
     finish_scrub(array, repair, &v, as_json)
-}
-
-/// A thread that shows progress on stderr every half second while a long step runs on this one;
-/// dropping it stops the thread at once.
-struct Progress {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    /// Show `label: NN.N%` whenever `get` has a fraction to show.
-    fn show(label: &'static str, get: impl Fn() -> Option<f64> + Send + 'static) -> Progress {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let mut shown = false;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(500)) {
-                if let Some(p) = get() {
-                    eprint!("\r{label}: {:5.1}%", p * 100.0);
-                    shown = true;
-                }
-            }
-            if shown {
-                eprintln!();
-            }
-        });
-        Progress { stop: Some(tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn scrub(io: &IoCtx, array: &str, repair: bool, as_json: bool) -> CmdResult {
     let arr = Arc::new(assemble(io, array)?);
     let watched = arr.clone();
-    let progress = Progress::show("scrub", move || watched.status().scrub_progress);
+    let progress = Watch::start("scrub", progress::show_on_stderr(false), move || watched.status().scrub_progress);
     let rep = io.block_on(arr.scrub(io, repair));
     drop(progress);
     let rep = rep?;

@@ -1,9 +1,9 @@
 //! `blkctl qcow2 convert [-f raw|qcow2] [-O raw|qcow2] [-c] [-p] SRC DST`.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use blockdev::size::format_iec;
+use blkctl::progress::{self, Meter, Unit};
 use blockdev::IoCtx;
 use qcow::convert::{ConvertOptions, Format};
 
@@ -31,7 +31,8 @@ pub struct ConvertArgs {
     /// Write compressed clusters (deflate; -O qcow2 only).
     #[arg(short = 'c', long)]
     compress: bool,
-    /// Show progress on stderr even when it is not a terminal.
+    /// Show progress on stderr even when it is not a terminal (as qemu-img's `(NN.NN/100%)`);
+    /// on a terminal a progress bar is shown anyway.
     #[arg(short = 'p', long)]
     progress: bool,
     /// Cluster size of a qcow2 destination (512 to 2M).
@@ -50,26 +51,15 @@ pub fn run(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
         compress: a.compress,
         cluster_size: blockdev::size::parse_size(&a.cluster_size).map_err(|e| format!("--cluster-size: {e}"))?,
     };
-    let show = a.progress || std::io::stderr().is_terminal();
-    let mut last = u64::MAX;
+    // A bar on a terminal; qemu-img's text on a pipe only with -p; otherwise silent.
+    let mut meter = Meter::new("convert", Unit::Bytes, 0, progress::show_on_stderr(a.progress));
     let mut report = |done: u64, total: u64| {
-        if !show {
-            return;
-        }
-        // Hundredths of a percent; print only when it changes.
-        let p = (done as u128 * 10_000 / u128::from(total.max(1))) as u64;
-        if p != last {
-            last = p;
-            let mut e = std::io::stderr();
-            let _ = write!(e, "\r    ({}.{:02}/100%)", p / 100, p % 100);
-            let _ = e.flush();
-        }
+        meter.set_total(total);
+        meter.set(done);
     };
     let io = IoCtx::new()?;
     let res = qcow::convert::convert(&io, &a.src, &a.dst, &opts, &mut report);
-    if show {
-        eprintln!();
-    }
+    meter.finish();
     let st = res?;
     let (src, dst) = (a.src.display().to_string(), a.dst.display().to_string());
     let qcow2 = opts.dst_format == Format::Qcow2;

@@ -18,7 +18,8 @@ use vhost_user_blk::api::raid::call;
 use vhost_user_blk::stack::raid_registry::member_key;
 
 use super::members::{names, position, resolve, role_number, Listed};
-use super::{keys, open_listed, CmdResult, Progress};
+use super::{keys, open_listed, CmdResult};
+use blkctl::progress::{self, Meter, Show, Unit, Watch};
 use crate::args;
 
 /// Options of `blkctl raid replace`.
@@ -189,7 +190,7 @@ pub fn run(io: &IoCtx, a: ReplaceArgs) -> CmdResult {
     let opts = RebuildOptions { rate_limit: a.rate_limit, ..Default::default() };
     let arr = Arc::new(arr);
     let watched = arr.clone();
-    let progress = Progress::show("rebuild", move || watched.status().rebuild_progress);
+    let progress = Watch::start("rebuild", progress::show_on_stderr(false), move || watched.status().rebuild_progress);
     let res = io.block_on(arr.rebuild(io, opts));
     let secs = t.elapsed().as_secs_f64();
     drop(progress);
@@ -263,17 +264,19 @@ fn live(io: &IoCtx, sock: &Path, a: &ReplaceArgs, list: &[Listed], old: Old) -> 
         return report(a, role, &array, None);
     }
     let status_req = json!({"cmd": "raid-status", "members": v["members"]});
+    let show = progress::show_on_stderr(false);
+    let mut meter = Meter::new("rebuild", Unit::Permille, 1000, show);
     loop {
         let st = call(sock, &status_req)?;
         let rb = &st["rebuild"];
         if rb["running"] == true {
-            if let Some(p) = st["rebuild_progress"].as_f64() {
-                eprint!("\rrebuild: {:5.1}%", p * 100.0);
+            if let (Show::Bar, Some(p)) = (show, st["rebuild_progress"].as_f64()) {
+                meter.set((p.clamp(0.0, 1.0) * 1000.0) as u64);
             }
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
-        eprintln!();
+        meter.finish();
         if let Some(e) = rb["error"].as_str() {
             return Err(format!("role {role} was replaced by {}, but the rebuild failed: {e}", a.new).into());
         }
