@@ -104,6 +104,14 @@ impl Meter {
         }
     }
 
+    /// Run `f` (printing a line, say) with the bar hidden, so the two do not garble each other.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(b) => b.suspend(f),
+            None => f(),
+        }
+    }
+
     /// The work ended: the bar is cleared, the plain text ends its line.
     pub fn finish(mut self) {
         self.end();
@@ -162,6 +170,33 @@ impl Drop for Watch {
     }
 }
 
+/// A spinner with the time elapsed, for work whose size is not known beforehand (`thin check`
+/// reading a pool's metadata); cleared when dropped. Shown only on a terminal.
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    /// Start spinning with `label`, when `show` is [`Show::Bar`].
+    pub fn start(label: &str, show: Show) -> Spinner {
+        Spinner((show == Show::Bar).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+                bar.set_style(style);
+            }
+            bar.set_message(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        }))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +217,7 @@ mod tests {
         m.finish();
         let w = Watch::start("x", Show::Off, || panic!("polled while off"));
         drop(w);
+        drop(Spinner::start("x", Show::Off));
+        assert_eq!(Meter::new("x", Unit::Steps, 3, Show::Off).suspend(|| 7), 7);
     }
 }

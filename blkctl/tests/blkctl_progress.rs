@@ -75,3 +75,24 @@ fn raid_scrub_with_stderr_piped_prints_no_progress() {
     let found = progress_bytes(&out.stderr);
     assert!(found.is_empty(), "progress ({}) on a piped stderr:\n{stderr:?}", found.join(", "));
 }
+
+#[test]
+fn thin_check_and_bench_with_stderr_piped_print_no_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool.img");
+    std::fs::File::create(&pool).unwrap().set_len(64 << 20).unwrap();
+    let pool = pool.to_str().unwrap();
+    let out = blkctl(&["thin", "pool-create", pool]);
+    assert!(out.status.success(), "pool-create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = blkctl(&["thin", "check", pool]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "thin check failed: {stderr}");
+    let found = progress_bytes(&out.stderr);
+    assert!(found.is_empty(), "thin check: progress ({}) on a piped stderr:\n{stderr:?}", found.join(", "));
+
+    let out = blkctl(&["bench", "format=mem,size=16M", "--ops", "200"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let found = progress_bytes(&out.stderr);
+    assert!(found.is_empty(), "bench: progress ({}) on a piped stderr:\n{stderr:?}", found.join(", "));
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use blkctl::bench::report::{table_header, table_row};
 use blkctl::bench::run::{run_bench, BenchOptions, ALL_QDS};
+use blkctl::progress::{self, Meter, Unit};
 use blkctl::bench::{markdown, Limit, Workload};
 
 use crate::args;
@@ -150,12 +151,22 @@ fn bench(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The table goes to stdout, or to stderr when stdout carries JSON.
     let print = |line: &str| if a.json { eprintln!("{line}") } else { println!("{line}") };
     let mut header = Some(table_header(opts.fio));
-    let mut report = run_bench(&opts, &mut |row| {
-        if let Some(h) = header.take() {
-            print(&h);
-        }
-        print(&table_row(row, opts.fio));
-    })?;
+    // One step per case (every workload at every queue depth), a bar on a terminal only.
+    let cases = (opts.workloads.len() * opts.qds.len()) as u64;
+    let mut meter = Meter::new("bench", Unit::Steps, cases, progress::show_on_stderr(false));
+    let mut done = 0;
+    let report = run_bench(&opts, &mut |row| {
+        meter.suspend(|| {
+            if let Some(h) = header.take() {
+                print(&h);
+            }
+            print(&table_row(row, opts.fio));
+        });
+        done += 1;
+        meter.set(done);
+    });
+    meter.finish();
+    let mut report = report?;
     report.notes = a.note;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -10,6 +10,7 @@ mod print;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blkctl::progress::{self, Spinner};
 use thin::check;
 use thin::Pool;
 use blockdev::{BlockDev, ErrorKind, IoCtx, OpenOptions, RawFile};
@@ -223,6 +224,9 @@ impl crate::Group for Cmd {
                 print::answer(&v, json.json, print::resized)
             }
             ThinCmd::Check { pool, repair, json } => {
+                // How long the metadata walk takes is not known beforehand: a spinner, on a
+                // terminal only.
+                let spinner = Spinner::start("checking the pool's metadata", progress::show_on_stderr(false));
                 let rep = match remote(&pool, json!({"op": "check", "repair": repair}))? {
                     Some(v) => check_report_from_json(&v)?,
                     None => {
@@ -230,6 +234,7 @@ impl crate::Group for Cmd {
                         io.block_on(check::check(&io, meta, data, repair))?
                     }
                 };
+                drop(spinner);
                 print::check(&pool.pool, &rep, json.json)
             }
         }
