@@ -60,7 +60,8 @@ fn raid_scrub_with_stderr_piped_prints_no_progress() {
     let members: Vec<String> = (0..2)
         .map(|i| {
             let p = dir.path().join(format!("m{i}.img"));
-            std::fs::File::create(&p).unwrap().set_len(32 << 20).unwrap();
+            // Sparse, but big enough that the scrub runs long enough for a progress update.
+            std::fs::File::create(&p).unwrap().set_len(128 << 20).unwrap();
             p.to_str().unwrap().to_string()
         })
         .collect();
