@@ -192,7 +192,6 @@ pub fn open_path<'a>(
 
 /// Open `path` and, unless `ignore_backing`, its chain; `allowed` is the policy resolved for the
 /// top of the chain (None at the top: resolved there on the first backing file named).
-
 async fn open_chain(
     io: &IoCtx,
     path: &Path,

@@ -52,7 +52,7 @@ fn raw_backing_etc_passwd_is_refused() {
     overlay(&io, &img, "/etc/passwd", "raw");
     let e = open(&io, &img, BackingPolicy::default()).err().expect("/etc/passwd must not be opened");
     assert_refused(&e, &img, "/etc/passwd");
-    let e = qcow::map::map_path(&io, &img).err().expect("map must refuse it too");
+    let e = qcow::map::map_path(&io, &img).expect_err("map must refuse it too");
     assert_refused(&e, &img, "/etc/passwd");
 }
 
