@@ -46,11 +46,19 @@ pub struct ConvertOptions {
     pub compress: bool,
     /// Cluster size of a qcow2 destination.
     pub cluster_size: u64,
+    /// Where a qcow2 source's backing files may come from (default: its own directory only).
+    pub backing_policy: crate::BackingPolicy,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { src_format: Format::Qcow2, dst_format: Format::Qcow2, compress: false, cluster_size: 64 << 10 }
+        ConvertOptions {
+            src_format: Format::Qcow2,
+            dst_format: Format::Qcow2,
+            compress: false,
+            cluster_size: 64 << 10,
+            backing_policy: crate::BackingPolicy::default(),
+        }
     }
 }
 
@@ -76,15 +84,15 @@ fn err(path: &Path, kind: ErrorKind, msg: impl std::fmt::Display) -> Error {
 }
 
 /// Ranges `[start, end)` of the source that may hold data (the rest reads as zeros).
-fn data_ranges(io: &IoCtx, src: &Path, fmt: Format, size: u64) -> Result<Vec<(u64, u64)>> {
+fn data_ranges(io: &IoCtx, src: &Path, opts: &ConvertOptions, size: u64) -> Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut push = |s: u64, e: u64| match out.last_mut() {
         Some(last) if last.1 == s => last.1 = e,
         _ => out.push((s, e)),
     };
-    match fmt {
+    match opts.src_format {
         Format::Qcow2 => {
-            for e in crate::map::map_path(io, src)? {
+            for e in crate::map::map_path_policy(io, src, false, &opts.backing_policy)? {
                 if !e.zero {
                     push(e.start, e.start + e.length);
                 }
@@ -198,7 +206,8 @@ pub fn convert(
     }
     let source: Arc<dyn BlockDev> = match opts.src_format {
         Format::Qcow2 => {
-            let o = crate::Options { read_only: true, ..Default::default() };
+            let o =
+                crate::Options { read_only: true, backing_policy: opts.backing_policy.clone(), ..Default::default() };
             Arc::new(io.block_on(crate::open_path(io, src, &o))?)
         }
         Format::Raw => {
@@ -211,7 +220,7 @@ pub fn convert(
     if opts.dst_format == Format::Qcow2 {
         create(size).header().map_err(|e| e.context(dst.display().to_string()))?;
     }
-    let ranges = data_ranges(io, src, opts.src_format, source.info().size)?;
+    let ranges = data_ranges(io, src, opts, source.info().size)?;
     let new = NewFile::begin(dst, Overwrite::Always)?;
     let replaced = new.replaces();
     let what = if replaced { "left as it was" } else { "not created" };

@@ -11,6 +11,7 @@
 //! [`snapshot`], [`convert`].
 
 mod alloc;
+pub mod backing_policy;
 pub(crate) mod cache;
 pub mod check;
 pub(crate) mod compress;
@@ -37,6 +38,7 @@ pub mod snapshot;
 pub(crate) mod write;
 mod zero;
 
+pub use backing_policy::BackingPolicy;
 pub use create::{create, create_path, create_path_with, CreateOptions, Preallocation};
 pub use dev::Qcow2;
 pub use header::{Compression, Header};

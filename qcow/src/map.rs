@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use blockdev::{Error, ErrorKind, IoCtx, Result};
 
+use crate::backing_policy::BackingPolicy;
 use crate::l1l2::{L2Entry, OFFSET_MASK};
 use crate::open::{resolve_backing, MAX_CHAIN_DEPTH};
 use crate::Qcow2;
@@ -84,9 +85,10 @@ enum Status {
 }
 
 /// Open the chain under `path` (each image read-only, backing formats from the headers; no
-/// locks with `force_share`).
-fn open_chain(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<Layer>> {
+/// locks with `force_share`; each backing file checked against `policy` before it is opened).
+fn open_chain(io: &IoCtx, path: &Path, force_share: bool, policy: &BackingPolicy) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
+    let mut allowed = None;
     let mut cur: PathBuf = path.to_path_buf();
     let mut format = "qcow2".to_string();
     for _ in 0..=MAX_CHAIN_DEPTH {
@@ -104,7 +106,11 @@ fn open_chain(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<Layer>> 
                         format!("{name}: backing file {b} has no format in the header; formats are never probed"),
                     )
                 })?;
-                cur = resolve_backing(&cur, &b);
+                let allowed = match &allowed {
+                    Some(a) => a,
+                    None => allowed.insert(policy.resolve(path)?),
+                };
+                cur = allowed.check(&name, &b, &resolve_backing(&cur, &b))?;
             }
             "raw" => {
                 let f = std::fs::File::open(&cur).map_err(|e| Error::from_io(e, &name))?;
@@ -198,7 +204,12 @@ pub fn map_path(io: &IoCtx, path: &Path) -> Result<Vec<MapEntry>> {
 
 /// As [`map_path`]; with `force_share` no file of the chain is locked (`qemu-img map -U`).
 pub fn map_path_with(io: &IoCtx, path: &Path, force_share: bool) -> Result<Vec<MapEntry>> {
-    let layers = open_chain(io, path, force_share)?;
+    map_path_policy(io, path, force_share, &BackingPolicy::default())
+}
+
+/// As [`map_path_with`], with backing files allowed by `policy` (see [`BackingPolicy`]).
+pub fn map_path_policy(io: &IoCtx, path: &Path, force_share: bool, policy: &BackingPolicy) -> Result<Vec<MapEntry>> {
+    let layers = open_chain(io, path, force_share, policy)?;
     let size = layers[0].size();
     let mut out: Vec<MapEntry> = Vec::new();
     let mut off = 0;

@@ -9,6 +9,7 @@ use blockdev::{BlockDev, Error, ErrorKind, IoCtx, RawFile, Result};
 
 use zerocopy::FromBytes;
 
+use crate::backing_policy::{BackingPolicy, Resolved};
 use crate::cache::SliceCache;
 use crate::format::{decode_table, HeaderV2};
 use crate::header::{autoclear, Header};
@@ -41,6 +42,9 @@ pub struct Options {
     /// open for writing, a served one, can be looked at; what is read may be changing under the
     /// reader. Only with `read_only`.
     pub force_share: bool,
+    /// Where backing files may come from (default: the image's own directory only); checked for
+    /// every image of the chain, before a backing file is opened.
+    pub backing_policy: BackingPolicy,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             ignore_backing: false,
             direct: false,
             force_share: false,
+            backing_policy: BackingPolicy::default(),
         }
     }
 }
@@ -175,16 +180,25 @@ pub fn pad512(mut b: Vec<u8>) -> Vec<u8> {
 }
 
 /// Open the image at `path` and its backing chain (format from the header extension; relative
-/// names resolved from the image's directory; a backing file without a named format is refused).
+/// names resolved from the image's directory; a backing file without a named format is refused;
+/// a backing file outside what `opts.backing_policy` allows is refused before it is opened).
 pub fn open_path<'a>(
     io: &'a IoCtx,
     path: &'a Path,
     opts: &'a Options,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Qcow2>> + 'a>> {
-    Box::pin(open_chain(io, path, opts, 0))
+    Box::pin(open_chain(io, path, opts, None, 0))
 }
 
-async fn open_chain(io: &IoCtx, path: &Path, opts: &Options, depth: usize) -> Result<Qcow2> {
+/// Open `path` and, unless `ignore_backing`, its chain; `allowed` is the policy resolved for the
+/// top of the chain (None at the top: resolved there on the first backing file named).
+async fn open_chain(
+    io: &IoCtx,
+    path: &Path,
+    opts: &Options,
+    allowed: Option<&Resolved>,
+    depth: usize,
+) -> Result<Qcow2> {
     let name = path.display().to_string();
     if depth > MAX_CHAIN_DEPTH {
         return Err(err(ErrorKind::InvalidInput, &name, format!("backing chain deeper than {MAX_CHAIN_DEPTH} images")));
@@ -202,11 +216,19 @@ async fn open_chain(io: &IoCtx, path: &Path, opts: &Options, depth: usize) -> Re
     let header = read_header(io, &file, &name).await?;
     let mut backing = None;
     if let (Some(bname), false) = (&header.backing_file, opts.ignore_backing) {
-        let bpath = resolve_backing(path, bname);
+        let top;
+        let allowed = match allowed {
+            Some(a) => a,
+            None => {
+                top = opts.backing_policy.resolve(path)?;
+                &top
+            }
+        };
+        let bpath = allowed.check(&name, bname, &resolve_backing(path, bname))?;
         let bdev: Arc<dyn BlockDev> = match header.backing_format.as_deref() {
             Some("qcow2") => {
                 let bopts = Options { read_only: true, ..opts.clone() };
-                Arc::new(Box::pin(open_chain(io, &bpath, &bopts, depth + 1)).await?)
+                Arc::new(Box::pin(open_chain(io, &bpath, &bopts, Some(allowed), depth + 1)).await?)
             }
             Some("raw") => {
                 let o = blockdev::OpenOptions { read_only: true, no_lock: opts.force_share, ..Default::default() };

@@ -30,6 +30,12 @@
 //! write-cache = true
 //!
 //! [[export]]
+//! socket = "/run/strata/vm3.sock"
+//! format = "qcow2"
+//! path = "/images/vm3.qcow2"
+//! backing-dir = ["/images/bases", "/srv/golden"]  # a repeatable key takes an array
+//!
+//! [[export]]
 //! socket = "/run/strata/scratch.sock"
 //! format = "mem"
 //! size = "1G"
@@ -122,13 +128,20 @@ fn pairs_of(what: &str, i: usize, item: toml::Value) -> Result<Vec<(String, Stri
     let toml::Value::Table(t) = item else {
         return Err(format!("{what} #{}: must be a table ([[{what}]])", i + 1));
     };
-    t.into_iter()
-        .map(|(k, v)| {
-            scalar(&v)
-                .map(|v| (k.clone(), v))
-                .ok_or(format!("{what} #{}: key {k:?} must be a string, number or boolean", i + 1))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (k, v) in t {
+        // An array gives a repeatable key several values (`backing-dir = ["/a", "/b"]`); the
+        // spec refuses it on any other key.
+        let values = match &v {
+            toml::Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            let v = scalar(v).ok_or(format!("{what} #{}: key {k:?} must be a string, number or boolean", i + 1))?;
+            out.push((k.clone(), v));
+        }
+    }
+    Ok(out)
 }
 
 fn node_of(i: usize, mut pairs: Vec<(String, String)>) -> Result<NodeSpec, String> {
@@ -155,6 +168,18 @@ fn scalar(v: &toml::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_gives_a_repeatable_key_each_value() {
+        let cfg = Config::parse(
+            "t.toml",
+            "[[export]]\nsocket = \"/tmp/a.sock\"\nformat = \"qcow2\"\npath = \"/x/a.qcow2\"\nbacking-dir = [\"/b\", \"/c\"]\n",
+        )
+        .unwrap();
+        let dirs: Vec<&str> =
+            cfg.exports[0].device.iter().filter(|(k, _)| k == "backing-dir").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(dirs, ["/b", "/c"]);
+    }
 
     #[test]
     fn exports_take_paths_with_commas() {

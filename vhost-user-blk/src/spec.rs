@@ -6,13 +6,16 @@
 //! - keys are non-empty and made of lowercase ASCII letters, digits and `-`;
 //! - values are non-empty and never contain `,` (there is no escaping): a path with a comma in
 //!   it goes in the daemon's config file, where values are not comma-separated;
-//! - a key appears at most once.
+//! - a key appears at most once, except those in [`REPEATABLE`] (read with [`Spec::take_all`]).
 //!
 //! Builders consume the keys they know with [`Spec::take`] and the typed getters, then call
 //! [`Spec::finish`], which refuses any key left over. Every error names the key and quotes the
 //! whole spec, so a user with several disks on one command line sees which one is wrong.
 
 use std::fmt;
+
+/// Keys that may appear more than once (each occurrence adds one value).
+pub const REPEATABLE: &[&str] = &["backing-dir", "backing-file"];
 
 /// Longest spec accepted, in bytes (a command-line argument, not a file).
 pub const MAX_SPEC_LEN: usize = 64 * 1024;
@@ -161,7 +164,7 @@ impl Spec {
             if value.is_empty() {
                 return Err(SpecError::EmptyValue { key: key.to_string(), spec: spec() });
             }
-            if pairs.iter().any(|(k, _)| k == key) {
+            if !REPEATABLE.contains(&key) && pairs.iter().any(|(k, _)| k == key) {
                 return Err(SpecError::DuplicateKey { key: key.to_string(), spec: spec() });
             }
             pairs.push((key.to_string(), value.to_string()));
@@ -187,7 +190,7 @@ impl Spec {
             if value.is_empty() {
                 return Err(SpecError::EmptyValue { key: key.clone(), spec: spec() });
             }
-            if pairs[..i].iter().any(|(k, _)| k == key) {
+            if !REPEATABLE.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
                 return Err(SpecError::DuplicateKey { key: key.clone(), spec: spec() });
             }
         }
@@ -209,6 +212,11 @@ impl Spec {
         self.pairs.iter().map(|(k, _)| k.as_str())
     }
 
+    /// The pairs not yet taken, in spec order (a repeated key once per value).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// True when every key has been taken.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
@@ -218,6 +226,18 @@ impl Spec {
     pub fn take(&mut self, key: &str) -> Option<String> {
         let idx = self.pairs.iter().position(|(k, _)| k == key)?;
         Some(self.pairs.remove(idx).1)
+    }
+
+    /// Remove every occurrence of `key` (a [`REPEATABLE`] one) and return the values in order.
+    pub fn take_all(&mut self, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.pairs.retain(|(k, v)| {
+            if k == key {
+                out.push(v.clone());
+            }
+            k != key
+        });
+        out
     }
 
     /// Remove `key`, which must be present; `hint` is appended to the error (e.g. an example).
@@ -363,6 +383,15 @@ mod tests {
         assert_eq!(s.take("format"), None);
         assert_eq!(s.to_string(), "size=1G");
         assert_eq!(s.source(), "format=mem,size=1G");
+    }
+
+    #[test]
+    fn a_repeatable_key_keeps_every_value_in_order() {
+        let mut s = Spec::parse("format=qcow2,backing-dir=/a,path=x,backing-dir=/b").unwrap();
+        assert_eq!(s.pairs().filter(|(k, _)| *k == "backing-dir").count(), 2);
+        assert_eq!(s.take_all("backing-dir"), ["/a", "/b"]);
+        assert_eq!(s.to_string(), "format=qcow2,path=x");
+        assert!(Spec::from_pairs([("backing-file", "/a"), ("backing-file", "/b")]).is_ok());
     }
 
     #[test]

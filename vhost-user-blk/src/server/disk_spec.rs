@@ -29,7 +29,7 @@ pub struct DiskSpec {
 /// Split `a=b,c=d` into pairs with the spec syntax rules of [`Spec::parse`].
 pub fn split_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     let spec = Spec::parse(text).map_err(|e| e.to_string())?;
-    Ok(spec.keys().map(|k| (k.to_string(), spec.get(k).unwrap_or_default().to_string())).collect())
+    Ok(spec.pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 /// Parse `on|off|true|false|yes|no|1|0` for `key`.

@@ -1,7 +1,10 @@
-//! `format=qcow2,path=FILE[,read-only=on][,direct=on][,backing=on|off][,l2-cache-size=SIZE]`: a
-//! qcow2 image ([`qcow::Qcow2`]). The backing chain is followed when the header names the backing
-//! format (relative names from the image's directory); a backing file without a named format is
-//! refused, never probed. `path=node:NAME` puts the image on an already-built node (a RAID array,
+//! `format=qcow2,path=FILE[,read-only=on][,direct=on][,backing=on|off][,l2-cache-size=SIZE]
+//! [,backing-dir=DIR]...[,backing-file=PATH]...`: a qcow2 image ([`qcow::Qcow2`]). The backing
+//! chain is followed when the header names the backing format (relative names from the image's
+//! directory); a backing file without a named format is refused, never probed. A backing file is
+//! opened only under the image's own directory, under a `backing-dir` or when it is exactly a
+//! `backing-file` (both repeatable; symlinks and `..` resolved first): an image naming
+//! `/etc/passwd` is refused, not served. `path=node:NAME` puts the image on an already-built node (a RAID array,
 //! a thin volume); such an image cannot have a backing file unless `backing=off`.
 
 use std::sync::Arc;
@@ -15,10 +18,12 @@ use crate::spec::Spec;
 pub const FORMAT: Format = Format {
     name: "qcow2",
     build,
-    help: "format=qcow2,path=FILE[,read-only=on][,direct=on][,backing=on|off][,l2-cache-size=SIZE] — a qcow2 image",
+    help: "format=qcow2,path=FILE[,read-only=on][,direct=on][,backing=on|off][,l2-cache-size=SIZE]\
+           [,backing-dir=DIR]...[,backing-file=PATH]... — a qcow2 image (backing files only from its \
+           own directory, a backing-dir or a backing-file)",
 };
 
-const KEYS: &[&str] = &["path", "read-only", "direct", "backing", "l2-cache-size"];
+const KEYS: &[&str] = &["path", "read-only", "direct", "backing", "l2-cache-size", "backing-dir", "backing-file"];
 
 fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
     let target = ctx.resolve(spec, "path")?;
@@ -26,8 +31,16 @@ fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
     let direct = spec.take_bool("direct")?.unwrap_or(false);
     let follow = spec.take_bool("backing")?.unwrap_or(true);
     let l2 = spec.take_size("l2-cache-size")?;
+    let mut policy = qcow::BackingPolicy::default();
+    for d in spec.take_all("backing-dir") {
+        policy = policy.allow_dir(d);
+    }
+    for f in spec.take_all("backing-file") {
+        policy = policy.allow_file(f);
+    }
     spec.finish(KEYS)?;
-    let mut opts = qcow::Options { read_only, direct, ignore_backing: !follow, ..Default::default() };
+    let mut opts =
+        qcow::Options { read_only, direct, ignore_backing: !follow, backing_policy: policy, ..Default::default() };
     if let Some(l2) = l2 {
         opts.l2_cache_bytes = usize::try_from(l2).unwrap_or(usize::MAX).clamp(64 << 10, 1 << 30);
     }

@@ -87,6 +87,27 @@ fn lock_hint(e: Box<dyn std::error::Error>, looks: bool) -> Box<dyn std::error::
     msg.into()
 }
 
+/// Where the backing files of a chain may come from, for the commands that read through one
+/// (`map`, `convert`, `resize`): the image's own directory, and what these flags allow.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct BackingArgs {
+    /// Also allow backing files under DIR (repeatable). Without it a backing file is opened only
+    /// from the image's own directory (symlinks and .. resolved first), as the daemon does.
+    #[arg(long = "backing-dir", value_name = "DIR")]
+    backing_dir: Vec<std::path::PathBuf>,
+    /// Also allow exactly the backing file PATH (repeatable).
+    #[arg(long = "backing-file", value_name = "PATH")]
+    backing_file: Vec<std::path::PathBuf>,
+}
+
+impl BackingArgs {
+    /// The policy these flags give (errors name the flags).
+    pub(crate) fn policy(&self) -> qcow::BackingPolicy {
+        let p = self.backing_dir.iter().fold(qcow::BackingPolicy::for_flags(), |p, d| p.allow_dir(d));
+        self.backing_file.iter().fold(p, |p, f| p.allow_file(f))
+    }
+}
+
 /// Print to stdout; a closed pipe (`| head`) is not an error worth a panic.
 pub(crate) fn emit(text: &str) {
     use std::io::Write;

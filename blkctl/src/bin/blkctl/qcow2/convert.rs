@@ -1,4 +1,4 @@
-//! `blkctl qcow2 convert [-f raw|qcow2] [-O raw|qcow2] [-c] [-p] SRC DST`.
+//! `blkctl qcow2 convert [-f raw|qcow2] [-O raw|qcow2] [-c] [-p] [--backing-dir DIR]... SRC DST`.
 
 use std::path::PathBuf;
 
@@ -41,6 +41,8 @@ pub struct ConvertArgs {
     /// Print a JSON object saying what was done (for scripts).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backing: super::BackingArgs,
 }
 
 /// Run `convert`.
@@ -50,6 +52,7 @@ pub fn run(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
         dst_format: a.dst_format.parse::<Format>().map_err(|e| format!("-O: {e}"))?,
         compress: a.compress,
         cluster_size: blockdev::size::parse_size(&a.cluster_size).map_err(|e| format!("--cluster-size: {e}"))?,
+        backing_policy: a.backing.policy(),
     };
     // A bar on a terminal; qemu-img's text on a pipe only with -p; otherwise silent.
     let mut meter = Meter::new("convert", Unit::Bytes, 0, progress::show_on_stderr(a.progress));

@@ -1,4 +1,4 @@
-//! `blkctl qcow2 map FILE [-U] [--json]`.
+//! `blkctl qcow2 map FILE [-U] [--json] [--backing-dir DIR]... [--backing-file PATH]...`.
 
 use std::path::PathBuf;
 
@@ -21,12 +21,14 @@ pub struct MapArgs {
     /// process (the daemon serving it) has open for writing; what it says may be changing.
     #[arg(short = 'U', long)]
     force_share: bool,
+    #[command(flatten)]
+    backing: super::BackingArgs,
 }
 
 /// Run `map`.
 pub fn run(a: MapArgs) -> Result<(), Box<dyn std::error::Error>> {
     let io = IoCtx::new()?;
-    let entries = qcow::map::map_path_with(&io, &a.file, a.force_share)?;
+    let entries = qcow::map::map_path_policy(&io, &a.file, a.force_share, &a.backing.policy())?;
     if a.json {
         super::emit(&qcow::map::to_qemu_json(&entries));
     } else {

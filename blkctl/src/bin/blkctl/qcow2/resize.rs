@@ -1,4 +1,4 @@
-//! `blkctl qcow2 resize FILE [+|-]SIZE|--size [+|-]SIZE [--shrink] [--json]`.
+//! `blkctl qcow2 resize FILE [+|-]SIZE|--size [+|-]SIZE [--shrink] [--json] [--backing-dir DIR]...`.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub struct ResizeArgs {
     /// Print a JSON object saying what was done (for scripts).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backing: super::BackingArgs,
 }
 
 /// Run `resize`.
@@ -44,7 +46,8 @@ pub fn run(a: ResizeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let new = change.apply(old).map_err(|e| e.context(&name))?;
     qcow::resize::check_size(&name, &h, new, a.shrink)?;
     // The backing chain is opened: growing over a longer backing file zeroes the new part.
-    let dev = io.block_on(qcow::open_path(&io, &a.file, &qcow::Options::default()))?;
+    let opts = qcow::Options { backing_policy: a.backing.policy(), ..Default::default() };
+    let dev = io.block_on(qcow::open_path(&io, &a.file, &opts))?;
     let res = io.block_on(qcow::resize::resize(&io, &dev, new, a.shrink));
     let closed = io.block_on(dev.close(&io));
     res?;
