@@ -222,10 +222,11 @@ impl Spec {
         self.pairs.is_empty()
     }
 
-    /// Remove `key` and return its value.
+    /// Remove `key` and return its value. A [`REPEATABLE`] key read this way is taken whole:
+    /// every occurrence goes, and the first value is returned (a single-value reader never
+    /// leaves a second value behind for `finish` to trip over).
     pub fn take(&mut self, key: &str) -> Option<String> {
-        let idx = self.pairs.iter().position(|(k, _)| k == key)?;
-        Some(self.pairs.remove(idx).1)
+        self.take_all(key).into_iter().next()
     }
 
     /// Remove every occurrence of `key` (a [`REPEATABLE`] one) and return the values in order.
@@ -392,6 +393,9 @@ mod tests {
         assert_eq!(s.take_all("backing-dir"), ["/a", "/b"]);
         assert_eq!(s.to_string(), "format=qcow2,path=x");
         assert!(Spec::from_pairs([("backing-file", "/a"), ("backing-file", "/b")]).is_ok());
+        let mut once = Spec::parse("backing-dir=/a,backing-dir=/b").unwrap();
+        assert_eq!(once.take("backing-dir").as_deref(), Some("/a"));
+        assert!(once.get("backing-dir").is_none(), "a single-value read takes every occurrence");
     }
 
     #[test]
