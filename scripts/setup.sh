@@ -8,6 +8,7 @@
 #     bookworm's own qemu-system-x86 is 7.2 and installing it would remove qemu-utils 10.
 #   - fio, busybox-static, acpica-tools (iasl), cpio, binutils, xz-utils, zstd and lz4
 #     (vmm-mini/scripts/extract-vmlinux.sh on Debian's LZ4-compressed kernel) from Debian.
+#   - prometheus (promtool and a server for the metrics tests; its own service kept off).
 #   - rustup components clippy and rustfmt; cargo-fuzz from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -82,6 +83,35 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update_once
     say "apt-get install ${missing[*]}"
     apt-get install -y -q "${missing[@]}"
+fi
+
+# --- Prometheus: promtool and the server, for the metrics tests ------------------------------
+# The tests start their own server on 127.0.0.1 with storage in a temp dir. The package's own
+# service listens on 0.0.0.0:9090, and its postinst starts it through invoke-rc.d: a
+# policy-rc.d that refuses (exit 101) keeps it from starting during the install, and the
+# service is disabled and stopped after, whoever installed the package.
+if installed prometheus; then
+    say "ok: prometheus (promtool)"
+else
+    apt_update_once
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# setup.sh: no service starts while prometheus installs\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    say "apt-get install --no-install-recommends prometheus"
+    apt-get install -y -q --no-install-recommends prometheus || { [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ "$made_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
+fi
+if command -v systemctl >/dev/null 2>&1; then
+    # Works without a running systemd too (removes the boot-time link).
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+    [ ! -d /run/systemd/system ] || systemctl stop prometheus.service >/dev/null 2>&1 || true
+fi
+if [ -x /etc/init.d/prometheus ]; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
 # The guest-artifact helper runs `apt-cache depends` and `apt-get download` at test time:

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::{DevInfo, IoBufs, IoCtx, IoTag, Result};
+use crate::{DevInfo, IoBufs, IoCtx, IoTag, LayerSample, Result};
 
 /// The future every device operation returns: `'static` (it owns a clone of the `IoCtx` and
 /// its buffers), not `Send` (it stays on the thread whose ring runs it).
@@ -46,6 +46,14 @@ pub trait BlockDev: Send + Sync {
     /// underneath (the default) return `info().size`; wrappers forward to what they wrap.
     fn refresh_size(&self) -> Result<u64> {
         Ok(self.info().size)
+    }
+
+    /// Push this layer's own metrics (RAID state, pool space, ...) onto `out`, then ask the
+    /// devices it stands on for theirs. Called when metrics are scraped, never per request; it
+    /// must not wait on I/O. Layers without metrics (the default) report nothing; wrappers
+    /// forward to what they wrap.
+    fn layer_metrics(&self, out: &mut Vec<LayerSample>) {
+        let _ = out;
     }
 
     /// A short human-readable name for logs (`raw:/path`, `mem:1G`, `raid5:uuid`).

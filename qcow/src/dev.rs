@@ -158,6 +158,14 @@ impl BlockDev for Qcow2 {
         Box::pin(crate::zero::write_zeroes(self.sh.clone(), io.clone(), off, len, unmap))
     }
 
+    fn layer_metrics(&self, out: &mut Vec<blockdev::LayerSample>) {
+        crate::metrics::push(&self.sh, out);
+        self.sh.file.layer_metrics(out);
+        if let Some(b) = &self.sh.backing {
+            b.layer_metrics(out);
+        }
+    }
+
     fn describe(&self) -> String {
         format!("qcow2:{}", self.sh.name)
     }

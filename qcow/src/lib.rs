@@ -27,6 +27,7 @@ mod in_place;
 pub(crate) mod l1l2;
 pub mod map;
 pub(crate) mod meta;
+mod metrics;
 pub(crate) mod newfile;
 pub(crate) mod open;
 pub(crate) mod overlap;

@@ -266,6 +266,10 @@ impl BlockDev for Array {
         }
     }
 
+    fn layer_metrics(&self, out: &mut Vec<blockdev::LayerSample>) {
+        crate::metrics::push(self, out);
+    }
+
     fn describe(&self) -> String {
         self.core.describe()
     }

@@ -19,6 +19,7 @@ mod flush_group;
 mod format;
 pub mod layout;
 mod member;
+mod metrics;
 mod raid0;
 mod raid1;
 pub mod raid5;

@@ -17,6 +17,7 @@ mod dir;
 pub mod format;
 mod load;
 mod metaio;
+pub mod metrics;
 mod paged;
 mod pool;
 mod probe;

@@ -131,6 +131,8 @@ pub struct PoolState {
     deferred: HashSet<u64>,
     /// The low-water warning was logged (reset when space is back above the mark).
     low_water_warned: bool,
+    /// The low-water mark: percent of the data blocks (see `Pool::set_low_water`).
+    pub low_water_pct: u8,
 }
 
 fn corrupt(msg: impl Into<String>) -> Error {
@@ -173,6 +175,7 @@ impl PoolState {
             pins: IntMap::default(),
             deferred: HashSet::new(),
             low_water_warned: false,
+            low_water_pct: crate::metrics::DEFAULT_LOW_WATER_PCT,
             sb,
         }
     }
@@ -263,9 +266,9 @@ impl PoolState {
             + self.sb.data_blocks.saturating_sub(self.fresh_next)
     }
 
-    /// True when less than a tenth of the pool is available.
+    /// True when less than the low-water share (a tenth unless set) of the pool is available.
     pub fn below_low_water(&self) -> bool {
-        self.available_blocks() * 10 < self.sb.data_blocks
+        u128::from(self.available_blocks()) * 100 < u128::from(self.sb.data_blocks) * u128::from(self.low_water_pct)
     }
 
     /// Reserve a data block.
@@ -273,8 +276,9 @@ impl PoolState {
         let low = self.below_low_water();
         if low && !self.low_water_warned {
             tracing::warn!(
-                "thin pool {}: below the low-water mark ({} of {} data blocks available)",
+                "thin pool {}: below the low-water mark of {}% ({} of {} data blocks available); grow the pool",
                 self.sb.uuid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                self.low_water_pct,
                 self.available_blocks(),
                 self.sb.data_blocks
             );

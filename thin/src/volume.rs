@@ -424,6 +424,14 @@ async fn unmap(
 }
 
 impl BlockDev for ThinVolume {
+    fn layer_metrics(&self, out: &mut Vec<blockdev::LayerSample>) {
+        crate::metrics::push(&self.inner, out);
+        self.inner.meta.layer_metrics(out);
+        if !self.inner.shared_dev {
+            self.inner.data.layer_metrics(out);
+        }
+    }
+
     fn info(&self) -> DevInfo {
         let data = self.inner.data.info();
         DevInfo {

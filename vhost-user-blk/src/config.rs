@@ -7,6 +7,7 @@
 //!
 //! ```toml
 //! api-socket = "/run/strata/api.sock"     # optional
+//! metrics = "127.0.0.1:9101"               # optional: Prometheus /metrics (or "unix:PATH")
 //!
 //! [[node]]
 //! name = "base"
@@ -50,6 +51,8 @@ use crate::server::DiskSpec;
 pub struct Config {
     /// `api-socket`: where the control socket listens, if anywhere.
     pub api_socket: Option<PathBuf>,
+    /// `metrics`: where `/metrics` is served, if anywhere (as `--metrics` takes it).
+    pub metrics: Option<crate::metrics::MetricsAddr>,
     /// Named nodes, in file order (each may refer to the ones before it).
     pub nodes: Vec<NodeSpec>,
     /// The exports, in file order.
@@ -91,10 +94,13 @@ impl Config {
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         let invalid = |msg: String| ConfigError::Invalid(name.to_string(), msg);
         let table: toml::Table = text.parse().map_err(|e| ConfigError::Toml(name.to_string(), e))?;
-        let mut cfg = Config { api_socket: None, nodes: Vec::new(), exports: Vec::new() };
+        let mut cfg = Config { api_socket: None, metrics: None, nodes: Vec::new(), exports: Vec::new() };
         for (key, value) in table {
             match (key.as_str(), value) {
                 ("api-socket", toml::Value::String(s)) => cfg.api_socket = Some(s.into()),
+                ("metrics", toml::Value::String(s)) => {
+                    cfg.metrics = Some(crate::metrics::MetricsAddr::parse(&s).map_err(&invalid)?)
+                }
                 ("export", toml::Value::Array(items)) => {
                     for (i, item) in items.into_iter().enumerate() {
                         let pairs = pairs_of("export", i, item).map_err(&invalid)?;
@@ -114,7 +120,7 @@ impl Config {
                 }
                 (other, _) => {
                     return Err(invalid(format!(
-                        "unknown or mistyped key {other:?} (api-socket, [[node]], [[export]])"
+                        "unknown or mistyped key {other:?} (api-socket, metrics, [[node]], [[export]])"
                     )))
                 }
             }
@@ -218,6 +224,14 @@ mod tests {
         assert!(Config::parse("t.toml", nameless).unwrap_err().to_string().contains("missing name"));
         let formatless = "[[node]]\nname = \"a\"\n";
         assert!(Config::parse("t.toml", formatless).unwrap_err().to_string().contains("format"));
+    }
+
+    #[test]
+    fn metrics_takes_an_address_and_a_bad_one_is_named() {
+        let cfg = Config::parse("t.toml", "metrics = \"[::1]:9101\"\n").unwrap();
+        assert_eq!(cfg.metrics.unwrap().to_string(), "[::1]:9101");
+        let err = Config::parse("t.toml", "metrics = \"localhost:1\"\n").unwrap_err().to_string();
+        assert!(err.contains("t.toml") && err.contains("localhost:1") && err.contains("IP:PORT"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,9 @@ use crate::server::serve::{bind_socket, SocketFile};
 use crate::server::{Daemon, DiskSpec};
 
 pub mod raid;
+pub mod runtime;
+
+pub use runtime::ControlRuntime;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -71,30 +74,31 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Bind `path` (replacing a stale socket) and serve it on a new thread.
+    /// Bind `path` (replacing a stale socket) and serve it on a new control-plane runtime.
     pub fn start(path: &Path, daemon: Arc<Daemon>) -> std::io::Result<ApiServer> {
+        let rt = ControlRuntime::start()?;
+        ApiServer::start_on(path, daemon, rt.handle())
+    }
+
+    /// Bind `path` (replacing a stale socket) and serve it on the runtime behind `rt`.
+    pub fn start_on(path: &Path, daemon: Arc<Daemon>, rt: &tokio::runtime::Handle) -> std::io::Result<ApiServer> {
         let (std_listener, socket) = bind_socket(path).map_err(std::io::Error::other)?;
         std_listener.set_nonblocking(true)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("api".into()).spawn(move || {
-            rt.block_on(async move {
-                let listener = match UnixListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => return tracing::error!("control socket: {e}"),
-                };
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(serve_client(stream, daemon.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!("control socket: accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
+        let _guard = rt.enter();
+        let listener = UnixListener::from_std(std_listener)?;
+        rt.spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_client(stream, daemon.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("control socket: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 }
-            })
-        })?;
+            }
+        });
         tracing::info!(socket = %path.display(), "control socket listening");
         Ok(ApiServer { socket })
     }

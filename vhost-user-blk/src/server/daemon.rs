@@ -37,6 +37,8 @@ pub struct Daemon {
     nodes: Mutex<HashMap<String, Arc<dyn BlockDev>>>,
     /// The RAID arrays its exports and nodes assembled, closed clean at shutdown.
     arrays: Mutex<Vec<Weak<raid::Array>>>,
+    /// Every export's counters by name, kept across removal for `/metrics`.
+    series: crate::metrics::Series,
 }
 
 impl Daemon {
@@ -76,6 +78,7 @@ impl Daemon {
         self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
         let dev = dev.map_err(|e| format!("{}: {e}", spec.name))?;
         let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        self.series.track(&export.name, &export.stats);
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
         Ok(())
@@ -108,6 +111,16 @@ impl Daemon {
                 device: e.export.dev.describe(),
             })
             .collect()
+    }
+
+    /// The exports served now.
+    pub fn exports(&self) -> Vec<Arc<Export>> {
+        self.exports.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|e| e.export.clone()).collect()
+    }
+
+    /// Every export's counters by name, removed ones included (for `/metrics`).
+    pub fn series(&self) -> &crate::metrics::Series {
+        &self.series
     }
 
     /// Statistics of the export `name`.

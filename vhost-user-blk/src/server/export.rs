@@ -112,8 +112,8 @@ pub struct Export {
     pub geometry: Geometry,
     /// GET_ID answer, NUL-padded.
     pub serial: [u8; ID_LEN],
-    /// Counters since start.
-    pub stats: ExportStats,
+    /// Counters since start (shared with the metrics' series, which outlive the export).
+    pub stats: Arc<ExportStats>,
     /// How the device was described (the disk spec without export keys).
     pub source: String,
 }
@@ -146,6 +146,6 @@ impl Export {
         );
         let mut serial = [0u8; ID_LEN];
         serial[..settings.serial.len()].copy_from_slice(settings.serial.as_bytes());
-        Ok(Export { name, settings, dev, geometry, serial, stats: ExportStats::default(), source })
+        Ok(Export { name, settings, dev, geometry, serial, stats: Arc::default(), source })
     }
 }

@@ -8,22 +8,36 @@ use serde::Serialize;
 use super::request::OpClass;
 
 /// Latency buckets: bucket `i` holds requests that took less than `2^i` microseconds.
-const BUCKETS: usize = 32;
+pub const BUCKETS: usize = 32;
 
-/// Counters for one export (all connections since start).
+/// Request classes counted apart, in [`OpClass`] order (the `op` label on `/metrics`).
+pub const OP_NAMES: [&str; OPS] = ["read", "write", "flush", "discard", "other"];
+/// Number of request classes.
+pub const OPS: usize = 5;
+
+/// Index of `class` in the per-class arrays.
+fn op_index(class: OpClass) -> usize {
+    match class {
+        OpClass::Read => 0,
+        OpClass::Write => 1,
+        OpClass::Flush => 2,
+        OpClass::Discard => 3,
+        OpClass::Other => 4,
+    }
+}
+
+/// Counters for one export (all connections since start), one set per request class.
 #[derive(Default)]
 pub struct ExportStats {
-    reads: AtomicU64,
-    writes: AtomicU64,
-    flushes: AtomicU64,
-    discards: AtomicU64,
-    others: AtomicU64,
-    read_bytes: AtomicU64,
-    write_bytes: AtomicU64,
-    errors: AtomicU64,
+    count: [AtomicU64; OPS],
+    bytes: [AtomicU64; OPS],
+    errors: [AtomicU64; OPS],
+    latency_sum_ns: [AtomicU64; OPS],
+    latency_us: [[AtomicU64; BUCKETS]; OPS],
     in_flight: AtomicU64,
     connections: AtomicU64,
-    latency_us: [AtomicU64; BUCKETS],
+    /// Time requests waited for their I/O limit to allow them, summed (nanoseconds).
+    pub throttled_ns: AtomicU64,
 }
 
 /// Counts a queue worker keeps for itself between two [`ExportStats::absorb`] calls: plain
@@ -31,40 +45,53 @@ pub struct ExportStats {
 #[derive(Default, Debug)]
 pub struct LocalStats {
     finished: u64,
-    reads: u64,
-    writes: u64,
-    flushes: u64,
-    discards: u64,
-    others: u64,
-    read_bytes: u64,
-    write_bytes: u64,
-    errors: u64,
-    latency_us: [u64; BUCKETS],
+    totals: OpTotals,
+}
+
+/// Per-class totals: what a worker counted in a batch, or an export's counters as read.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct OpTotals {
+    /// Requests completed, by class.
+    pub count: [u64; OPS],
+    /// Data bytes moved, by class.
+    pub bytes: [u64; OPS],
+    /// Requests completed with a status other than OK, by class.
+    pub errors: [u64; OPS],
+    /// Time from a request's arrival to its completion, summed (nanoseconds), by class.
+    pub latency_sum_ns: [u64; OPS],
+    /// Latency histogram by class: bucket `i` counts requests faster than `2^i` microseconds.
+    pub latency_us: [[u64; BUCKETS]; OPS],
+}
+
+impl OpTotals {
+    /// Add `other` to these totals (wrapping, as the counters themselves do).
+    pub fn add(&mut self, other: &OpTotals) {
+        for op in 0..OPS {
+            self.count[op] = self.count[op].wrapping_add(other.count[op]);
+            self.bytes[op] = self.bytes[op].wrapping_add(other.bytes[op]);
+            self.errors[op] = self.errors[op].wrapping_add(other.errors[op]);
+            self.latency_sum_ns[op] = self.latency_sum_ns[op].wrapping_add(other.latency_sum_ns[op]);
+            for (a, b) in self.latency_us[op].iter_mut().zip(&other.latency_us[op]) {
+                *a = a.wrapping_add(*b);
+            }
+        }
+    }
 }
 
 impl LocalStats {
     /// A request finished: `ok` says whether its status was OK.
     pub fn record(&mut self, class: OpClass, bytes: u64, ok: bool, took: Duration) {
+        let op = op_index(class);
+        let t = &mut self.totals;
         self.finished += 1;
-        match class {
-            OpClass::Read => {
-                self.reads += 1;
-                self.read_bytes += bytes;
-            }
-            OpClass::Write => {
-                self.writes += 1;
-                self.write_bytes += bytes;
-            }
-            OpClass::Flush => self.flushes += 1,
-            OpClass::Discard => self.discards += 1,
-            OpClass::Other => self.others += 1,
-        }
-        if !ok {
-            self.errors += 1;
-        }
-        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        t.count[op] += 1;
+        t.bytes[op] += bytes;
+        t.errors[op] += u64::from(!ok);
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        t.latency_sum_ns[op] = t.latency_sum_ns[op].wrapping_add(ns);
+        let us = ns / 1000;
         let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
-        self.latency_us[bucket] += 1;
+        t.latency_us[op][bucket] += 1;
     }
 }
 
@@ -97,6 +124,13 @@ pub struct StatsSnapshot {
     pub latency_p99_us: u64,
     /// 99.9th percentile latency in microseconds (bucket upper bound).
     pub latency_p999_us: u64,
+    /// Seconds requests spent waiting for their I/O limit, summed over requests.
+    #[serde(default)]
+    pub throttled_seconds: f64,
+    /// The latency histogram of every class together: bucket `i` counts requests faster than
+    /// `2^i` microseconds (so a reader can take percentiles of the requests between two samples).
+    #[serde(default)]
+    pub latency_histogram_us: Vec<u64>,
 }
 
 impl ExportStats {
@@ -129,16 +163,18 @@ impl ExportStats {
             }
         };
         self.in_flight.fetch_sub(local.finished, Relaxed);
-        add(&self.reads, local.reads);
-        add(&self.writes, local.writes);
-        add(&self.flushes, local.flushes);
-        add(&self.discards, local.discards);
-        add(&self.others, local.others);
-        add(&self.read_bytes, local.read_bytes);
-        add(&self.write_bytes, local.write_bytes);
-        add(&self.errors, local.errors);
-        for (a, &v) in self.latency_us.iter().zip(&local.latency_us) {
-            add(a, v);
+        let t = &local.totals;
+        for op in 0..OPS {
+            if t.count[op] == 0 {
+                continue;
+            }
+            add(&self.count[op], t.count[op]);
+            add(&self.bytes[op], t.bytes[op]);
+            add(&self.errors[op], t.errors[op]);
+            add(&self.latency_sum_ns[op], t.latency_sum_ns[op]);
+            for (a, &v) in self.latency_us[op].iter().zip(&t.latency_us[op]) {
+                add(a, v);
+            }
         }
         *local = LocalStats::default();
     }
@@ -153,29 +189,58 @@ impl ExportStats {
         self.in_flight.load(Relaxed)
     }
 
+    /// Seconds requests waited for their I/O limit, summed.
+    pub fn throttled_seconds(&self) -> f64 {
+        self.throttled_ns.load(Relaxed) as f64 / 1e9
+    }
+
+    /// Read the per-class counters.
+    pub fn totals(&self) -> OpTotals {
+        let mut t = OpTotals::default();
+        for op in 0..OPS {
+            t.count[op] = self.count[op].load(Relaxed);
+            t.bytes[op] = self.bytes[op].load(Relaxed);
+            t.errors[op] = self.errors[op].load(Relaxed);
+            t.latency_sum_ns[op] = self.latency_sum_ns[op].load(Relaxed);
+            for (a, b) in t.latency_us[op].iter_mut().zip(&self.latency_us[op]) {
+                *a = b.load(Relaxed);
+            }
+        }
+        t
+    }
+
     /// Copy the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let hist: Vec<u64> = self.latency_us.iter().map(|b| b.load(Relaxed)).collect();
+        let t = self.totals();
+        let mut hist = vec![0u64; BUCKETS];
+        for per_op in &t.latency_us {
+            for (h, v) in hist.iter_mut().zip(per_op) {
+                *h += v;
+            }
+        }
         StatsSnapshot {
-            reads: self.reads.load(Relaxed),
-            writes: self.writes.load(Relaxed),
-            flushes: self.flushes.load(Relaxed),
-            discards: self.discards.load(Relaxed),
-            others: self.others.load(Relaxed),
-            read_bytes: self.read_bytes.load(Relaxed),
-            write_bytes: self.write_bytes.load(Relaxed),
-            errors: self.errors.load(Relaxed),
+            reads: t.count[0],
+            writes: t.count[1],
+            flushes: t.count[2],
+            discards: t.count[3],
+            others: t.count[4],
+            read_bytes: t.bytes[0],
+            write_bytes: t.bytes[1],
+            errors: t.errors.iter().sum(),
             in_flight: self.in_flight.load(Relaxed),
             connections: self.connections.load(Relaxed),
             latency_p50_us: percentile(&hist, 0.5),
             latency_p99_us: percentile(&hist, 0.99),
             latency_p999_us: percentile(&hist, 0.999),
+            throttled_seconds: self.throttled_seconds(),
+            latency_histogram_us: hist,
         }
     }
 }
 
-/// Upper bound (in µs) of the bucket holding the `q` quantile; 0 with no samples.
-fn percentile(hist: &[u64], q: f64) -> u64 {
+/// Upper bound (in µs) of the bucket holding the `q` quantile of a [`BUCKETS`] histogram; 0
+/// with no samples.
+pub fn percentile(hist: &[u64], q: f64) -> u64 {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return 0;

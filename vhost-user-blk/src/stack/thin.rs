@@ -1,11 +1,13 @@
 //! `format=thin,pool=POOL,volume=NAME[,metadata=META][,direct=on][,commit-interval-ms=N]
-//! [,no-space-wait=DURATION]`: one volume of a thin pool ([`thin`]). `POOL` (and `META`, for a pool with a separate
+//! [,no-space-wait=DURATION][,low-water=PERCENT]`: one volume of a thin pool ([`thin`]). `POOL` (and `META`, for a pool with a separate
 //! metadata device) is a file, a block device or `node:NAME`. Several specs naming the same pool
 //! in one process share one open pool (the pool file is locked once), so one daemon serves many
 //! volumes of a pool, each on its own socket. The pool commits on FLUSH/FUA and, while dirty,
 //! every `commit-interval-ms` (default 1000; 0 turns the timer off). A write that needs a block
 //! when the pool is full fails with IOERR at once, or after waiting up to `no-space-wait` (e.g.
-//! `30s`) for space to come back (blocks freed, the pool grown). The daemon's control socket
+//! `30s`) for space to come back (blocks freed, the pool grown). Under `low-water` percent of
+//! the data space available (default 10; a pool-wide setting, the last spec naming it wins) the
+//! pool logs one warning and `strata_thin_low_water` reads 1 on `/metrics`. The daemon's control socket
 //! reaches an open pool through [`served_pool`].
 //!
 //! One writer per volume: a volume (or snapshot) is open through at most one spec at a time in
@@ -29,10 +31,10 @@ pub const FORMAT: Format = Format {
     name: "thin",
     build,
     help: "format=thin,pool=POOL,volume=NAME[,metadata=META][,direct=on][,commit-interval-ms=N]\
-           [,no-space-wait=DURATION] — a thin volume",
+           [,no-space-wait=DURATION][,low-water=PERCENT] — a thin volume",
 };
 
-const KEYS: &[&str] = &["pool", "volume", "metadata", "direct", "commit-interval-ms", "no-space-wait"];
+const KEYS: &[&str] = &["pool", "volume", "metadata", "direct", "commit-interval-ms", "no-space-wait", "low-water"];
 
 /// Pools open in this process, by what names them (a canonical path or `node:NAME`).
 fn open_pools() -> &'static Mutex<HashMap<String, Weak<Pool>>> {
@@ -136,6 +138,18 @@ fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
     let direct = spec.take_bool("direct")?.unwrap_or(false);
     let interval = spec.take_u32("commit-interval-ms")?.unwrap_or(1000);
     let space_wait = spec.take_duration("no-space-wait")?.unwrap_or_default();
+    let low_water = match spec.take_u32("low-water")? {
+        Some(p) if p > 100 => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "disk spec '{}': low-water={p} must be 0..=100 (percent of the pool's data space)",
+                    spec.source()
+                ),
+            ))
+        }
+        p => p.map(|p| p as u8),
+    };
     spec.finish(KEYS)?;
     if ctx.read_only {
         return Err(Error::new(
@@ -166,6 +180,9 @@ fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
         }
     };
     drop(pools);
+    if let Some(pct) = low_water {
+        pool.set_low_water(pct)?;
+    }
     let mut vol = pool.volume(&volume).map_err(|e| e.context(format!("disk spec '{}'", spec.source())))?;
     let claim = WriterClaim::take(&key, &volume).map_err(|holder| {
         Error::new(
@@ -206,6 +223,9 @@ impl BlockDev for ServedVolume {
     }
     fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, tag: IoTag) -> IoFuture {
         self.vol.write_zeroes(io, off, len, unmap, tag)
+    }
+    fn layer_metrics(&self, out: &mut Vec<blockdev::LayerSample>) {
+        self.vol.layer_metrics(out)
     }
     fn describe(&self) -> String {
         self.vol.describe()

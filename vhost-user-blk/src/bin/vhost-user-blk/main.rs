@@ -54,6 +54,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
 
+    /// Serve Prometheus metrics over HTTP at /metrics on ADDR: IP:PORT (127.0.0.1:9101,
+    /// [::1]:9101; bound exactly as named) or unix:PATH. Per-export request, byte, error and
+    /// latency counters, and RAID, thin pool and qcow2 state; see docs/server.md.
+    #[arg(long, value_name = "ADDR", value_parser = vhost_user_blk::metrics::MetricsAddr::parse)]
+    metrics: Option<vhost_user_blk::metrics::MetricsAddr>,
+
     /// Write the daemon's pid and a newline to FILE once every socket listens (a symlink is
     /// refused); removed at a clean exit while it still holds that pid. When NOTIFY_SOCKET is set
     /// (systemd Type=notify), READY=1 is sent after that.
@@ -66,6 +72,7 @@ const EXAMPLES: &str = "Examples:
   vhost-user-blk --disk socket=/tmp/vm1.sock,format=raw,path=vm1.raw,num-queues=2
   vhost-user-blk --disk socket=/tmp/ram.sock,format=mem,size=1G --api-socket /tmp/strata-api.sock
   vhost-user-blk --config strata.toml
+  vhost-user-blk --disk socket=/tmp/vm1.sock,format=raw,path=vm1.raw --metrics 127.0.0.1:9101
 
 Attach QEMU (guest memory must be shared):
   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\
@@ -119,11 +126,13 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let mut specs = Vec::new();
     let mut nodes = Vec::new();
     let mut api_socket = args.api_socket;
+    let mut metrics = args.metrics;
     if let Some(path) = &args.config {
         let cfg = Config::load(path).map_err(|e| e.to_string())?;
         nodes = cfg.nodes;
         specs.extend(cfg.exports);
         api_socket = api_socket.or(cfg.api_socket);
+        metrics = metrics.or(cfg.metrics);
     }
     for d in &args.disks {
         specs.push(DiskSpec::parse(d).map_err(|e| format!("--disk {d}: {e}"))?);
@@ -152,16 +161,46 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
             return Err(e);
         }
     }
-    let api = match &api_socket {
-        Some(path) => Some(vhost_user_blk::api::ApiServer::start(path, daemon.clone()).map_err(|e| e.to_string())?),
-        None => None,
+    // The control plane's runtime serves the control socket and the metrics, either or both.
+    let control = match (&api_socket, &metrics) {
+        (None, None) => None,
+        _ => match vhost_user_blk::api::ControlRuntime::start() {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                daemon.shutdown();
+                return Err(format!("cannot start the control-plane thread: {e}"));
+            }
+        },
+    };
+    let api = match (&api_socket, &control) {
+        (Some(path), Some(rt)) => match vhost_user_blk::api::ApiServer::start_on(path, daemon.clone(), rt.handle()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                daemon.shutdown();
+                return Err(format!("--api-socket {}: {e}", path.display()));
+            }
+        },
+        _ => None,
+    };
+    let metrics_server = match (&metrics, &control) {
+        (Some(addr), Some(rt)) => {
+            match vhost_user_blk::metrics::MetricsServer::start(addr, daemon.clone(), rt.handle()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    drop(api);
+                    daemon.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
     };
     // Every socket listens now: the pidfile, then readiness, as systemd expects.
     let pidfile = match &args.pidfile {
         Some(path) => match service::PidFile::write(path) {
             Ok(p) => Some(p),
             Err(e) => {
-                drop(api);
+                drop((api, metrics_server));
                 daemon.shutdown();
                 return Err(e);
             }
@@ -185,7 +224,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     tracing::info!("signal {sig}: finishing in-flight requests and flushing");
     let ok = daemon.shutdown();
     // The control socket's file goes with the server, and only while the path still names it.
-    drop(api);
+    drop((api, metrics_server));
     if let Some(p) = pidfile {
         p.remove();
     }
