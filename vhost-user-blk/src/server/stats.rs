@@ -127,6 +127,10 @@ pub struct StatsSnapshot {
     /// Seconds requests spent waiting for their I/O limit, summed over requests.
     #[serde(default)]
     pub throttled_seconds: f64,
+    /// Time from arrival to completion summed over every completed request, in seconds (with
+    /// `throttled_seconds`, the share of request time spent waiting for limits).
+    #[serde(default)]
+    pub latency_sum_seconds: f64,
     /// The latency histogram of every class together: bucket `i` counts requests faster than
     /// `2^i` microseconds (so a reader can take percentiles of the requests between two samples).
     #[serde(default)]
@@ -233,6 +237,7 @@ impl ExportStats {
             latency_p99_us: percentile(&hist, 0.99),
             latency_p999_us: percentile(&hist, 0.999),
             throttled_seconds: self.throttled_seconds(),
+            latency_sum_seconds: t.latency_sum_ns.iter().map(|&ns| ns as f64 / 1e9).sum(),
             latency_histogram_us: hist,
         }
     }
