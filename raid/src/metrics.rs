@@ -64,3 +64,35 @@ pub(crate) fn push(array: &Array, out: &mut Vec<LayerSample>) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blockdev::{BlockDev, IoCtx, LayerSample, MemDisk};
+
+    use crate::{create, CreateOptions, Level};
+
+    fn value(out: &[LayerSample], name: &str) -> f64 {
+        out.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name}")).value
+    }
+
+    #[test]
+    fn a_failed_member_shows_as_degraded() {
+        let io = IoCtx::new().unwrap();
+        let members: Vec<(String, Arc<dyn BlockDev>)> =
+            (0..2).map(|i| (format!("m{i}"), Arc::new(MemDisk::new(4 << 20).unwrap()) as Arc<dyn BlockDev>)).collect();
+        let opts = CreateOptions { chunk: 16 << 10, ppl_slots: 16, ..CreateOptions::new(Level::Raid1) };
+        let arr = io.block_on(create(&io, members, opts)).unwrap();
+        let mut out = Vec::new();
+        arr.layer_metrics(&mut out);
+        assert_eq!(value(&out, "strata_raid_degraded_members"), 0.0);
+        assert_eq!(value(&out, "strata_raid_rebuilding"), 0.0);
+        assert!(out.iter().all(|s| s.labels[0] == ("array", arr.status().uuid)));
+        io.block_on(arr.fail_member(&io, 1)).unwrap();
+        out.clear();
+        arr.layer_metrics(&mut out);
+        assert_eq!(value(&out, "strata_raid_degraded_members"), 1.0);
+        assert_eq!(out.iter().filter(|s| s.name == "strata_raid_member_errors").count(), 2);
+    }
+}

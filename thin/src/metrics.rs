@@ -86,3 +86,54 @@ pub(crate) fn push(inner: &PoolInner, out: &mut Vec<LayerSample>) {
         if low { 1.0 } else { 0.0 },
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blockdev::{BlockDev, IoCtx, MemDisk, SharedBuf};
+
+    use crate::{Pool, PoolConfig};
+
+    fn sample(out: &[LayerSample], name: &str) -> f64 {
+        out.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name}")).value
+    }
+
+    use blockdev::LayerSample;
+
+    #[test]
+    fn the_low_water_mark_moves_with_its_percent_and_shows_in_the_samples() {
+        let io = IoCtx::new().unwrap();
+        let pool = io
+            .block_on(Pool::create(&io, Arc::new(MemDisk::new(8 << 20).unwrap()), None, PoolConfig::default()))
+            .unwrap();
+        io.block_on(pool.create_volume(&io, "v", 4 << 20)).unwrap();
+        let vol = pool.volume("v").unwrap();
+        let data_blocks = pool.info().data_blocks;
+        let bs = pool.info().block_size;
+        // Use about half of the pool.
+        let mut w = SharedBuf::from_slice(&[5u8; 4096]);
+        let used = data_blocks / 2;
+        for b in 0..used {
+            io.block_on(vol.write(&io, b * bs, w.io(), false, blockdev::IoTag::DATA)).unwrap();
+        }
+        assert_eq!(pool.low_water(), super::DEFAULT_LOW_WATER_PCT);
+        let mut out = Vec::new();
+        vol.layer_metrics(&mut out);
+        assert_eq!(sample(&out, "strata_thin_low_water"), 0.0, "half free is above 10%");
+        assert_eq!(sample(&out, "strata_thin_data_used_bytes"), (used * bs) as f64);
+        assert_eq!(sample(&out, "strata_thin_data_bytes"), (data_blocks * bs) as f64);
+        assert!(sample(&out, "strata_thin_metadata_used_bytes") > 0.0);
+        pool.set_low_water(60).unwrap();
+        assert!(pool.info().below_low_water);
+        out.clear();
+        vol.layer_metrics(&mut out);
+        assert_eq!(sample(&out, "strata_thin_low_water"), 1.0, "half free is under 60%");
+        assert_eq!(sample(&out, "strata_thin_low_water_ratio"), 0.6);
+        pool.set_low_water(0).unwrap();
+        assert!(!pool.info().below_low_water, "0 turns the mark off");
+        let e = pool.set_low_water(101).unwrap_err();
+        assert!(e.to_string().contains("low-water=101"), "{e}");
+        assert_eq!(pool.low_water(), 0, "a refused value changes nothing");
+    }
+}

@@ -8,7 +8,6 @@
 //! them the tests that need them are SKIPPED, and FAIL under STRATA_REQUIRE_QEMU=1 (as
 //! scripts/test.sh runs them).
 
-#[allow(dead_code)]
 mod server_common;
 
 use std::io::{Read, Write};

@@ -322,6 +322,19 @@ mod tests {
     }
 
     #[test]
+    fn low_water_sets_the_pools_mark_and_a_bad_percent_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = pool_file(dir.path());
+        let bad = format!("format=thin,pool={},volume=a,low-water=101", path.display());
+        let e = open_spec(&bad, &OpenCtx::new()).err().unwrap().to_string();
+        assert!(e.contains("low-water=101") && e.contains("0..=100"), "{e}");
+        let spec = format!("format=thin,pool={},volume=a,low-water=25", path.display());
+        let _a = open_spec(&spec, &OpenCtx::new()).unwrap();
+        let pool = crate::stack::thin::served_pool(path.to_str().unwrap()).unwrap();
+        assert_eq!(pool.low_water(), 25);
+    }
+
+    #[test]
     fn unknown_volume_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = pool_file(dir.path());
