@@ -190,3 +190,28 @@ impl Collector for Page {
         self.layer_families(&mut enc)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_samples_are_deduplicated_grouped_and_typed() {
+        let pool = |v: f64| LayerSample::gauge("strata_thin_data_bytes", "Data.", vec![("pool", "p1".into())], v);
+        let rep = |v: f64| {
+            LayerSample::counter("strata_raid_read_errors_repaired_total", "Repaired.", vec![("array", "a".into())], v)
+        };
+        let other = LayerSample::gauge("strata_thin_data_bytes", "Data.", vec![("pool", "p2".into())], 7.0);
+        let page =
+            Page { series: Vec::new(), live: Vec::new(), layers: dedup(vec![pool(1.0), rep(3.0), pool(1.0), other]) };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(page));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert_eq!(text.matches("# TYPE strata_thin_data_bytes gauge").count(), 1, "{text}");
+        assert_eq!(text.matches("strata_thin_data_bytes{pool=\"p1\"}").count(), 1, "one pool under two exports: once");
+        assert!(text.contains("strata_thin_data_bytes{pool=\"p2\"} 7"), "{text}");
+        assert!(text.contains("# TYPE strata_raid_read_errors_repaired_total counter"), "{text}");
+        assert!(text.contains("strata_raid_read_errors_repaired_total{array=\"a\"} 3"), "{text}");
+    }
+}

@@ -167,7 +167,10 @@ impl ExportStats {
             }
         };
         self.in_flight.fetch_sub(local.finished, Relaxed);
-        let t = &local.totals;
+        local.finished = 0;
+        let t = &mut local.totals;
+        // Only the classes the batch had are touched (and reset): a batch of reads costs a
+        // handful of atomic adds and a small reset, not the whole table.
         for op in 0..OPS {
             if t.count[op] == 0 {
                 continue;
@@ -176,11 +179,11 @@ impl ExportStats {
             add(&self.bytes[op], t.bytes[op]);
             add(&self.errors[op], t.errors[op]);
             add(&self.latency_sum_ns[op], t.latency_sum_ns[op]);
-            for (a, &v) in self.latency_us[op].iter().zip(&t.latency_us[op]) {
-                add(a, v);
+            for (a, v) in self.latency_us[op].iter().zip(t.latency_us[op].iter_mut()) {
+                add(a, std::mem::take(v));
             }
+            (t.count[op], t.bytes[op], t.errors[op], t.latency_sum_ns[op]) = (0, 0, 0, 0);
         }
-        *local = LocalStats::default();
     }
 
     /// A frontend connected.
