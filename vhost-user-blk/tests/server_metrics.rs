@@ -285,6 +285,31 @@ fn bad_http_input_leaves_the_daemon_serving() {
 }
 
 #[test]
+fn metrics_on_a_unix_socket_answer_and_the_file_goes_at_exit() {
+    let dir = tempdir();
+    let (sock, msock) = (dir.path().join("m.sock"), dir.path().join("metrics.sock"));
+    let daemon = DaemonProcess::start(
+        &[
+            "--disk".to_string(),
+            format!("socket={},format=mem,size=8M,name=m", sock.display()),
+            "--metrics".into(),
+            format!("unix:{}", msock.display()),
+        ],
+        &[&sock, &msock],
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&msock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK") && out.contains("strata_disk_size_bytes{export=\"m\"} 8388608"),
+        "{out}"
+    );
+    daemon.stop();
+    assert!(!msock.exists(), "the metrics socket file is removed at a clean exit");
+}
+
+#[test]
 fn blkctl_top_once_json_reports_a_loads_iops_within_ten_percent() {
     let dir = tempdir();
     let (api_sock, sock) = (dir.path().join("api.sock"), dir.path().join("m.sock"));

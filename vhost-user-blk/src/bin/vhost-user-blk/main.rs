@@ -40,7 +40,8 @@ struct Args {
     #[arg(long = "disk", value_name = "SPEC", verbatim_doc_comment)]
     disks: Vec<String>,
 
-    /// A TOML file with exports (and optionally api-socket); see docs/server.md for the format.
+    /// A TOML file with exports (and optionally api-socket and metrics); see docs/server.md for the
+    /// format.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
