@@ -19,6 +19,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::export::Export;
 use super::protocol::backend_channel::BackendChannel;
+use super::protocol::inflight::QueueTracker;
 use super::virtio_blk::{CONFIG_LEN, CONFIG_WRITEBACK_OFFSET};
 use zerocopy::IntoBytes;
 
@@ -35,6 +36,18 @@ pub struct QueueShared {
     pub in_flight: AtomicUsize,
     /// The guest broke the ring protocol (avail index jump): stop until the ring is reset.
     pub broken: AtomicBool,
+    /// An in-flight tracker waits in `tracker` for the worker (set when a tracked ring starts).
+    pub tracker_ready: AtomicBool,
+    /// The tracker handed over from the frontend thread to the queue's worker.
+    pub tracker: Mutex<Option<QueueTracker>>,
+}
+
+/// Hand queue `index`'s in-flight tracker to its worker (taken before its next pop).
+pub fn hand_over_tracker(backend: &BlkBackend, index: usize, tracker: QueueTracker) {
+    if let Some(q) = backend.queues.get(index) {
+        *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker);
+        q.tracker_ready.store(true, Ordering::Release);
+    }
 }
 
 /// What changes with every frontend connection.
@@ -106,6 +119,8 @@ impl BlkBackend {
         self.writeback.store(self.export.settings.write_cache, Ordering::Release);
         for q in &self.queues {
             q.broken.store(false, Ordering::Release);
+            q.tracker_ready.store(false, Ordering::Release);
+            *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Connection { mem, epoll_fds: Vec::new() });
     }
@@ -227,6 +242,7 @@ impl BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     /// GET_CONFIG: `size` bytes of the configuration space from `offset` (empty if out of range).

@@ -18,12 +18,12 @@ pub mod demo;
 pub mod disk_spec;
 pub mod export;
 mod poll_window;
+pub mod protocol;
 pub mod request;
 pub mod serve;
 pub mod service;
 pub mod stats;
 pub mod virtio_blk;
-pub mod protocol;
 mod worker;
 
 pub use daemon::Daemon;

@@ -309,7 +309,9 @@ fn accept_loop(
         }
         match conn.run() {
             Ok(()) => tracing::info!(export = %name, "frontend disconnected"),
-            Err(e) if stop.load(Ordering::Acquire) => tracing::info!(export = %name, "frontend disconnected at stop ({e})"),
+            Err(e) if stop.load(Ordering::Acquire) => {
+                tracing::info!(export = %name, "frontend disconnected at stop ({e})")
+            }
             Err(e) => tracing::warn!(export = %name, "frontend connection ended: {e}"),
         }
         conn.shutdown_handle().shutdown();

@@ -50,7 +50,10 @@ impl BackendChannel {
         let rhdr = MsgHeader::read_from_bytes(head).map_err(|_| io::Error::other("short reply"))?;
         let value = U64::read_from_bytes(body).map_err(|_| io::Error::other("short reply"))?.get();
         if !rhdr.is_reply_to(code) || rhdr.size.get() != 8 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the frontend's reply is not an answer to CONFIG_CHANGE_MSG"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the frontend's reply is not an answer to CONFIG_CHANGE_MSG",
+            ));
         }
         if value != 0 {
             return Err(io::Error::other(format!("the frontend answered CONFIG_CHANGE_MSG with failure {value}")));

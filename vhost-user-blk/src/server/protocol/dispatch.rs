@@ -62,7 +62,9 @@ impl Connection {
         loop {
             match self.peek_header()? {
                 None => return Ok(()),
-                Some(hdr) if hdr.request.get() == u32::from(FrontendReq::SET_BACKEND_REQ_FD) => self.set_backend_req_fd()?,
+                Some(hdr) if hdr.request.get() == u32::from(FrontendReq::SET_BACKEND_REQ_FD) => {
+                    self.set_backend_req_fd()?
+                }
                 Some(_) => match self.reqs.handle_request() {
                     Ok(()) => {}
                     Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => return Ok(()),
@@ -83,7 +85,14 @@ impl Connection {
         let mut buf = [0u8; HEADER_LEN];
         loop {
             // SAFETY: recv into a live buffer of `buf.len()` bytes on the connection's socket.
-            let n = unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_WAITALL) };
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_PEEK | libc::MSG_WAITALL,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -152,6 +161,14 @@ fn is_stream_socket(fd: &std::os::fd::OwnedFd) -> bool {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `ty`, a live c_int; `fd` is open.
-    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     rc == 0 && ty == libc::SOCK_STREAM
 }

@@ -13,7 +13,9 @@ use vhost::vhost_user::message::{
     VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
     VhostUserSingleMemoryRegion, VhostUserVirtioFeatures, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost::vhost_user::{Error as VhostUserError, GpuBackend, Result as VhostUserResult, VhostUserBackendReqHandlerMut};
+use vhost::vhost_user::{
+    Error as VhostUserError, GpuBackend, Result as VhostUserResult, VhostUserBackendReqHandlerMut,
+};
 use vhost::VhostUserMemoryRegionBase;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -53,11 +55,14 @@ impl FrontendHandler {
     pub fn new(backend: Arc<BlkBackend>, mem: GuestMemAtomic) -> io::Result<FrontendHandler> {
         let qsize = backend.export.settings.queue_size;
         let vrings = (0..backend.queues.len())
-            .map(|_| VringRwLock::new(mem.clone(), qsize).map_err(|e| io::Error::other(format!("cannot create a vring: {e}"))))
+            .map(|_| {
+                VringRwLock::new(mem.clone(), qsize)
+                    .map_err(|e| io::Error::other(format!("cannot create a vring: {e}")))
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let masks = queue_masks(backend.queues.len(), usize::from(backend.export.settings.queues_per_thread));
         let workers = Workers::start(&backend, &vrings, &masks)?;
-        let inflight = InflightState::new(backend.queues.len());
+        let inflight = InflightState::new();
         Ok(FrontendHandler {
             backend,
             vrings,
@@ -82,7 +87,9 @@ impl FrontendHandler {
     }
 
     fn vring(&self, index: u32) -> VhostUserResult<&VringRwLock> {
-        self.vrings.get(index as usize).ok_or_else(|| param(format!("no queue {index} (the export has {})", self.vrings.len())))
+        self.vrings
+            .get(index as usize)
+            .ok_or_else(|| param(format!("no queue {index} (the export has {})", self.vrings.len())))
     }
 
     /// Watch the ring's kick on its worker thread while it is ready and enabled, else not.
@@ -147,7 +154,10 @@ impl VhostUserBackendReqHandlerMut for FrontendHandler {
 
     fn set_features(&mut self, features: u64) -> VhostUserResult<()> {
         if features & !self.backend.features() != 0 {
-            return Err(param(format!("SET_FEATURES {features:#x}: not offered {:#x}", features & !self.backend.features())));
+            return Err(param(format!(
+                "SET_FEATURES {features:#x}: not offered {:#x}",
+                features & !self.backend.features()
+            )));
         }
         self.acked_features = features;
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
@@ -197,8 +207,11 @@ impl VhostUserBackendReqHandlerMut for FrontendHandler {
         if self.regions.is_empty() {
             return Err(param(format!("SET_VRING_ADDR of queue {index} before any memory region")));
         }
-        let (desc, avail, used) = (self.regions.to_guest(descriptor)?, self.regions.to_guest(available)?, self.regions.to_guest(used)?);
-        vring.set_queue_info(desc, avail, used).map_err(|e| param(format!("queue {index}: ring addresses refused: {e}")))?;
+        let (desc, avail, used) =
+            (self.regions.to_guest(descriptor)?, self.regions.to_guest(available)?, self.regions.to_guest(used)?);
+        vring
+            .set_queue_info(desc, avail, used)
+            .map_err(|e| param(format!("queue {index}: ring addresses refused: {e}")))?;
         let next_used = vring.queue_used_idx().map_err(|_| VhostUserError::BackendInternalError)?;
         vring.set_queue_next_used(next_used);
         Ok(())
@@ -277,7 +290,8 @@ impl VhostUserBackendReqHandlerMut for FrontendHandler {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostUserResult<()> {
-        self.inflight.set_fd(inflight, file, &self.backend)
+        let running = self.vrings.iter().any(|v| v.get_ref().get_queue().ready());
+        self.inflight.set_fd(inflight, file, &self.backend, running)
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {

@@ -33,7 +33,13 @@ fn invalid(what: String) -> VhostUserError {
     VhostUserError::ReqHandlerError(io::Error::new(io::ErrorKind::InvalidInput, what))
 }
 
-fn map(guest_addr: u64, size: u64, user_addr: u64, offset: u64, file: File) -> Result<(GuestRegionMmap<()>, Mapping), VhostUserError> {
+fn map(
+    guest_addr: u64,
+    size: u64,
+    user_addr: u64,
+    offset: u64,
+    file: File,
+) -> Result<(GuestRegionMmap<()>, Mapping), VhostUserError> {
     let region = VhostUserMemoryRegion::new(guest_addr, size, user_addr, offset);
     let mmap = region.mmap_region::<()>(file)?;
     let guest = GuestRegionMmap::new(mmap, GuestAddress(guest_addr))
@@ -55,7 +61,11 @@ impl GuestRegions {
     /// SET_MEM_TABLE: replace every region.
     pub fn set_table(&mut self, regions: &[VhostUserMemoryRegion], files: Vec<File>) -> Result<(), VhostUserError> {
         if regions.len() > MAX_MEM_REGIONS || regions.len() != files.len() {
-            return Err(invalid(format!("{} regions with {} fds (at most {MAX_MEM_REGIONS})", regions.len(), files.len())));
+            return Err(invalid(format!(
+                "{} regions with {} fds (at most {MAX_MEM_REGIONS})",
+                regions.len(),
+                files.len()
+            )));
         }
         let mut guest = Vec::with_capacity(regions.len());
         let mut mappings = Vec::with_capacity(regions.len());

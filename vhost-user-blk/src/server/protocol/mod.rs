@@ -6,7 +6,8 @@
 //! - [`handler`]: the device state of a connection and its answer to each request;
 //! - [`memory`]: the frontend's memory regions;
 //! - [`workers`]: the queue worker threads and their epoll sets;
-//! - [`inflight`]: the in-flight region (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
+//! - [`inflight`] and [`inflight_region`]: in-flight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD):
+//!   the region's layout and recovery, and its updates on every pop and completion;
 //! - [`backend_channel`]: messages from the daemon to the frontend (CONFIG_CHANGE_MSG);
 //! - [`limits`]: what a frontend may ask for.
 
@@ -14,6 +15,7 @@ pub mod backend_channel;
 pub mod dispatch;
 pub mod handler;
 pub mod inflight;
+pub mod inflight_region;
 pub mod limits;
 pub mod memory;
 pub mod wire;
