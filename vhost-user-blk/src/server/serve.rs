@@ -97,6 +97,12 @@ impl ServedExport {
         Ok(ServedExport { export, backend, active, stop, wake, socket, thread: Some(thread) })
     }
 
+    /// The export's backend: its queues' state and the connected frontend's backend channel
+    /// (`notify_config_change`).
+    pub fn backend(&self) -> &Arc<BlkBackend> {
+        &self.backend
+    }
+
     /// Stop serving: refuse new requests, disconnect the frontend, drain in-flight requests,
     /// flush the device, remove the socket file if it is still this export's. Returns whether
     /// the flush succeeded.

@@ -179,6 +179,19 @@ impl TestFrontend {
         t
     }
 
+    /// As [`TestFrontend::connect`], negotiating the protocol features `extra` as well.
+    pub fn connect_protocol(socket: &Path, num_queues: usize, queue_size: u16, extra: VhostUserProtocolFeatures) -> TestFrontend {
+        let mem = memfd_memory(MEM_SIZE);
+        let (fe, features) = negotiate(socket, num_queues, extra, false, &mem);
+        let mut t = TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: None };
+        for i in 0..num_queues {
+            let q = t.new_queue(i, queue_size);
+            t.queues.push(q);
+            t.start_queue(i);
+        }
+        t
+    }
+
     /// As [`TestFrontend::connect`], with in-flight tracking: GET_INFLIGHT_FD for the queues,
     /// then SET_INFLIGHT_FD with the region the backend made, before any ring starts.
     pub fn connect_inflight(socket: &Path, num_queues: usize, queue_size: u16) -> TestFrontend {
