@@ -113,6 +113,17 @@ pub struct TestFrontend {
     pub inflight: Option<(VhostUserInflight, File)>,
 }
 
+/// A memfd of `size` bytes (zeroed).
+pub fn memfd(size: u64) -> File {
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
+    let fd = unsafe { libc::memfd_create(c"strata-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).expect("size the memfd");
+    file
+}
+
 fn memfd_memory(size: u64) -> GuestMemoryMmap {
     // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
     let fd = unsafe { libc::memfd_create(c"strata-test-guest".as_ptr(), libc::MFD_CLOEXEC) };
@@ -180,7 +191,12 @@ impl TestFrontend {
     }
 
     /// As [`TestFrontend::connect`], negotiating the protocol features `extra` as well.
-    pub fn connect_protocol(socket: &Path, num_queues: usize, queue_size: u16, extra: VhostUserProtocolFeatures) -> TestFrontend {
+    pub fn connect_protocol(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        extra: VhostUserProtocolFeatures,
+    ) -> TestFrontend {
         let mem = memfd_memory(MEM_SIZE);
         let (fe, features) = negotiate(socket, num_queues, extra, false, &mem);
         let mut t = TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: None };
@@ -208,6 +224,32 @@ impl TestFrontend {
             t.start_queue(i);
         }
         t
+    }
+
+    /// Connect with in-flight tracking and hand the backend the region `msg`/`file` (which
+    /// the test prepared, garbage and all) before the rings start: the started frontend, or
+    /// the backend's refusal of SET_INFLIGHT_FD.
+    pub fn connect_given_region(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        msg: VhostUserInflight,
+        file: File,
+    ) -> Result<TestFrontend, vhost::Error> {
+        let mem = memfd_memory(MEM_SIZE);
+        let (mut fe, features) = negotiate(socket, num_queues, VhostUserProtocolFeatures::INFLIGHT_SHMFD, false, &mem);
+        fe.set_inflight_fd(&msg, file.as_raw_fd())?;
+        // SET_INFLIGHT_FD is not acknowledged by the vhost crate's frontend: a round trip shows
+        // whether the backend took it or hung up.
+        fe.get_features()?;
+        let mut t =
+            TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: Some((msg, file)) };
+        for i in 0..num_queues {
+            let q = t.new_queue(i, queue_size);
+            t.queues.push(q);
+            t.start_queue(i);
+        }
+        Ok(t)
     }
 
     /// Reconnect to `socket` (a new daemon, the old one gone) as QEMU does when its backend
