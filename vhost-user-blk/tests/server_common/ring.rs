@@ -494,6 +494,22 @@ impl TestFrontend {
         }
     }
 
+    /// The next used entry of queue `q` if there is one now (no waiting: for benchmarks that
+    /// spin).
+    pub fn next_used_spin(&mut self, q: usize) -> Option<(u32, u32)> {
+        if self.used_idx(q) == self.queues[q].used_seen {
+            std::hint::spin_loop();
+            return None;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let (used, size, seen) = (self.queues[q].used, self.queues[q].size, self.queues[q].used_seen);
+        let at = used + 4 + u64::from(seen % size) * 8;
+        let id = self.mem.read_obj::<u32>(GuestAddress(at)).expect("used id");
+        let len = self.mem.read_obj::<u32>(GuestAddress(at + 4)).expect("used len");
+        self.queues[q].used_seen = seen.wrapping_add(1);
+        Some((id, len))
+    }
+
     /// Publish `head` on queue `q`, kick, and wait (5 s) for its used entry.
     pub fn submit(&mut self, q: usize, head: u16) -> (u32, u32) {
         self.publish(q, head);
