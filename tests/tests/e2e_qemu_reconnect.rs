@@ -15,14 +15,16 @@ use strata_tests::scratch::ScratchDir;
 const MIB: u64 = 1 << 20;
 const KILLS: usize = 3;
 
-fn start_daemon(disk: &Path, socket: &Path) -> Child {
+/// Start the daemon, its log in `log`.
+fn start_daemon(disk: &Path, socket: &Path, log: &Path) -> Child {
     let spec = format!("socket={},format=raw,path={},num-queues=2", socket.display(), disk.display());
     let bin = bin_path("vhost-user-blk").expect("build or find the vhost-user-blk binary");
     let child = Command::new(bin)
         .arg("--disk")
         .arg(&spec)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("daemon log file"))
         .spawn()
         .expect("start vhost-user-blk");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -69,7 +71,8 @@ fn a_guest_sees_no_error_while_the_daemon_is_killed_and_restarted_under_io() {
     let disk = dir.join("disk.raw");
     std::fs::File::create(&disk).and_then(|f| f.set_len(64 * MIB)).expect("create 64 MiB disk");
     let socket = dir.join("vub.sock");
-    let mut daemon = start_daemon(&disk, &socket);
+    let log = |n: usize| dir.join(format!("daemon{n}.log"));
+    let mut daemon = start_daemon(&disk, &socket, &log(0));
 
     let initrd = dir.join("reconnect.cpio");
     Initramfs::builder().artifacts(&art).script(SCRIPT).build(&initrd).expect("build initramfs");
@@ -91,7 +94,7 @@ fn a_guest_sees_no_error_while_the_daemon_is_killed_and_restarted_under_io() {
         std::thread::sleep(Duration::from_millis(2500 + 500 * round as u64));
         daemon.kill().expect("SIGKILL the daemon");
         daemon.wait().expect("reap the daemon");
-        daemon = start_daemon(&disk, &socket);
+        daemon = start_daemon(&disk, &socket, &log(round + 1));
         eprintln!("reconnect test: daemon killed and restarted ({} of {KILLS})", round + 1);
     }
     let out = guest.wait(Duration::from_secs(120)).expect("the guest finishes");
@@ -105,4 +108,9 @@ fn a_guest_sees_no_error_while_the_daemon_is_killed_and_restarted_under_io() {
     assert!(script.contains("kernel-io-errors: 0"), "the guest kernel logged I/O errors:\n{}", out.console);
     let _ = daemon.kill();
     let _ = daemon.wait();
+    // Every daemon was given QEMU's in-flight region (the mechanism under test was in use).
+    for n in 0..=KILLS {
+        let text = std::fs::read_to_string(log(n)).unwrap_or_default();
+        assert!(text.contains("in-flight region set up"), "daemon {n} got no in-flight region:\n{text}");
+    }
 }
