@@ -132,10 +132,16 @@ impl BlkBackend {
         }
     }
 
-    /// After the connection's workers stopped: forget the connection and its backend channel.
+    /// After the connection's workers stopped: forget the connection, its backend channel and
+    /// any in-flight tracker not handed over.
     pub fn end_connection(&self) {
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A tracker never taken (its ring never popped) holds the region's mapping.
+        for q in &self.queues {
+            q.tracker_ready.store(false, Ordering::Release);
+            *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     /// Keep `channel` (SET_BACKEND_REQ_FD) until the connection ends.

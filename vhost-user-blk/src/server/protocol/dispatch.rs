@@ -67,7 +67,10 @@ impl Connection {
                 }
                 Some(_) => match self.reqs.handle_request() {
                     Ok(()) => {}
-                    Err(VhostUserError::Disconnected | VhostUserError::PartialMessage) => return Ok(()),
+                    // The frontend went away (between messages or in the middle of one).
+                    Err(
+                        VhostUserError::Disconnected | VhostUserError::PartialMessage | VhostUserError::SocketBroken(_),
+                    ) => return Ok(()),
                     Err(e) => return Err(e),
                 },
             }
