@@ -219,3 +219,44 @@ impl Default for InflightState {
         InflightState::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::inflight_region::{recover, Region};
+    use super::*;
+
+    fn tracked(size: u16) -> (File, Arc<Region>, QueueTracker) {
+        let len = queue_region_size(size);
+        let f = create_memfd(len).unwrap();
+        let r = Arc::new(Region::map(&f, 0, len as u64, 1, size).unwrap());
+        recover(&r, 0, size, 0, 0).unwrap();
+        let t = QueueTracker { region: r.clone(), queue: 0, counter: 0, resubmit: VecDeque::new() };
+        (f, r, t)
+    }
+
+    #[test]
+    fn a_crash_in_the_middle_of_a_batch_resubmits_what_the_guest_cannot_see() {
+        let (_f, r, mut t) = tracked(8);
+        t.taken(&[4, 1, 6, 3]);
+        // Heads 6, 1 and 3 complete in one batch; the daemon dies after the first two reached
+        // the used ring (used index 2) and before any flag was cleared.
+        let done = [(6, 0), (1, 0), (3, 0)];
+        t.batch_begin(&done);
+        let found = recover(&r, 0, 8, 4, 2).unwrap();
+        assert_eq!(found.resubmit, vec![4, 3], "head 3 never reached the guest; 4 never completed");
+        assert_eq!(found.next_avail, 4);
+        assert_eq!(found.next_counter, 4);
+    }
+
+    #[test]
+    fn a_finished_batch_leaves_nothing_in_flight() {
+        let (_f, r, mut t) = tracked(8);
+        t.taken(&[0, 1, 2]);
+        let done = [(2, 0), (0, 0)];
+        t.batch_begin(&done);
+        t.batch_end(&done, 2);
+        let found = recover(&r, 0, 8, 3, 2).unwrap();
+        assert_eq!(found.resubmit, vec![1]);
+        assert_eq!(found.next_avail, 3);
+    }
+}
