@@ -1,38 +1,29 @@
-//! The vhost-user backend of one export: features, configuration space, and the glue between
-//! vhost-user-backend's worker threads and our per-thread queue workers.
+//! The vhost-user backend of one export: features, configuration space, what its queue
+//! workers share with the frontend thread, and the backend channel of the frontend connected.
 //!
-//! How vhost-user-backend's threading is used, and where we work around it:
-//! - One `VhostUserDaemon` (and so one set of worker threads, one per queue) is created per
-//!   frontend connection and dropped when it goes away. Its handler state (owner, vrings,
-//!   features) cannot be reset for a new frontend, and its workers exit only when it is dropped.
-//!   This backend object is shared by all connections of the export; per-connection state is reset
-//!   in [`BlkBackend::begin_connection`].
-//! - `stop_vring` (GET_VRING_BASE) is called on the frontend thread with the handler's lock held;
-//!   it waits for the queue's worker, which never takes that lock, to finish the in-flight
-//!   requests, so GET_VRING_BASE answers only after every popped request is in the used ring.
+//! - GET_VRING_BASE (`stop_vring`) is answered on the frontend thread; it waits for the queue's
+//!   worker, which never takes the frontend handler's lock, to finish the in-flight requests,
+//!   so GET_VRING_BASE answers only after every popped request is in the used ring.
 //! - The io_uring completion eventfd of each worker is created on that worker's thread (an
 //!   `IoCtx` is `!Send`) and added to the worker's epoll set with the epoll fd recorded here.
-//! - The handler leaks the exit eventfd it gets from `exit_event` (`into_raw_fd`); we remember
-//!   those fds and close them after the daemon (and its threads) are gone.
+//! - The protocol itself (messages, connections, worker threads) is in `server/protocol/`.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use super::export::Export;
+use super::protocol::backend_channel::BackendChannel;
+use super::protocol::inflight::QueueTracker;
 use super::virtio_blk::{CONFIG_LEN, CONFIG_WRITEBACK_OFFSET};
-use super::worker;
 use zerocopy::IntoBytes;
 
-/// Guest memory as vhost-user-backend hands it to us.
+/// The guest memory of a connection, as the queue workers read it.
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// Largest configuration-space read a frontend may ask for (VHOST_USER_CONFIG_SIZE).
@@ -45,6 +36,18 @@ pub struct QueueShared {
     pub in_flight: AtomicUsize,
     /// The guest broke the ring protocol (avail index jump): stop until the ring is reset.
     pub broken: AtomicBool,
+    /// An in-flight tracker waits in `tracker` for the worker (set when a tracked ring starts).
+    pub tracker_ready: AtomicBool,
+    /// The tracker handed over from the frontend thread to the queue's worker.
+    pub tracker: Mutex<Option<QueueTracker>>,
+}
+
+/// Hand queue `index`'s in-flight tracker to its worker (taken before its next pop).
+pub fn hand_over_tracker(backend: &BlkBackend, index: usize, tracker: QueueTracker) {
+    if let Some(q) = backend.queues.get(index) {
+        *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker);
+        q.tracker_ready.store(true, Ordering::Release);
+    }
 }
 
 /// What changes with every frontend connection.
@@ -68,7 +71,8 @@ pub struct BlkBackend {
     /// Threads inside [`BlkBackend::wait_drained`]: a retiring worker signals the condvar only
     /// then (a condvar notify is a futex syscall even with nobody waiting, once per request at QD1).
     drain_waiters: AtomicUsize,
-    exit_fds: Mutex<Vec<RawFd>>,
+    /// The connected frontend's backend channel, if it set one up.
+    channel: Mutex<Option<BackendChannel>>,
 }
 
 /// epoll data of the worker's io_uring completion eventfd (above every queue index).
@@ -106,33 +110,60 @@ impl BlkBackend {
             stopping: AtomicBool::new(false),
             drained: (Mutex::new(()), Condvar::new()),
             drain_waiters: AtomicUsize::new(0),
-            exit_fds: Mutex::new(Vec::new()),
+            channel: Mutex::new(None),
         })
     }
 
-    /// Reset per-connection state before a new daemon (and its workers) is created.
+    /// Reset per-connection state before a new connection (and its workers) is set up.
     pub fn begin_connection(&self, mem: GuestMemAtomic) {
         self.writeback.store(self.export.settings.write_cache, Ordering::Release);
         for q in &self.queues {
             q.broken.store(false, Ordering::Release);
+            q.tracker_ready.store(false, Ordering::Release);
+            *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Connection { mem, epoll_fds: Vec::new() });
     }
 
-    /// Record the workers' epoll fds (from `VhostUserDaemon::get_epoll_handlers`).
+    /// Record the worker threads' epoll fds (index = thread).
     pub fn set_epoll_fds(&self, fds: Vec<RawFd>) {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             c.epoll_fds = fds;
         }
     }
 
-    /// After the daemon is dropped: forget the connection and close the leaked exit eventfds.
+    /// After the connection's workers stopped: forget the connection, its backend channel and
+    /// any in-flight tracker not handed over.
     pub fn end_connection(&self) {
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        for fd in std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner())) {
-            // SAFETY: `fd` is the exit-event consumer vhost-user-backend took with `into_raw_fd`
-            // and never closes; its worker thread has been joined, so nothing uses it any more.
-            unsafe { libc::close(fd) };
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A tracker never taken (its ring never popped) holds the region's mapping.
+        for q in &self.queues {
+            q.tracker_ready.store(false, Ordering::Release);
+            *q.tracker.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Keep `channel` (SET_BACKEND_REQ_FD) until the connection ends.
+    pub fn set_channel(&self, channel: BackendChannel) {
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel);
+    }
+
+    /// Tell the connected frontend that the configuration space changed (a resize):
+    /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the backend channel, acknowledged when REPLY_ACK
+    /// was negotiated (waiting at most a couple of seconds). Returns whether the frontend was
+    /// told: false with no frontend, no backend channel, or a frontend that did not answer (its
+    /// channel is then dropped). Either way its next GET_CONFIG reads the new configuration.
+    pub fn notify_config_change(&self) -> bool {
+        let mut slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(channel) = slot.as_mut() else { return false };
+        match channel.config_changed() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(export = %self.export.name, "cannot tell the frontend that the configuration changed: {e}; its backend channel is dropped");
+                *slot = None;
+                false
+            }
         }
     }
 
@@ -203,34 +234,25 @@ impl BlkBackend {
     }
 }
 
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
-    fn num_queues(&self) -> usize {
-        self.queues.len()
-    }
-
-    fn max_queue_size(&self) -> usize {
-        self.export.settings.queue_size as usize
-    }
-
-    fn features(&self) -> u64 {
+/// What the export offers and answers, used by the frontend handler (`protocol/handler.rs`).
+impl BlkBackend {
+    /// The virtio features offered (with VHOST_USER_F_PROTOCOL_FEATURES).
+    pub fn features(&self) -> u64 {
         self.export.geometry.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+    /// The vhost-user protocol features offered.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
-    fn set_event_idx(&self, _enabled: bool) {
-        // The handler sets EVENT_IDX on each queue; `Queue::needs_notification` honours it.
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    /// GET_CONFIG: `size` bytes of the configuration space from `offset` (empty if out of range).
+    pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut space = [0u8; CONFIG_SPACE_MAX];
         let cfg = self.export.geometry.config_space(self.writeback());
         space[..CONFIG_LEN].copy_from_slice(cfg.as_bytes());
@@ -241,8 +263,8 @@ impl VhostUserBackend for BlkBackend {
         }
     }
 
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // Only `writeback` is writable (CONFIG_WCE); everything else is read-only.
+    /// SET_CONFIG: only `writeback` is writable (CONFIG_WCE); everything else is refused.
+    pub fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         if offset as usize == CONFIG_WRITEBACK_OFFSET && buf.len() == 1 {
             let wb = buf[0] != 0;
             tracing::info!(export = %self.export.name, "guest set the write cache to {}", if wb { "writeback" } else { "writethrough" });
@@ -255,29 +277,8 @@ impl VhostUserBackend for BlkBackend {
         ))
     }
 
-    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
-        // The same GuestMemoryAtomic we created for this connection; workers read it each turn.
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        queue_masks(self.queues.len(), usize::from(self.export.settings.queues_per_thread))
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok((consumer, notifier)) => {
-                self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()).push(consumer.as_raw_fd());
-                Some((consumer, notifier))
-            }
-            Err(e) => {
-                tracing::error!(export = %self.export.name, "cannot create an exit eventfd: {e}");
-                None
-            }
-        }
-    }
-
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+    /// GET_VRING_BASE: wait until queue `queue_index` has nothing in flight.
+    pub fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let qi = queue_index as usize;
         if qi >= self.queues.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no queue {queue_index}")));
@@ -293,17 +294,6 @@ impl VhostUserBackend for BlkBackend {
                 format!("queue {queue_index}: in-flight requests did not finish"),
             ))
         }
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        _evset: EventSet,
-        vrings: &[VringRwLock],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        worker::handle_event(self, device_event, vrings, thread_id);
-        Ok(())
     }
 }
 

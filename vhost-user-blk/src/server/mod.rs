@@ -4,9 +4,10 @@
 //! - [`virtio_blk`]: the spec's constants, features and configuration space;
 //! - [`chain`]: descriptor chains from untrusted guest memory, mapped into `IoBufs`;
 //! - [`request`]: parsing, validation and execution of one request;
-//! - [`backend`] and `worker`: the vhost-user backend and the per-queue data path;
+//! - [`backend`] and `worker`: the export's backend state and the per-queue data path;
 //!   `poll_window`: how long a worker busy-polls after work (adaptive, as QEMU's);
 //! - [`serve`]: the socket of one export and its frontend connections;
+//! - [`protocol`]: our vhost-user backend protocol layer (messages, connections, workers);
 //! - [`service`]: the pidfile and systemd's readiness notification;
 //! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
 
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod disk_spec;
 pub mod export;
 mod poll_window;
+pub mod protocol;
 pub mod request;
 pub mod serve;
 pub mod service;

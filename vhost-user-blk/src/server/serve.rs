@@ -1,6 +1,6 @@
 //! Serving one export: the socket is bound once, and frontends are served one at a time, each
-//! with a fresh `VhostUserDaemon` (see `backend.rs` for why), the next accepted after the
-//! previous one went away and its in-flight requests drained.
+//! with a fresh connection state and worker threads (`protocol/dispatch.rs`), the next accepted
+//! after the previous one went away and its in-flight requests drained.
 //!
 //! The accept loop waits in poll(2) on the listening socket and an eventfd, so that stopping
 //! wakes it whatever happened to the socket's path (removed, or taken over by another process);
@@ -16,13 +16,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blockdev::{IoCtx, IoTag};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlkBackend;
 use super::export::Export;
+use super::protocol::dispatch::{Connection, ShutdownHandle};
+use super::protocol::limits::LISTEN_BACKLOG;
 
 /// How long a disconnect or shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +97,12 @@ impl ServedExport {
         Ok(ServedExport { export, backend, active, stop, wake, socket, thread: Some(thread) })
     }
 
+    /// The export's backend: its queues' state and the connected frontend's backend channel
+    /// (`notify_config_change`).
+    pub fn backend(&self) -> &Arc<BlkBackend> {
+        &self.backend
+    }
+
     /// Stop serving: refuse new requests, disconnect the frontend, drain in-flight requests,
     /// flush the device, remove the socket file if it is still this export's. Returns whether
     /// the flush succeeded.
@@ -165,11 +170,16 @@ impl SocketFile {
 /// Binds `path` for an export. A socket nobody listens on any more (a daemon that died) is
 /// replaced; a socket another process listens on, or a file that is not a socket, is refused
 /// and left as it is.
-fn bind(path: &Path) -> Result<(Listener, SocketFile), ServeError> {
+fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
     let (listener, socket) = bind_socket(path)?;
-    // From a std listener: vhost's `Listener::new` would remove the path when dropped, whoever
-    // it names by then.
-    Ok((Listener::from(listener), socket))
+    // At most LISTEN_BACKLOG frontends wait while one is served (see protocol/limits.rs).
+    // SAFETY: listen(2) on the live listening socket just bound; it only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
+        let e = std::io::Error::last_os_error();
+        socket.remove_if_ours();
+        return Err(ServeError::Bind { path: path.display().to_string(), source: e });
+    }
+    Ok((listener, socket))
 }
 
 /// Binds a Unix socket at `path` the way every socket of the daemon is bound (exports and the
@@ -220,7 +230,7 @@ enum Wait {
 }
 
 /// Waits until a frontend connects to `listener` or `wake` is signalled.
-fn wait_for_frontend(listener: &Listener, wake: &EventFd) -> std::io::Result<Wait> {
+fn wait_for_frontend(listener: &UnixListener, wake: &EventFd) -> std::io::Result<Wait> {
     let mut fds = [
         libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -260,7 +270,7 @@ fn flush_device(export: &Export) -> bool {
 }
 
 fn accept_loop(
-    mut listener: Listener,
+    listener: UnixListener,
     wake: &EventFd,
     backend: Arc<BlkBackend>,
     active: Arc<Mutex<Option<ShutdownHandle>>>,
@@ -268,8 +278,8 @@ fn accept_loop(
 ) {
     let name = backend.export.name.clone();
     while !stop.load(Ordering::Acquire) {
-        // The blocking accept in `daemon.start` runs only once a connection is queued: a queued
-        // Unix connection stays queued even if its peer closes, so it cannot block there.
+        // The blocking accept runs only once a connection is queued: a queued Unix connection
+        // stays queued even if its peer closes, so it cannot block there.
         match wait_for_frontend(&listener, wake) {
             Ok(Wait::Frontend) => {}
             Ok(Wait::Stop) => break,
@@ -279,39 +289,41 @@ fn accept_loop(
                 continue;
             }
         }
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        backend.begin_connection(mem.clone());
-        let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
-            Ok(d) => d,
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
             Err(e) => {
-                tracing::error!(export = %name, "cannot create the vhost-user handler: {e}");
+                tracing::error!(export = %name, "accepting a frontend failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let mut conn = match Connection::new(backend.clone(), stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(export = %name, "cannot set up the frontend connection: {e}");
+                backend.end_connection();
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        backend.set_epoll_fds(daemon.get_epoll_handlers().iter().map(|h| h.as_raw_fd()).collect());
-        if let Err(e) = daemon.start(&mut listener) {
-            tracing::error!(export = %name, "accepting a frontend failed: {e}");
-            drop(daemon);
-            backend.end_connection();
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        *active.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+        *active.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.shutdown_handle());
         if stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+            conn.shutdown_handle().shutdown();
         } else {
             backend.export.stats.connected();
             tracing::info!(export = %name, "frontend connected");
         }
-        match daemon.wait() {
+        match conn.run() {
             Ok(()) => tracing::info!(export = %name, "frontend disconnected"),
+            Err(e) if stop.load(Ordering::Acquire) => {
+                tracing::info!(export = %name, "frontend disconnected at stop ({e})")
+            }
             Err(e) => tracing::warn!(export = %name, "frontend connection ended: {e}"),
         }
+        conn.shutdown_handle().shutdown();
         *active.lock().unwrap_or_else(|p| p.into_inner()) = None;
         backend.drain_all(DRAIN_TIMEOUT);
-        drop(daemon);
-        backend.end_connection();
+        conn.finish();
     }
 }
 

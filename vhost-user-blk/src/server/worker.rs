@@ -1,5 +1,6 @@
-//! The queue worker: runs on a vhost-user-backend worker thread (one per queue, or per
-//! `queues-per-thread` queues), owns that thread's io engine, and serves its queues in turns.
+//! The queue worker: runs on a worker thread of the connection (`protocol/workers.rs`; one per
+//! queue, or per `queues-per-thread` queues), owns that thread's io engine, and serves its
+//! queues in turns.
 //!
 //! A turn ([`Worker::turn`]) is a request's whole path: pop a batch of chains from each ring it
 //! looks at, start each request as a task on the thread's `IoCtx` (descriptors mapped without
@@ -10,6 +11,8 @@
 //! polling loop that follows work runs one per pass.
 
 mod queue;
+#[cfg(debug_assertions)]
+mod test_hold;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +46,7 @@ thread_local! {
 const TURN_BUDGET: usize = 1024;
 
 /// Longest a worker stays in its polling loop while work keeps coming, before it goes back to
-/// vhost-user-backend's epoll loop (which also carries the exit and vring-enable events).
+/// the thread's epoll loop (which also carries the exit and vring-enable events).
 const MAX_POLL_STRETCH: Duration = Duration::from_millis(2);
 
 /// Why a turn runs: which rings it pops first, and how it leaves the guest's kicks.
@@ -122,7 +125,7 @@ impl Worker {
                 return Err(format!("cannot add the engine's eventfds to epoll: {}", std::io::Error::last_os_error()));
             }
         }
-        // vhost-user-backend gives thread `t` the queues of `queue_masks()[t]`, in order.
+        // `protocol/workers.rs` gives thread `t` the queues of `queue_masks()[t]`, in order.
         let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
         let queues = (0..nvrings).map(|i| Rc::new(QueueRt::new(first + i, backend.export.clone()))).collect();
         tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
@@ -232,7 +235,7 @@ impl Worker {
         }
         // Kicks back on before sleeping; anything that slipped in meanwhile is taken now. The
         // guest's kick for the first request polled above is still in its eventfd and wakes
-        // the thread once for nothing: it is not read here, because vhost-user-backend may
+        // the thread once for nothing: it is not read here, because the epoll loop may
         // already hold it as a ready event and would then block reading an empty eventfd.
         self.turn(backend, vrings, Wake::Settle);
     }
@@ -264,6 +267,10 @@ impl Worker {
 
     /// Spawn `req` (popped at `started`) as a task on this thread's engine.
     fn start(&self, q: &Rc<QueueRt>, req: Request, started: Instant) {
+        #[cfg(debug_assertions)]
+        if test_hold::holds(&req.op) {
+            return;
+        }
         let io = self.io.clone();
         let q = q.clone();
         self.io.spawn(async move {

@@ -184,8 +184,14 @@ impl DaemonProcess {
     /// Start `vhost-user-blk ARGS` (stderr discarded) and wait up to 20 s for every path in
     /// `wait_for` to appear; panics if the daemon exits first.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], wait_for: &[&Path]) -> DaemonProcess {
+        DaemonProcess::start_env(args, &[], wait_for)
+    }
+
+    /// As [`DaemonProcess::start`], with `env` added to the daemon's environment.
+    pub fn start_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)], wait_for: &[&Path]) -> DaemonProcess {
         let child = std::process::Command::new(daemon_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start the daemon");
@@ -206,6 +212,14 @@ impl DaemonProcess {
     /// The daemon's pid.
     pub fn pid(&self) -> i32 {
         self.0.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// SIGKILL (a crash: nothing drained, nothing flushed) and reap it.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().expect("SIGKILL the daemon");
+            c.wait().expect("reap the daemon");
+        }
     }
 
     /// SIGTERM, then wait up to 20 s for a successful exit.

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -109,6 +109,19 @@ pub struct TestFrontend {
     pub features: u64,
     /// Next free data address.
     next_data: u64,
+    /// The in-flight region, when negotiated (kept across [`TestFrontend::resume_after_crash`]).
+    pub inflight: Option<(VhostUserInflight, File)>,
+}
+
+/// A memfd of `size` bytes (zeroed).
+pub fn memfd(size: u64) -> File {
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is checked below.
+    let fd = unsafe { libc::memfd_create(c"strata-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).expect("size the memfd");
+    file
 }
 
 fn memfd_memory(size: u64) -> GuestMemoryMmap {
@@ -120,6 +133,39 @@ fn memfd_memory(size: u64) -> GuestMemoryMmap {
     file.set_len(size).expect("size the memfd");
     GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), size as usize, Some(FileOffset::new(file, 0)))])
         .expect("map guest memory")
+}
+
+/// Connect to `socket` and negotiate: SET_OWNER, protocol features CONFIG, MQ, REPLY_ACK and
+/// `extra` (as far as offered), virtio features (INDIRECT_DESC, EVENT_IDX if asked), and
+/// SET_MEM_TABLE with `mem`.
+fn negotiate(
+    socket: &Path,
+    num_queues: usize,
+    extra: VhostUserProtocolFeatures,
+    event_idx: bool,
+    mem: &GuestMemoryMmap,
+) -> (Frontend, u64) {
+    let mut fe = Frontend::connect(socket, num_queues as u64).expect("vhost-user connect");
+    fe.set_owner().expect("SET_OWNER");
+    let offered = fe.get_features().expect("GET_FEATURES");
+    let protocol = fe.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
+    let wanted = VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | extra;
+    assert!(protocol.contains(extra), "the backend does not offer {extra:?}");
+    fe.set_protocol_features(protocol & wanted).expect("SET_PROTOCOL_FEATURES");
+    let ring_bits = VIRTIO_RING_F_INDIRECT_DESC | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+    let features =
+        (offered & (DEVICE_BITS | VIRTIO_F_VERSION_1 | ring_bits)) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    fe.set_features(features).expect("SET_FEATURES");
+    let regions = mem
+        .iter()
+        .map(VhostUserMemoryRegionInfo::from_guest_region)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("describe guest memory");
+    fe.set_mem_table(&regions).expect("SET_MEM_TABLE");
+    (fe, features)
 }
 
 impl TestFrontend {
@@ -134,34 +180,99 @@ impl TestFrontend {
     /// device asked for).
     pub fn connect_with(socket: &Path, num_queues: usize, queue_size: u16, event_idx: bool) -> TestFrontend {
         let mem = memfd_memory(MEM_SIZE);
-        let mut fe = Frontend::connect(socket, num_queues as u64).expect("vhost-user connect");
-        fe.set_owner().expect("SET_OWNER");
-        let offered = fe.get_features().expect("GET_FEATURES");
-        let protocol = fe.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-        fe.set_protocol_features(
-            protocol
-                & (VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::REPLY_ACK),
-        )
-        .expect("SET_PROTOCOL_FEATURES");
-        let ring_bits = VIRTIO_RING_F_INDIRECT_DESC | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
-        let features = (offered & (DEVICE_BITS | VIRTIO_F_VERSION_1 | ring_bits))
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        fe.set_features(features).expect("SET_FEATURES");
-        let regions = mem
-            .iter()
-            .map(VhostUserMemoryRegionInfo::from_guest_region)
-            .collect::<Result<Vec<_>, _>>()
-            .expect("describe guest memory");
-        fe.set_mem_table(&regions).expect("SET_MEM_TABLE");
-        let mut t = TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START };
+        let (fe, features) = negotiate(socket, num_queues, VhostUserProtocolFeatures::empty(), event_idx, &mem);
+        let mut t = TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: None };
         for i in 0..num_queues {
             let q = t.new_queue(i, queue_size);
             t.queues.push(q);
             t.start_queue(i);
         }
         t
+    }
+
+    /// As [`TestFrontend::connect`], negotiating the protocol features `extra` as well.
+    pub fn connect_protocol(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        extra: VhostUserProtocolFeatures,
+    ) -> TestFrontend {
+        let mem = memfd_memory(MEM_SIZE);
+        let (fe, features) = negotiate(socket, num_queues, extra, false, &mem);
+        let mut t = TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: None };
+        for i in 0..num_queues {
+            let q = t.new_queue(i, queue_size);
+            t.queues.push(q);
+            t.start_queue(i);
+        }
+        t
+    }
+
+    /// As [`TestFrontend::connect`], with in-flight tracking: GET_INFLIGHT_FD for the queues,
+    /// then SET_INFLIGHT_FD with the region the backend made, before any ring starts.
+    pub fn connect_inflight(socket: &Path, num_queues: usize, queue_size: u16) -> TestFrontend {
+        let mem = memfd_memory(MEM_SIZE);
+        let (mut fe, features) = negotiate(socket, num_queues, VhostUserProtocolFeatures::INFLIGHT_SHMFD, false, &mem);
+        let ask = VhostUserInflight { mmap_size: 0, mmap_offset: 0, num_queues: num_queues as u16, queue_size };
+        let (msg, file) = fe.get_inflight_fd(&ask).expect("GET_INFLIGHT_FD");
+        fe.set_inflight_fd(&msg, file.as_raw_fd()).expect("SET_INFLIGHT_FD");
+        let mut t =
+            TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: Some((msg, file)) };
+        for i in 0..num_queues {
+            let q = t.new_queue(i, queue_size);
+            t.queues.push(q);
+            t.start_queue(i);
+        }
+        t
+    }
+
+    /// Connect with in-flight tracking and hand the backend the region `msg`/`file` (which
+    /// the test prepared, garbage and all) before the rings start: the started frontend, or
+    /// the backend's refusal of SET_INFLIGHT_FD.
+    pub fn connect_given_region(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        msg: VhostUserInflight,
+        file: File,
+    ) -> Result<TestFrontend, vhost::Error> {
+        let mem = memfd_memory(MEM_SIZE);
+        let (mut fe, features) = negotiate(socket, num_queues, VhostUserProtocolFeatures::INFLIGHT_SHMFD, false, &mem);
+        fe.set_inflight_fd(&msg, file.as_raw_fd())?;
+        // SET_INFLIGHT_FD is not acknowledged by the vhost crate's frontend: a round trip shows
+        // whether the backend took it or hung up.
+        fe.get_features()?;
+        let mut t =
+            TestFrontend { fe, mem, queues: Vec::new(), features, next_data: DATA_START, inflight: Some((msg, file)) };
+        for i in 0..num_queues {
+            let q = t.new_queue(i, queue_size);
+            t.queues.push(q);
+            t.start_queue(i);
+        }
+        Ok(t)
+    }
+
+    /// Reconnect to `socket` (a new daemon, the old one gone) as QEMU does when its backend
+    /// died: the same guest memory and rings, the in-flight region given back if there is one,
+    /// and each ring restarted from its used index (the backend's state was lost, so QEMU
+    /// falls back to the used index as the next avail index). Requests already in the avail
+    /// ring stay there.
+    pub fn resume_after_crash(&mut self, socket: &Path) {
+        let extra = if self.inflight.is_some() {
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        } else {
+            VhostUserProtocolFeatures::empty()
+        };
+        let (mut fe, _) =
+            negotiate(socket, self.queues.len(), extra, self.features & VIRTIO_RING_F_EVENT_IDX != 0, &self.mem);
+        if let Some((msg, file)) = &self.inflight {
+            fe.set_inflight_fd(msg, file.as_raw_fd()).expect("SET_INFLIGHT_FD");
+        }
+        self.fe = fe;
+        for i in 0..self.queues.len() {
+            let used = self.used_idx(i);
+            self.start_queue_at(i, used);
+        }
     }
 
     /// Drop this connection (shut the socket down so the backend sees it go at once) and
@@ -195,13 +306,21 @@ impl TestFrontend {
     /// SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE for queue `i`, starting at its current
     /// `avail_idx` (zeroing its rings first when that is 0).
     pub fn start_queue(&mut self, i: usize) {
-        let (size, desc, avail, used, base) = {
-            let q = &self.queues[i];
-            (q.size, q.desc, q.avail, q.used, q.avail_idx)
-        };
+        let base = self.queues[i].avail_idx;
         if base == 0 {
+            let desc = self.queues[i].desc;
             self.mem.write_slice(&vec![0u8; QUEUE_AREA as usize], GuestAddress(desc)).expect("clear rings");
         }
+        self.start_queue_at(i, base);
+    }
+
+    /// SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE for queue `i` with `base` as the next avail
+    /// index, the rings left as they are.
+    pub fn start_queue_at(&mut self, i: usize, base: u16) {
+        let (size, desc, avail, used) = {
+            let q = &self.queues[i];
+            (q.size, q.desc, q.avail, q.used)
+        };
         let addr = VringConfigData {
             queue_max_size: size,
             queue_size: size,
@@ -373,6 +492,22 @@ impl TestFrontend {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// The next used entry of queue `q` if there is one now (no waiting: for benchmarks that
+    /// spin).
+    pub fn next_used_spin(&mut self, q: usize) -> Option<(u32, u32)> {
+        if self.used_idx(q) == self.queues[q].used_seen {
+            std::hint::spin_loop();
+            return None;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let (used, size, seen) = (self.queues[q].used, self.queues[q].size, self.queues[q].used_seen);
+        let at = used + 4 + u64::from(seen % size) * 8;
+        let id = self.mem.read_obj::<u32>(GuestAddress(at)).expect("used id");
+        let len = self.mem.read_obj::<u32>(GuestAddress(at + 4)).expect("used len");
+        self.queues[q].used_seen = seen.wrapping_add(1);
+        Some((id, len))
     }
 
     /// Publish `head` on queue `q`, kick, and wait (5 s) for its used entry.

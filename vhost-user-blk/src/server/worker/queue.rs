@@ -11,6 +11,7 @@ use vm_memory::GuestAddressSpace;
 
 use crate::server::backend::{BlkBackend, GuestMemAtomic};
 use crate::server::export::Export;
+use crate::server::protocol::inflight::QueueTracker;
 use crate::server::stats::LocalStats;
 
 /// Most requests popped from one ring before the worker drives its engine and publishes what
@@ -60,10 +61,12 @@ pub(super) struct QueueRt {
     /// Popping stopped with kicks off and requests maybe left on the ring (a full batch, or
     /// `queue-size` requests in flight): the next turn pops this ring without a kick.
     pub resume: Cell<bool>,
+    /// The queue's part of the in-flight region, when the frontend set one up.
+    pub tracker: RefCell<Option<QueueTracker>>,
 }
 
 /// True when the frontend enabled this ring and set it up (only such rings are polled; a kick
-/// on any other is ignored by vhost-user-backend too).
+/// on any other is ignored by the epoll loop too).
 pub(super) fn queue_live(vring: &VringRwLock) -> bool {
     let state = vring.get_ref();
     state.is_enabled() && state.get_queue().ready()
@@ -78,6 +81,7 @@ impl QueueRt {
             stats: RefCell::new(LocalStats::default()),
             done: RefCell::new(Vec::new()),
             resume: Cell::new(false),
+            tracker: RefCell::new(None),
         }
     }
 
@@ -103,11 +107,30 @@ impl QueueRt {
             self.resume.set(true);
             return None;
         }
+        if shared.tracker_ready.load(Ordering::Acquire) {
+            self.take_tracker(backend);
+        }
         let export = &backend.export;
         let ring_mem = mem.memory();
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         let mut batch = Batch { heads: [0; PIPELINE_BATCH], len: 0, table: queue.desc_table(), size: queue.size() };
+        let mut tracker = self.tracker.borrow_mut();
+        if let Some(t) = tracker.as_mut().filter(|t| t.resubmit_pending()) {
+            // The previous daemon's requests first, oldest first (already marked in flight).
+            let room = self.room(backend).min(PIPELINE_BATCH);
+            while batch.len < room {
+                let Some(head) = t.next_resubmit() else { break };
+                batch.heads[batch.len] = head;
+                batch.len += 1;
+            }
+            if batch.len == room || t.resubmit_pending() {
+                self.resume.set(true);
+                shared.in_flight.fetch_add(batch.len, Ordering::AcqRel);
+                return (batch.len > 0).then_some(batch);
+            }
+        }
+        let resubmitted = batch.len;
         loop {
             let room = self.room(backend).saturating_sub(batch.len);
             if room == 0 || batch.len == PIPELINE_BATCH {
@@ -150,10 +173,22 @@ impl QueueRt {
                 _ => break,
             }
         }
+        if let Some(t) = tracker.as_mut() {
+            t.taken(&batch.heads[resubmitted..batch.len]);
+        }
         // Counted while the ring's lock is held: GET_VRING_BASE marks the ring stopped under
         // that lock and then waits for the count to drain, so it never misses these.
         shared.in_flight.fetch_add(batch.len, Ordering::AcqRel);
         (batch.len > 0).then_some(batch)
+    }
+
+    /// Take the tracker the frontend thread handed over when the ring (re)started.
+    fn take_tracker(&self, backend: &BlkBackend) {
+        let shared = &backend.queues[self.index];
+        shared.tracker_ready.store(false, Ordering::Release);
+        if let Some(t) = shared.tracker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            *self.tracker.borrow_mut() = Some(t);
+        }
     }
 
     /// Put finished requests in the used ring and notify the guest if it asked for it.
@@ -169,10 +204,17 @@ impl QueueRt {
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
+            let tracker = self.tracker.borrow();
+            if let Some(t) = tracker.as_ref() {
+                t.batch_begin(&done);
+            }
             for &(head, len) in &done {
                 if let Err(e) = queue.add_used(&*mem, head, len) {
                     tracing::warn!(export = %backend.export.name, queue = self.index, head, "cannot add to the used ring: {e}");
                 }
+            }
+            if let Some(t) = tracker.as_ref() {
+                t.batch_end(&done, queue.next_used());
             }
             let notify = queue.needs_notification(&*mem).unwrap_or(true);
             if notify {
