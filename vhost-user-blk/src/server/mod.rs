@@ -8,6 +8,7 @@
 //!   `poll_window`: how long a worker busy-polls after work (adaptive, as QEMU's);
 //! - [`serve`]: the socket of one export and its frontend connections;
 //! - [`service`]: the pidfile and systemd's readiness notification;
+//! - [`qos`]: per-export I/O limits and throttle groups;
 //! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
 
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod disk_spec;
 pub mod export;
 mod poll_window;
+pub mod qos;
 pub mod request;
 pub mod serve;
 pub mod service;

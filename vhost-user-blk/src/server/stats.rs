@@ -24,6 +24,8 @@ pub struct ExportStats {
     in_flight: AtomicU64,
     connections: AtomicU64,
     latency_us: [AtomicU64; BUCKETS],
+    /// Nanoseconds requests spent waiting for their I/O limits (summed over requests).
+    pub throttled_ns: AtomicU64,
 }
 
 /// Counts a queue worker keeps for itself between two [`ExportStats::absorb`] calls: plain
@@ -97,6 +99,8 @@ pub struct StatsSnapshot {
     pub latency_p99_us: u64,
     /// 99.9th percentile latency in microseconds (bucket upper bound).
     pub latency_p999_us: u64,
+    /// Seconds requests spent waiting for their I/O limits (summed over requests).
+    pub throttled_seconds: f64,
 }
 
 impl ExportStats {
@@ -170,6 +174,7 @@ impl ExportStats {
             latency_p50_us: percentile(&hist, 0.5),
             latency_p99_us: percentile(&hist, 0.99),
             latency_p999_us: percentile(&hist, 0.999),
+            throttled_seconds: self.throttled_ns.load(Relaxed) as f64 / 1e9,
         }
     }
 }

@@ -268,6 +268,9 @@ impl Worker {
         let q = q.clone();
         self.io.spawn(async move {
             let export = &q.export;
+            if export.qos.on() {
+                super::qos::wait_turn(export, req.op.class(), req.op.data_bytes()).await;
+            }
             let st = execute(&*export.dev, io, &req.op, export.serial, &export.name).await;
             let len = req.complete(st);
             q.stats.borrow_mut().record(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());
