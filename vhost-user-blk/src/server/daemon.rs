@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::disk_spec::{open_device, DiskSpec};
 use super::export::{Export, ExportSettings};
+use super::qos::Registry;
 use super::serve::ServedExport;
 use super::stats::StatsSnapshot;
 use crate::stack::{raid_registry, thin};
@@ -37,6 +38,8 @@ pub struct Daemon {
     nodes: Mutex<HashMap<String, Arc<dyn BlockDev>>>,
     /// The RAID arrays its exports and nodes assembled, closed clean at shutdown.
     arrays: Mutex<Vec<Weak<raid::Array>>>,
+    /// Named throttle groups (`throttle-group=NAME`).
+    groups: Registry,
 }
 
 impl Daemon {
@@ -68,6 +71,8 @@ impl Daemon {
                 return Err(format!("{}: an export with this name or socket already exists", spec.name));
             }
         }
+        // Before the device is opened: a group whose limits disagree changes nothing.
+        let gate = self.groups.gate_for(&spec.name, spec.settings.throttle_group.as_deref(), &spec.settings.limits)?;
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let holder = thin::export_holder(&spec.name, &spec.settings.socket);
         let (dev, arrays) = raid_registry::collect_opened(|| {
@@ -75,7 +80,8 @@ impl Daemon {
         });
         self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
         let dev = dev.map_err(|e| format!("{}: {e}", spec.name))?;
-        let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        let mut export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        export.qos = gate;
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
         Ok(())
@@ -108,6 +114,12 @@ impl Daemon {
                 device: e.export.dev.describe(),
             })
             .collect()
+    }
+
+    /// The export `name`, if served.
+    pub fn export(&self, name: &str) -> Option<Arc<Export>> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        exports.iter().find(|e| e.export.name == name).map(|e| e.export.clone())
     }
 
     /// Statistics of the export `name`.
