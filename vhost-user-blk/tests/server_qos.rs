@@ -163,7 +163,12 @@ fn a_burst_after_idle_is_served_at_once_then_the_rate_falls_back() {
     let burst = times.iter().filter(|&&t| t < start + Duration::from_millis(500)).count();
     assert!(burst >= 1000, "only {burst} requests in the first 0.5 s after idle (burst 1000)");
     assert!(burst <= 1000 + 100 + QD, "{burst} requests in the first 0.5 s: more than the burst and the rate");
-    within("rate after the burst", rate(&times, start + Duration::from_millis(1000), Duration::from_millis(1500)), 200.0, 0.03);
+    within(
+        "rate after the burst",
+        rate(&times, start + Duration::from_millis(1000), Duration::from_millis(1500)),
+        200.0,
+        0.03,
+    );
     clear_limits(&d, "b");
     drain(&mut c);
     // After idle (set-limits starts empty buckets too): a burst again.
@@ -173,7 +178,12 @@ fn a_burst_after_idle_is_served_at_once_then_the_rate_falls_back() {
     let times = stream(&mut c, 4096, false, Duration::from_millis(1500));
     let burst = times.iter().filter(|&&t| t < start + Duration::from_millis(500)).count();
     assert!(burst >= 1000, "only {burst} requests in the first 0.5 s after idle the second time");
-    within("rate after the second burst", rate(&times, start + Duration::from_millis(800), Duration::from_millis(700)), 200.0, 0.03);
+    within(
+        "rate after the second burst",
+        rate(&times, start + Duration::from_millis(800), Duration::from_millis(700)),
+        200.0,
+        0.03,
+    );
     clear_limits(&d, "b");
     drain(&mut c);
     d.shutdown();
@@ -201,7 +211,12 @@ fn set_limits_takes_effect_within_a_second_on_a_running_stream() {
     let (at_500, at_2000) = changer.join().unwrap();
     let before = rate(&times, start + Duration::from_millis(100), Duration::from_millis(350));
     assert!(before > 600.0, "unthrottled the stream did {before:.0}/s, too few to see a limit of 500");
-    within("1 s after set-limits iops-total=500", rate(&times, at_500 + Duration::from_secs(1), Duration::from_secs(1)), 500.0, 0.03);
+    within(
+        "1 s after set-limits iops-total=500",
+        rate(&times, at_500 + Duration::from_secs(1), Duration::from_secs(1)),
+        500.0,
+        0.03,
+    );
     // Raised: the higher rate within a second too (when the machine reaches it).
     let after = rate(&times, at_2000 + Duration::from_secs(1), Duration::from_secs(1));
     if before > 2400.0 {
@@ -275,4 +290,110 @@ fn an_unthrottled_export_keeps_its_iops_beside_a_throttled_one() {
     eprintln!("unthrottled export: {alone:.0}/s alone, {beside:.0}/s beside a throttled one");
     assert!(beside >= 0.95 * alone, "{beside:.0}/s beside a throttled export, {alone:.0}/s alone");
     d.shutdown();
+}
+
+#[test]
+fn removing_a_throttled_export_does_not_wait_for_its_budget() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &["name=r,iops-total=1"]);
+    let mut c = connect(dir.path(), "r", 4096);
+    // 32 requests at one a second: the last would start in half a minute.
+    drop(stream(&mut c, 4096, false, Duration::from_millis(300)));
+    let start = Instant::now();
+    let remover = {
+        let d = d.clone();
+        std::thread::spawn(move || api(&d, json!({"cmd": "remove", "name": "r"})))
+    };
+    while !remover.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(5), "remove waits for the throttled requests' budget");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    remover.join().unwrap();
+    // Drained before the export went: every request was answered.
+    let done = c.reap(0, QD);
+    assert!(done.iter().all(|&(_, ret)| ret == 0), "the waiting requests completed: {done:?}");
+    d.shutdown();
+}
+
+/// The daemon binary and `blkctl limits` as a user runs them.
+#[test]
+fn blkctl_limits_shows_and_changes_a_served_exports_limits() {
+    let dir = tempdir();
+    let (sock, api_sock) = (dir.path().join("v.sock"), dir.path().join("api.sock"));
+    let disk = format!("socket={},name=v,format=mem,size=1M,iops-total=5000", sock.display());
+    let args = ["--disk", &disk, "--api-socket", api_sock.to_str().unwrap()];
+    let _daemon = server_common::DaemonProcess::start(&args, &[&sock, &api_sock]);
+    let blkctl = |args: &[&str]| {
+        let out = std::process::Command::new(server_common::blkctl_bin())
+            .arg("limits")
+            .arg("--api-socket")
+            .arg(&api_sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = blkctl(&["v"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("iops-total") && out.contains("5000"), "{out}");
+    let (code, out, err) = blkctl(&["v", "iops-total=0", "bps-write=100M", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["limits"], json!({"bps-write": 104857600}), "{out}");
+    // Bad input: a clear error, exit 1, nothing changed.
+    for (args, needle) in [
+        (&["v", "iops-total=-5"][..], "iops-total"),
+        (&["v", "iops-totl=5"][..], "not a limit key"),
+        (&["v", "bps-write-max=1K"][..], "lower than"),
+        (&["nope", "iops-total=5"][..], "nope: no such export"),
+        (&["nope"][..], "nope: no such export"),
+    ] {
+        let (code, _, err) = blkctl(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let (_, out, _) = blkctl(&["v", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["limits"], json!({"bps-write": 104857600}), "unchanged: {out}");
+}
+
+#[test]
+fn bad_limits_on_the_command_line_and_in_a_config_file_exit_1_naming_them() {
+    let dir = tempdir();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(server_common::daemon_bin()).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let sock = dir.path().join("x.sock");
+    let disk = |extra: &str| format!("socket={},format=mem,size=1M,{extra}", sock.display());
+    for (extra, needle) in [
+        ("iops-total=-1", "iops-total"),
+        ("iops-total=0", "iops-total=0"),
+        ("bps-read=18446744073709551616", "bps-read"),
+        ("iops-total=100,iops-total-max=10", "lower than"),
+        ("iops-totl=100", "iops-totl"),
+    ] {
+        let (code, err) = run(&["--disk", &disk(extra)]);
+        assert_eq!(code, Some(1), "{extra}: {err}");
+        assert!(err.contains(needle), "{extra}: {err}");
+        assert!(!sock.exists(), "{extra}: nothing is served");
+    }
+    // A group whose members disagree.
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[export]]\nsocket = \"{0}/a.sock\"\nformat = \"mem\"\nsize = \"1M\"\nthrottle-group = \"g\"\niops-total = 100\n\
+             [[export]]\nsocket = \"{0}/b.sock\"\nformat = \"mem\"\nsize = \"1M\"\nthrottle-group = \"g\"\niops-total = 200\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("throttle-group=g") && err.contains("iops-total=100"), "{err}");
 }

@@ -94,6 +94,7 @@ impl Daemon {
             let i = exports.iter().position(|e| e.export.name == name).ok_or(format!("{name}: no such export"))?;
             exports.remove(i)
         };
+        served.export.qos.release();
         if served.stop() {
             Ok(())
         } else {
@@ -140,6 +141,7 @@ impl Daemon {
         let mut ok = true;
         for e in all {
             let name = e.export.name.clone();
+            e.export.qos.release();
             let flushed = e.stop();
             tracing::info!(export = %name, flushed, "stopped");
             ok &= flushed;

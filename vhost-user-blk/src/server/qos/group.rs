@@ -48,6 +48,8 @@ struct State {
 struct Member {
     id: u64,
     waiting: VecDeque<Waiter>,
+    /// Stopping: its requests no longer wait ([`Gate::release`]).
+    released: bool,
 }
 
 struct Waiter {
@@ -187,7 +189,7 @@ impl ThrottleGroup {
         let mut st = lock(&self.state);
         let id = st.next_member;
         st.next_member += 1;
-        st.members.push(Member { id, waiting: VecDeque::new() });
+        st.members.push(Member { id, waiting: VecDeque::new(), released: false });
         Gate { group: self.clone(), member: id }
     }
 }
@@ -214,6 +216,24 @@ impl Gate {
     /// The group this gate leads into.
     pub fn group(&self) -> &Arc<ThrottleGroup> {
         &self.group
+    }
+
+    /// The export is stopping: its waiting requests start now, uncounted, and later ones do not
+    /// wait (as QEMU lifts throttling to drain), so a stop never waits for the budget.
+    pub fn release(&self) {
+        let woken: Vec<Waker> = {
+            let mut st = lock(&self.group.state);
+            let Some(m) = st.members.iter_mut().find(|m| m.id == self.member) else { return };
+            m.released = true;
+            m.waiting
+                .drain(..)
+                .map(|w| {
+                    w.slot.admitted.store(true, Ordering::Release);
+                    lock(&w.slot.waker).clone()
+                })
+                .collect()
+        };
+        woken.into_iter().for_each(Waker::wake);
     }
 
     /// Wait until a request of `bytes` going `dir` may start, and count it; resolves to the
@@ -265,6 +285,10 @@ impl Future for Admit<'_> {
         }
         let group = &self.gate.group;
         let mut st = lock(&group.state);
+        let member = self.gate.member;
+        if st.members.iter().any(|m| m.id == member && m.released) {
+            return Poll::Ready(Duration::ZERO);
+        }
         let now = st.now_ns();
         // In order: nothing overtakes a request already waiting in the group.
         if !st.anyone_waiting() && st.throttle.wait_ns(now, self.dir) == 0 {
@@ -272,7 +296,6 @@ impl Future for Admit<'_> {
             return Poll::Ready(Duration::ZERO);
         }
         let slot = Arc::new(Slot { admitted: AtomicBool::new(false), waker: Mutex::new(cx.waker().clone()) });
-        let member = self.gate.member;
         let Some(m) = st.members.iter_mut().find(|m| m.id == member) else {
             // Not a member any more (cannot happen while the gate lives): do not wait.
             return Poll::Ready(Duration::ZERO);
@@ -364,5 +387,24 @@ mod tests {
         assert!(!gate.on());
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
         assert!(poll(&mut f, &w).is_ready());
+    }
+
+    #[test]
+    fn a_released_member_stops_waiting_and_the_others_do_not() {
+        let mut l = Limits::default();
+        l.set("iops-total", 1).unwrap();
+        let g = ThrottleGroup::new(Some("g".into()), l);
+        let (a, b) = (g.join(), g.join());
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let w = Waker::from(woken.clone());
+        assert!(poll(&mut Box::pin(a.admit(Dir::Read, 1)), &w).is_ready());
+        let mut fa = Box::pin(a.admit(Dir::Read, 1));
+        let mut fb = Box::pin(b.admit(Dir::Read, 1));
+        assert!(poll(&mut fa, &w).is_pending() && poll(&mut fb, &w).is_pending());
+        a.release();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut fa, &w).is_ready());
+        assert!(poll(&mut Box::pin(a.admit(Dir::Read, 1)), &w).is_ready(), "later requests do not wait");
+        assert!(poll(&mut fb, &w).is_pending(), "the other member still waits");
     }
 }
