@@ -5,6 +5,11 @@
 //! way is well under the 3% the issue allows: 2 s windows (the issue's 10 s would make this file
 //! take minutes; the error of a window is one request, 0.5% at 100 IOPS over 2 s). A point the
 //! machine cannot reach unthrottled (a debug build on a busy machine) is skipped, loudly.
+//!
+//! For docs/bench.md: `STRATA_QOS_WINDOW=10 STRATA_QOS_ROUNDS=3
+//! STRATA_QOS_REPORT=$PWD/docs/bench/80-qos-accuracy.json cargo test --release -p vhost-user-blk
+//! --test server_qos -- iops_and_bandwidth` measures over 10 s windows, three rounds, and saves the
+//! accuracy table as a timings run (`blkctl bench-report` renders it).
 
 mod server_common;
 
@@ -21,7 +26,12 @@ use vhost_user_blk::server::{Daemon, DiskSpec};
 const DISK: u64 = 64 << 20;
 const QD: usize = 32;
 const WARM: Duration = Duration::from_millis(400);
-const WINDOW: Duration = Duration::from_secs(2);
+
+/// The measuring window: 2 s, or `STRATA_QOS_WINDOW` seconds.
+fn window() -> Duration {
+    let secs = std::env::var("STRATA_QOS_WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    Duration::from_secs_f64(secs)
+}
 
 /// A daemon serving `mem` exports named by `specs` (extra keys after `name=N,`).
 fn daemon(dir: &Path, specs: &[&str]) -> Arc<Daemon> {
@@ -103,8 +113,8 @@ fn rate(times: &[Instant], from: Instant, len: Duration) -> f64 {
 /// The steady rate of a stream limited by the limits set: measured after [`WARM`], over [`WINDOW`].
 fn limited_rate(c: &mut Client, bs: usize, write: bool) -> f64 {
     let start = Instant::now();
-    let times = stream(c, bs, write, WARM + WINDOW);
-    rate(&times, start + WARM, WINDOW)
+    let times = stream(c, bs, write, WARM + window());
+    rate(&times, start + WARM, window())
 }
 
 fn within(what: &str, got: f64, want: f64, tolerance: f64) {
@@ -128,6 +138,8 @@ fn iops_and_bandwidth_limits_hold_within_3_percent() {
         ("bps-write", 500_000_000, 131072, true),
     ];
     let mut c = connect(dir.path(), "a", 131072);
+    let rounds: usize = std::env::var("STRATA_QOS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut rows = Vec::new();
     for (key, limit, bs, write) in points {
         // What this machine does unthrottled, to skip a point it cannot reach.
         let start = Instant::now();
@@ -139,12 +151,21 @@ fn iops_and_bandwidth_limits_hold_within_3_percent() {
             eprintln!("SKIPPED {key}={limit}: this machine does {ops:.0} requests/s of {bs} bytes unthrottled, too few to measure a limit of {want_ops:.0}/s (a release build on an idle machine reaches it)");
             continue;
         }
-        set_limits(&d, "a", json!({ key: limit }));
-        let got = limited_rate(&mut c, bs, write);
-        clear_limits(&d, "a");
-        drain(&mut c);
-        let got = if key.starts_with("bps") { got * bs as f64 } else { got };
-        within(&format!("{key}={limit}"), got, limit as f64, 0.03);
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            set_limits(&d, "a", json!({ key: limit }));
+            let got = limited_rate(&mut c, bs, write);
+            clear_limits(&d, "a");
+            drain(&mut c);
+            let got = if key.starts_with("bps") { got * bs as f64 } else { got };
+            within(&format!("{key}={limit}"), got, limit as f64, 0.03);
+            samples.push(100.0 * got / limit as f64);
+        }
+        let what = format!("{key}={limit}, {} {} KiB at QD{QD}", if write { "writes" } else { "reads" }, bs / 1024);
+        rows.push(json!({"what": what, "backend": "strata", "samples": samples}));
+    }
+    if let Ok(path) = std::env::var("STRATA_QOS_REPORT") {
+        save_report(&path, rows, rounds);
     }
     let snap = d.stats("a").unwrap();
     assert!(snap.throttled_seconds > 1.0, "time spent throttled is counted: {}", snap.throttled_seconds);
@@ -238,8 +259,8 @@ fn two_exports_in_a_group_share_its_limit_fairly() {
         std::thread::spawn(move || {
             let mut c = connect(&path, name, 4096);
             let start = Instant::now();
-            let times = stream(&mut c, 4096, name == "g2", WARM + WINDOW);
-            (c, rate(&times, start + WARM, WINDOW))
+            let times = stream(&mut c, 4096, name == "g2", WARM + window());
+            (c, rate(&times, start + WARM, window()))
         })
     };
     let (a, b) = (run("g1"), run("g2"));
@@ -405,4 +426,33 @@ fn bad_limits_on_the_command_line_and_in_a_config_file_exit_1_naming_them() {
     let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("throttle-group=g") && err.contains("iops-total=100"), "{err}");
+}
+
+/// Save the accuracy rows as a timings run for docs/bench.md (`"kind": "timings"`).
+fn save_report(path: &str, rows: Vec<Value>, rounds: usize) {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    let w = window().as_secs_f64();
+    let report = json!({
+        "kind": "timings",
+        "section": "I/O limits: the rate a limit lets through",
+        "title": format!("a libblkio client at QD{QD} against a `format=mem` export, {w} s windows, {rounds} rounds"),
+        "command": format!("STRATA_QOS_WINDOW={w} STRATA_QOS_ROUNDS={rounds} STRATA_QOS_REPORT=docs/bench/80-qos-accuracy.json cargo test --release -p vhost-user-blk --test server_qos -- iops_and_bandwidth"),
+        "date": String::from_utf8_lossy(&date.stdout).trim(),
+        "machine": {
+            "host": read("/proc/sys/kernel/hostname"),
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "kernel": read("/proc/sys/kernel/osrelease"),
+            "cpu": cpu.unwrap_or_default(),
+        },
+        "unit": "% of the limit",
+        "rows": rows,
+        "notes": format!("Each sample is the rate measured over one {w} s window after {} ms of warm-up (the bucket first lets a tenth of a second's worth through at once), as a percentage of the limit; the issue asks for 100 +- 3.", WARM.as_millis()),
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
+    eprintln!("saved {path}");
 }
