@@ -499,3 +499,34 @@ fn save_report(path: &str, rows: Vec<Value>, rounds: usize) {
     std::fs::write(path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
     eprintln!("saved {path}");
 }
+
+#[test]
+fn a_frontend_that_leaves_with_requests_waiting_does_not_hold_up_the_next() {
+    let dir = tempdir();
+    let d = daemon(dir.path(), &["name=l,iops-total=1"]);
+    let export = d.export("l").unwrap();
+    let mut c = connect(dir.path(), "l", 4096);
+    drop(stream(&mut c, 4096, false, Duration::from_millis(300)));
+    let start = Instant::now();
+    while export.stats.in_flight() < QD as u64 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the export never took all {QD} requests");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Gone with 32 requests waiting for a budget of one a second: the daemon drains them before
+    // it takes the next frontend, and that drain must not wait for the budget.
+    drop(c);
+    let start = Instant::now();
+    let next = {
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || connect(&path, "l", 4096))
+    };
+    while !next.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the next frontend waits for the last one's budget");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = next.join().unwrap();
+    assert_eq!(export.stats.in_flight(), 0);
+    clear_limits(&d, "l");
+    assert_eq!(c.read(0, 0, 4096).0, 0);
+    d.shutdown();
+}

@@ -236,6 +236,26 @@ impl Gate {
         woken.into_iter().for_each(Waker::wake);
     }
 
+    /// Its rings are being drained (a frontend stops a ring, disconnects, or the export stops):
+    /// let its waiting requests start now, so a drain never waits for the budget. They are
+    /// counted, so the requests after them wait the longer and the average holds.
+    pub fn flush_waiting(&self) {
+        let woken: Vec<Waker> = {
+            let mut st = lock(&self.group.state);
+            let State { members, throttle, .. } = &mut *st;
+            let Some(m) = members.iter_mut().find(|m| m.id == self.member) else { return };
+            m.waiting
+                .drain(..)
+                .map(|w| {
+                    throttle.account(w.dir, w.bytes);
+                    w.slot.admitted.store(true, Ordering::Release);
+                    lock(&w.slot.waker).clone()
+                })
+                .collect()
+        };
+        woken.into_iter().for_each(Waker::wake);
+    }
+
     /// Wait until a request of `bytes` going `dir` may start, and count it; resolves to the
     /// time it waited.
     pub fn admit(&self, dir: Dir, bytes: u64) -> Admit<'_> {
@@ -406,5 +426,31 @@ mod tests {
         assert!(poll(&mut fa, &w).is_ready());
         assert!(poll(&mut Box::pin(a.admit(Dir::Read, 1)), &w).is_ready(), "later requests do not wait");
         assert!(poll(&mut fb, &w).is_pending(), "the other member still waits");
+    }
+
+    #[test]
+    fn flushing_a_drained_member_admits_its_waiting_and_counts_them() {
+        let mut l = Limits::default();
+        l.set("iops-total", 10).unwrap();
+        let gate = Gate::private(l);
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let w = Waker::from(woken.clone());
+        // A tenth of a second's worth (one) and one more start at once.
+        for _ in 0..2 {
+            assert!(poll(&mut Box::pin(gate.admit(Dir::Read, 1)), &w).is_ready());
+        }
+        let mut waiting: Vec<_> = (0..5).map(|_| Box::pin(gate.admit(Dir::Read, 1))).collect();
+        for f in &mut waiting {
+            assert!(poll(f, &w).is_pending());
+        }
+        gate.flush_waiting();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 5);
+        for f in &mut waiting {
+            assert!(poll(f, &w).is_ready());
+        }
+        // Counted: the bucket is seven requests full, so the next one waits about 0.6 s.
+        let mut next = Box::pin(gate.admit(Dir::Read, 1));
+        assert!(poll(&mut next, &w).is_pending());
+        assert!(gate.on(), "the limits stay");
     }
 }
