@@ -104,7 +104,12 @@ impl State {
             let head = &self.members[k].waiting[0];
             let wait = self.throttle.wait_ns(now, head.dir);
             if wait > 0 {
-                let at = self.epoch + Duration::from_nanos(now.saturating_add(wait));
+                // A wait past what an Instant holds (a huge request under a tiny limit) is
+                // capped at a day: the wake-up then re-times it.
+                let at = self
+                    .epoch
+                    .checked_add(Duration::from_nanos(now.saturating_add(wait)))
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
                 if self.timer.as_ref().is_some_and(|r| r.deadline() <= at) {
                     return woken;
                 }
