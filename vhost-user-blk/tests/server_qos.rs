@@ -186,7 +186,7 @@ fn iops_and_bandwidth_limits_hold_within_3_percent() {
                 drain(&mut c);
                 let got = if key.starts_with("bps") { got * bs as f64 } else { got };
                 within(&format!("{key}={limit}"), got, limit as f64, 0.03)?;
-                samples.push(100.0 * got / limit as f64);
+                samples.push(100.0 * (got - limit as f64) / limit as f64);
                 Ok(())
             });
         }
@@ -492,9 +492,9 @@ fn save_report(path: &str, rows: Vec<Value>, rounds: usize) {
             "kernel": read("/proc/sys/kernel/osrelease"),
             "cpu": cpu.unwrap_or_default(),
         },
-        "unit": "% of the limit",
+        "unit": "% off the limit",
         "rows": rows,
-        "notes": format!("Each sample is the rate measured over one {w} s window after {} ms of warm-up (the bucket first lets a tenth of a second's worth through at once), as a percentage of the limit; the issue asks for 100 +- 3.", WARM.as_millis()),
+        "notes": format!("Each sample is the rate measured over one {w} s window after {} ms of warm-up (the bucket first lets a tenth of a second's worth through at once), as how far it is from the limit in percent (negative: under it); the issue asks for at most 3 either way.", WARM.as_millis()),
     });
     std::fs::write(path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
     eprintln!("saved {path}");
