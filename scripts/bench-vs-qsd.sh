@@ -10,12 +10,23 @@
 #
 #   bash scripts/bench-vs-qsd.sh            # 256 MiB files, 2 s per case, 3 rounds
 #   TIME=5s SIZE_MB=1024 ROUNDS=5 bash scripts/bench-vs-qsd.sh
+#
+# STRATA_EXTRA_KEYS (export keys added to its --disk) and STRATA_EXTRA_ARGS (daemon arguments)
+# add a fourth server to the rotation, "extra": strata with its defaults plus these, so a
+# feature that should cost nothing when it does not bite is measured against the same daemon
+# without it, alternating round by round (its notes give its ratio to plain strata), e.g. I/O
+# limits far above the load:
+#   STRATA_EXTRA_KEYS=iops-total=100000000,bps-total=1000G bash scripts/bench-vs-qsd.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TIME="${TIME:-2s}"
 SIZE_MB="${SIZE_MB:-256}"
 ROUNDS="${ROUNDS:-3}"
+EXTRA_KEYS="${STRATA_EXTRA_KEYS:-}"
+EXTRA_ARGS="${STRATA_EXTRA_ARGS:-}"
+EXTRA=""
+[ -n "$EXTRA_KEYS$EXTRA_ARGS" ] && EXTRA=extra
 cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
@@ -32,9 +43,10 @@ run_one() { # DIR LABEL TAG QUEUES
     cp "$dir/source.raw" "$dir/strata.raw"
     cp "$dir/source.raw" "$dir/sqpoll.raw"
     cp "$dir/source.raw" "$dir/qsd.raw"
+    [ -n "$EXTRA" ] && cp "$dir/source.raw" "$dir/extra.raw"
     rm -f "$dir/source.raw"
     sync
-    rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock"
+    rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock" "$dir/extra.sock"
     "$BIN/vhost-user-blk" --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!
     "$BIN/vhost-user-blk" --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
@@ -42,8 +54,14 @@ run_one() { # DIR LABEL TAG QUEUES
     qemu-storage-daemon --blockdev "driver=file,node-name=f,filename=$dir/qsd.raw,aio=io_uring" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$dir/qsd.sock,writable=on,num-queues=$nq" 2>/dev/null &
     local qsd=$!
-    trap 'kill $ours $sqp $qsd 2>/dev/null || true' RETURN
-    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/sqpoll.sock" ] && [ -S "$dir/qsd.sock" ] && break; sleep 0.1; done
+    local ext=""
+    if [ -n "$EXTRA" ]; then
+        # shellcheck disable=SC2086 # STRATA_EXTRA_ARGS is split into words on purpose
+        "$BIN/vhost-user-blk" --disk "socket=$dir/extra.sock,format=raw,path=$dir/extra.raw,num-queues=$nq${EXTRA_KEYS:+,$EXTRA_KEYS}" $EXTRA_ARGS 2>/dev/null &
+        ext=$!
+    fi
+    trap 'kill $ours $sqp $qsd $ext 2>/dev/null || true' RETURN
+    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/sqpoll.sock" ] && [ -S "$dir/qsd.sock" ] && { [ -z "$EXTRA" ] || [ -S "$dir/extra.sock" ]; } && break; sleep 0.1; done
     local qword="one queue"
     [ "$nq" != 1 ] && qword="$nq queues"
     local section="vhost-user-blk server vs qemu-storage-daemon, $label (libblkio client, $qword)"
@@ -57,11 +75,16 @@ run_one() { # DIR LABEL TAG QUEUES
         2) order="qsd strata sqpoll" ;;
         *) order="sqpoll qsd strata" ;;
     esac
+    # The extra server runs next to plain strata, alternating which goes first.
+    if [ -n "$EXTRA" ]; then
+        if [ $((round % 2)) = 1 ]; then order="${order/strata/strata extra}"; else order="${order/strata/extra strata}"; fi
+    fi
     for w in randread randwrite seqread; do
         for who in $order; do
             local name="strata $(git rev-parse --short HEAD)"
             [ "$who" = sqpoll ] && name="strata $(git rev-parse --short HEAD) with sqpoll=on"
             [ "$who" = qsd ] && name="$QSD_VERSION"
+            [ "$who" = extra ] && name="strata $(git rev-parse --short HEAD) with ${EXTRA_KEYS:+keys $EXTRA_KEYS}${EXTRA_KEYS:+${EXTRA_ARGS:+ and }}${EXTRA_ARGS:+arguments $EXTRA_ARGS}"
             "$BIN/blkctl" bench "socket=$dir/$who.sock,num-queues=$nq" --workloads "$w" --qd 1,32 \
                 --time "$TIME" --json --section "$section" \
                 --note "Server: $name, serving a ${SIZE_MB} MiB $label copy of the same data with $qword; workloads alternate between the two servers in one run." \
@@ -76,10 +99,11 @@ run_one() { # DIR LABEL TAG QUEUES
 import json, re, sys
 tag, nq, rss_ours, rss_sqp, rss_qsd, rounds = sys.argv[1:7]
 files = sys.argv[7:]
+extra_vs_strata = []
 merged = {}
 rounds_of = {}  # (who, workload, qd) -> {round: case}
 for f in files:
-    who = re.search(r"/(strata|sqpoll|qsd)-[a-z]+-r\d+\.json$", f).group(1)
+    who = re.search(r"/(strata|sqpoll|qsd|extra)-[a-z]+-r\d+\.json$", f).group(1)
     rnd = int(re.search(r"-r(\d+)\.json$", f).group(1))
     run = json.load(open(f))
     for c in run["cases"]:
@@ -94,14 +118,14 @@ def median_case(cases):
 for (who, w, qd), by_round in sorted(rounds_of.items(), key=lambda kv: ("randread", "randwrite", "seqread").index(kv[0][1]) * 1000 + kv[0][2]):
     merged[who]["cases"].append(median_case(list(by_round.values())))
 qsd = merged["qsd"]
-def ratios(who):
+def ratios(who, base="qsd"):
     parts = []
     for r in merged[who]["cases"]:
         k = (r["workload"], r["qd"])
-        q = next((c for c in qsd["cases"] if (c["workload"], c["qd"]) == k), None)
+        q = next((c for c in merged[base]["cases"] if (c["workload"], c["qd"]) == k), None)
         if not q or q["iops"] <= 0:
             continue
-        mine, theirs = rounds_of[(who,) + k], rounds_of[("qsd",) + k]
+        mine, theirs = rounds_of[(who,) + k], rounds_of[(base,) + k]
         per_round = [f'{mine[n]["iops"] / theirs[n]["iops"]:.2f}' for n in sorted(mine) if n in theirs and theirs[n]["iops"] > 0]
         lat = ""
         if r["qd"] == 1:
@@ -114,15 +138,19 @@ for run in merged.values():
 for who in ("strata", "sqpoll"):
     merged[who]["notes"] = (merged[who].get("notes") or "") + " strata/qemu-storage-daemon IOPS, medians: " + ", ".join(ratios(who)) + "." + rss
 qsd["notes"] = (qsd.get("notes") or "") + rss
+if "extra" in merged:
+    merged["extra"]["notes"] = (merged["extra"].get("notes") or "") + " Against plain strata (the same daemon without the extra keys or arguments), IOPS, medians: " + ", ".join(ratios("extra", "strata")) + "."
 suffix = "" if nq == "1" else f"-{nq}q"
 for who, run in merged.items():
-    name = "strata-sqpoll" if who == "sqpoll" else who
+    name = {"sqpoll": "strata-sqpoll", "extra": "strata-extra"}.get(who, who)
     with open(f"docs/bench/40-server-{tag}{suffix}-{name}.json", "w") as out:
         json.dump(run, out, indent=2)
 print(merged["strata"]["notes"])
 print(merged["sqpoll"]["notes"])
+if "extra" in merged:
+    print(merged["extra"]["notes"])
 PY
-    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/sqpoll.raw" "$dir/qsd.raw"
+    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/sqpoll.raw" "$dir/qsd.raw" "$dir/extra.raw"
 }
 
 for nq in 1 2; do

@@ -40,6 +40,8 @@
 //! socket = "/run/strata/scratch.sock"
 //! format = "mem"
 //! size = "1G"
+//! iops-total = 5000                       # I/O limits: the --disk keys (docs/server.md)
+//! throttle-group = "scratch"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -232,6 +234,23 @@ mod tests {
         assert_eq!(cfg.metrics.unwrap().to_string(), "[::1]:9101");
         let err = Config::parse("t.toml", "metrics = \"localhost:1\"\n").unwrap_err().to_string();
         assert!(err.contains("t.toml") && err.contains("localhost:1") && err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn exports_take_io_limits_and_a_throttle_group() {
+        let cfg = Config::parse(
+            "t.toml",
+            "[[export]]\nsocket = \"/tmp/a.sock\"\nformat = \"mem\"\nthrottle-group = \"g\"\niops-total = 5000\nbps-write = \"100M\"\n",
+        )
+        .unwrap();
+        let s = &cfg.exports[0].settings;
+        assert_eq!(
+            (s.throttle_group.as_deref(), s.limits.describe().as_str()),
+            (Some("g"), "bps-write=104857600,iops-total=5000")
+        );
+        let bad = "[[export]]\nsocket = \"/tmp/a.sock\"\nformat = \"mem\"\niops-total = -5\n";
+        let e = Config::parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("export #1") && e.contains("iops-total"), "{e}");
     }
 
     #[test]

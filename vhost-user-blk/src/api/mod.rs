@@ -6,6 +6,8 @@
 //! - `{"cmd":"stats","name":"NAME"}` → `{"ok":true,"result":{"reads":..,"latency_p99_us":..,..}}`
 //! - `{"cmd":"add","disk":"socket=PATH,format=FMT,..."}` → `{"ok":true}`
 //! - `{"cmd":"remove","name":"NAME"}` → `{"ok":true}` (drains and flushes first)
+//! - `{"cmd":"limits","name":"NAME"}` and `{"cmd":"set-limits","name":"NAME","limits":{..}}`:
+//!   an export's I/O limits ([`limits`])
 //! - `{"cmd":"thin","op":...}`: a served thin pool's volumes ([`thin`])
 //!
 //! - `raid-status`, `raid-fail`, `raid-replace`, `raid-scrub`: live operations on a served
@@ -13,6 +15,7 @@
 //!
 //! Errors: `{"ok":false,"error":"message"}`. Lines longer than 64 KiB close the connection.
 
+pub mod limits;
 pub mod thin;
 
 use std::path::Path;
@@ -63,6 +66,10 @@ pub enum Request {
     RaidReplace(raid::ReplaceReq),
     /// Scrub a served RAID array.
     RaidScrub(raid::ScrubReq),
+    /// The I/O limits in force on an export.
+    Limits(limits::LimitsReq),
+    /// Change an export's (or its throttle group's) I/O limits.
+    SetLimits(limits::SetLimitsReq),
     /// A thin pool command (`"op"` selects it).
     Thin(thin::ThinRequest),
 }
@@ -158,6 +165,8 @@ pub fn handle(daemon: &Daemon, req: Request) -> Value {
         Request::RaidFail(r) => raid::fail(r),
         Request::RaidReplace(r) => raid::replace(r),
         Request::RaidScrub(r) => raid::scrub(r),
+        Request::Limits(r) => limits::get(daemon, r),
+        Request::SetLimits(r) => limits::set(daemon, r),
         Request::Thin(req) => thin::handle(daemon, req),
     };
     match res {

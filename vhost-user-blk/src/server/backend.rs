@@ -202,6 +202,8 @@ impl BlkBackend {
 
     /// Wait until the queues in `which` have nothing in flight; false on timeout.
     pub fn wait_drained(&self, which: impl Fn(usize) -> bool, timeout: Duration) -> bool {
+        // Requests waiting for their I/O limits start now: a drain never waits for the budget.
+        self.export.qos.flush_waiting();
         self.drain_waiters.fetch_add(1, Ordering::SeqCst);
         let drained = self.wait_drained_counted(which, timeout);
         self.drain_waiters.fetch_sub(1, Ordering::SeqCst);

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::disk_spec::{open_device, DiskSpec};
 use super::export::{Export, ExportSettings};
+use super::qos::Registry;
 use super::serve::ServedExport;
 use super::stats::StatsSnapshot;
 use crate::stack::{raid_registry, thin};
@@ -39,6 +40,8 @@ pub struct Daemon {
     arrays: Mutex<Vec<Weak<raid::Array>>>,
     /// Every export's counters by name, kept across removal for `/metrics`.
     series: crate::metrics::Series,
+    /// Named throttle groups (`throttle-group=NAME`).
+    groups: Registry,
 }
 
 impl Daemon {
@@ -70,6 +73,8 @@ impl Daemon {
                 return Err(format!("{}: an export with this name or socket already exists", spec.name));
             }
         }
+        // Before the device is opened: a group whose limits disagree changes nothing.
+        let gate = self.groups.gate_for(&spec.name, spec.settings.throttle_group.as_deref(), &spec.settings.limits)?;
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let holder = thin::export_holder(&spec.name, &spec.settings.socket);
         let (dev, arrays) = raid_registry::collect_opened(|| {
@@ -77,7 +82,8 @@ impl Daemon {
         });
         self.arrays.lock().unwrap_or_else(|p| p.into_inner()).extend(arrays);
         let dev = dev.map_err(|e| format!("{}: {e}", spec.name))?;
-        let export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        let mut export = Export::new(spec.name.clone(), spec.settings.clone(), dev, spec.device_spec())?;
+        export.qos = gate;
         self.series.track(&export.name, &export.stats);
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
@@ -91,6 +97,7 @@ impl Daemon {
             let i = exports.iter().position(|e| e.export.name == name).ok_or(format!("{name}: no such export"))?;
             exports.remove(i)
         };
+        served.export.qos.release();
         if served.stop() {
             Ok(())
         } else {
@@ -123,6 +130,12 @@ impl Daemon {
         &self.series
     }
 
+    /// The export `name`, if served.
+    pub fn export(&self, name: &str) -> Option<Arc<Export>> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        exports.iter().find(|e| e.export.name == name).map(|e| e.export.clone())
+    }
+
     /// Statistics of the export `name`.
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
         let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,6 +154,7 @@ impl Daemon {
         let mut ok = true;
         for e in all {
             let name = e.export.name.clone();
+            e.export.qos.release();
             let flushed = e.stop();
             tracing::info!(export = %name, flushed, "stopped");
             ok &= flushed;

@@ -10,6 +10,7 @@ use crate::spec::Spec;
 use crate::stack::{open_disk, OpenCtx};
 
 use super::export::ExportSettings;
+use super::qos::limits::{is_limit_key, Limits};
 
 /// Keys that belong to the export rather than the device.
 pub const EXPORT_KEYS: &[&str] =
@@ -66,8 +67,11 @@ impl DiskSpec {
         let mut name = None;
         let mut s = ExportSettings::new("");
         let mut device = Vec::new();
+        let mut limits = Vec::new();
         for (k, v) in pairs {
             match k.as_str() {
+                "throttle-group" => s.throttle_group = Some(v),
+                _ if is_limit_key(&k) => limits.push((k, v)),
                 "socket" => socket = Some(v),
                 "name" => name = Some(v),
                 "num-queues" => s.num_queues = parse_num(&k, &v)?,
@@ -87,6 +91,7 @@ impl DiskSpec {
             return Err("socket= is empty".into());
         }
         s.socket = socket.clone().into();
+        s.limits = Limits::from_pairs(limits.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         s.validate()?;
         let has_node = device.iter().any(|(k, _)| k == "node");
         if has_node && device.len() != 1 {
@@ -167,6 +172,24 @@ mod tests {
         assert!(DiskSpec::parse("socket=s,format=mem,read-only=maybe").unwrap_err().contains("read-only"));
         assert!(DiskSpec::parse("socket=s,socket=t,format=mem").unwrap_err().contains("twice"));
         assert!(DiskSpec::parse("socket=s,format=mem,,size=1M").is_err());
+    }
+
+    #[test]
+    fn limit_keys_and_throttle_group_are_export_keys() {
+        let d = DiskSpec::parse("socket=s,format=mem,size=1M,iops-total=5000,bps-read=100M,throttle-group=g").unwrap();
+        assert_eq!(d.settings.limits.describe(), "bps-read=104857600,iops-total=5000");
+        assert_eq!(d.settings.throttle_group.as_deref(), Some("g"));
+        assert_eq!(d.device_spec(), "format=mem,size=1M");
+        for (spec, needle) in [
+            ("socket=s,format=mem,iops-total=-1", "iops-total"),
+            ("socket=s,format=mem,iops-total=0", "iops-total=0"),
+            ("socket=s,format=mem,iops-total=18446744073709551616", "iops-total"),
+            ("socket=s,format=mem,bps-total-max=5", "needs bps-total"),
+            ("socket=s,format=mem,throttle-group=", "throttle-group"),
+        ] {
+            let e = DiskSpec::parse(spec).unwrap_err();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use blockdev::BlockDev;
 use serde::Serialize;
 
+use super::qos::{Gate, Limits};
 use super::stats::ExportStats;
 use super::virtio_blk::{Geometry, ID_LEN};
 
@@ -46,6 +47,12 @@ pub struct ExportSettings {
     /// Give each worker's io_uring a kernel submission thread that polls for this many
     /// milliseconds after the last submission (`sqpoll=on` is 1 ms; 0 = off, the default).
     pub sqpoll_ms: u32,
+    /// I/O limits at start (`iops-total=...`; see `qos`). Those in force are the group's, which
+    /// `set-limits` changes; listed by the `limits` control request rather than here.
+    #[serde(skip)]
+    pub limits: Limits,
+    /// `throttle-group=NAME`: share one budget with the other exports naming it.
+    pub throttle_group: Option<String>,
 }
 
 impl ExportSettings {
@@ -62,6 +69,8 @@ impl ExportSettings {
             queues_per_thread: 1,
             poll_us: DEFAULT_POLL_US,
             sqpoll_ms: 0,
+            limits: Limits::default(),
+            throttle_group: None,
         }
     }
 
@@ -93,6 +102,10 @@ impl ExportSettings {
         if self.logical_block_size != 512 && self.logical_block_size != 4096 {
             return Err(format!("logical-block-size={} must be 512 or 4096", self.logical_block_size));
         }
+        if self.throttle_group.as_deref() == Some("") {
+            return Err("throttle-group= is empty".into());
+        }
+        self.limits.validate()?;
         if self.serial.len() > ID_LEN {
             return Err(format!("serial={:?} is longer than {ID_LEN} bytes", self.serial));
         }
@@ -116,6 +129,8 @@ pub struct Export {
     pub stats: Arc<ExportStats>,
     /// How the device was described (the disk spec without export keys).
     pub source: String,
+    /// Where its requests wait for their I/O limits (its own group unless `throttle-group`).
+    pub qos: Gate,
 }
 
 impl Export {
@@ -146,6 +161,7 @@ impl Export {
         );
         let mut serial = [0u8; ID_LEN];
         serial[..settings.serial.len()].copy_from_slice(settings.serial.as_bytes());
-        Ok(Export { name, settings, dev, geometry, serial, stats: Arc::default(), source })
+        let qos = Gate::private(settings.limits);
+        Ok(Export { name, settings, dev, geometry, serial, stats: Arc::default(), source, qos })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`serve`]: the socket of one export and its frontend connections;
 //! - [`protocol`]: our vhost-user backend protocol layer (messages, connections, workers);
 //! - [`service`]: the pidfile and systemd's readiness notification;
+//! - [`qos`]: per-export I/O limits and throttle groups;
 //! - [`disk_spec`]: the `--disk` spec; [`export`] and [`stats`]: export settings and counters.
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod disk_spec;
 pub mod export;
 mod poll_window;
 pub mod protocol;
+pub mod qos;
 pub mod request;
 pub mod serve;
 pub mod service;

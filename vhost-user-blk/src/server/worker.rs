@@ -275,6 +275,10 @@ impl Worker {
         let q = q.clone();
         self.io.spawn(async move {
             let export = &q.export;
+            if export.qos.on() {
+                // Boxed so the task of an export without limits stays as small as it was.
+                Box::pin(super::qos::wait_turn(export, req.op.class(), req.op.data_bytes())).await;
+            }
             let st = execute(&*export.dev, io, &req.op, export.serial, &export.name).await;
             let len = req.complete(st);
             q.stats.borrow_mut().record(req.op.class(), req.op.data_bytes(), st == status::OK, started.elapsed());

@@ -46,6 +46,7 @@ groups! {
     thin,
     raid,
     top,
+    limits,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.

@@ -36,6 +36,14 @@ struct Args {
     ///   logical-block-size=512|4096 block size the guest sees (default 512)
     ///   write-cache=on|off          start in writeback (on, default) or writethrough mode
     ///
+    /// I/O limits (QEMU's throttle keys; reads and writes wait, in order, never fail):
+    ///   iops-total|iops-read|iops-write=N       operations per second
+    ///   bps-total|bps-read|bps-write=N          bytes per second (K, M, G suffixes)
+    ///   KEY-max=N, KEY-max-length=S             burst rate, and for how many seconds (default 1)
+    ///   iops-size=N                             a request larger than N bytes counts as several
+    ///   throttle-group=NAME                     share one budget with the exports naming NAME;
+    ///                                           the group's limits are set once (see docs/server.md)
+    ///
     /// Paths containing ',' go in a --config file.
     #[arg(long = "disk", value_name = "SPEC", verbatim_doc_comment)]
     disks: Vec<String>,
