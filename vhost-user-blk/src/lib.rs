@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod stack;

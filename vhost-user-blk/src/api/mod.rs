@@ -76,7 +76,7 @@ impl ApiServer {
         let (std_listener, socket) = bind_socket(path).map_err(std::io::Error::other)?;
         std_listener.set_nonblocking(true)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("api".into()).spawn(move || {
+        blockdev::thread::spawn(blockdev::thread::ThreadKind::ControlPlane, "api", move || {
             rt.block_on(async move {
                 let listener = match UnixListener::from_std(std_listener) {
                     Ok(l) => l,

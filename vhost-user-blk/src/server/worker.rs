@@ -98,6 +98,7 @@ pub fn handle_event(backend: &BlkBackend, device_event: u16, vrings: &[VringRwLo
 
 impl Worker {
     fn new(backend: &BlkBackend, nvrings: usize, thread: usize) -> Result<Worker, String> {
+        blockdev::thread::enter(blockdev::thread::ThreadKind::QueueWorker);
         let (mem, epoll_fd) = backend.worker_setup(thread).ok_or("no connection state for this thread")?;
         let qsize = u32::from(backend.export.settings.queue_size);
         let config = EngineConfig {

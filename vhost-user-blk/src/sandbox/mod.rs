@@ -1,0 +1,184 @@
+//! The daemon's sandbox (docs/sandbox.md): a seccomp filter per kind of thread, no new
+//! privileges, capabilities dropped, optionally another user and a chroot.
+//!
+//! Two steps. [`Sandbox::prepare`], first thing in `main` before any thread: no_new_privs, the
+//! SIGSYS handler, every kind's filter compiled, the user looked up, and the thread start hook
+//! set (each thread strata starts confines itself before its work). Then, once sockets are bound
+//! and images opened, [`Sandbox::lock_down`] on the main thread: chroot, drop to the user, drop
+//! the main thread's capabilities, its filter. Exports and the control socket wait at a gate
+//! until then, so no frontend or control request is served with the start-up privileges.
+
+mod allow;
+mod filters;
+mod gate;
+mod names;
+mod privs;
+mod sigsys;
+mod trigger;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use blockdev::thread::{self, ThreadKind};
+
+pub use filters::Filters;
+pub use privs::User;
+
+/// What a forbidden system call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// The process dies of SIGSYS; stderr names the thread and the call (the default).
+    #[default]
+    On,
+    /// The call goes through and the kernel logs it (SECCOMP_RET_LOG: an `audit: type=1326`
+    /// line in the kernel log naming the thread and the call number).
+    Log,
+    /// No filter.
+    Off,
+}
+
+impl FromStr for SeccompMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(SeccompMode::On),
+            "log" => Ok(SeccompMode::Log),
+            "off" => Ok(SeccompMode::Off),
+            _ => Err(format!("'{s}': expected on, log or off")),
+        }
+    }
+}
+
+/// What the command line and configuration ask of the sandbox.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Seccomp filters.
+    pub seccomp: SeccompMode,
+    /// USER[:GROUP] to run as once start-up is done.
+    pub user: Option<String>,
+    /// Capabilities kept (names as `CAP_NET_ADMIN` or `net_admin`).
+    pub keep_caps: Vec<String>,
+    /// Directory to chroot into once start-up is done.
+    pub chroot: Option<PathBuf>,
+}
+
+/// The prepared sandbox, for the lock-down after start-up.
+pub struct Sandbox {
+    user: Option<User>,
+    chroot: Option<PathBuf>,
+}
+
+/// Set once by [`Sandbox::prepare`]; read by the thread start hook.
+struct Process {
+    filters: Option<Filters>,
+    keep: caps::CapsHashSet,
+    /// Whether threads keep CAP_SETUID/CAP_SETGID until the main thread drops to --user (glibc
+    /// changes the ids of every thread).
+    user_pending: bool,
+}
+
+static PROCESS: OnceLock<Process> = OnceLock::new();
+
+impl Sandbox {
+    /// Step one, before any thread is started: see the module documentation.
+    pub fn prepare(opts: &Options) -> Result<Sandbox, String> {
+        privs::no_new_privs()?;
+        let keep = privs::parse_caps(&opts.keep_caps)?;
+        let user = opts.user.as_deref().map(User::lookup).transpose()?;
+        if user.is_some() && !keep.is_empty() {
+            return Err(
+                "--keep-cap cannot be combined with --user (capabilities are kept only by a daemon that stays root)"
+                    .into(),
+            );
+        }
+        if let Some(dir) = &opts.chroot {
+            if !dir.is_dir() {
+                return Err(format!("--chroot {}: not a directory", dir.display()));
+            }
+        }
+        let filters = match opts.seccomp {
+            SeccompMode::Off => {
+                tracing::warn!("seccomp filters are off (--seccomp off)");
+                None
+            }
+            mode => Filters::build(mode)?,
+        };
+        if filters.is_some() {
+            sigsys::install().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
+        }
+        trigger::arm();
+        let process = Process { filters, keep, user_pending: user.is_some() };
+        if PROCESS.set(process).is_err() {
+            return Err("the sandbox is prepared twice".into());
+        }
+        thread::set_start_hook(on_thread_start);
+        gate::close();
+        // The timer thread starts now, from the unconfined main thread, rather than lazily from
+        // whichever confined thread first needs it (a queue worker may not start threads).
+        blockdev::timer::start();
+        // The engine reads the CPU count (std looks in /proc and cgroup files) once: now, not on
+        // a queue worker that may not open files.
+        let _ = blockdev::EngineConfig::default();
+        Ok(Sandbox { user, chroot: opts.chroot.clone() })
+    }
+
+    /// Step two, on the main thread once every socket is bound and every image open: chroot,
+    /// user, the main thread's capabilities and filter; then the gate opens.
+    pub fn lock_down(self) -> Result<(), String> {
+        if let Some(dir) = &self.chroot {
+            privs::chroot(dir)?;
+        }
+        if let Some(user) = &self.user {
+            user.switch()?;
+            tracing::info!(uid = user.uid, gid = user.gid, "running as {}", user.name);
+        }
+        confine(ThreadKind::Main);
+        gate::open();
+        Ok(())
+    }
+
+    /// Open the gate without locking down (start-up failed: threads waiting at the gate must
+    /// be able to stop).
+    pub fn abandon() {
+        gate::open();
+    }
+}
+
+/// The start hook: capabilities, filter, and (exports, control plane) the gate.
+fn on_thread_start(kind: ThreadKind) {
+    confine(kind);
+    if matches!(kind, ThreadKind::Protocol | ThreadKind::ControlPlane) {
+        gate::wait();
+    }
+    if kind == ThreadKind::QueueWorker {
+        trigger::fire();
+    }
+}
+
+/// Drop the calling thread's capabilities and install its kind's filter. A thread that cannot
+/// be confined ends the process: it must not run with more rights than asked.
+fn confine(kind: ThreadKind) {
+    let Some(p) = PROCESS.get() else { return };
+    let mut keep = p.keep.clone();
+    if p.user_pending && kind != ThreadKind::Main {
+        keep.insert(caps::Capability::CAP_SETUID);
+        keep.insert(caps::Capability::CAP_SETGID);
+    }
+    if let Err(e) = privs::drop_caps(&keep) {
+        fatal(kind, &e);
+    }
+    if let Some(f) = &p.filters {
+        sigsys::record_thread(kind);
+        if let Err(e) = f.apply(kind) {
+            fatal(kind, &e);
+        }
+    }
+}
+
+fn fatal(kind: ThreadKind, e: &str) -> ! {
+    tracing::error!("cannot confine a {} thread: {e}; stopping", kind.name());
+    std::process::abort();
+}
