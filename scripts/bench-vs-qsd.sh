@@ -10,12 +10,15 @@
 #
 #   bash scripts/bench-vs-qsd.sh            # 256 MiB files, 2 s per case, 3 rounds
 #   TIME=5s SIZE_MB=1024 ROUNDS=5 bash scripts/bench-vs-qsd.sh
+#   STRATA_ARGS="--seccomp off" bash scripts/bench-vs-qsd.sh   # extra daemon arguments
+# (scripts/bench-sandbox.sh compares the sandbox on and off directly.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TIME="${TIME:-2s}"
 SIZE_MB="${SIZE_MB:-256}"
 ROUNDS="${ROUNDS:-3}"
+read -r -a STRATA_ARGS <<< "${STRATA_ARGS:-}"
 cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
@@ -35,9 +38,9 @@ run_one() { # DIR LABEL TAG QUEUES
     rm -f "$dir/source.raw"
     sync
     rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock"
-    "$BIN/vhost-user-blk" --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
+    "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!
-    "$BIN/vhost-user-blk" --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
+    "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
     local sqp=$!
     qemu-storage-daemon --blockdev "driver=file,node-name=f,filename=$dir/qsd.raw,aio=io_uring" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$dir/qsd.sock,writable=on,num-queues=$nq" 2>/dev/null &
