@@ -9,7 +9,8 @@
 //! api-socket = "/run/strata/api.sock"     # optional
 //! seccomp = "on"                          # optional sandbox keys (docs/sandbox.md): on|log|off,
 //! user = "strata:strata"                  # the user to run as after start-up,
-//! keep-cap = ["CAP_SYS_RAWIO"]            # capabilities kept, chroot = "/srv/strata"
+//! keep-cap = ["CAP_SYS_RAWIO"]            # capabilities kept, chroot = "/srv/strata",
+//! allow-dir = ["/images/new"]             # directories `add` may open images in
 //!
 //! [[node]]
 //! name = "base"
@@ -73,6 +74,8 @@ pub struct SandboxKeys {
     pub keep_caps: Vec<String>,
     /// `chroot = "DIR"`.
     pub chroot: Option<PathBuf>,
+    /// `allow-dir = ["DIR", ...]`.
+    pub allow_dirs: Vec<PathBuf>,
 }
 
 /// A `[[node]]` table: a device built once and referred to as `node:NAME`.
@@ -120,6 +123,14 @@ impl Config {
                 }
                 ("user", toml::Value::String(s)) => cfg.sandbox.user = Some(s),
                 ("chroot", toml::Value::String(s)) => cfg.sandbox.chroot = Some(s.into()),
+                ("allow-dir", toml::Value::Array(items)) => {
+                    for item in items {
+                        match item {
+                            toml::Value::String(d) => cfg.sandbox.allow_dirs.push(d.into()),
+                            other => return Err(invalid(format!("allow-dir: expected directories, found {other}"))),
+                        }
+                    }
+                }
                 ("keep-cap", toml::Value::Array(items)) => {
                     for item in items {
                         match item {
@@ -147,7 +158,7 @@ impl Config {
                 }
                 (other, _) => {
                     return Err(invalid(format!(
-                        "unknown or mistyped key {other:?} (api-socket, seccomp, user, keep-cap, chroot, [[node]], [[export]])"
+                        "unknown or mistyped key {other:?} (api-socket, seccomp, user, keep-cap, chroot, allow-dir, [[node]], [[export]])"
                     )))
                 }
             }
@@ -206,13 +217,14 @@ mod tests {
     fn sandbox_keys_parse_and_bad_ones_are_named() {
         let cfg = Config::parse(
             "s.toml",
-            "seccomp = \"log\"\nuser = \"nobody\"\nkeep-cap = [\"CAP_SYS_RAWIO\"]\nchroot = \"/srv\"\n",
+            "seccomp = \"log\"\nuser = \"nobody\"\nkeep-cap = [\"CAP_SYS_RAWIO\"]\nchroot = \"/srv\"\nallow-dir = [\"/a\"]\n",
         )
         .unwrap();
         assert_eq!(cfg.sandbox.seccomp, Some(SeccompMode::Log));
         assert_eq!(cfg.sandbox.user.as_deref(), Some("nobody"));
         assert_eq!(cfg.sandbox.keep_caps, ["CAP_SYS_RAWIO"]);
         assert_eq!(cfg.sandbox.chroot, Some(PathBuf::from("/srv")));
+        assert_eq!(cfg.sandbox.allow_dirs, [PathBuf::from("/a")]);
         let e = Config::parse("s.toml", "seccomp = \"maybe\"\n").unwrap_err().to_string();
         assert!(e.contains("s.toml") && e.contains("seccomp") && e.contains("maybe"), "{e}");
     }

@@ -275,3 +275,63 @@ fn user_nobody_serves_an_image_only_root_could_open() {
     drop(c);
     d.stop();
 }
+
+/// Send one control request; the whole answer (`ok` true or false).
+fn api_answer(sock: &Path, req: serde_json::Value) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn landlock_refuses_an_add_outside_the_allowed_directories() {
+    if vhost_user_blk::sandbox::landlock::kernel_abi() == 0 {
+        eprintln!("SKIPPED: this kernel has no Landlock");
+        return;
+    }
+    let (run, allowed, elsewhere) = (tempdir(), tempdir(), tempdir());
+    let api_s = run.path().join("api.sock");
+    let image = |dir: &Path| {
+        let p = dir.join("disk.raw");
+        std::fs::File::create(&p).unwrap().set_len(4 * MIB).unwrap();
+        p
+    };
+    let (inside, outside) = (image(allowed.path()), image(elsewhere.path()));
+    let d = DaemonProcess::start(
+        &["--api-socket", api_s.to_str().unwrap(), "--allow-dir", allowed.path().to_str().unwrap()],
+        &[&api_s],
+    );
+    let add = |img: &Path, sock: &Path| {
+        let disk = format!("socket={},format=raw,path={}", sock.display(), img.display());
+        api_answer(&api_s, serde_json::json!({"cmd": "add", "disk": disk}))
+    };
+    // Outside: refused, and the error names the file.
+    let refused = add(&outside, &run.path().join("out.sock"));
+    assert_eq!(refused["ok"], false, "{refused}");
+    let err = refused["error"].as_str().unwrap();
+    assert!(err.contains(&outside.display().to_string()) && err.contains("denied"), "{err}");
+    // Inside --allow-dir (its socket in the control socket's directory): served.
+    let sock = run.path().join("in.sock");
+    let ok = add(&inside, &sock);
+    assert_eq!(ok["ok"], true, "{ok}");
+    let mut c = Client::connect(&sock, 1, MIB as usize);
+    verified_io(&mut c, 5);
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn chroot_moves_the_root_once_started() {
+    let (dir, jail) = (tempdir(), tempdir());
+    let sock = dir.path().join("c.sock");
+    let spec = format!("socket={},format=mem,size=16M", sock.display());
+    let d = DaemonProcess::start(&["--chroot", jail.path().to_str().unwrap(), "--disk", &spec], &[&sock]);
+    let mut c = Client::connect(&sock, 1, MIB as usize);
+    verified_io(&mut c, 7);
+    let root = std::fs::read_link(format!("/proc/{}/root", d.pid())).unwrap();
+    assert_eq!(root, std::fs::canonicalize(jail.path()).unwrap());
+    drop(c);
+    d.stop();
+}

@@ -98,7 +98,7 @@ fn base(t: &mut Table) {
     // Confining itself further (a thread started by this one adds its own filter, drops its
     // capabilities): these can only take rights away.
     t.arg_in(SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER as u64]);
-    t.any(&[SYS_capget, SYS_capset]);
+    t.any(&[SYS_capget, SYS_capset, SYS_landlock_restrict_self]);
     t.arg_in(
         SYS_prctl,
         0,

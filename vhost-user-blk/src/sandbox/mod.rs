@@ -11,6 +11,7 @@
 mod allow;
 mod filters;
 mod gate;
+pub mod landlock;
 mod names;
 mod privs;
 mod sigsys;
@@ -53,7 +54,7 @@ impl FromStr for SeccompMode {
 }
 
 /// What the command line and configuration ask of the sandbox.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Seccomp filters.
     pub seccomp: SeccompMode,
@@ -63,6 +64,24 @@ pub struct Options {
     pub keep_caps: Vec<String>,
     /// Directory to chroot into once start-up is done.
     pub chroot: Option<PathBuf>,
+    /// Directories beneath which files stay reachable (Landlock): those the exports, nodes and
+    /// flags name, and each `--allow-dir`.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Whether Landlock limits file access to `allowed_dirs` (where the kernel has it).
+    pub landlock: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seccomp: SeccompMode::On,
+            user: None,
+            keep_caps: Vec::new(),
+            chroot: None,
+            allowed_dirs: Vec::new(),
+            landlock: true,
+        }
+    }
 }
 
 /// The prepared sandbox, for the lock-down after start-up.
@@ -74,6 +93,7 @@ pub struct Sandbox {
 /// Set once by [`Sandbox::prepare`]; read by the thread start hook.
 struct Process {
     filters: Option<Filters>,
+    landlock: Option<::landlock::RulesetCreated>,
     keep: caps::CapsHashSet,
     /// Whether threads keep CAP_SETUID/CAP_SETGID until the main thread drops to --user (glibc
     /// changes the ids of every thread).
@@ -109,8 +129,9 @@ impl Sandbox {
         if filters.is_some() {
             sigsys::install().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
         }
+        let landlock = if opts.landlock { landlock::build(&opts.allowed_dirs)? } else { None };
         trigger::arm();
-        let process = Process { filters, keep, user_pending: user.is_some() };
+        let process = Process { filters, landlock, keep, user_pending: user.is_some() };
         if PROCESS.set(process).is_err() {
             return Err("the sandbox is prepared twice".into());
         }
@@ -169,6 +190,11 @@ fn confine(kind: ThreadKind) {
     }
     if let Err(e) = privs::drop_caps(&keep) {
         fatal(kind, &e);
+    }
+    if let Some(rs) = &p.landlock {
+        if let Err(e) = landlock::restrict(rs) {
+            fatal(kind, &e);
+        }
     }
     if let Some(f) = &p.filters {
         sigsys::record_thread(kind);

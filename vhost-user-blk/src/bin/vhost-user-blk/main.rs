@@ -82,6 +82,12 @@ struct Args {
     /// socket's `add` afterwards are inside DIR.
     #[arg(long, value_name = "DIR")]
     chroot: Option<PathBuf>,
+
+    /// Where the kernel has Landlock, files are reachable only beneath the directories of the
+    /// paths the exports and flags name: also allow everything beneath DIR (for images the
+    /// control socket's `add` will open). Repeatable.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allow_dirs: Vec<PathBuf>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -147,7 +153,9 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         user: args.user,
         keep_caps: args.keep_caps,
         chroot: args.chroot,
+        ..sandbox::Options::default()
     };
+    let mut allow_dirs = args.allow_dirs;
     if let Some(path) = &args.config {
         let cfg = Config::load(path).map_err(|e| e.to_string())?;
         nodes = cfg.nodes;
@@ -159,9 +167,8 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         if opts.keep_caps.is_empty() {
             opts.keep_caps = cfg.sandbox.keep_caps;
         }
+        allow_dirs.extend(cfg.sandbox.allow_dirs);
     }
-    // Before any thread starts: every thread strata starts from here on confines itself.
-    let sandbox = Sandbox::prepare(&opts)?;
     for d in &args.disks {
         specs.push(DiskSpec::parse(d).map_err(|e| format!("--disk {d}: {e}"))?);
     }
@@ -176,6 +183,12 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     if specs.is_empty() && api_socket.is_none() {
         return Err("nothing to serve: give --disk, --config, --demo or --api-socket (see --help)".into());
     }
+    // Landlock: the directories of everything named, and --allow-dir.
+    opts.allowed_dirs = sandbox::landlock::named_dirs(&specs, &nodes);
+    opts.allowed_dirs.extend(api_socket.iter().chain(&args.pidfile).map(|p| sandbox::landlock::dir_of(p)));
+    opts.allowed_dirs.extend(allow_dirs);
+    // Before any thread starts: every thread strata starts from here on confines itself.
+    let sandbox = Sandbox::prepare(&opts)?;
     let daemon = Daemon::new();
     for node in &nodes {
         if let Err(e) = daemon.add_node(&node.name, &node.device) {
