@@ -85,7 +85,11 @@ fn every_thread_of_a_busy_daemon_has_a_filter_no_new_privs_and_no_capability() {
     // ... and a RAM disk, all served with the control socket.
     let (thin_s, raid_s, mem_s, api_s) = (p("thin.sock"), p("raid.sock"), p("mem.sock"), p("api.sock"));
     let specs = [
-        format!("socket={},format=thin,pool={},volume=v,commit-interval-ms=50", thin_s.display(), pool.display()),
+        format!(
+            "socket={},format=thin,pool={},volume=v,commit-interval-ms=50,sqpoll=on",
+            thin_s.display(),
+            pool.display()
+        ),
         format!("socket={},format=raid,members={members}", raid_s.display()),
         format!("socket={},format=mem,size=16M,num-queues=2", mem_s.display()),
     ];
@@ -110,7 +114,10 @@ fn every_thread_of_a_busy_daemon_has_a_filter_no_new_privs_and_no_capability() {
 
     let seen = threads(d.pid());
     let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["vhost-user-blk", "strata-timer", "api", "thin-commit", "raid-rebuild", "vring_worker", "export "] {
+    // iou-sqp: the thin export's kernel submission thread (sqpoll=on), from a restricted ring.
+    for want in
+        ["vhost-user-blk", "strata-timer", "api", "thin-commit", "raid-rebuild", "vring_worker", "export ", "iou-sqp"]
+    {
         assert!(names.iter().any(|n| n.starts_with(want)), "no {want:?} thread among {names:?}");
     }
     for (name, status) in &seen {
