@@ -133,10 +133,10 @@ fn io_engine(t: &mut Table) {
 /// The data path: vhost-user-backend's epoll loop, the queue's kick and call eventfds, the
 /// engine (which creates its ring on this thread). No file is opened, no socket touched.
 fn worker(t: &mut Table) {
+    // Kick and call eventfds and vhost-user-backend's exit event are read and written with
+    // read/write (common); the rest is the engine.
     base(t);
     io_engine(t);
-    // Kick and call eventfds, and vhost-user-backend's exit event.
-    t.any(&[libc::SYS_readv, libc::SYS_pread64, libc::SYS_pwrite64]);
 }
 
 /// Background layer work (RAID rebuild and scrub, thin periodic commit): the engine only.
@@ -165,16 +165,16 @@ fn protocol(t: &mut Table) {
     use libc::*;
     worker(t);
     spawner(t);
-    // The frontend's socket: messages with descriptors (SCM_RIGHTS), replies, the backend
-    // channel; the accept loop polls the listener.
-    t.any(&[SYS_accept4, SYS_sendmsg, SYS_recvmsg, SYS_sendto, SYS_recvfrom, SYS_shutdown]);
-    t.any(&[SYS_getsockopt, SYS_setsockopt, SYS_getsockname]);
-    // Guest memory regions (shared mappings of the frontend's fds; their size), the in-flight
-    // memfd.
-    t.any(&[SYS_fstat, SYS_newfstatat, SYS_statx, SYS_lseek, SYS_memfd_create, SYS_ftruncate]);
-    // vhost-user-backend's epoll set per worker, duplicated descriptors.
-    t.any(&[SYS_epoll_create1, SYS_dup, SYS_dup3]);
-    t.arg_in(SYS_fcntl, 1, &[F_DUPFD as u64, F_ADD_SEALS as u64, F_GET_SEALS as u64]);
+    // The frontend's socket: accepted, messages with descriptors (SCM_RIGHTS) both ways (also
+    // on the backend channel), replies without descriptors, the peer's credentials, shut down
+    // at disconnect.
+    t.any(&[SYS_accept4, SYS_sendmsg, SYS_recvmsg, SYS_sendto, SYS_recvfrom, SYS_getsockopt, SYS_shutdown]);
+    // Guest memory regions: shared mappings (common mmap) of the frontend's fds, whose size
+    // vm-memory may check; the in-flight region: a sealed memfd of the right size.
+    t.any(&[SYS_fstat, SYS_newfstatat, SYS_statx, SYS_memfd_create, SYS_ftruncate]);
+    t.arg_in(SYS_fcntl, 1, &[F_ADD_SEALS as u64, F_GET_SEALS as u64]);
+    // vhost-user-backend's epoll set per worker.
+    t.any(&[SYS_epoll_create1]);
 }
 
 /// Files: opening images and sockets' paths, their metadata, directories, locks, sizes.
