@@ -342,3 +342,43 @@ fn chroot_moves_the_root_once_started() {
     drop(c);
     d.stop();
 }
+
+#[test]
+fn a_kept_capability_is_all_every_thread_keeps() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: capabilities are only dropped from a daemon that starts as root");
+        return;
+    }
+    let dir = tempdir();
+    let sock = dir.path().join("k.sock");
+    let spec = format!("socket={},format=mem,size=16M", sock.display());
+    let d = DaemonProcess::start(&["--keep-cap", "sys_rawio", "--disk", &spec], &[&sock]);
+    let mut c = Client::connect(&sock, 1, MIB as usize);
+    verified_io(&mut c, 11);
+    let rawio = format!("{:016x}", 1u64 << 17);
+    for (name, status) in threads(d.pid()) {
+        assert_eq!(field(&status, "CapEff:"), rawio, "thread {name}");
+        assert_eq!(field(&status, "CapBnd:"), rawio, "thread {name}");
+    }
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn bad_sandbox_arguments_are_usage_errors_that_say_what() {
+    let dir = tempdir();
+    let spec = format!("socket={},format=mem,size=1M", dir.path().join("u.sock").display());
+    for (args, says) in [
+        (vec!["--seccomp", "maybe"], "maybe"),
+        (vec!["--user", "no-such-user-strata"], "no such user"),
+        (vec!["--keep-cap", "cap_fly"], "cap_fly"),
+        (vec!["--user", "nobody", "--keep-cap", "sys_rawio"], "--keep-cap"),
+        (vec!["--chroot", "/no/such/dir/strata"], "/no/such/dir/strata"),
+    ] {
+        let out = Command::new(daemon_bin()).args(&args).args(["--disk", &spec]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -105,6 +105,14 @@ static PROCESS: OnceLock<Process> = OnceLock::new();
 impl Sandbox {
     /// Step one, before any thread is started: see the module documentation.
     pub fn prepare(opts: &Options) -> Result<Sandbox, String> {
+        // A thread started before now would never be confined: refuse rather than run one.
+        let others = other_threads();
+        if !others.is_empty() {
+            return Err(format!(
+                "internal error: threads started before the sandbox was prepared would run unconfined: {}",
+                others.join(", ")
+            ));
+        }
         privs::no_new_privs()?;
         let keep = privs::parse_caps(&opts.keep_caps)?;
         let user = opts.user.as_deref().map(User::lookup).transpose()?;
@@ -166,6 +174,21 @@ impl Sandbox {
     pub fn abandon() {
         gate::open();
     }
+}
+
+/// Names of the process's threads other than the calling one, io_uring's kernel threads
+/// (`iou-wrk-*`, `iou-sqp-*`, which never run user code) aside.
+fn other_threads() -> Vec<String> {
+    // SAFETY: gettid has no arguments.
+    let me = unsafe { libc::gettid() }.to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| t.file_name().to_str() != Some(me.as_str()))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.starts_with("iou-"))
+        .collect()
 }
 
 /// The start hook: capabilities, filter, and (exports, control plane) the gate.
