@@ -12,7 +12,7 @@ const NAME_MAX: usize = 32;
 thread_local! {
     /// The calling thread's name and kind, recorded when its filter goes on (read by the handler
     /// without allocating).
-    static WHO: Cell<([u8; NAME_MAX], usize, &'static str)> = const { Cell::new(([0; NAME_MAX], 0, "unfiltered")) };
+    static WHO: Cell<([u8; NAME_MAX], usize, &'static str)> = const { Cell::new(([0; NAME_MAX], 0, "inherited filter")) };
 }
 
 /// Record the calling thread's name and kind for the handler.
@@ -88,7 +88,15 @@ extern "C" fn handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
     let mut line = Line { buf: [0; 256], len: 0 };
     line.push(b"vhost-user-blk: seccomp: thread '");
     // try_with: never panics, also while the thread's locals are being torn down.
-    let who = WHO.try_with(|w| w.get()).unwrap_or(([0; NAME_MAX], 0, "exiting"));
+    let mut who = WHO.try_with(|w| w.get()).unwrap_or(([0; NAME_MAX], 0, "exiting"));
+    if who.1 == 0 {
+        // A thread started by another crate (vhost-user-backend's handler, librbd's threads):
+        // its kernel name, which every filter lets a thread read.
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into the 32-byte buffer.
+        if unsafe { libc::prctl(libc::PR_GET_NAME, who.0.as_mut_ptr()) } == 0 {
+            who.1 = who.0.iter().position(|&b| b == 0).unwrap_or(16);
+        }
+    }
     line.push(&who.0[..who.1]);
     line.push(b"' (");
     line.push(who.2.as_bytes());
