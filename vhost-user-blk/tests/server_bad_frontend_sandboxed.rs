@@ -162,27 +162,35 @@ fn malformed_messages_under_seccomp_leave_the_daemon_serving_without_leaks() {
 fn hostile_descriptor_chains_under_seccomp_are_refused_and_the_daemon_serves_on() {
     let dir = tempdir();
     let (d, sock) = start(dir.path());
-    let mut fe = TestFrontend::connect(&sock, 1, 64);
-    fe.start_queue(0);
+    let mut fe = TestFrontend::connect(&sock, 1, 16);
     assert_eq!(fe.write(0, 0, &[0x11; 512]), 0);
-    let hdr = fe.header(0, 0); // a read of sector 0
-    let st = fe.status_buf();
-    let chains: Vec<Vec<Desc>> = vec![
-        // Data outside guest memory, and a length of 4 GiB - 1.
-        vec![Desc { addr: hdr, len: 16, flags: 0, next: 0 }, Desc { addr: 1 << 50, len: 512, flags: F_WRITE, next: 0 }],
-        vec![Desc { addr: hdr, len: 16, flags: 0, next: 0 }, Desc { addr: 0, len: u32::MAX, flags: F_WRITE, next: 0 }],
-        // A header outside guest memory; an indirect table of absurd length.
-        vec![Desc { addr: u64::MAX - 8, len: 16, flags: 0, next: 0 }],
-        vec![Desc { addr: hdr, len: !15, flags: F_INDIRECT, next: 0 }],
-    ];
-    for (i, mut chain) in chains.into_iter().enumerate() {
+    for i in 0..4 {
+        fe.reset_data();
+        let hdr = fe.header(0, 0); // a read of sector 0
+        let st = fe.status_buf();
+        let mut chain = match i {
+            // Data outside guest memory; a length of 4 GiB - 1.
+            0 => vec![
+                Desc { addr: hdr, len: 16, flags: 0, next: 0 },
+                Desc { addr: 1 << 50, len: 512, flags: F_WRITE, next: 0 },
+            ],
+            1 => vec![
+                Desc { addr: hdr, len: 16, flags: 0, next: 0 },
+                Desc { addr: 0, len: u32::MAX, flags: F_WRITE, next: 0 },
+            ],
+            // A header outside guest memory; an indirect table of absurd length.
+            2 => vec![Desc { addr: u64::MAX - 8, len: 16, flags: 0, next: 0 }],
+            _ => vec![Desc { addr: hdr, len: !15, flags: F_INDIRECT, next: 0 }],
+        };
         chain.push(Desc { addr: st, len: 1, flags: F_WRITE, next: 0 });
         let head = fe.put_chain(0, 0, &chain);
-        fe.publish(0, head);
-        fe.kick(0);
-        let _ = fe.next_used(0, Duration::from_secs(2));
+        let (id, _) = fe.submit(0, head);
+        assert_eq!(id, u32::from(head), "hostile chain {i}");
         assert_alive(&d, &format!("hostile chain {i}"));
     }
+    // The same queue serves on.
+    let (status, _, data) = fe.request(0, 0, 0, &[], 512);
+    assert_eq!((status, data), (0, vec![0x11; 512]), "the queue stopped serving");
     drop(fe);
     assert_still_serves(&d, &sock, 1);
     d.stop();

@@ -176,6 +176,32 @@ impl Sandbox {
     }
 }
 
+/// Confine every thread strata starts in this process from now on (exports, queue workers,
+/// layer threads), as the daemon does: capabilities dropped, each kind's seccomp filter. The
+/// calling thread and threads started otherwise stay as they are, and there is no Landlock,
+/// user, chroot or gate. For in-process harnesses that serve exports (fuzz targets, tests), so
+/// the code under test runs inside its filters. A second call does nothing.
+pub fn confine_spawned_threads(mode: SeccompMode) -> Result<(), String> {
+    if PROCESS.get().is_some() {
+        return Ok(());
+    }
+    let filters = match mode {
+        SeccompMode::Off => None,
+        mode => Filters::build(mode)?,
+    };
+    if filters.is_some() {
+        sigsys::install().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
+    }
+    // Keep whatever the harness itself holds: only its threads' capabilities are dropped.
+    let process = Process { filters, landlock: None, keep: caps::CapsHashSet::new(), user_pending: false };
+    if PROCESS.set(process).is_ok() {
+        thread::set_start_hook(on_thread_start);
+        blockdev::timer::start();
+        let _ = blockdev::EngineConfig::default();
+    }
+    Ok(())
+}
+
 /// Names of the process's threads other than the calling one, io_uring's kernel threads
 /// (`iou-wrk-*`, `iou-sqp-*`, which never run user code) aside.
 fn other_threads() -> Vec<String> {
