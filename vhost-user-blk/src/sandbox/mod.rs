@@ -1,12 +1,14 @@
 //! The daemon's sandbox (docs/sandbox.md): a seccomp filter per kind of thread, no new
-//! privileges, capabilities dropped, optionally another user and a chroot.
+//! privileges, capabilities dropped, Landlock where the kernel has it, optionally another user
+//! and a chroot.
 //!
 //! Two steps. [`Sandbox::prepare`], first thing in `main` before any thread: no_new_privs, the
-//! SIGSYS handler, every kind's filter compiled, the user looked up, and the thread start hook
-//! set (each thread strata starts confines itself before its work). Then, once sockets are bound
-//! and images opened, [`Sandbox::lock_down`] on the main thread: chroot, drop to the user, drop
-//! the main thread's capabilities, its filter. Exports and the control socket wait at a gate
-//! until then, so no frontend or control request is served with the start-up privileges.
+//! SIGSYS handler, every kind's filter compiled, the Landlock ruleset built, the user looked up,
+//! and the thread start hook set (each thread strata starts confines itself before its work:
+//! capabilities, Landlock, filter). Then, once sockets are bound and images opened,
+//! [`Sandbox::lock_down`] on the main thread: chroot, drop to the user, then the main thread's
+//! own capabilities, Landlock and filter. Exports and the control socket wait at a gate until
+//! then, so no frontend or control request is served with the start-up privileges.
 
 mod allow;
 mod filters;
