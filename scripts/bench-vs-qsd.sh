@@ -17,6 +17,8 @@
 # without it, alternating round by round (its notes give its ratio to plain strata), e.g. I/O
 # limits far above the load:
 #   STRATA_EXTRA_KEYS=iops-total=100000000,bps-total=1000G bash scripts/bench-vs-qsd.sh
+#   STRATA_ARGS="--seccomp off" bash scripts/bench-vs-qsd.sh   # extra daemon arguments
+# (scripts/bench-sandbox.sh compares the sandbox on and off directly.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,6 +29,7 @@ EXTRA_KEYS="${STRATA_EXTRA_KEYS:-}"
 EXTRA_ARGS="${STRATA_EXTRA_ARGS:-}"
 EXTRA=""
 [ -n "$EXTRA_KEYS$EXTRA_ARGS" ] && EXTRA=extra
+read -r -a STRATA_ARGS <<< "${STRATA_ARGS:-}"
 cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 QSD_VERSION="$(qemu-storage-daemon --version | head -n 1)"
@@ -47,9 +50,9 @@ run_one() { # DIR LABEL TAG QUEUES
     rm -f "$dir/source.raw"
     sync
     rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock" "$dir/extra.sock"
-    "$BIN/vhost-user-blk" --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
+    "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!
-    "$BIN/vhost-user-blk" --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
+    "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
     local sqp=$!
     qemu-storage-daemon --blockdev "driver=file,node-name=f,filename=$dir/qsd.raw,aio=io_uring" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$dir/qsd.sock,writable=on,num-queues=$nq" 2>/dev/null &

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, Weak};
 
 use smallvec::SmallVec;
+use vm_memory::VolatileSlice;
 
 /// Something that keeps the memory behind an `IoBufs` alive (a buffer, a guest memory map).
 pub type Keepalive = Rc<dyn Any>;
@@ -128,31 +129,46 @@ impl IoBufs {
     }
 
     /// Copy bytes out of the buffers, starting at `off`, into `dst`.
+    ///
+    /// The buffers may be guest memory that the guest changes at the same time: every copy in
+    /// and out goes through vm-memory's volatile accessors (docs/sandbox.md, "Guest memory").
     pub fn copy_to_slice(&self, off: usize, dst: &mut [u8]) {
         let mut done = 0;
         self.for_each_segment(off, dst.len(), |ptr, n| {
-            // SAFETY: the segment is valid memory (IoBufs invariant) and `dst[done..done+n]` is in
-            // bounds because the walk covers exactly `dst.len()` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(ptr, dst.as_mut_ptr().add(done), n) };
+            // SAFETY: the segment is `n` bytes of valid memory (IoBufs invariant) that may change
+            // under us, which a VolatileSlice allows.
+            let seg = unsafe { VolatileSlice::new(ptr, n) };
+            seg.copy_to(&mut dst[done..done + n]);
             done += n;
         });
     }
 
-    /// Copy `src` into the buffers, starting at `off`.
+    /// Copy `src` into the buffers, starting at `off` (volatile, as [`IoBufs::copy_to_slice`]).
     pub fn copy_from_slice(&self, off: usize, src: &[u8]) {
         let mut done = 0;
         self.for_each_segment(off, src.len(), |ptr, n| {
             // SAFETY: as in copy_to_slice; the segment is writable memory by the IoBufs invariant.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), ptr, n) };
+            let seg = unsafe { VolatileSlice::new(ptr, n) };
+            seg.copy_from(&src[done..done + n]);
             done += n;
         });
     }
 
-    /// Fill `[off, off+len)` with zeros.
+    /// Fill `[off, off+len)` with zeros (volatile, as [`IoBufs::copy_to_slice`]).
     pub fn zero(&self, off: usize, len: usize) {
+        static ZEROS: [u8; 4096] = [0; 4096];
         self.for_each_segment(off, len, |ptr, n| {
             // SAFETY: the segment is valid, writable memory by the IoBufs invariant.
-            unsafe { std::ptr::write_bytes(ptr, 0, n) };
+            let seg = unsafe { VolatileSlice::new(ptr, n) };
+            let mut at = 0;
+            while at < n {
+                let k = (n - at).min(ZEROS.len());
+                // In range: `at + k <= n`, the slice's length.
+                if let Ok(part) = seg.subslice(at, k) {
+                    part.copy_from(&ZEROS[..k]);
+                }
+                at += k;
+            }
         });
     }
 

@@ -21,6 +21,7 @@ pub mod size;
 mod tag;
 #[cfg(feature = "test-utils")]
 pub mod testdev;
+pub mod thread;
 pub mod timer;
 
 pub use bufs::{BufPool, DmaBuf, IoBufs, Keepalive, SharedBuf};

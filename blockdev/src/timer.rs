@@ -31,6 +31,12 @@ impl Timer {
     }
 }
 
+/// Start the timer thread now rather than at its first use (the daemon does so before its
+/// threads are confined: a thread that may not start threads can still use timers).
+pub fn start() {
+    let _ = timer();
+}
+
 /// The timer thread's state, or `None` when the thread could not be started.
 fn timer() -> Option<&'static Timer> {
     static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
@@ -39,7 +45,7 @@ fn timer() -> Option<&'static Timer> {
             due: Mutex::new(Due { wakers: BTreeMap::new(), next_id: 0 }),
             cond: Condvar::new(),
         }));
-        match std::thread::Builder::new().name("strata-timer".into()).spawn(move || run(t)) {
+        match crate::thread::spawn(crate::thread::ThreadKind::Timer, "strata-timer", move || run(t)) {
             Ok(_) => Some(t),
             Err(e) => {
                 tracing::error!("cannot start the timer thread ({e}); timed waits end at once");

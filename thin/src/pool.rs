@@ -294,28 +294,26 @@ impl Pool {
     /// changes. The thread ends once the pool is dropped (within one interval).
     pub fn start_periodic_commit(&self, every: std::time::Duration) -> Result<()> {
         let weak = Arc::downgrade(&self.inner);
-        std::thread::Builder::new()
-            .name("thin-commit".into())
-            .spawn(move || {
-                let io = match IoCtx::new() {
-                    Ok(io) => io,
-                    Err(e) => return tracing::error!("thin pool: periodic commit thread has no io ring: {e}"),
+        blockdev::thread::spawn(blockdev::thread::ThreadKind::Background, "thin-commit", move || {
+            let io = match IoCtx::new() {
+                Ok(io) => io,
+                Err(e) => return tracing::error!("thin pool: periodic commit thread has no io ring: {e}"),
+            };
+            loop {
+                std::thread::sleep(every);
+                let Some(inner) = weak.upgrade() else { return };
+                let dirty = {
+                    let st = inner.lock();
+                    st.meta_dirty && st.failed.is_none()
                 };
-                loop {
-                    std::thread::sleep(every);
-                    let Some(inner) = weak.upgrade() else { return };
-                    let dirty = {
-                        let st = inner.lock();
-                        st.meta_dirty && st.failed.is_none()
-                    };
-                    if dirty {
-                        if let Err(e) = io.block_on(commit(&inner, &io)) {
-                            tracing::warn!("thin pool: periodic commit failed: {e}");
-                        }
+                if dirty {
+                    if let Err(e) = io.block_on(commit(&inner, &io)) {
+                        tracing::warn!("thin pool: periodic commit failed: {e}");
                     }
                 }
-            })
-            .map_err(|e| Error::from_io(e, "thin pool: start the periodic commit thread"))?;
+            }
+        })
+        .map_err(|e| Error::from_io(e, "thin pool: start the periodic commit thread"))?;
         Ok(())
     }
 

@@ -8,6 +8,10 @@
 //! ```toml
 //! api-socket = "/run/strata/api.sock"     # optional
 //! metrics = "127.0.0.1:9101"               # optional: Prometheus /metrics (or "unix:PATH")
+//! seccomp = "on"                          # optional sandbox keys (docs/sandbox.md): on|log|off,
+//! user = "strata:strata"                  # the user to run as after start-up,
+//! keep-cap = ["CAP_SYS_RAWIO"]            # capabilities kept, chroot = "/srv/strata",
+//! allow-dir = ["/images/new"]             # directories `add` may open images in
 //!
 //! [[node]]
 //! name = "base"
@@ -46,6 +50,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::sandbox::SeccompMode;
 use crate::server::DiskSpec;
 
 /// A parsed configuration file.
@@ -59,6 +64,23 @@ pub struct Config {
     pub nodes: Vec<NodeSpec>,
     /// The exports, in file order.
     pub exports: Vec<DiskSpec>,
+    /// The sandbox keys (`seccomp`, `user`, `keep-cap`, `chroot`); the command line wins.
+    pub sandbox: SandboxKeys,
+}
+
+/// The sandbox keys of a configuration file (docs/sandbox.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxKeys {
+    /// `seccomp = "on" | "log" | "off"`.
+    pub seccomp: Option<SeccompMode>,
+    /// `user = "USER[:GROUP]"`.
+    pub user: Option<String>,
+    /// `keep-cap = ["CAP_..."]`.
+    pub keep_caps: Vec<String>,
+    /// `chroot = "DIR"`.
+    pub chroot: Option<PathBuf>,
+    /// `allow-dir = ["DIR", ...]`.
+    pub allow_dirs: Vec<PathBuf>,
 }
 
 /// A `[[node]]` table: a device built once and referred to as `node:NAME`.
@@ -96,12 +118,39 @@ impl Config {
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         let invalid = |msg: String| ConfigError::Invalid(name.to_string(), msg);
         let table: toml::Table = text.parse().map_err(|e| ConfigError::Toml(name.to_string(), e))?;
-        let mut cfg = Config { api_socket: None, metrics: None, nodes: Vec::new(), exports: Vec::new() };
+        let mut cfg = Config {
+            api_socket: None,
+            metrics: None,
+            nodes: Vec::new(),
+            exports: Vec::new(),
+            sandbox: SandboxKeys::default(),
+        };
         for (key, value) in table {
             match (key.as_str(), value) {
                 ("api-socket", toml::Value::String(s)) => cfg.api_socket = Some(s.into()),
                 ("metrics", toml::Value::String(s)) => {
                     cfg.metrics = Some(crate::metrics::MetricsAddr::parse(&s).map_err(&invalid)?)
+                }
+                ("seccomp", toml::Value::String(s)) => {
+                    cfg.sandbox.seccomp = Some(s.parse().map_err(|e| invalid(format!("seccomp: {e}")))?)
+                }
+                ("user", toml::Value::String(s)) => cfg.sandbox.user = Some(s),
+                ("chroot", toml::Value::String(s)) => cfg.sandbox.chroot = Some(s.into()),
+                ("allow-dir", toml::Value::Array(items)) => {
+                    for item in items {
+                        match item {
+                            toml::Value::String(d) => cfg.sandbox.allow_dirs.push(d.into()),
+                            other => return Err(invalid(format!("allow-dir: expected directories, found {other}"))),
+                        }
+                    }
+                }
+                ("keep-cap", toml::Value::Array(items)) => {
+                    for item in items {
+                        match item {
+                            toml::Value::String(c) => cfg.sandbox.keep_caps.push(c),
+                            other => return Err(invalid(format!("keep-cap: expected names, found {other}"))),
+                        }
+                    }
                 }
                 ("export", toml::Value::Array(items)) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -122,7 +171,7 @@ impl Config {
                 }
                 (other, _) => {
                     return Err(invalid(format!(
-                        "unknown or mistyped key {other:?} (api-socket, metrics, [[node]], [[export]])"
+                        "unknown or mistyped key {other:?} (api-socket, metrics, seccomp, user, keep-cap, chroot, allow-dir, [[node]], [[export]])"
                     )))
                 }
             }
@@ -176,6 +225,22 @@ fn scalar(v: &toml::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_keys_parse_and_bad_ones_are_named() {
+        let cfg = Config::parse(
+            "s.toml",
+            "seccomp = \"log\"\nuser = \"nobody\"\nkeep-cap = [\"CAP_SYS_RAWIO\"]\nchroot = \"/srv\"\nallow-dir = [\"/a\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.sandbox.seccomp, Some(SeccompMode::Log));
+        assert_eq!(cfg.sandbox.user.as_deref(), Some("nobody"));
+        assert_eq!(cfg.sandbox.keep_caps, ["CAP_SYS_RAWIO"]);
+        assert_eq!(cfg.sandbox.chroot, Some(PathBuf::from("/srv")));
+        assert_eq!(cfg.sandbox.allow_dirs, [PathBuf::from("/a")]);
+        let e = Config::parse("s.toml", "seccomp = \"maybe\"\n").unwrap_err().to_string();
+        assert!(e.contains("s.toml") && e.contains("seccomp") && e.contains("maybe"), "{e}");
+    }
 
     #[test]
     fn an_array_gives_a_repeatable_key_each_value() {

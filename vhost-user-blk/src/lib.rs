@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod stack;

@@ -11,6 +11,7 @@ mod config;
 mod files;
 mod ops;
 mod probe;
+mod restrict;
 mod slab;
 mod tasks;
 mod wake;
@@ -81,7 +82,7 @@ impl IoCtx {
     /// Create this thread's engine: the ring, with its opcodes probed and workers capped.
     pub fn with_config(config: EngineConfig) -> Result<IoCtx> {
         let sq = config.sq_entries.clamp(8, 4096).next_power_of_two();
-        let ring = build_ring(sq, config.sq_poll_idle_ms)?;
+        let (ring, disabled) = build_ring(sq, config.sq_poll_idle_ms)?;
         probe::check_opcodes(&ring)?;
         if config.max_bounded_workers > 0 || config.max_unbounded_workers > 0 {
             let mut caps = [config.max_bounded_workers, config.max_unbounded_workers];
@@ -91,6 +92,10 @@ impl IoCtx {
         }
         let fixed_files =
             config.registered_files > 0 && ring.submitter().register_files_sparse(config.registered_files).is_ok();
+        // Set up while disabled: now restrict it to what the engine uses and start it.
+        if disabled {
+            restrict::restrict_and_enable(&ring)?;
+        }
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -426,6 +431,7 @@ impl IoCtx {
     ///
     /// Every buffer and iovec array `sqe` points to must stay valid until its completion.
     pub(crate) unsafe fn push_sqe(&self, sqe: &squeue::Entry) {
+        debug_assert!(restrict::allowed(sqe), "an SQE the ring's restrictions refuse: add it to restrict::SQE_OPS");
         loop {
             {
                 let mut ring = self.inner.ring.borrow_mut();
@@ -510,29 +516,40 @@ pub(crate) fn unregister_now_on_this_thread(mailbox: &Arc<RingMailbox>) {
     });
 }
 
-fn build_ring(entries: u32, sq_poll_idle_ms: u32) -> Result<IoUring> {
+/// Create the ring, disabled (IORING_SETUP_R_DISABLED) so that it can be restricted before it
+/// runs anything; `true` beside it when it is. A kernel without disabled rings (before 5.10)
+/// gets an unrestricted one, said once in the log.
+fn build_ring(entries: u32, sq_poll_idle_ms: u32) -> Result<(IoUring, bool)> {
+    match build_ring_with(entries, sq_poll_idle_ms, true) {
+        Ok(r) => Ok((r, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let ring = build_ring_with(entries, sq_poll_idle_ms, false).map_err(probe::explain_setup_error)?;
+            restrict::warn_unrestricted(&e);
+            Ok((ring, false))
+        }
+        Err(e) => Err(probe::explain_setup_error(e)),
+    }
+}
+
+fn build_ring_with(entries: u32, sq_poll_idle_ms: u32, disabled: bool) -> std::io::Result<IoUring> {
+    let builder = || {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(entries * 2);
+        if disabled {
+            b.setup_r_disabled();
+        }
+        b
+    };
     if sq_poll_idle_ms > 0 {
         // DEFER_TASKRUN needs the submitting task to run completion work itself, which a
         // kernel submission thread rules out: such a ring is a plain one plus SQPOLL.
-        return IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .setup_sqpoll(sq_poll_idle_ms)
-            .build(entries)
-            .map_err(probe::explain_setup_error);
+        return builder().setup_sqpoll(sq_poll_idle_ms).build(entries);
     }
-    let attempt = IoUring::builder()
-        .setup_cqsize(entries * 2)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag()
-        .build(entries);
-    match attempt {
+    match builder().setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag().build(entries) {
         Ok(r) => Ok(r),
         // Older kernels (before 6.1) lack SINGLE_ISSUER / DEFER_TASKRUN: fall back to a plain ring.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            IoUring::builder().setup_cqsize(entries * 2).build(entries).map_err(probe::explain_setup_error)
-        }
-        Err(e) => Err(probe::explain_setup_error(e)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => builder().build(entries),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,17 +1,11 @@
 //! Start-up checks: io_uring must exist and support every opcode the engine issues.
 
-use io_uring::{opcode, IoUring, Probe};
+use io_uring::{IoUring, Probe};
 
 use crate::{Error, ErrorKind, Result};
 
-/// The opcodes the engine issues, with what needs them and the kernel that added them.
-const REQUIRED: &[(u8, &str, &str)] = &[
-    (opcode::Readv::CODE, "IORING_OP_READV (reads)", "5.1"),
-    (opcode::Writev::CODE, "IORING_OP_WRITEV (writes)", "5.1"),
-    (opcode::Fsync::CODE, "IORING_OP_FSYNC (flush)", "5.1"),
-    (opcode::Fallocate::CODE, "IORING_OP_FALLOCATE (discard, write-zeroes)", "5.6"),
-    (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD (cross-thread wake-ups)", "5.1"),
-];
+/// The opcodes the engine issues (one list, shared with the ring's restrictions).
+const REQUIRED: &[(u8, &str, &str)] = super::restrict::SQE_OPS;
 
 /// Check that `ring`'s kernel supports every opcode we use; the error names the missing one.
 pub fn check_opcodes(ring: &IoUring) -> Result<()> {

@@ -13,7 +13,9 @@ impl ControlRuntime {
     pub fn start() -> std::io::Result<ControlRuntime> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = rt.handle().clone();
-        std::thread::Builder::new().name("api".into()).spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        blockdev::thread::spawn(blockdev::thread::ThreadKind::ControlPlane, "api", move || {
+            rt.block_on(std::future::pending::<()>())
+        })?;
         Ok(ControlRuntime { handle })
     }
 

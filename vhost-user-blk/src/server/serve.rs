@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use blockdev::thread::ThreadKind;
 use blockdev::{IoCtx, IoTag};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -81,9 +82,9 @@ impl ServedExport {
         let stop = Arc::new(AtomicBool::new(false));
         let spawned = {
             let (backend, active, stop, wake) = (backend.clone(), active.clone(), stop.clone(), wake.clone());
-            std::thread::Builder::new()
-                .name(format!("export {}", export.name))
-                .spawn(move || accept_loop(listener, &wake, backend, active, stop))
+            blockdev::thread::spawn(ThreadKind::Protocol, format!("export {}", export.name), move || {
+                accept_loop(listener, &wake, backend, active, stop)
+            })
         };
         let thread = match spawned {
             Ok(t) => t,

@@ -192,28 +192,26 @@ pub fn start_rebuild(array: Arc<Array>, opts: RebuildOptions) -> Result<Arc<Rebu
         Arc::new(RebuildJob { started: Instant::now(), running: AtomicBool::new(true), outcome: Mutex::new(None) });
     let j = job.clone();
     let name = array.describe();
-    std::thread::Builder::new()
-        .name("raid-rebuild".into())
-        .spawn(move || {
-            let res = IoCtx::new().and_then(|io| io.block_on(array.rebuild(&io, opts)));
-            let secs = j.started.elapsed().as_secs_f64();
-            let outcome = match res {
-                Ok(bytes) => {
-                    tracing::info!(
-                        "{name}: rebuild done: {bytes} bytes in {secs:.2}s ({:.1} MB/s)",
-                        bytes as f64 / secs.max(1e-9) / 1e6
-                    );
-                    Ok((bytes, secs))
-                }
-                Err(e) => {
-                    tracing::error!("{name}: rebuild failed: {e}");
-                    Err(e.to_string())
-                }
-            };
-            *j.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-            j.running.store(false, Ordering::Release);
-        })
-        .map_err(|e| format!("array {uuid}: cannot start the rebuild thread: {e}"))?;
+    blockdev::thread::spawn(blockdev::thread::ThreadKind::Background, "raid-rebuild", move || {
+        let res = IoCtx::new().and_then(|io| io.block_on(array.rebuild(&io, opts)));
+        let secs = j.started.elapsed().as_secs_f64();
+        let outcome = match res {
+            Ok(bytes) => {
+                tracing::info!(
+                    "{name}: rebuild done: {bytes} bytes in {secs:.2}s ({:.1} MB/s)",
+                    bytes as f64 / secs.max(1e-9) / 1e6
+                );
+                Ok((bytes, secs))
+            }
+            Err(e) => {
+                tracing::error!("{name}: rebuild failed: {e}");
+                Err(e.to_string())
+            }
+        };
+        *j.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        j.running.store(false, Ordering::Release);
+    })
+    .map_err(|e| format!("array {uuid}: cannot start the rebuild thread: {e}"))?;
     all.insert(uuid, job.clone());
     Ok(job)
 }

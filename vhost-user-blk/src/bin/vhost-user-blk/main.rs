@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use vhost_user_blk::config::Config;
+use vhost_user_blk::sandbox::{self, Sandbox, SeccompMode};
 use vhost_user_blk::server::{demo, service, Daemon, DiskSpec};
 
 /// Serve strata disks as virtio-blk devices over vhost-user sockets.
@@ -74,6 +75,34 @@ struct Args {
     /// (systemd Type=notify), READY=1 is sent after that.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+
+    /// Seccomp filters, one per kind of thread (docs/sandbox.md): on = a forbidden system call
+    /// kills the daemon with SIGSYS and stderr names the thread and the call; log = the call
+    /// goes through and the kernel log records it; off = no filter. Default on (or the config's
+    /// `seccomp` key).
+    #[arg(long, value_name = "on|log|off")]
+    seccomp: Option<SeccompMode>,
+
+    /// Once sockets are bound and images opened, run as USER (and its groups, or GROUP), with
+    /// no capability. Images the user could not open keep working: they are open already.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+
+    /// Keep this capability (e.g. CAP_SYS_RAWIO); every other one is dropped. Repeatable; not
+    /// with --user.
+    #[arg(long = "keep-cap", value_name = "CAP")]
+    keep_caps: Vec<String>,
+
+    /// Once sockets are bound and images opened, chroot into DIR: paths given to the control
+    /// socket's `add` afterwards are inside DIR.
+    #[arg(long, value_name = "DIR")]
+    chroot: Option<PathBuf>,
+
+    /// Where the kernel has Landlock, files are reachable only beneath the directories of the
+    /// paths the exports and flags name: also allow everything beneath DIR (for images the
+    /// control socket's `add` will open). Repeatable.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allow_dirs: Vec<PathBuf>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -136,12 +165,27 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     let mut nodes = Vec::new();
     let mut api_socket = args.api_socket;
     let mut metrics = args.metrics;
+    let mut opts = sandbox::Options {
+        seccomp: args.seccomp.unwrap_or_default(),
+        user: args.user,
+        keep_caps: args.keep_caps,
+        chroot: args.chroot,
+        ..sandbox::Options::default()
+    };
+    let mut allow_dirs = args.allow_dirs;
     if let Some(path) = &args.config {
         let cfg = Config::load(path).map_err(|e| e.to_string())?;
         nodes = cfg.nodes;
         specs.extend(cfg.exports);
         api_socket = api_socket.or(cfg.api_socket);
         metrics = metrics.or(cfg.metrics);
+        opts.seccomp = args.seccomp.or(cfg.sandbox.seccomp).unwrap_or_default();
+        opts.user = opts.user.or(cfg.sandbox.user);
+        opts.chroot = opts.chroot.or(cfg.sandbox.chroot);
+        if opts.keep_caps.is_empty() {
+            opts.keep_caps = cfg.sandbox.keep_caps;
+        }
+        allow_dirs.extend(cfg.sandbox.allow_dirs);
     }
     for d in &args.disks {
         specs.push(DiskSpec::parse(d).map_err(|e| format!("--disk {d}: {e}"))?);
@@ -157,15 +201,26 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     if specs.is_empty() && api_socket.is_none() {
         return Err("nothing to serve: give --disk, --config, --demo or --api-socket (see --help)".into());
     }
+    // Landlock: the directories of everything named, and --allow-dir.
+    opts.allowed_dirs = sandbox::landlock::named_dirs(&specs, &nodes);
+    opts.allowed_dirs.extend(api_socket.iter().chain(&args.pidfile).map(|p| sandbox::landlock::dir_of(p)));
+    if let Some(vhost_user_blk::metrics::MetricsAddr::Unix(path)) = &metrics {
+        opts.allowed_dirs.push(sandbox::landlock::dir_of(path));
+    }
+    opts.allowed_dirs.extend(allow_dirs);
+    // Before any thread starts: every thread strata starts from here on confines itself.
+    let sandbox = Sandbox::prepare(&opts)?;
     let daemon = Daemon::new();
     for node in &nodes {
         if let Err(e) = daemon.add_node(&node.name, &node.device) {
+            Sandbox::abandon();
             daemon.shutdown();
             return Err(e);
         }
     }
     for spec in &specs {
         if let Err(e) = daemon.add(spec) {
+            Sandbox::abandon();
             daemon.shutdown();
             return Err(e);
         }
@@ -176,6 +231,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         _ => match vhost_user_blk::api::ControlRuntime::start() {
             Ok(rt) => Some(rt),
             Err(e) => {
+                Sandbox::abandon();
                 daemon.shutdown();
                 return Err(format!("cannot start the control-plane thread: {e}"));
             }
@@ -185,6 +241,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         (Some(path), Some(rt)) => match vhost_user_blk::api::ApiServer::start_on(path, daemon.clone(), rt.handle()) {
             Ok(a) => Some(a),
             Err(e) => {
+                Sandbox::abandon();
                 daemon.shutdown();
                 return Err(format!("--api-socket {}: {e}", path.display()));
             }
@@ -196,6 +253,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
             match vhost_user_blk::metrics::MetricsServer::start(addr, daemon.clone(), rt.handle()) {
                 Ok(m) => Some(m),
                 Err(e) => {
+                    Sandbox::abandon();
                     drop(api);
                     daemon.shutdown();
                     return Err(e);
@@ -209,6 +267,7 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         Some(path) => match service::PidFile::write(path) {
             Ok(p) => Some(p),
             Err(e) => {
+                Sandbox::abandon();
                 drop((api, metrics_server));
                 daemon.shutdown();
                 return Err(e);
@@ -216,6 +275,14 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
         },
         None => None,
     };
+    // Sockets bound, images open: chroot, user, the main thread's filter; then frontends and
+    // control clients are served.
+    if let Err(e) = sandbox.lock_down() {
+        Sandbox::abandon();
+        drop((api, metrics_server));
+        daemon.shutdown();
+        return Err(e);
+    }
     service::notify_ready();
     if let Some(socket) = demo_socket {
         let vmm = demo::vmm_mini_program();

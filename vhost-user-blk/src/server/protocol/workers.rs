@@ -6,6 +6,7 @@
 //! kick was just registered, so the worker looks at that ring once (requests may have been made
 //! available before the frontend enabled it, with their kick already consumed or never sent).
 
+use blockdev::thread::ThreadKind;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,9 +87,10 @@ impl Workers {
             let mine: Vec<VringRwLock> =
                 vrings.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, v)| v.clone()).collect();
             let (backend, events) = (backend.clone(), w.events[thread].clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("vq {} {thread}", backend.export.name))
-                .spawn(move || run(&backend, &events, &mine, thread));
+            // The queue worker's seccomp filter goes on before it reads anything (docs/sandbox.md).
+            let name = format!("vq {} {thread}", backend.export.name);
+            let spawned =
+                blockdev::thread::spawn(ThreadKind::QueueWorker, name, move || run(&backend, &events, &mine, thread));
             match spawned {
                 Ok(t) => w.threads.push(t),
                 Err(e) => {
