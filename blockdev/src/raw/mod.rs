@@ -8,6 +8,7 @@
 //!   its end return zeros; otherwise the size is fixed at open.
 
 mod geometry;
+mod resize;
 pub mod holder;
 pub mod lock;
 
@@ -548,6 +549,10 @@ impl BlockDev for RawFile {
         }
         // Only ever up: checks of requests racing with this see the old or the new size.
         Ok(inner.size.fetch_max(now, Ordering::AcqRel).max(now))
+    }
+
+    fn resize(&self, _io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        self.resize_to(new_size, shrink)
     }
 
     fn describe(&self) -> String {
