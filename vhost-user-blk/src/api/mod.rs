@@ -7,6 +7,8 @@
 //! - `{"cmd":"add","disk":"socket=PATH,format=FMT,..."}` → `{"ok":true}`
 //! - `{"cmd":"remove","name":"NAME"}` → `{"ok":true}` (drains and flushes first)
 //! - `{"cmd":"thin","op":...}`: a served thin pool's volumes ([`thin`])
+//! - `{"cmd":"resize","name":"NAME","size":SIZE[,"shrink":true]}` → `{"ok":true,"result":{"size":..,
+//!   "notified":..}}`: a live resize of an export ([`resize`])
 //!
 //! - `raid-status`, `raid-fail`, `raid-replace`, `raid-scrub`: live operations on a served
 //!   array ([`raid`])
@@ -27,6 +29,7 @@ use crate::server::serve::{bind_socket, SocketFile};
 use crate::server::{Daemon, DiskSpec};
 
 pub mod raid;
+pub mod resize;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -62,6 +65,8 @@ pub enum Request {
     RaidScrub(raid::ScrubReq),
     /// A thin pool command (`"op"` selects it).
     Thin(thin::ThinRequest),
+    /// Change an export's size while it is served.
+    Resize(resize::ResizeReq),
 }
 
 /// The running control socket; the socket file is removed when dropped, if the path still
@@ -155,6 +160,7 @@ pub fn handle(daemon: &Daemon, req: Request) -> Value {
         Request::RaidReplace(r) => raid::replace(r),
         Request::RaidScrub(r) => raid::scrub(r),
         Request::Thin(req) => thin::handle(daemon, req),
+        Request::Resize(req) => resize::resize(daemon, req),
     };
     match res {
         Ok(Value::Null) => json!({"ok": true}),

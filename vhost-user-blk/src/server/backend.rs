@@ -197,6 +197,15 @@ impl BlkBackend {
         }
     }
 
+    /// Tell the frontend the configuration space changed (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on
+    /// the backend channel); true if it was sent. Without it the frontend sees a new capacity on
+    /// its next GET_CONFIG.
+    // Placeholder until the daemon's own vhost-user protocol layer lands: that layer replaces
+    // this with the real message (same signature) and the live resize answers `notified` from it.
+    pub fn notify_config_change(&self) -> bool {
+        false
+    }
+
     /// Wait for every queue to drain.
     pub fn drain_all(&self, timeout: Duration) -> bool {
         self.wait_drained(|_| true, timeout)
@@ -232,7 +241,7 @@ impl VhostUserBackend for BlkBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut space = [0u8; CONFIG_SPACE_MAX];
-        let cfg = self.export.geometry.config_space(self.writeback());
+        let cfg = self.export.geometry_now().config_space(self.writeback());
         space[..CONFIG_LEN].copy_from_slice(cfg.as_bytes());
         let (off, len) = (offset as usize, size as usize);
         match off.checked_add(len) {

@@ -98,6 +98,11 @@ impl ServedExport {
         Ok(ServedExport { export, backend, active, stop, wake, socket, thread: Some(thread) })
     }
 
+    /// The export's vhost-user backend.
+    pub fn backend(&self) -> &Arc<BlkBackend> {
+        &self.backend
+    }
+
     /// Stop serving: refuse new requests, disconnect the frontend, drain in-flight requests,
     /// flush the device, remove the socket file if it is still this export's. Returns whether
     /// the flush succeeded.

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
-use thin::{Pool, ThinVolume};
+use blockdev::size::SizeChange;
+use thin::{Pool, ResizeOptions, ThinVolume};
 
 use super::{Backing, Format, OpenCtx, NODE_PREFIX};
 use crate::spec::Spec;
@@ -206,6 +207,12 @@ impl BlockDev for ServedVolume {
     }
     fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, tag: IoTag) -> IoFuture {
         self.vol.write_zeroes(io, off, len, unmap, tag)
+    }
+    fn resize(&self, io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        // The pool refuses a shrink of an open (served) volume, saying so; growing commits.
+        let opts = ResizeOptions { shrink, discard_data: false };
+        io.block_on(self._pool.resize_volume(io, self.vol.name(), SizeChange::To(new_size), opts))?;
+        Ok(self.vol.info().size)
     }
     fn describe(&self) -> String {
         self.vol.describe()

@@ -45,6 +45,7 @@ groups! {
     qcow2,
     thin,
     raid,
+    resize,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
