@@ -92,6 +92,26 @@ impl BlkDevice {
         self.frontend.stop()
     }
 
+    /// The backend changed the config space (a resize): read it again, show it to the driver
+    /// and raise the config interrupt on the device's line (through the first call eventfd,
+    /// the line's irqfd). Returns the capacity now, in 512-byte sectors.
+    pub fn config_changed(&mut self) -> Result<u64, FrontendError> {
+        let config = self.frontend.reread_config()?.to_vec();
+        let sectors = config.get(..8).and_then(|c| c.try_into().ok()).map_or(0, u64::from_le_bytes);
+        if self.transport.set_config(config) {
+            if let Some(call) = self.calls.first() {
+                // A full counter already means "interrupt pending": nothing is lost.
+                let _ = call.write(1);
+            }
+        }
+        Ok(sectors)
+    }
+
+    /// The backend connection, to take its backend channel.
+    pub fn frontend_mut(&mut self) -> &mut BlkFrontend {
+        &mut self.frontend
+    }
+
     /// A guest read in the device's window.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         self.transport.read(offset, data);
@@ -133,7 +153,7 @@ mod tests {
     use super::*;
 
     fn spec(read_only: bool) -> DiskSpec {
-        DiskSpec { socket: "/run/d.sock".into(), num_queues: 1, read_only }
+        DiskSpec { socket: "/run/d.sock".into(), num_queues: 1, read_only, reconnect: None }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod backend_watch;
 pub mod blk_device;
 pub mod boot_params;
+pub mod config_change;
 pub mod console;
 pub mod cpu;
 pub mod devices;

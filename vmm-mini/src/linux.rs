@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::acpi::{build_acpi_tables, MmioDeviceInfo};
 use crate::backend_watch::BackendWatch;
+use crate::config_change;
 use crate::blk_device::BlkDevice;
 use crate::boot_params::{build_boot_params, BootLayout};
 use crate::console::Console;
@@ -105,7 +106,7 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     let vm = Vm::new(mem.clone())?;
     vm.create_irqchip()?;
 
-    let mut disks = Vec::new();
+    let mut disks: Vec<BlkDevice> = Vec::new();
     let mut infos = Vec::new();
     for (i, spec) in opts.disks.iter().enumerate() {
         let disk = BlkDevice::new(spec, mem.clone(), BACKEND_TIMEOUT)?;
@@ -171,7 +172,13 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     }
 
     let sockets = disks.iter().map(|d| (d.frontend().socket_fd(), d.frontend().socket().to_path_buf())).collect();
+    let channels: Vec<_> = disks.iter_mut().map(|d| d.frontend_mut().take_backend_channel()).collect();
     let devices = Arc::new(Mutex::new(Devices { serial, disks, probe: None }));
+    // Config changes (a live resize) reach the guest as a config interrupt; the threads end
+    // when their backend closes the channel.
+    for (index, channel) in channels.into_iter().enumerate().filter_map(|(i, c)| Some((i, c?))) {
+        config_change::spawn(index, channel, devices.clone()).map_err(Error::Io)?;
+    }
     let (exits, exit_rx) = mpsc::channel();
     let watch = BackendWatch::start(sockets, exits.clone()).map_err(Error::Io)?;
     opts.console.start_input(devices.clone()).map_err(Error::Io)?;

@@ -12,6 +12,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config_change::{open_channel, BackendChannel};
 use crate::socket_deadline::{connect_within, SocketDeadline};
 use crate::virtio_mmio::QueueConfig;
 
@@ -82,7 +83,13 @@ pub struct BlkFrontend {
     num_queues: u16,
     config: Vec<u8>,
     started: Vec<usize>,
+    /// The backend channel (BACKEND_REQ), until [`BlkFrontend::take_backend_channel`].
+    channel: Option<BackendChannel>,
 }
+
+/// What [`BlkFrontend::negotiate`] settles: the backend's features, the queues, the config
+/// space and the backend channel (when BACKEND_REQ was agreed).
+type Negotiated = (u64, u16, Vec<u8>, Option<BackendChannel>);
 
 impl BlkFrontend {
     /// Connects to `socket`, takes ownership (SET_OWNER), negotiates protocol features
@@ -103,7 +110,7 @@ impl BlkFrontend {
         // shut-down socket, most likely) into a timeout, and so does one that fired just after
         // the last step: the socket is shut down then.
         let fired = watchdog.disarm();
-        let (backend_features, num_queues, config) = match negotiated {
+        let (backend_features, num_queues, config, channel) = match negotiated {
             Ok(_) if fired => return Err(fail("vhost-user negotiation", Failure::TimedOut(timeout))),
             Ok(done) => done,
             Err((step, _)) if fired => return Err(fail(step, Failure::TimedOut(timeout))),
@@ -118,15 +125,13 @@ impl BlkFrontend {
             num_queues,
             config,
             started: vec![],
+            channel,
         })
     }
 
     /// The negotiation of [`BlkFrontend::connect`]: the backend's features, the queues agreed
-    /// on and the config space, or the step that failed.
-    fn negotiate(
-        frontend: &mut Frontend,
-        wanted_queues: u16,
-    ) -> Result<(u64, u16, Vec<u8>), (&'static str, vhost::Error)> {
+    /// on, the config space and the backend channel, or the step that failed.
+    fn negotiate(frontend: &mut Frontend, wanted_queues: u16) -> Result<Negotiated, (&'static str, vhost::Error)> {
         let err = |step| move |e| (step, e);
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
@@ -136,14 +141,27 @@ impl BlkFrontend {
             )));
         }
         let offered = frontend.get_protocol_features().map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let wanted =
-            VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        // BACKEND_REQ: the backend may tell us its config space changed (a live resize).
+        let wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ;
         if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(err("protocol negotiation (CONFIG needed for the disk's capacity)")(
                 vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::FeatureMismatch),
             ));
         }
         frontend.set_protocol_features(offered & wanted).map_err(err("SET_PROTOCOL_FEATURES"))?;
+        let channel = if offered.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let reply_ack = offered.contains(VhostUserProtocolFeatures::REPLY_ACK);
+            let (channel, theirs) = open_channel(reply_ack).map_err(|e| ("backend channel", vhost::Error::IOError(e)))?;
+            frontend.set_backend_request_fd(&theirs).map_err(err("SET_BACKEND_REQ_FD"))?;
+            // Only the backend holds its end now: its death closes the channel.
+            drop(theirs);
+            Some(channel)
+        } else {
+            None
+        };
         let num_queues = if offered.contains(VhostUserProtocolFeatures::MQ) {
             let backend_queues = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
             wanted_queues.min(u16::try_from(backend_queues).unwrap_or(u16::MAX)).max(1)
@@ -154,7 +172,25 @@ impl BlkFrontend {
         let (_, mut config) =
             frontend.get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf).map_err(err("GET_CONFIG"))?;
         set_config_num_queues(&mut config, num_queues);
-        Ok((backend_features, num_queues, config))
+        Ok((backend_features, num_queues, config, channel))
+    }
+
+    /// The backend channel, once (None when the backend does not offer BACKEND_REQ): serve it
+    /// with [`crate::config_change::spawn`].
+    pub fn take_backend_channel(&mut self) -> Option<BackendChannel> {
+        self.channel.take()
+    }
+
+    /// Reads the config space again (after the backend said it changed) and keeps it.
+    pub fn reread_config(&mut self) -> Result<&[u8], FrontendError> {
+        let buf = [0u8; BLK_CONFIG_SIZE as usize];
+        let (_, mut config) = self
+            .frontend
+            .get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf)
+            .map_err(self.err("GET_CONFIG"))?;
+        set_config_num_queues(&mut config, self.num_queues);
+        self.config = config;
+        Ok(&self.config)
     }
 
     /// Shuts the backend's socket down, so that a request blocked waiting for the backend

@@ -185,6 +185,19 @@ impl MmioTransport {
         self.interrupt_status |= INT_CONFIG;
     }
 
+    /// Takes a new config space from the device (the backend said it changed): the config
+    /// generation moves on, and while the driver runs the device a config interrupt cause is
+    /// raised. Returns whether the driver should be interrupted.
+    pub fn set_config(&mut self, config: Vec<u8>) -> bool {
+        self.config = config;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt_status |= INT_CONFIG;
+            return true;
+        }
+        false
+    }
+
     fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
         let ready = |q: &&mut QueueConfig| !q.ready;
         self.queues.get_mut(self.queue_sel as usize).filter(ready)
