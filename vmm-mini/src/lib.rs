@@ -20,6 +20,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod probe;
+pub mod reconnect;
 pub mod pvh;
 pub mod serial;
 pub mod socket_deadline;

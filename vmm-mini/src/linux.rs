@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::acpi::{build_acpi_tables, MmioDeviceInfo};
 use crate::backend_watch::BackendWatch;
 use crate::config_change;
+use crate::reconnect::Keeper;
 use crate::blk_device::BlkDevice;
 use crate::boot_params::{build_boot_params, BootLayout};
 use crate::console::Console;
@@ -171,7 +172,13 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
         vcpus.push(vcpu);
     }
 
-    let sockets = disks.iter().map(|d| (d.frontend().socket_fd(), d.frontend().socket().to_path_buf())).collect();
+    // Disks with reconnect=MS are kept by their own threads; the others end the guest.
+    let sockets = disks
+        .iter()
+        .zip(&opts.disks)
+        .filter(|(_, spec)| spec.reconnect.is_none())
+        .map(|(d, _)| (d.frontend().socket_fd(), d.frontend().socket().to_path_buf()))
+        .collect();
     let channels: Vec<_> = disks.iter_mut().map(|d| d.frontend_mut().take_backend_channel()).collect();
     let devices = Arc::new(Mutex::new(Devices { serial, disks, probe: None }));
     // Config changes (a live resize) reach the guest as a config interrupt; the threads end
@@ -181,11 +188,13 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     }
     let (exits, exit_rx) = mpsc::channel();
     let watch = BackendWatch::start(sockets, exits.clone()).map_err(Error::Io)?;
+    let keeper = Keeper::start(&opts.disks, &devices).map_err(Error::Io)?;
     opts.console.start_input(devices.clone()).map_err(Error::Io)?;
     let threads = VcpuThreads::spawn(vcpus, devices.clone(), exits).map_err(Error::Io)?;
     let exit = exit_rx.recv().unwrap_or_else(|_| GuestExit::Fault("every vCPU thread ended".into()));
     threads.stop();
     watch.stop();
+    keeper.stop();
     if !matches!(exit, GuestExit::BackendLost(_)) {
         lock(&devices).stop_disks();
     }

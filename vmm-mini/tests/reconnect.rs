@@ -1,0 +1,142 @@
+//! `--disk socket=PATH,reconnect=MS` across backend restarts: `vmm-mini probe --repeat N` keeps
+//! its guest writing, flushing, reading and comparing while strata's daemon is SIGKILLed and
+//! started again twice; the probe passes every round (no failed request, no mismatch), the
+//! last pattern is on the disk, and vmm-mini says it reconnected. Without `reconnect` the same
+//! kill ends the probe with the backend named.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: u32 = 600;
+/// The probe's default seed (src/probe.rs DEFAULT_SEED); each round adds 128.
+const SEED: u64 = 0x5354_5241_5441_0000;
+
+fn vmm_mini() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmm-mini"))
+}
+
+/// strata's daemon, built next to vmm-mini by `cargo build/test --workspace`.
+fn strata_daemon() -> Option<PathBuf> {
+    let path = vmm_mini().parent()?.join("vhost-user-blk");
+    if path.exists() {
+        return Some(path);
+    }
+    eprintln!("SKIPPED: strata's daemon is not built (cargo build -p vhost-user-blk --bin vhost-user-blk)");
+    None
+}
+
+fn have_kvm() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is missing");
+    }
+    ok
+}
+
+/// A daemon serving `image` at `socket`, killed (SIGKILL) on drop.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(bin: &Path, image: &Path, socket: &Path) -> Daemon {
+        let _ = std::fs::remove_file(socket);
+        let spec = format!("socket={},format=raw,path={}", socket.display(), image.display());
+        let child = Command::new(bin).args(["--disk", &spec]).stderr(Stdio::null()).spawn().expect("start the daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the daemon never created {}", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("vmm-mini-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+/// Start the probe with `disk` and `--repeat ROUNDS`; stdout and stderr are collected.
+fn probe(disk: &str) -> Child {
+    Command::new(vmm_mini())
+        .args(["probe", "--disk", disk, "--repeat", &ROUNDS.to_string(), "--timeout", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmm-mini probe")
+}
+
+fn finish(mut child: Child) -> (i32, String, String) {
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = child.wait().unwrap();
+    (st.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn the_probe_keeps_running_across_daemon_restarts() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(bin) = strata_daemon() else { return };
+    let dir = scratch("reconnect");
+    let (image, socket) = (dir.0.join("d.img"), dir.0.join("d.sock"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let mut daemon = Daemon::start(&bin, &image, &socket);
+    let child = probe(&format!("socket={},reconnect=20", socket.display()));
+    for _ in 0..2 {
+        // Let the guest get going (each round is a few ms), then pull the backend away
+        // mid-request and bring it back a little later.
+        std::thread::sleep(Duration::from_millis(800));
+        drop(daemon);
+        std::thread::sleep(Duration::from_millis(150));
+        daemon = Daemon::start(&bin, &image, &socket);
+    }
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "probe failed across restarts:\n{out}\n{err}");
+    assert_eq!(out.matches("compare ok").count(), ROUNDS as usize + 1, "{out}");
+    assert!(out.contains("PASS"), "{out}");
+    assert_eq!(err.matches("reconnected to").count(), 2, "vmm-mini did not say it reconnected twice:\n{err}");
+    // The last round's pattern is on the disk: qword i of sector 0 is seed + 128 * ROUNDS + i.
+    let data = std::fs::read(&image).unwrap();
+    let first = u64::from_le_bytes(data[..8].try_into().unwrap());
+    assert_eq!(first, SEED + 128 * u64::from(ROUNDS), "the disk does not hold the last round's data");
+    drop(daemon);
+}
+
+#[test]
+fn without_reconnect_a_lost_backend_ends_the_probe() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(bin) = strata_daemon() else { return };
+    let dir = scratch("no-reconnect");
+    let (image, socket) = (dir.0.join("d.img"), dir.0.join("d.sock"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let daemon = Daemon::start(&bin, &image, &socket);
+    let child = probe(&format!("socket={}", socket.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    drop(daemon);
+    let (code, out, err) = finish(child);
+    assert_ne!(code, 0, "the probe passed without its backend:\n{out}\n{err}");
+    assert!(err.contains("went away") && err.contains("d.sock"), "{err}");
+}
