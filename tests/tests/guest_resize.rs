@@ -58,8 +58,10 @@ fn grow_under_guest(test: &str, dir: &Path, device: &str) {
     let sock = dir.join("vub.sock");
     let api = dir.join("api.sock");
     let spec = format!("socket={},name=disk,{device}", sock.display());
-    let daemon =
-        Daemon::start(&["--disk".into(), spec, "--api-socket".into(), api.display().to_string()], &[sock.clone(), api.clone()]);
+    let daemon = Daemon::start(
+        &["--disk".into(), spec, "--api-socket".into(), api.display().to_string()],
+        &[sock.clone(), api.clone()],
+    );
     let initrd = dir.join("initrd.cpio");
     Initramfs::builder().artifacts(&art).script(SCRIPT).build(&initrd).expect("build initramfs");
     let mut guest = QemuGuest::new(&art.kernel, &initrd).vhost_user_blk(&sock, 1).spawn().expect("start qemu");

@@ -162,8 +162,15 @@ impl BlkDevice {
             Some(TransportEvent::DriverOk) => {
                 let queues = self.transport.queues().to_vec();
                 let features = self.transport.driver_features();
-                let started =
-                    self.frontend.start(&self.mem, features, &queues, &self.kicks, &self.calls, &[], &mut self.inflight);
+                let started = self.frontend.start(
+                    &self.mem,
+                    features,
+                    &queues,
+                    &self.kicks,
+                    &self.calls,
+                    &[],
+                    &mut self.inflight,
+                );
                 self.running = true;
                 if let Err(e) = started {
                     self.transport.set_needs_reset();

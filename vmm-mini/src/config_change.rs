@@ -57,7 +57,7 @@ pub fn open_channel(reply_ack: bool) -> io::Result<(BackendChannel, UnixStream)>
 impl BackendChannel {
     /// Read and answer one message. An error means the channel is done (the backend closed it,
     /// or sent something that is not vhost-user).
-    pub fn next(&mut self) -> io::Result<Message> {
+    pub fn receive(&mut self) -> io::Result<Message> {
         let mut hdr = [0u8; 12];
         self.sock.read_exact(&mut hdr)?;
         let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
@@ -93,7 +93,7 @@ impl BackendChannel {
 /// change, [`crate::blk_device::BlkDevice::config_changed`] under the devices' lock.
 pub fn spawn(index: usize, mut channel: BackendChannel, devices: Arc<Mutex<Devices>>) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("backend-req-{index}")).spawn(move || loop {
-        match channel.next() {
+        match channel.receive() {
             Ok(Message::ConfigChanged) => {
                 let mut d = devices.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(disk) = d.disks.get_mut(index) {
@@ -138,17 +138,17 @@ mod tests {
     fn a_config_change_message_is_acknowledged() {
         let (mut channel, mut backend) = pair(true);
         backend.write_all(&header(CONFIG_CHANGE_MSG, VERSION_1 | FLAG_NEED_REPLY, 0)).unwrap();
-        assert_eq!(channel.next().unwrap(), Message::ConfigChanged);
+        assert_eq!(channel.receive().unwrap(), Message::ConfigChanged);
         let mut reply = [0u8; 20];
         backend.read_exact(&mut reply).unwrap();
         assert_eq!(&reply[..12], &header(CONFIG_CHANGE_MSG, VERSION_1 | FLAG_REPLY, 8)[..], "reply header");
         assert_eq!(&reply[12..], &[0u8; 8], "the acknowledgement says success");
         // Without need-reply, or without REPLY_ACK agreed, nothing is sent back.
         backend.write_all(&header(CONFIG_CHANGE_MSG, VERSION_1, 0)).unwrap();
-        assert_eq!(channel.next().unwrap(), Message::ConfigChanged);
+        assert_eq!(channel.receive().unwrap(), Message::ConfigChanged);
         let (mut quiet, mut b2) = pair(false);
         b2.write_all(&header(CONFIG_CHANGE_MSG, VERSION_1 | FLAG_NEED_REPLY, 0)).unwrap();
-        assert_eq!(quiet.next().unwrap(), Message::ConfigChanged);
+        assert_eq!(quiet.receive().unwrap(), Message::ConfigChanged);
         b2.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         assert!(b2.read(&mut reply).is_err(), "a reply nobody agreed to");
     }
@@ -159,25 +159,25 @@ mod tests {
         // An unknown request with a payload: read past, refused with ENOSYS.
         backend.write_all(&header(999, VERSION_1 | FLAG_NEED_REPLY, 16)).unwrap();
         backend.write_all(&[7u8; 16]).unwrap();
-        assert_eq!(channel.next().unwrap(), Message::Refused(999));
+        assert_eq!(channel.receive().unwrap(), Message::Refused(999));
         let mut reply = [0u8; 20];
         backend.read_exact(&mut reply).unwrap();
         assert_eq!(u64::from_le_bytes(reply[12..].try_into().unwrap()), (-libc::ENOSYS) as u64);
         // A config change with a payload it must not have is refused too.
         backend.write_all(&header(CONFIG_CHANGE_MSG, VERSION_1, 8)).unwrap();
         backend.write_all(&[0u8; 8]).unwrap();
-        assert_eq!(channel.next().unwrap(), Message::Refused(CONFIG_CHANGE_MSG));
+        assert_eq!(channel.receive().unwrap(), Message::Refused(CONFIG_CHANGE_MSG));
         // The channel still works.
         backend.write_all(&header(CONFIG_CHANGE_MSG, VERSION_1, 0)).unwrap();
-        assert_eq!(channel.next().unwrap(), Message::ConfigChanged);
+        assert_eq!(channel.receive().unwrap(), Message::ConfigChanged);
         // Garbage: a reply flag, a wrong version, an oversized payload.
         for bad in [header(2, VERSION_1 | FLAG_REPLY, 0), header(2, 0, 0), header(2, VERSION_1, MAX_PAYLOAD + 1)] {
             let (mut c, mut b) = pair(true);
             b.write_all(&bad).unwrap();
-            assert_eq!(c.next().unwrap_err().kind(), io::ErrorKind::InvalidData);
+            assert_eq!(c.receive().unwrap_err().kind(), io::ErrorKind::InvalidData);
         }
         // The backend going away ends the channel.
         drop(backend);
-        assert_eq!(channel.next().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(channel.receive().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -11,10 +11,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::acpi::{build_acpi_tables, MmioDeviceInfo};
 use crate::backend_watch::BackendWatch;
-use crate::config_change;
-use crate::reconnect::Keeper;
 use crate::blk_device::BlkDevice;
 use crate::boot_params::{build_boot_params, BootLayout};
+use crate::config_change;
 use crate::console::Console;
 use crate::cpu::{enter_long_mode, enter_protected_mode, set_cpuid, set_lint_and_fpu, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
@@ -26,6 +25,7 @@ use crate::layout::{
 };
 use crate::memory::create_guest_memory;
 use crate::pvh::{pvh_start_info, write_pvh_start_info};
+use crate::reconnect::Keeper;
 use crate::serial::new_serial;
 use crate::vcpu::{lock, VcpuThreads};
 use crate::vm::Vm;

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::backend_watch::BackendWatch;
-use crate::reconnect::Keeper;
 use crate::blk_device::BlkDevice;
 use crate::cpu::{enter_long_mode, set_cpuid, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
 use crate::disk_spec::DiskSpec;
 use crate::layout::{PROBE_ENTRY, PROBE_STACK_TOP};
 use crate::memory::create_guest_memory;
+use crate::reconnect::Keeper;
 use crate::serial::new_serial;
 use crate::vcpu::{lock, VcpuThreads};
 use crate::vm::Vm;

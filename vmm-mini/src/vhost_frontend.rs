@@ -105,7 +105,12 @@ impl BlkFrontend {
     /// within `timeout`: a peer that does not answer (not a vhost-user backend, or one serving
     /// another frontend) is an error naming the step it did not answer. With `inflight` (a disk
     /// that reconnects), INFLIGHT_SHMFD is agreed too when the backend offers it.
-    pub fn connect(socket: &Path, wanted_queues: u16, timeout: Duration, inflight: bool) -> Result<Self, FrontendError> {
+    pub fn connect(
+        socket: &Path,
+        wanted_queues: u16,
+        timeout: Duration,
+        inflight: bool,
+    ) -> Result<Self, FrontendError> {
         let deadline = Instant::now() + timeout;
         let fail = |step, why| FrontendError { socket: socket.to_path_buf(), step, why };
         let stream = connect_within(socket, deadline).map_err(|e| fail("connect", Failure::Connect(e)))?;
@@ -172,7 +177,8 @@ impl BlkFrontend {
         frontend.set_protocol_features(offered & wanted).map_err(err("SET_PROTOCOL_FEATURES"))?;
         let channel = if offered.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let reply_ack = offered.contains(VhostUserProtocolFeatures::REPLY_ACK);
-            let (channel, theirs) = open_channel(reply_ack).map_err(|e| ("backend channel", vhost::Error::IOError(e)))?;
+            let (channel, theirs) =
+                open_channel(reply_ack).map_err(|e| ("backend channel", vhost::Error::IOError(e)))?;
             frontend.set_backend_request_fd(&theirs).map_err(err("SET_BACKEND_REQ_FD"))?;
             // Only the backend holds its end now: its death closes the channel.
             drop(theirs);
@@ -302,7 +308,7 @@ impl BlkFrontend {
             self.frontend.set_vring_num(index, q.size).map_err(self.err("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &addr).map_err(self.err("SET_VRING_ADDR"))?;
             let base = bases.get(index).copied().unwrap_or(0);
-            self.frontend.set_vring_base(index, base.into()).map_err(self.err("SET_VRING_BASE"))?;
+            self.frontend.set_vring_base(index, base).map_err(self.err("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(index, call).map_err(self.err("SET_VRING_CALL"))?;
             self.frontend.set_vring_kick(index, kick).map_err(self.err("SET_VRING_KICK"))?;
             self.frontend.set_vring_enable(index, true).map_err(self.err("SET_VRING_ENABLE"))?;

@@ -467,6 +467,23 @@ mod tests {
     }
 
     #[test]
+    fn a_new_config_moves_the_generation_and_interrupts_a_running_driver() {
+        let mut t = transport();
+        assert!(!t.set_config(vec![0x20, 0, 0, 0, 0, 0, 0, 0]), "no interrupt before DRIVER_OK");
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, 0);
+        assert_eq!(read32(&t, reg::CONFIG_GENERATION), 1);
+        negotiate(&mut t, 1, 0);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        write32(&mut t, reg::STATUS, all);
+        assert!(t.set_config(vec![0x30, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(read32(&t, reg::CONFIG), 0x30, "the driver reads the new capacity");
+        assert_eq!(read32(&t, reg::CONFIG_GENERATION), 2);
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
+        write32(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, 0, "acknowledged");
+    }
+
+    #[test]
     fn driver_ok_without_features_ok_needs_reset() {
         let mut t = transport();
         let ev = write32(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);

@@ -8,9 +8,9 @@
 //!   its end return zeros; otherwise the size is fixed at open.
 
 mod geometry;
-mod resize;
 pub mod holder;
 pub mod lock;
+mod resize;
 
 use std::fs::File;
 use std::future::Future;

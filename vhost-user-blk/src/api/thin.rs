@@ -179,7 +179,8 @@ pub fn handle(daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
     if resized {
         // A served volume's export now announces the new size (and tells its frontend).
         let grown = crate::api::resize::sync_capacities(daemon);
-        answer["exports"] = grown.iter().map(|(n, size, notified)| json!({"name": n, "size": size, "notified": notified})).collect();
+        answer["exports"] =
+            grown.iter().map(|(n, size, notified)| json!({"name": n, "size": size, "notified": notified})).collect();
     }
     Ok(answer)
 }

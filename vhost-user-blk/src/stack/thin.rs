@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
 use blockdev::size::SizeChange;
+use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
 use thin::{Pool, ResizeOptions, ThinVolume};
 
 use super::{Backing, Format, OpenCtx, NODE_PREFIX};
