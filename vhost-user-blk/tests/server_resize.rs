@@ -3,18 +3,23 @@
 //! while a raw vhost-user frontend is connected. GET_CONFIG then shows the new capacity, and a
 //! request past the old end (refused before) succeeds. Shrinks without `shrink`, a qcow2 shrink
 //! over data, the array, an unknown export and absurd sizes are refused with clear errors and
-//! change nothing; `qemu-img check` is clean after the qcow2 case.
+//! change nothing; `qemu-img check` is clean after the qcow2 case. And a disk grown again and
+//! again under QD8 I/O that follows each new end at once fails no request.
 
 mod server_common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use blkio::ReqFlags;
 
 use blockdev::{IoCtx, OpenOptions, RawFile};
 use serde_json::{json, Value};
 use server_common::ring::{TestFrontend, S_IOERR, S_OK};
-use server_common::{blkctl_bin, tempdir, DaemonProcess};
+use server_common::{blkctl_bin, tempdir, Client, DaemonProcess};
 use thin::{Pool, PoolConfig};
 use vhost_user_blk::api::thin::call;
 
@@ -196,4 +201,77 @@ fn served_disks_grow_live_and_bad_resizes_change_nothing() {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["virtual-size"].as_u64(), Some(2 * SIZE), "{v}");
     }
+}
+
+/// QD8 4 KiB writes and reads at random offsets below `cap` (which the test moves up after each
+/// resize answer) until `stop`; returns (requests, failures).
+fn io_until(socket: &Path, cap: &AtomicU64, stop: &AtomicBool) -> (u64, u64) {
+    const QD: usize = 8;
+    let mut c = Client::connect(socket, 1, QD * 4096);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |cap: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % (cap / 4096) * 4096
+    };
+    let submit = |c: &mut Client, slot: usize, off: u64| {
+        let p = c.ptr(slot * 4096);
+        if slot % 2 == 0 {
+            c.queues[0].write(off, p, 4096, slot, ReqFlags::empty());
+        } else {
+            c.queues[0].read(off, p, 4096, slot, ReqFlags::empty());
+        }
+    };
+    for slot in 0..QD {
+        submit(&mut c, slot, next(cap.load(Ordering::SeqCst)));
+    }
+    let (mut done, mut failed, mut outstanding) = (0, 0, QD);
+    while outstanding > 0 {
+        for (slot, ret) in c.reap(0, 1) {
+            done += 1;
+            if ret != 0 {
+                failed += 1;
+            }
+            outstanding -= 1;
+            if !stop.load(Ordering::SeqCst) {
+                // The last 4 KiB of the newest end often: a request past the old end.
+                let cap = cap.load(Ordering::SeqCst);
+                let off = if done % 4 == 0 { cap - 4096 } else { next(cap) };
+                submit(&mut c, slot, off);
+                outstanding += 1;
+            }
+        }
+    }
+    (done, failed)
+}
+
+#[test]
+fn a_disk_grown_under_io_fails_no_request() {
+    let d = tempdir();
+    let dir = d.path();
+    let (raw, sock, api) = (dir.join("raw.img"), dir.join("raw.sock"), dir.join("api.sock"));
+    std::fs::File::create(&raw).unwrap().set_len(SIZE).unwrap();
+    let spec = format!("socket={},name=raw,format=raw,path={}", sock.display(), raw.display());
+    let daemon = DaemonProcess::start(&["--disk", &spec, "--api-socket", api.to_str().unwrap()], &[&api]);
+    let cap = Arc::new(AtomicU64::new(SIZE));
+    let stop = Arc::new(AtomicBool::new(false));
+    let io = {
+        let (sock, cap, stop) = (sock.clone(), cap.clone(), stop.clone());
+        std::thread::spawn(move || io_until(&sock, &cap, &stop))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 1..=12u64 {
+        let v = call(&api, &json!({"cmd": "resize", "name": "raw", "size": "+1M"})).unwrap();
+        assert_eq!(v["size"].as_u64(), Some(SIZE + i * MIB), "{v}");
+        // From the answer on, the new end is used at once.
+        cap.store(SIZE + i * MIB, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let (done, failed) = io.join().unwrap();
+    assert!(done > 100, "too little I/O ran ({done} requests) to say anything");
+    assert_eq!(failed, 0, "{failed} of {done} requests failed while the disk grew");
+    let stats = call(&api, &json!({"cmd": "stats", "name": "raw"})).unwrap();
+    assert_eq!(stats["errors"].as_u64(), Some(0), "{stats}");
+    daemon.stop();
 }
