@@ -215,7 +215,7 @@ fn io_until(socket: &Path, cap: &AtomicU64, stop: &AtomicBool) -> (u64, u64) {
     };
     let submit = |c: &mut Client, slot: usize, off: u64| {
         let p = c.ptr(slot * 4096);
-        if slot % 2 == 0 {
+        if slot.is_multiple_of(2) {
             c.queues[0].write(off, p, 4096, slot, ReqFlags::empty());
         } else {
             c.queues[0].read(off, p, 4096, slot, ReqFlags::empty());
@@ -224,7 +224,7 @@ fn io_until(socket: &Path, cap: &AtomicU64, stop: &AtomicBool) -> (u64, u64) {
     for slot in 0..QD {
         submit(&mut c, slot, next(cap.load(Ordering::SeqCst)));
     }
-    let (mut done, mut failed, mut outstanding) = (0, 0, QD);
+    let (mut done, mut failed, mut outstanding) = (0u64, 0u64, QD);
     while outstanding > 0 {
         for (slot, ret) in c.reap(0, 1) {
             done += 1;
@@ -235,7 +235,7 @@ fn io_until(socket: &Path, cap: &AtomicU64, stop: &AtomicBool) -> (u64, u64) {
             if !stop.load(Ordering::SeqCst) {
                 // The last 4 KiB of the newest end often: a request past the old end.
                 let cap = cap.load(Ordering::SeqCst);
-                let off = if done % 4 == 0 { cap - 4096 } else { next(cap) };
+                let off = if done.is_multiple_of(4) { cap - 4096 } else { next(cap) };
                 submit(&mut c, slot, off);
                 outstanding += 1;
             }
