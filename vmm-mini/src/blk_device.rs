@@ -116,14 +116,15 @@ impl BlkDevice {
     /// the rest is done again, or replayed from the in-flight region). Every queue is then
     /// kicked once, since a kick the old backend swallowed is gone. A backend that now offers
     /// fewer queues or lacks features the driver uses cannot take over: the device asks the
-    /// driver for a reset (DEVICE_NEEDS_RESET).
-    pub fn reconnect(&mut self, new: BlkFrontend) -> Result<(), FrontendError> {
+    /// driver for a reset (DEVICE_NEEDS_RESET). Returns whether the in-flight region was handed
+    /// over (the backend replays from it) rather than the rings restarted from the used index.
+    pub fn reconnect(&mut self, new: BlkFrontend) -> Result<bool, FrontendError> {
         let features = self.transport.driver_features();
         let queues_match = new.num_queues() == self.frontend.num_queues();
         let lacking = features & !new.guest_features();
         self.frontend = new;
         if !self.running {
-            return Ok(());
+            return Ok(false);
         }
         if !queues_match || lacking != 0 {
             self.transport.set_needs_reset();
@@ -141,7 +142,7 @@ impl BlkDevice {
             // A full counter already means "kicked".
             let _ = kick.write(1);
         }
-        Ok(())
+        Ok(self.frontend.tracks_inflight() && self.inflight.is_some())
     }
 
     /// The backend connection, to take its backend channel.

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::backend_watch::BackendWatch;
 use crate::blk_device::BlkDevice;
+use crate::config_change;
 use crate::cpu::{enter_long_mode, set_cpuid, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
 use crate::disk_spec::DiskSpec;
@@ -64,8 +65,9 @@ pub struct ProbeOptions {
     /// the compare check expects a second read to return the same data. FLUSH is still sent
     /// (it changes no data).
     pub read_only: bool,
-    /// Run the write-to-past-end checks this many more times (with a new pattern each round),
-    /// so the guest keeps doing I/O for a while (a daemon restart under `reconnect=MS`).
+    /// Run the write-to-past-end checks this many more times (with a new pattern each round and
+    /// the capacity read again), so the guest keeps doing I/O for a while (a daemon restart
+    /// under `reconnect=MS`, a live resize).
     pub repeat: u32,
 }
 
@@ -171,7 +173,14 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     } else {
         vec![(disk.frontend().socket_fd(), disk.frontend().socket().to_path_buf())]
     };
+    let mut disk = disk;
+    let channel = disk.frontend_mut().take_backend_channel();
     let devices = Arc::new(Mutex::new(Devices { serial, disks: vec![disk], probe: Some(progress.clone()) }));
+    // A config change (a live resize) is taken in; with --repeat the guest reads the capacity
+    // again every round.
+    if let Some(channel) = channel {
+        config_change::spawn(0, channel, devices.clone()).map_err(Error::Io)?;
+    }
     let (exits, exit_rx) = mpsc::channel();
     let watch = BackendWatch::start(socket, exits.clone()).map_err(Error::Io)?;
     let keeper = Keeper::start(std::slice::from_ref(&opts.disk), &devices).map_err(Error::Io)?;

@@ -99,9 +99,10 @@ fn keep(index: usize, spec: &DiskSpec, every: Duration, devices: &Arc<Mutex<Devi
             None => return,
         };
         match taken {
-            Ok(()) => eprintln!(
-                "vmm-mini: disk {index}: reconnected to {path} after {:.0} ms",
-                lost.elapsed().as_secs_f64() * 1e3
+            Ok(inflight) => eprintln!(
+                "vmm-mini: disk {index}: reconnected to {path} after {:.0} ms ({})",
+                lost.elapsed().as_secs_f64() * 1e3,
+                if inflight { "in-flight region handed over" } else { "rings restarted from the used index" }
             ),
             Err(e) => eprintln!("vmm-mini: disk {index}: reconnected, but {e}"),
         }

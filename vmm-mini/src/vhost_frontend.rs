@@ -205,6 +205,11 @@ impl BlkFrontend {
         self.channel.take()
     }
 
+    /// True when INFLIGHT_SHMFD was agreed (the in-flight region goes to the backend).
+    pub fn tracks_inflight(&self) -> bool {
+        self.inflight
+    }
+
     /// Reads the config space again (after the backend said it changed) and keeps it.
     pub fn reread_config(&mut self) -> Result<&[u8], FrontendError> {
         let buf = [0u8; BLK_CONFIG_SIZE as usize];

@@ -35,14 +35,34 @@ fn have_kvm() -> bool {
     ok
 }
 
+fn have_qsd() -> bool {
+    let found = Command::new("qemu-storage-daemon").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: qemu-storage-daemon is not installed (the in-flight region case)");
+    }
+    found
+}
+
 /// A daemon serving `image` at `socket`, killed (SIGKILL) on drop.
 struct Daemon(Child);
 
 impl Daemon {
     fn start(bin: &Path, image: &Path, socket: &Path) -> Daemon {
-        let _ = std::fs::remove_file(socket);
         let spec = format!("socket={},format=raw,path={}", socket.display(), image.display());
-        let child = Command::new(bin).args(["--disk", &spec]).stderr(Stdio::null()).spawn().expect("start the daemon");
+        Daemon::spawn(Command::new(bin).args(["--disk", &spec]), socket)
+    }
+
+    /// qemu-storage-daemon, whose libvhost-user offers INFLIGHT_SHMFD.
+    fn qsd(image: &Path, socket: &Path) -> Daemon {
+        let blockdev = format!("driver=file,node-name=f,filename={}", image.display());
+        let export =
+            format!("type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on", socket.display());
+        Daemon::spawn(Command::new("qemu-storage-daemon").args(["--blockdev", &blockdev, "--export", &export]), socket)
+    }
+
+    fn spawn(cmd: &mut Command, socket: &Path) -> Daemon {
+        let _ = std::fs::remove_file(socket);
+        let child = cmd.stderr(Stdio::null()).spawn().expect("start the daemon");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             assert!(Instant::now() < deadline, "the daemon never created {}", socket.display());
@@ -92,16 +112,14 @@ fn finish(mut child: Child) -> (i32, String, String) {
     (st.code().unwrap_or(-1), out, err)
 }
 
-#[test]
-fn the_probe_keeps_running_across_daemon_restarts() {
-    if !have_kvm() {
-        return;
-    }
-    let Some(bin) = strata_daemon() else { return };
-    let dir = scratch("reconnect");
+/// Run the probe with `reconnect=20` while `start`ed backends are SIGKILLed and started again
+/// twice; returns vmm-mini's stderr after checking every round passed and the disk holds the
+/// last round's pattern.
+fn across_restarts(name: &str, start: impl Fn(&Path, &Path) -> Daemon) -> String {
+    let dir = scratch(name);
     let (image, socket) = (dir.0.join("d.img"), dir.0.join("d.sock"));
     std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
-    let mut daemon = Daemon::start(&bin, &image, &socket);
+    let mut daemon = start(&image, &socket);
     let child = probe(&format!("socket={},reconnect=20", socket.display()));
     for _ in 0..2 {
         // Let the guest get going (each round is a few ms), then pull the backend away
@@ -109,7 +127,7 @@ fn the_probe_keeps_running_across_daemon_restarts() {
         std::thread::sleep(Duration::from_millis(800));
         drop(daemon);
         std::thread::sleep(Duration::from_millis(150));
-        daemon = Daemon::start(&bin, &image, &socket);
+        daemon = start(&image, &socket);
     }
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "probe failed across restarts:\n{out}\n{err}");
@@ -120,6 +138,90 @@ fn the_probe_keeps_running_across_daemon_restarts() {
     let data = std::fs::read(&image).unwrap();
     let first = u64::from_le_bytes(data[..8].try_into().unwrap());
     assert_eq!(first, SEED + 128 * u64::from(ROUNDS), "the disk does not hold the last round's data");
+    drop(daemon);
+    err
+}
+
+#[test]
+fn the_probe_keeps_running_across_daemon_restarts() {
+    if !have_kvm() {
+        return;
+    }
+    let Some(bin) = strata_daemon() else { return };
+    let err = across_restarts("reconnect", |image, socket| Daemon::start(&bin, image, socket));
+    // strata's daemon offers no in-flight region yet (its protocol layer adds it).
+    assert!(err.contains("reconnected to"), "{err}");
+}
+
+#[test]
+fn the_probe_keeps_running_across_qemu_storage_daemon_restarts() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    // qemu-storage-daemon offers BACKEND_REQ (negotiated on every connection) but no in-flight
+    // region: the rings restart from the used index.
+    let err = across_restarts("reconnect-qsd", Daemon::qsd);
+    assert_eq!(err.matches("rings restarted from the used index").count(), 2, "{err}");
+}
+
+/// Send QMP commands to `socket` (after the capabilities handshake); returns what came back.
+fn qmp(socket: &Path, commands: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the QMP monitor");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap(); // greeting
+    for c in std::iter::once(&r#"{"execute":"qmp_capabilities"}"#).chain(commands) {
+        w.write_all(c.as_bytes()).unwrap();
+        w.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        out.push_str(&line);
+    }
+    out
+}
+
+#[test]
+fn a_live_resize_reaches_the_guest_through_the_backend_channel() {
+    if !have_kvm() || !have_qsd() {
+        return;
+    }
+    let dir = scratch("config-change");
+    let (image, socket, monitor) = (dir.0.join("d.img"), dir.0.join("d.sock"), dir.0.join("qmp.sock"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let blockdev = format!("driver=file,node-name=f,filename={}", image.display());
+    let export =
+        format!("type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on", socket.display());
+    let chardev = format!("socket,id=m,path={},server=on,wait=off", monitor.display());
+    let daemon = Daemon::spawn(
+        Command::new("qemu-storage-daemon").args([
+            "--blockdev",
+            &blockdev,
+            "--export",
+            &export,
+            "--chardev",
+            &chardev,
+            "--monitor",
+            "chardev=m",
+        ]),
+        &socket,
+    );
+    let child = probe(&format!("socket={}", socket.display()));
+    std::thread::sleep(Duration::from_millis(800));
+    // qemu-storage-daemon sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG after block_resize.
+    let answer = qmp(&monitor, &[r#"{"execute":"block_resize","arguments":{"node-name":"f","size":2097152}}"#]);
+    assert!(!answer.contains("error"), "{answer}");
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "the probe failed after the resize:\n{out}\n{err}");
+    assert!(err.contains("config changed, capacity 4096 sectors"), "vmm-mini never took the new config:\n{err}");
+    // The rounds after the resize wrote the new last sector (qwords 64-127 of a round's pattern)
+    // and found the old end readable and the new one refused (past-end).
+    let data = std::fs::read(&image).unwrap();
+    assert_eq!(data.len(), 2 << 20);
+    let last = u64::from_le_bytes(data[(2 << 20) - 512..][..8].try_into().unwrap());
+    assert_eq!(last, SEED + 128 * u64::from(ROUNDS) + 64, "the last round did not write the new last sector");
     drop(daemon);
 }
 
