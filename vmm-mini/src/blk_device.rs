@@ -116,13 +116,24 @@ impl BlkDevice {
     /// the rest is done again, or replayed from the in-flight region). Every queue is then
     /// kicked once, since a kick the old backend swallowed is gone. A backend that now offers
     /// fewer queues or lacks features the driver uses cannot take over: the device asks the
-    /// driver for a reset (DEVICE_NEEDS_RESET). Returns whether the in-flight region was handed
+    /// driver for a reset (DEVICE_NEEDS_RESET). A config space that changed meanwhile (the disk
+    /// was resized while the backend was away) is shown to the driver with a config interrupt.
+    /// Returns whether the in-flight region was handed
     /// over (the backend replays from it) rather than the rings restarted from the used index.
     pub fn reconnect(&mut self, new: BlkFrontend) -> Result<bool, FrontendError> {
         let features = self.transport.driver_features();
         let queues_match = new.num_queues() == self.frontend.num_queues();
         let lacking = features & !new.guest_features();
         self.frontend = new;
+        // A backend that comes back with another capacity (resized while away): the driver
+        // hears of it as of a live resize.
+        if self.frontend.config() != self.transport.config()
+            && self.transport.set_config(self.frontend.config().to_vec())
+        {
+            if let Some(call) = self.calls.first() {
+                let _ = call.write(1);
+            }
+        }
         if !self.running {
             return Ok(false);
         }

@@ -185,6 +185,11 @@ impl MmioTransport {
         self.interrupt_status |= INT_CONFIG;
     }
 
+    /// The config space the driver reads.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
     /// Takes a new config space from the device (the backend said it changed): the config
     /// generation moves on, and while the driver runs the device a config interrupt cause is
     /// raised. Returns whether the driver should be interrupted.

@@ -1,8 +1,10 @@
 //! `--disk socket=PATH,reconnect=MS` across backend restarts: `vmm-mini probe --repeat N` keeps
-//! its guest writing, flushing, reading and comparing while strata's daemon is SIGKILLed and
-//! started again twice; the probe passes every round (no failed request, no mismatch), the
-//! last pattern is on the disk, and vmm-mini says it reconnected. Without `reconnect` the same
-//! kill ends the probe with the backend named.
+//! its guest writing, flushing, reading and comparing while strata's daemon (and
+//! qemu-storage-daemon) is SIGKILLed and started again twice, the second time on a disk grown
+//! meanwhile; the probe passes every round (no failed request, no mismatch), the last pattern is
+//! at the grown disk's ends, and vmm-mini says it reconnected. Without `reconnect` the same kill
+//! ends the probe with the backend named. And a live resize by qemu-storage-daemon
+//! (`block_resize`, which sends CONFIG_CHANGE_MSG) reaches the probe guest.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -121,12 +123,16 @@ fn across_restarts(name: &str, start: impl Fn(&Path, &Path) -> Daemon) -> String
     std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
     let mut daemon = start(&image, &socket);
     let child = probe(&format!("socket={},reconnect=20", socket.display()));
-    for _ in 0..2 {
+    for restart in 0..2 {
         // Let the guest get going (each round is a few ms), then pull the backend away
-        // mid-request and bring it back a little later.
+        // mid-request and bring it back a little later; the second time the disk has grown
+        // meanwhile, which the guest must be shown (the rounds after it use the new end).
         std::thread::sleep(Duration::from_millis(800));
         drop(daemon);
         std::thread::sleep(Duration::from_millis(150));
+        if restart == 1 {
+            std::fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(2 << 20).unwrap();
+        }
         daemon = start(&image, &socket);
     }
     let (code, out, err) = finish(child);
@@ -138,6 +144,8 @@ fn across_restarts(name: &str, start: impl Fn(&Path, &Path) -> Daemon) -> String
     let data = std::fs::read(&image).unwrap();
     let first = u64::from_le_bytes(data[..8].try_into().unwrap());
     assert_eq!(first, SEED + 128 * u64::from(ROUNDS), "the disk does not hold the last round's data");
+    let last = u64::from_le_bytes(data[(2 << 20) - 512..][..8].try_into().unwrap());
+    assert_eq!(last, SEED + 128 * u64::from(ROUNDS) + 64, "the last round did not write the grown disk's last sector");
     drop(daemon);
     err
 }
