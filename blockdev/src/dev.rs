@@ -56,6 +56,21 @@ pub trait BlockDev: Send + Sync {
         let _ = out;
     }
 
+    /// Change the device's size to `new_size` bytes while it is in use and return the size it
+    /// reports from now on. A smaller size is refused unless `shrink`; a shrink that would cut
+    /// off data the format keeps track of is refused saying how much. Every refusal changes
+    /// nothing. Blocks the calling thread on `io` (a control-path call: never from a thread whose
+    /// ring serves requests). The caller keeps requests past a smaller end from arriving.
+    ///
+    /// The default refuses, naming the device: formats that can change size override it.
+    fn resize(&self, io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        let _ = (io, new_size, shrink);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("{}: this device cannot be resized", self.describe()),
+        ))
+    }
+
     /// A short human-readable name for logs (`raw:/path`, `mem:1G`, `raid5:uuid`).
     fn describe(&self) -> String {
         String::from("blockdev")
@@ -65,4 +80,30 @@ pub trait BlockDev: Send + Sync {
 /// A future that resolves at once to `res` (for devices that finish synchronously or refuse early).
 pub fn ready(res: Result<()>) -> IoFuture {
     Box::pin(std::future::ready(res))
+}
+
+/// The common checks of a [`BlockDev::resize`] from `old` to `new` bytes of the device `what`:
+/// a non-zero multiple of `block` bytes, and a smaller size only with `shrink` (as
+/// `qemu-img resize --shrink`). The error says what and by how much.
+pub fn check_resize(what: &str, old: u64, new: u64, block: u64, shrink: bool) -> Result<()> {
+    use crate::size::format_iec;
+    let block = block.max(1);
+    if new == 0 || !new.is_multiple_of(block) {
+        return Err(crate::Error::new(
+            crate::ErrorKind::InvalidInput,
+            format!("{what}: new size {new} must be a non-zero multiple of {block} bytes"),
+        ));
+    }
+    if new < old && !shrink {
+        return Err(crate::Error::new(
+            crate::ErrorKind::InvalidInput,
+            format!(
+                "{what}: new size {} ({new} bytes) is smaller than the current {} ({old} bytes): \
+                 shrinking cuts off its end and needs shrink",
+                format_iec(new),
+                format_iec(old)
+            ),
+        ));
+    }
+    Ok(())
 }

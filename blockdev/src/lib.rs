@@ -25,7 +25,7 @@ pub mod thread;
 pub mod timer;
 
 pub use bufs::{BufPool, DmaBuf, IoBufs, Keepalive, SharedBuf};
-pub use dev::{ready, BlockDev, IoFuture};
+pub use dev::{check_resize, ready, BlockDev, IoFuture};
 pub use engine::{EngineConfig, FileHandle, IoCtx, JoinHandle, RemoteWaker};
 pub use error::{Error, ErrorKind, Result};
 pub use info::DevInfo;

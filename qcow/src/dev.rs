@@ -115,6 +115,12 @@ impl BlockDev for Qcow2 {
         }
     }
 
+    fn resize(&self, io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        // As `blkctl qcow2 resize` (crash-safe; a shrink over data is refused saying where).
+        io.block_on(crate::resize::resize(io, self, new_size, shrink))?;
+        Ok(self.sh.size.load(Ordering::Acquire))
+    }
+
     fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.info().check_range(off, bufs.len() as u64) {
             return ready(Err(e));

@@ -270,6 +270,17 @@ impl BlockDev for Array {
         crate::metrics::push(self, out);
     }
 
+    fn resize(&self, _io: &IoCtx, _new_size: u64, _shrink: bool) -> blockdev::Result<u64> {
+        Err(blockdev::Error::new(
+            blockdev::ErrorKind::Unsupported,
+            format!(
+                "{}: a RAID array cannot change size while in use: its size comes from its members and \
+                 its on-disk superblocks record the layout (no reshape); grow a volume or image on top of it instead",
+                self.core.describe()
+            ),
+        ))
+    }
+
     fn describe(&self) -> String {
         self.core.describe()
     }

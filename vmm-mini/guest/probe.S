@@ -5,7 +5,8 @@
 #
 # Entry state, set by vmm-mini (src/cpu.rs): 64-bit long mode, the first 4 GiB identity mapped,
 # interrupts off, rsp = a stack, rdi = the seed of the data pattern, rsi = flags (FLAG_READ_ONLY:
-# `vmm-mini probe --read-only`, nothing is written).
+# `vmm-mini probe --read-only`, nothing is written; bits REPEAT_SHIFT and up: `--repeat N`, the
+# write to past-end checks run N more times, each round with the next pattern).
 #
 # The guest is a minimal virtio driver for the virtio-mmio (version 2) block device at
 # MMIO_BASE: one 8-entry split virtqueue, one request at a time on descriptors 0-2, completion
@@ -65,6 +66,7 @@
         .set F_WRITE, 2
         .set BLK_F_RO, 1 << 5           # VIRTIO_BLK_F_RO: the device refuses writes
         .set FLAG_READ_ONLY, 1          # entry flag (rsi): keep in sync with src/probe.rs
+        .set REPEAT_SHIFT, 8            # rsi >> REPEAT_SHIFT = rounds to repeat (src/probe.rs)
 
         # Check numbers, also the exit code: keep in sync with CHECKS in src/probe.rs.
         .set CHECK_DEVICE, 1
@@ -89,7 +91,8 @@
 
 # Register use: rbx = MMIO_BASE, rbp = current check, r12 = pattern seed, r13 = avail idx,
 # r14 = nonzero if the compare check expects the data from before (a read-only device or a
-# read-only probe), r15 = capacity in sectors, r10 = FLAG_READ_ONLY if the probe must not write.
+# read-only probe), r15 = capacity in sectors, r10 = FLAG_READ_ONLY if the probe must not write,
+# r9 = rounds still to repeat.
 #
 # A read-only device (VIRTIO_BLK_F_RO offered) turns the write check around: the guest reads
 # the sectors first, its writes must end with IOERR, and the compare check expects the data
@@ -101,6 +104,8 @@
 _start:
         mov r12, rdi
         mov r10, rsi
+        mov r9, rsi
+        shr r9, REPEAT_SHIFT
         and r10d, FLAG_READ_ONLY
         xor r13d, r13d
         mov ebx, MMIO_BASE
@@ -184,6 +189,7 @@ _start:
         # Pattern: qword i of WBUF = seed + i. Sectors 0-1 get WBUF, the last sector WBUF+512.
         # On a read-only device the same sectors are read into BEFORE first and both writes
         # must end with IOERR.
+again:
         begin CHECK_WRITE, s_write
         test r10d, r10d
         jz 4f
@@ -267,18 +273,38 @@ _start:
         call ok
 
         # A read of the sector at the capacity must fail with VIRTIO_BLK_S_IOERR (1).
+        # A live resize may have grown the disk since the capacity was read: then the read
+        # succeeds and is made again past the new end.
         begin CHECK_PAST_END, s_past_end
-        mov edi, T_IN
+7:      mov edi, T_IN
         mov rsi, r15
         mov edx, RBUF
         mov ecx, 512
         mov r8d, F_WRITE
         call request
         cmp al, 1
-        jne fail
-        call ok
+        je 8f
+        test al, al
+        jnz fail
+        mov rax, [rbx + CONFIG]
+        cmp rax, r15
+        jbe fail
+        mov r15, rax
+        jmp 7b
+8:      call ok
 
-        lea rsi, [rip + s_pass]
+        # --repeat: another round with the next pattern, against the capacity as it is now (a
+        # live resize changes it; it never drops below 3 sectors here, or the round fails).
+        test r9, r9
+        jz 6f
+        dec r9
+        add r12, 128
+        mov r15, [rbx + CONFIG]
+        cmp r15, 3
+        jb fail
+        jmp again
+
+6:      lea rsi, [rip + s_pass]
         call puts
         xor eax, eax
         out EXIT_PORT, al

@@ -1,10 +1,13 @@
-//! The `--disk socket=PATH[,num-queues=N][,read-only=on]` option.
+//! The `--disk socket=PATH[,num-queues=N][,read-only=on][,reconnect=MS]` option.
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Most queues a disk may ask for.
 pub const MAX_QUEUES: u16 = 16;
+/// Longest `reconnect` interval accepted, in milliseconds.
+pub const MAX_RECONNECT_MS: u64 = 60_000;
 
 /// One vhost-user-blk disk given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +19,9 @@ pub struct DiskSpec {
     /// The disk must be read-only: the backend has to offer VIRTIO_BLK_F_RO (it refuses the
     /// guest's writes), else vmm-mini refuses to start.
     pub read_only: bool,
+    /// When the backend goes away, keep the guest running and try to connect again this often
+    /// (`reconnect=MS`); None: the guest ends (exit 4).
+    pub reconnect: Option<Duration>,
 }
 
 /// Why a disk spec was refused.
@@ -25,7 +31,7 @@ pub enum DiskSpecError {
     #[error("disk spec '{0}': socket=PATH is required")]
     MissingSocket(String),
     /// A key this VMM does not know.
-    #[error("disk spec '{spec}': unknown key '{key}' (known: socket, num-queues, read-only)")]
+    #[error("disk spec '{spec}': unknown key '{key}' (known: socket, num-queues, read-only, reconnect)")]
     UnknownKey {
         /// The whole spec.
         spec: String,
@@ -53,6 +59,7 @@ impl FromStr for DiskSpec {
         let mut socket = None;
         let mut num_queues = 1;
         let mut read_only = false;
+        let mut reconnect = None;
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let bad = |why| DiskSpecError::BadValue { spec: spec.into(), key: key.into(), value: value.into(), why };
@@ -72,11 +79,18 @@ impl FromStr for DiskSpec {
                         _ => return Err(bad("expected on or off")),
                     }
                 }
+                "reconnect" => {
+                    let ms = value.parse::<u64>().map_err(|_| bad("not a number of milliseconds"))?;
+                    if ms == 0 || ms > MAX_RECONNECT_MS {
+                        return Err(bad("must be 1 to 60000 milliseconds"));
+                    }
+                    reconnect = Some(Duration::from_millis(ms));
+                }
                 _ => return Err(DiskSpecError::UnknownKey { spec: spec.into(), key: key.into() }),
             }
         }
         let socket = socket.ok_or_else(|| DiskSpecError::MissingSocket(spec.into()))?;
-        Ok(DiskSpec { socket, num_queues, read_only })
+        Ok(DiskSpec { socket, num_queues, read_only, reconnect })
     }
 }
 
@@ -87,13 +101,13 @@ mod tests {
     #[test]
     fn socket_alone_gives_one_writable_queue() {
         let d: DiskSpec = "socket=/tmp/a.sock".parse().unwrap();
-        assert_eq!(d, DiskSpec { socket: "/tmp/a.sock".into(), num_queues: 1, read_only: false });
+        assert_eq!(d, DiskSpec { socket: "/tmp/a.sock".into(), num_queues: 1, read_only: false, reconnect: None });
     }
 
     #[test]
     fn all_keys_parse() {
-        let d: DiskSpec = "socket=/s,num-queues=4,read-only=on".parse().unwrap();
-        assert_eq!((d.num_queues, d.read_only), (4, true));
+        let d: DiskSpec = "socket=/s,num-queues=4,read-only=on,reconnect=100".parse().unwrap();
+        assert_eq!((d.num_queues, d.read_only, d.reconnect), (4, true, Some(Duration::from_millis(100))));
     }
 
     #[test]
@@ -104,5 +118,9 @@ mod tests {
         assert!(e.to_string().contains("num-queues"), "{e}");
         assert!("socket=/s,read-only=maybe".parse::<DiskSpec>().is_err());
         assert!("socket=".parse::<DiskSpec>().is_err());
+        for bad in ["reconnect=0", "reconnect=60001", "reconnect=-1", "reconnect=1s", "reconnect="] {
+            let e = format!("socket=/s,{bad}").parse::<DiskSpec>().unwrap_err().to_string();
+            assert!(e.contains("reconnect"), "{bad}: {e}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::acpi::{build_acpi_tables, MmioDeviceInfo};
 use crate::backend_watch::BackendWatch;
 use crate::blk_device::BlkDevice;
 use crate::boot_params::{build_boot_params, BootLayout};
+use crate::config_change;
 use crate::console::Console;
 use crate::cpu::{enter_long_mode, enter_protected_mode, set_cpuid, set_lint_and_fpu, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
@@ -24,6 +25,7 @@ use crate::layout::{
 };
 use crate::memory::create_guest_memory;
 use crate::pvh::{pvh_start_info, write_pvh_start_info};
+use crate::reconnect::Keeper;
 use crate::serial::new_serial;
 use crate::vcpu::{lock, VcpuThreads};
 use crate::vm::Vm;
@@ -105,7 +107,7 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
     let vm = Vm::new(mem.clone())?;
     vm.create_irqchip()?;
 
-    let mut disks = Vec::new();
+    let mut disks: Vec<BlkDevice> = Vec::new();
     let mut infos = Vec::new();
     for (i, spec) in opts.disks.iter().enumerate() {
         let disk = BlkDevice::new(spec, mem.clone(), BACKEND_TIMEOUT)?;
@@ -170,15 +172,29 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<GuestExit, Error> {
         vcpus.push(vcpu);
     }
 
-    let sockets = disks.iter().map(|d| (d.frontend().socket_fd(), d.frontend().socket().to_path_buf())).collect();
+    // Disks with reconnect=MS are kept by their own threads; the others end the guest.
+    let sockets = disks
+        .iter()
+        .zip(&opts.disks)
+        .filter(|(_, spec)| spec.reconnect.is_none())
+        .map(|(d, _)| (d.frontend().socket_fd(), d.frontend().socket().to_path_buf()))
+        .collect();
+    let channels: Vec<_> = disks.iter_mut().map(|d| d.frontend_mut().take_backend_channel()).collect();
     let devices = Arc::new(Mutex::new(Devices { serial, disks, probe: None }));
+    // Config changes (a live resize) reach the guest as a config interrupt; the threads end
+    // when their backend closes the channel.
+    for (index, channel) in channels.into_iter().enumerate().filter_map(|(i, c)| Some((i, c?))) {
+        config_change::spawn(index, channel, devices.clone()).map_err(Error::Io)?;
+    }
     let (exits, exit_rx) = mpsc::channel();
     let watch = BackendWatch::start(sockets, exits.clone()).map_err(Error::Io)?;
+    let keeper = Keeper::start(&opts.disks, &devices).map_err(Error::Io)?;
     opts.console.start_input(devices.clone()).map_err(Error::Io)?;
     let threads = VcpuThreads::spawn(vcpus, devices.clone(), exits).map_err(Error::Io)?;
     let exit = exit_rx.recv().unwrap_or_else(|_| GuestExit::Fault("every vCPU thread ended".into()));
     threads.stop();
     watch.stop();
+    keeper.stop();
     if !matches!(exit, GuestExit::BackendLost(_)) {
         lock(&devices).stop_disks();
     }

@@ -42,8 +42,10 @@ struct BootArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
-    /// socket=PATH[,num-queues=N][,read-only=on]; repeat for more disks. read-only=on needs a
-    /// backend that exports the disk read-only (it offers VIRTIO_BLK_F_RO and fails writes).
+    /// socket=PATH[,num-queues=N][,read-only=on][,reconnect=MS]; repeat for more disks.
+    /// read-only=on needs a backend that exports the disk read-only (it offers VIRTIO_BLK_F_RO
+    /// and fails writes). reconnect=MS: when the backend goes away the guest keeps running (its
+    /// I/O waits) and vmm-mini connects again every MS milliseconds.
     #[arg(long)]
     disk: Vec<DiskSpec>,
     /// stdio or file=PATH.
@@ -71,9 +73,9 @@ enum Command {
     /// not a vhost-user backend), 77 /dev/kvm missing.
     #[command(verbatim_doc_comment)]
     Probe {
-        /// socket=PATH[,num-queues=N][,read-only=on]. A read-only disk (read-only=on, or a
-        /// backend offering VIRTIO_BLK_F_RO) must refuse the probe's writes with IOERR and keep
-        /// its data.
+        /// socket=PATH[,num-queues=N][,read-only=on][,reconnect=MS]. A read-only disk
+        /// (read-only=on, or a backend offering VIRTIO_BLK_F_RO) must refuse the probe's writes
+        /// with IOERR and keep its data. With reconnect=MS the probe survives a backend restart.
         #[arg(long)]
         disk: DiskSpec,
         /// Seconds the whole probe may take: connecting, the vhost-user negotiation and the
@@ -92,6 +94,11 @@ enum Command {
         /// CPU ms to the first KVM_RUN); the guest's serial output goes to stderr.
         #[arg(long)]
         json: bool,
+        /// Run the write, flush, read, compare and past-end checks this many more times, each
+        /// round with a new pattern (keeps the guest doing I/O, e.g. across a backend restart
+        /// with reconnect=MS).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        repeat: u32,
     },
 }
 
@@ -118,14 +125,16 @@ struct ProbeArgs {
     read_only: bool,
     seed: u64,
     json: bool,
+    repeat: u32,
 }
 
 fn probe(args: ProbeArgs) -> ExitCode {
     if !kvm_present("probe") {
         return ExitCode::from(77);
     }
-    let ProbeArgs { disk, timeout, read_only, seed, json } = args;
-    let opts = ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed, serial_to_stderr: json, read_only };
+    let ProbeArgs { disk, timeout, read_only, seed, json, repeat } = args;
+    let opts =
+        ProbeOptions { disk, timeout: Duration::from_secs(timeout), seed, serial_to_stderr: json, read_only, repeat };
     match run_probe(&opts) {
         Ok(report) => {
             if json {
@@ -184,8 +193,8 @@ fn boot(args: BootArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Probe { disk, timeout, read_only, seed, json }) => {
-            probe(ProbeArgs { disk, timeout, read_only, seed, json })
+        Some(Command::Probe { disk, timeout, read_only, seed, json, repeat }) => {
+            probe(ProbeArgs { disk, timeout, read_only, seed, json, repeat })
         }
         None => boot(cli.boot),
     }

@@ -13,11 +13,13 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::backend_watch::BackendWatch;
 use crate::blk_device::BlkDevice;
+use crate::config_change;
 use crate::cpu::{enter_long_mode, set_cpuid, write_boot_tables};
 use crate::devices::{Devices, GuestExit};
 use crate::disk_spec::DiskSpec;
 use crate::layout::{PROBE_ENTRY, PROBE_STACK_TOP};
 use crate::memory::create_guest_memory;
+use crate::reconnect::Keeper;
 use crate::serial::new_serial;
 use crate::vcpu::{lock, VcpuThreads};
 use crate::vm::Vm;
@@ -40,6 +42,9 @@ pub const DEFAULT_SEED: u64 = 0x5354_5241_5441_0000;
 /// Bit of the guest's entry flags (`rsi`): probe without writing. Keep in sync with
 /// FLAG_READ_ONLY in guest/probe.S.
 const FLAG_READ_ONLY: u64 = 1;
+/// The entry flags' bits from here up: how many times the guest runs the write, flush, read,
+/// compare and past-end checks again after the first pass (REPEAT_SHIFT in guest/probe.S).
+const REPEAT_SHIFT: u32 = 8;
 
 /// What to probe and how long to wait.
 #[derive(Clone, Debug)]
@@ -60,6 +65,10 @@ pub struct ProbeOptions {
     /// the compare check expects a second read to return the same data. FLUSH is still sent
     /// (it changes no data).
     pub read_only: bool,
+    /// Run the write-to-past-end checks this many more times (with a new pattern each round and
+    /// the capacity read again), so the guest keeps doing I/O for a while (a daemon restart
+    /// under `reconnect=MS`, a live resize).
+    pub repeat: u32,
 }
 
 /// How the probe ended.
@@ -152,17 +161,29 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     mem.write_slice(PROBE_GUEST, GuestAddress(PROBE_ENTRY)).map_err(Error::GuestMemory)?;
     let vcpu = vm.create_vcpu(0)?;
     set_cpuid(&vcpu, 0, &vm.supported_cpuid()?)?;
-    let flags = if opts.read_only { FLAG_READ_ONLY } else { 0 };
+    let flags = if opts.read_only { FLAG_READ_ONLY } else { 0 } | (u64::from(opts.repeat) << REPEAT_SHIFT);
     enter_long_mode(&vcpu, 0, PROBE_ENTRY, PROBE_STACK_TOP, flags, opts.seed)?;
 
     let progress = Arc::new(AtomicU8::new(0));
     let out: Box<dyn std::io::Write + Send> =
         if opts.serial_to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     let serial = new_serial(out).map_err(Error::Io)?;
-    let socket = vec![(disk.frontend().socket_fd(), disk.frontend().socket().to_path_buf())];
+    let socket = if opts.disk.reconnect.is_some() {
+        Vec::new()
+    } else {
+        vec![(disk.frontend().socket_fd(), disk.frontend().socket().to_path_buf())]
+    };
+    let mut disk = disk;
+    let channel = disk.frontend_mut().take_backend_channel();
     let devices = Arc::new(Mutex::new(Devices { serial, disks: vec![disk], probe: Some(progress.clone()) }));
+    // A config change (a live resize) is taken in; with --repeat the guest reads the capacity
+    // again every round.
+    if let Some(channel) = channel {
+        config_change::spawn(0, channel, devices.clone()).map_err(Error::Io)?;
+    }
     let (exits, exit_rx) = mpsc::channel();
     let watch = BackendWatch::start(socket, exits.clone()).map_err(Error::Io)?;
+    let keeper = Keeper::start(std::slice::from_ref(&opts.disk), &devices).map_err(Error::Io)?;
     let setup = start.elapsed();
     let threads = VcpuThreads::spawn(vec![vcpu], devices.clone(), exits).map_err(Error::Io)?;
     let outcome = match exit_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -183,6 +204,7 @@ pub fn run_probe(opts: &ProbeOptions) -> Result<ProbeReport, Error> {
     }
     threads.stop();
     watch.stop();
+    keeper.stop();
     if !timed_out && !matches!(outcome, ProbeOutcome::BackendLost(_)) {
         lock(&devices).stop_disks();
     }

@@ -1,17 +1,19 @@
 //! The vhost-user-blk frontend: one connection to a backend (vhost crate `Frontend`), feature
 //! and protocol negotiation, config space, and starting/stopping the vrings.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config_change::{open_channel, BackendChannel};
 use crate::socket_deadline::{connect_within, SocketDeadline};
 use crate::virtio_mmio::QueueConfig;
 
@@ -82,15 +84,33 @@ pub struct BlkFrontend {
     num_queues: u16,
     config: Vec<u8>,
     started: Vec<usize>,
+    /// The backend channel (BACKEND_REQ), until [`BlkFrontend::take_backend_channel`].
+    channel: Option<BackendChannel>,
+    /// INFLIGHT_SHMFD was agreed.
+    inflight: bool,
 }
+
+/// The in-flight region a backend handed out (GET_INFLIGHT_FD) and its description: kept by the
+/// device across reconnects and handed to every new connection (SET_INFLIGHT_FD).
+pub type InflightRegion = (VhostUserInflight, File);
+
+/// What [`BlkFrontend::negotiate`] settles: the backend's features, the queues, the config
+/// space and the backend channel (when BACKEND_REQ was agreed).
+type Negotiated = (u64, u16, Vec<u8>, Option<BackendChannel>, bool);
 
 impl BlkFrontend {
     /// Connects to `socket`, takes ownership (SET_OWNER), negotiates protocol features
     /// (CONFIG is required; MQ and REPLY_ACK when offered), reads the config space, and settles
     /// on `min(wanted_queues, the backend's)` queues. Connecting and the whole negotiation end
     /// within `timeout`: a peer that does not answer (not a vhost-user backend, or one serving
-    /// another frontend) is an error naming the step it did not answer.
-    pub fn connect(socket: &Path, wanted_queues: u16, timeout: Duration) -> Result<Self, FrontendError> {
+    /// another frontend) is an error naming the step it did not answer. With `inflight` (a disk
+    /// that reconnects), INFLIGHT_SHMFD is agreed too when the backend offers it.
+    pub fn connect(
+        socket: &Path,
+        wanted_queues: u16,
+        timeout: Duration,
+        inflight: bool,
+    ) -> Result<Self, FrontendError> {
         let deadline = Instant::now() + timeout;
         let fail = |step, why| FrontendError { socket: socket.to_path_buf(), step, why };
         let stream = connect_within(socket, deadline).map_err(|e| fail("connect", Failure::Connect(e)))?;
@@ -98,12 +118,12 @@ impl BlkFrontend {
             .map_err(|e| fail("connect (arming the timeout)", Failure::Connect(e)))?;
         let hang_up = stream.try_clone().map_err(|e| fail("connect", Failure::Connect(e)))?;
         let mut frontend = Frontend::from_stream(stream, wanted_queues.into());
-        let negotiated = Self::negotiate(&mut frontend, wanted_queues);
+        let negotiated = Self::negotiate(&mut frontend, wanted_queues, inflight);
         // A deadline that passed turns whatever the blocked step saw (an end-of-file from the
         // shut-down socket, most likely) into a timeout, and so does one that fired just after
         // the last step: the socket is shut down then.
         let fired = watchdog.disarm();
-        let (backend_features, num_queues, config) = match negotiated {
+        let (backend_features, num_queues, config, channel, inflight) = match negotiated {
             Ok(_) if fired => return Err(fail("vhost-user negotiation", Failure::TimedOut(timeout))),
             Ok(done) => done,
             Err((step, _)) if fired => return Err(fail(step, Failure::TimedOut(timeout))),
@@ -118,15 +138,18 @@ impl BlkFrontend {
             num_queues,
             config,
             started: vec![],
+            channel,
+            inflight,
         })
     }
 
     /// The negotiation of [`BlkFrontend::connect`]: the backend's features, the queues agreed
-    /// on and the config space, or the step that failed.
+    /// on, the config space and the backend channel, or the step that failed.
     fn negotiate(
         frontend: &mut Frontend,
         wanted_queues: u16,
-    ) -> Result<(u64, u16, Vec<u8>), (&'static str, vhost::Error)> {
+        inflight: bool,
+    ) -> Result<Negotiated, (&'static str, vhost::Error)> {
         let err = |step| move |e| (step, e);
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
@@ -136,14 +159,33 @@ impl BlkFrontend {
             )));
         }
         let offered = frontend.get_protocol_features().map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let wanted =
-            VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        // BACKEND_REQ: the backend may tell us its config space changed (a live resize).
+        let mut wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ;
+        // In-flight tracking is only worth its cost to the backend when we will reconnect.
+        if inflight {
+            wanted |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        let inflight = inflight && offered.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD);
         if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(err("protocol negotiation (CONFIG needed for the disk's capacity)")(
                 vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::FeatureMismatch),
             ));
         }
         frontend.set_protocol_features(offered & wanted).map_err(err("SET_PROTOCOL_FEATURES"))?;
+        let channel = if offered.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let reply_ack = offered.contains(VhostUserProtocolFeatures::REPLY_ACK);
+            let (channel, theirs) =
+                open_channel(reply_ack).map_err(|e| ("backend channel", vhost::Error::IOError(e)))?;
+            frontend.set_backend_request_fd(&theirs).map_err(err("SET_BACKEND_REQ_FD"))?;
+            // Only the backend holds its end now: its death closes the channel.
+            drop(theirs);
+            Some(channel)
+        } else {
+            None
+        };
         let num_queues = if offered.contains(VhostUserProtocolFeatures::MQ) {
             let backend_queues = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
             wanted_queues.min(u16::try_from(backend_queues).unwrap_or(u16::MAX)).max(1)
@@ -154,7 +196,30 @@ impl BlkFrontend {
         let (_, mut config) =
             frontend.get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf).map_err(err("GET_CONFIG"))?;
         set_config_num_queues(&mut config, num_queues);
-        Ok((backend_features, num_queues, config))
+        Ok((backend_features, num_queues, config, channel, inflight))
+    }
+
+    /// The backend channel, once (None when the backend does not offer BACKEND_REQ): serve it
+    /// with [`crate::config_change::spawn`].
+    pub fn take_backend_channel(&mut self) -> Option<BackendChannel> {
+        self.channel.take()
+    }
+
+    /// True when INFLIGHT_SHMFD was agreed (the in-flight region goes to the backend).
+    pub fn tracks_inflight(&self) -> bool {
+        self.inflight
+    }
+
+    /// Reads the config space again (after the backend said it changed) and keeps it.
+    pub fn reread_config(&mut self) -> Result<&[u8], FrontendError> {
+        let buf = [0u8; BLK_CONFIG_SIZE as usize];
+        let (_, mut config) = self
+            .frontend
+            .get_config(0, BLK_CONFIG_SIZE, VhostUserConfigFlags::empty(), &buf)
+            .map_err(self.err("GET_CONFIG"))?;
+        set_config_num_queues(&mut config, self.num_queues);
+        self.config = config;
+        Ok(&self.config)
     }
 
     /// Shuts the backend's socket down, so that a request blocked waiting for the backend
@@ -193,9 +258,13 @@ impl BlkFrontend {
         move |e| FrontendError { socket: self.socket.clone(), step, why: Failure::Vhost(e) }
     }
 
-    /// Starts the ready queues: SET_FEATURES with what the driver accepted, SET_MEM_TABLE with
-    /// the memfd regions, then per queue SET_VRING_NUM/ADDR/BASE/CALL/KICK and SET_VRING_ENABLE.
-    /// Ring addresses go over as this process's virtual addresses, as vhost-user requires.
+    /// Starts the ready queues: the in-flight region first when INFLIGHT_SHMFD was agreed
+    /// (GET_INFLIGHT_FD the first time, kept in `region`; SET_INFLIGHT_FD), SET_FEATURES with
+    /// what the driver accepted, SET_MEM_TABLE with the memfd regions, then per queue
+    /// SET_VRING_NUM/ADDR/BASE/CALL/KICK and SET_VRING_ENABLE. Queue `i` starts at `bases[i]`
+    /// (0 when missing: a fresh ring). Ring addresses go over as this process's virtual
+    /// addresses, as vhost-user requires.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -203,7 +272,19 @@ impl BlkFrontend {
         queues: &[QueueConfig],
         kicks: &[EventFd],
         calls: &[EventFd],
+        bases: &[u16],
+        region: &mut Option<InflightRegion>,
     ) -> Result<(), FrontendError> {
+        if self.inflight {
+            if region.is_none() {
+                let queue_size = queues.iter().filter(|q| q.ready).map(|q| q.size).max().unwrap_or(0);
+                let ask = VhostUserInflight { num_queues: self.num_queues, queue_size, ..Default::default() };
+                *region = Some(self.frontend.get_inflight_fd(&ask).map_err(self.err("GET_INFLIGHT_FD"))?);
+            }
+            if let Some((info, file)) = region.as_ref() {
+                self.frontend.set_inflight_fd(info, file.as_raw_fd()).map_err(self.err("SET_INFLIGHT_FD"))?;
+            }
+        }
         let features = (driver_features & self.backend_features) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         self.frontend.set_features(features).map_err(self.err("SET_FEATURES"))?;
         let regions = mem
@@ -231,7 +312,8 @@ impl BlkFrontend {
             };
             self.frontend.set_vring_num(index, q.size).map_err(self.err("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &addr).map_err(self.err("SET_VRING_ADDR"))?;
-            self.frontend.set_vring_base(index, 0).map_err(self.err("SET_VRING_BASE"))?;
+            let base = bases.get(index).copied().unwrap_or(0);
+            self.frontend.set_vring_base(index, base).map_err(self.err("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(index, call).map_err(self.err("SET_VRING_CALL"))?;
             self.frontend.set_vring_kick(index, kick).map_err(self.err("SET_VRING_KICK"))?;
             self.frontend.set_vring_enable(index, true).map_err(self.err("SET_VRING_ENABLE"))?;

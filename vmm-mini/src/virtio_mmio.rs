@@ -185,6 +185,24 @@ impl MmioTransport {
         self.interrupt_status |= INT_CONFIG;
     }
 
+    /// The config space the driver reads.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Takes a new config space from the device (the backend said it changed): the config
+    /// generation moves on, and while the driver runs the device a config interrupt cause is
+    /// raised. Returns whether the driver should be interrupted.
+    pub fn set_config(&mut self, config: Vec<u8>) -> bool {
+        self.config = config;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt_status |= INT_CONFIG;
+            return true;
+        }
+        false
+    }
+
     fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
         let ready = |q: &&mut QueueConfig| !q.ready;
         self.queues.get_mut(self.queue_sel as usize).filter(ready)
@@ -451,6 +469,23 @@ mod tests {
         assert_eq!(write32(&mut t, reg::STATUS, all), Some(TransportEvent::DriverOk));
         assert_eq!(write32(&mut t, reg::STATUS, all), None, "only the transition starts it");
         assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+    }
+
+    #[test]
+    fn a_new_config_moves_the_generation_and_interrupts_a_running_driver() {
+        let mut t = transport();
+        assert!(!t.set_config(vec![0x20, 0, 0, 0, 0, 0, 0, 0]), "no interrupt before DRIVER_OK");
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, 0);
+        assert_eq!(read32(&t, reg::CONFIG_GENERATION), 1);
+        negotiate(&mut t, 1, 0);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        write32(&mut t, reg::STATUS, all);
+        assert!(t.set_config(vec![0x30, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(read32(&t, reg::CONFIG), 0x30, "the driver reads the new capacity");
+        assert_eq!(read32(&t, reg::CONFIG_GENERATION), 2);
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
+        write32(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(read32(&t, reg::INTERRUPT_STATUS) & INT_CONFIG, 0, "acknowledged");
     }
 
     #[test]

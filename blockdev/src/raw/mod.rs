@@ -10,6 +10,7 @@
 mod geometry;
 pub mod holder;
 pub mod lock;
+mod resize;
 
 use std::fs::File;
 use std::future::Future;
@@ -548,6 +549,10 @@ impl BlockDev for RawFile {
         }
         // Only ever up: checks of requests racing with this see the old or the new size.
         Ok(inner.size.fetch_max(now, Ordering::AcqRel).max(now))
+    }
+
+    fn resize(&self, _io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        self.resize_to(new_size, shrink)
     }
 
     fn describe(&self) -> String {

@@ -9,6 +9,8 @@
 //! - `{"cmd":"limits","name":"NAME"}` and `{"cmd":"set-limits","name":"NAME","limits":{..}}`:
 //!   an export's I/O limits ([`limits`])
 //! - `{"cmd":"thin","op":...}`: a served thin pool's volumes ([`thin`])
+//! - `{"cmd":"resize","name":"NAME","size":SIZE[,"shrink":true]}` → `{"ok":true,"result":{"size":..,
+//!   "notified":..}}`: a live resize of an export ([`resize`])
 //!
 //! - `raid-status`, `raid-fail`, `raid-replace`, `raid-scrub`: live operations on a served
 //!   array ([`raid`])
@@ -30,6 +32,7 @@ use crate::server::serve::{bind_socket, SocketFile};
 use crate::server::{Daemon, DiskSpec};
 
 pub mod raid;
+pub mod resize;
 pub mod runtime;
 
 pub use runtime::ControlRuntime;
@@ -72,6 +75,8 @@ pub enum Request {
     SetLimits(limits::SetLimitsReq),
     /// A thin pool command (`"op"` selects it).
     Thin(thin::ThinRequest),
+    /// Change an export's size while it is served.
+    Resize(resize::ResizeReq),
 }
 
 /// The running control socket; the socket file is removed when dropped, if the path still
@@ -168,6 +173,7 @@ pub fn handle(daemon: &Daemon, req: Request) -> Value {
         Request::Limits(r) => limits::get(daemon, r),
         Request::SetLimits(r) => limits::set(daemon, r),
         Request::Thin(req) => thin::handle(daemon, req),
+        Request::Resize(req) => resize::resize(daemon, req),
     };
     match res {
         Ok(Value::Null) => json!({"ok": true}),

@@ -21,8 +21,9 @@
 //!   → `volume`, `old-size`, `size`, `discarded`. `SIZE` is bytes, or a string: `"2G"`, or
 //!   `"+1G"` / `"-512M"` relative to the size now. A smaller size needs `shrink`, is refused
 //!   while the volume is served, and is refused while mapped data lies past the new end (the
-//!   error says how much) unless `discard-data` drops it. A served volume may grow (its export
-//!   keeps the capacity it announced until the export is added again).
+//!   error says how much) unless `discard-data` drops it. A served volume may grow: its export
+//!   announces the new capacity and tells the frontend at once (`exports`: each export grown,
+//!   with `notified`), as `{"cmd":"resize"}` on the export does.
 //! - `{"cmd":"thin","op":"check","pool":P[,"repair":true]}` → the checker's report on the
 //!   committed metadata (read from the device while commits wait); `repair` fixes leaks.
 //! - `{"cmd":"thin","op":"pool-grow","pool":P}` → the pool summary after growing, plus
@@ -153,7 +154,7 @@ impl ThinRequest {
 }
 
 /// Carry out one thin request (on a blocking thread: it waits for the pool's I/O).
-pub fn handle(_daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
+pub fn handle(daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
     let name = req.pool().to_string();
     let pool: Arc<Pool> = served_pool(&name).ok_or_else(|| {
         format!(
@@ -166,14 +167,22 @@ pub fn handle(_daemon: &Daemon, req: ThinRequest) -> Result<Value, String> {
         ThinRequest::Remove { name, .. } | ThinRequest::Resize { name, .. } => Some(name.clone()),
         _ => None,
     };
-    run(&pool, &io, &name, req).map_err(|e| {
+    let resized = matches!(req, ThinRequest::Resize { .. });
+    let mut answer = run(&pool, &io, &name, req).map_err(|e| {
         // A volume in use: say which export holds it.
         let held = volume.filter(|_| e.kind() == ErrorKind::Locked).and_then(|v| holder_of(&name, &v));
         match held {
             Some(holder) => format!("thin pool {name}: {e} (held by {holder}: remove that export first)"),
             None => format!("thin pool {name}: {e}"),
         }
-    })
+    })?;
+    if resized {
+        // A served volume's export now announces the new size (and tells its frontend).
+        let grown = crate::api::resize::sync_capacities(daemon);
+        answer["exports"] =
+            grown.iter().map(|(n, size, notified)| json!({"name": n, "size": size, "notified": notified})).collect();
+    }
+    Ok(answer)
 }
 
 /// Carry out `req` on the open `pool` (named `name` in the answers) and answer what it did, as

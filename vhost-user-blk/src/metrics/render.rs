@@ -42,7 +42,7 @@ pub fn render(daemon: &Daemon) -> String {
     let exports = daemon.exports();
     let live = exports
         .iter()
-        .map(|e| Live { name: e.name.clone(), in_flight: e.stats.in_flight(), size: e.geometry.size })
+        .map(|e| Live { name: e.name.clone(), in_flight: e.stats.in_flight(), size: e.capacity() })
         .collect();
     let mut layers = Vec::new();
     for e in &exports {

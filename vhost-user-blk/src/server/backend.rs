@@ -256,7 +256,7 @@ impl BlkBackend {
     /// GET_CONFIG: `size` bytes of the configuration space from `offset` (empty if out of range).
     pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut space = [0u8; CONFIG_SPACE_MAX];
-        let cfg = self.export.geometry.config_space(self.writeback());
+        let cfg = self.export.geometry_now().config_space(self.writeback());
         space[..CONFIG_LEN].copy_from_slice(cfg.as_bytes());
         let (off, len) = (offset as usize, size as usize);
         match off.checked_add(len) {

@@ -114,7 +114,7 @@ impl Daemon {
                 name: e.export.name.clone(),
                 disk: e.export.source.clone(),
                 settings: e.export.settings.clone(),
-                size: e.export.geometry.size,
+                size: e.export.capacity(),
                 device: e.export.dev.describe(),
             })
             .collect()
@@ -134,6 +134,12 @@ impl Daemon {
     pub fn export(&self, name: &str) -> Option<Arc<Export>> {
         let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
         exports.iter().find(|e| e.export.name == name).map(|e| e.export.clone())
+    }
+
+    /// The exports served now with their backends (for live operations such as a resize).
+    pub fn served(&self) -> Vec<(Arc<Export>, Arc<super::backend::BlkBackend>)> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        exports.iter().map(|e| (e.export.clone(), e.backend().clone())).collect()
     }
 
     /// Statistics of the export `name`.

@@ -1,7 +1,8 @@
 //! An export: one device served on one vhost-user socket, with its settings and statistics.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use blockdev::BlockDev;
 use serde::Serialize;
@@ -121,8 +122,13 @@ pub struct Export {
     pub settings: ExportSettings,
     /// The device stack.
     pub dev: Arc<dyn BlockDev>,
-    /// What the guest sees.
+    /// What the guest sees, as announced at the start; the capacity it sees now is
+    /// [`Export::capacity`] ([`Export::geometry_now`] has both).
     pub geometry: Geometry,
+    /// The capacity in bytes now (a live resize changes it; `geometry.size` is the first one).
+    capacity: AtomicU64,
+    /// Held by a live resize from start to end: one at a time per export.
+    resizing: Mutex<()>,
     /// GET_ID answer, NUL-padded.
     pub serial: [u8; ID_LEN],
     /// Counters since start (shared with the metrics' series, which outlive the export).
@@ -162,6 +168,36 @@ impl Export {
         let mut serial = [0u8; ID_LEN];
         serial[..settings.serial.len()].copy_from_slice(settings.serial.as_bytes());
         let qos = Gate::private(settings.limits);
-        Ok(Export { name, settings, dev, geometry, serial, stats: Arc::default(), source, qos })
+        let capacity = AtomicU64::new(geometry.size);
+        let resizing = Mutex::new(());
+        Ok(Export { name, settings, dev, geometry, capacity, resizing, serial, stats: Arc::default(), source, qos })
+    }
+
+    /// The capacity in bytes the guest sees now (and requests are checked against).
+    pub fn capacity(&self) -> u64 {
+        // Acquire: a request checked against a grown capacity finds the device grown too (the
+        // device's size was stored before this). A plain load on x86.
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// The geometry with the capacity now: what the config space and the request checks use.
+    /// Workers take one copy per batch of requests.
+    pub fn geometry_now(&self) -> Geometry {
+        Geometry { size: self.capacity(), ..self.geometry }
+    }
+
+    /// Announce `bytes` (rounded down to the logical block size) from now on; returns what is
+    /// announced. Only a live resize calls this, holding [`Export::lock_resize`].
+    pub fn set_capacity(&self, bytes: u64) -> u64 {
+        let size = bytes - bytes % u64::from(self.geometry.block_size);
+        // SeqCst: a shrink then waits for the requests in flight; this store and the workers'
+        // in-flight counts are ordered, so a request counted after it was checked against it.
+        self.capacity.store(size, Ordering::SeqCst);
+        size
+    }
+
+    /// Serialize live resizes of this export.
+    pub fn lock_resize(&self) -> MutexGuard<'_, ()> {
+        self.resizing.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -249,7 +249,8 @@ impl Worker {
         let snap: Arc<GuestMem> = self.mem.memory().into_inner();
         let keep: Keepalive = Rc::new(snap.clone());
         let max_descs = export.geometry.seg_max + 2;
-        let view = ExportView { geometry: &export.geometry, writeback: backend.writeback() };
+        let geometry = export.geometry_now();
+        let view = ExportView { geometry: &geometry, writeback: backend.writeback() };
         // One clock read for the batch: its requests start within a microsecond or two.
         let started = Instant::now();
         export.stats.started_many(batch.heads().len());

@@ -20,8 +20,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use blockdev::size::SizeChange;
 use blockdev::{BlockDev, DevInfo, Error, ErrorKind, IoBufs, IoCtx, IoFuture, IoTag, OpenOptions, Result};
-use thin::{Pool, ThinVolume};
+use thin::{Pool, ResizeOptions, ThinVolume};
 
 use super::{Backing, Format, OpenCtx, NODE_PREFIX};
 use crate::spec::Spec;
@@ -226,6 +227,13 @@ impl BlockDev for ServedVolume {
     }
     fn layer_metrics(&self, out: &mut Vec<blockdev::LayerSample>) {
         self.vol.layer_metrics(out)
+    }
+
+    fn resize(&self, io: &IoCtx, new_size: u64, shrink: bool) -> Result<u64> {
+        // The pool refuses a shrink of an open (served) volume, saying so; growing commits.
+        let opts = ResizeOptions { shrink, discard_data: false };
+        io.block_on(self._pool.resize_volume(io, self.vol.name(), SizeChange::To(new_size), opts))?;
+        Ok(self.vol.info().size)
     }
     fn describe(&self) -> String {
         self.vol.describe()

@@ -47,6 +47,7 @@ groups! {
     raid,
     top,
     limits,
+    resize,
 }
 
 /// strata's control tool: benchmark disks, and manage images, arrays and pools.
