@@ -22,8 +22,7 @@ pub const FORMAT: Format = Format {
            [,keyring=FILE][,timeout=SECONDS][,read-only=on] — a Ceph RBD image (needs librbd1)",
 };
 
-const KEYS: &[&str] =
-    &["pool", "image", "namespace", "snapshot", "conf", "id", "keyring", "timeout", "read-only"];
+const KEYS: &[&str] = &["pool", "image", "namespace", "snapshot", "conf", "id", "keyring", "timeout", "read-only"];
 
 fn build(spec: &mut Spec, ctx: &OpenCtx) -> Result<Arc<dyn BlockDev>> {
     let pool = spec.take_required("pool", "pool=POOL (the RADOS pool holding the image)")?;
