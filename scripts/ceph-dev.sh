@@ -13,7 +13,8 @@
 #
 # Environment:
 #   CEPH_DEV_DIR   scratch directory (default $XDG_RUNTIME_DIR/strata-ceph or /tmp/strata-ceph)
-#   CEPH_DEV_PORT  the monitor's port (default 6789 + a per-directory offset is NOT used: 16789)
+#   CEPH_DEV_PORT  the monitor's port (default: 16789 if free, else the next free one; kept in
+#                  the directory, so a restarted cluster keeps its address)
 #   CEPH_DEV_OSD_SIZE  size of the OSD's sparse block file (default 20G)
 #
 # After `start`, `export CEPH_CONF=$(scripts/ceph-dev.sh conf)` makes `ceph`, `rbd`, fio's rbd
@@ -22,10 +23,29 @@
 set -euo pipefail
 
 DIR="${CEPH_DEV_DIR:-${XDG_RUNTIME_DIR:-/tmp}/strata-ceph}"
-PORT="${CEPH_DEV_PORT:-16789}"
 OSD_SIZE="${CEPH_DEV_OSD_SIZE:-20G}"
 CONF="$DIR/ceph.conf"
 FSID_FILE="$DIR/fsid"
+
+# True when something listens on TCP port $1 of any address (from /proc, no tools needed).
+port_busy() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    grep -qE "^ *[0-9]+: [0-9A-F]+:$hex [0-9A-F]+:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# The monitor's port: CEPH_DEV_PORT, else the one this directory used before, else a free one.
+pick_port() {
+    if [ -n "${CEPH_DEV_PORT:-}" ]; then
+        echo "$CEPH_DEV_PORT"
+    elif [ -f "$DIR/port" ]; then
+        cat "$DIR/port"
+    else
+        local p=16789
+        while port_busy "$p"; do p=$((p + 1)); done
+        echo "$p"
+    fi
+}
 
 say() { printf 'ceph-dev: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -112,12 +132,14 @@ cmd_start() {
     fi
     local fsid fresh=0
     if [ ! -f "$FSID_FILE" ] || [ ! -d "$DIR/mon" ] || [ ! -d "$DIR/osd" ]; then
-        rm -rf "$DIR/mon" "$DIR/osd" "$DIR/osd-block"
+        rm -rf "$DIR/mon" "$DIR/osd" "$DIR/osd-block" "$DIR/port"
         fsid=$(cat /proc/sys/kernel/random/uuid)
         echo "$fsid" >"$FSID_FILE"
         fresh=1
     fi
     fsid=$(cat "$FSID_FILE")
+    PORT=$(pick_port)
+    echo "$PORT" >"$DIR/port"
     write_conf "$fsid"
     export CEPH_CONF="$CONF"
 
