@@ -1,31 +1,29 @@
 //! Asynchronous requests and how their completions reach the worker that issued them.
 //!
 //! One image handle serves every worker thread of an export (a second handle would fight the
-//! first for the exclusive lock). librbd signals one eventfd per image when completions are
-//! waiting. Each worker that issues a request on the image watches that eventfd on its own ring
-//! ([`IoCtx::watch_readable`], registered on its first request): whichever worker's loop sees it
-//! first drains librbd's queue (`rbd_poll_io_events`) and completes every request in it, its own
-//! and others'. A request's state lives in a [`Slot`] shared with its future; completing it
-//! stores the result and wakes the future's waker, which for another worker's task queues the
-//! task there and signals that worker's wake eventfd. No thread per request, no blocking call on
-//! a worker: `rbd_poll_io_events` only pops librbd's lock-free completion queue.
+//! first for the exclusive lock). A request's state lives in a [`Slot`] shared with its future;
+//! librbd calls [`on_complete`] on its own completion thread, which stores the result and wakes
+//! the future's waker. For a task of a queue worker that pushes the task onto that worker's
+//! ready queue and writes its wake eventfd — the one every worker's event loop already watches —
+//! so the worker takes the completion in its next turn, whichever thread librbd finished on. No
+//! thread per request, no blocking librbd call on a worker.
+//!
+//! (librbd's other delivery, an eventfd per image drained with `rbd_poll_io_events`, was tried
+//! first with a multishot poll on each worker's io_uring: with DEFER_TASKRUN the poll's
+//! completion is posted only when the worker next enters the ring, and a worker asleep in epoll
+//! saw each completion up to 20 ms late. See docs/scale-out.md.)
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use blockdev::engine::WatchFn;
-use blockdev::{Error, ErrorKind, IoBufs, IoCtx, Result};
+use blockdev::{Error, ErrorKind, IoBufs, Result};
 
 use crate::ffi::RbdCompletionT;
 use crate::image::Image;
 
-/// How many completions one `rbd_poll_io_events` call takes.
-const POLL_BATCH: usize = 32;
-
-/// One request's completion, shared between its future and whoever drains the image's events.
+/// One request's completion, shared between its future and librbd's completion callback.
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
@@ -72,83 +70,46 @@ impl Kind {
     }
 }
 
-/// Drain every completion waiting on `image`: reset the eventfd first (a completion queued after
-/// the reset signals it again, so none is missed), then pop until librbd's queue is empty.
-pub(crate) fn drain(image: &Image) {
-    let mut v: u64 = 0;
-    // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
-    unsafe { libc::read(image.event_fd(), (&mut v as *mut u64).cast(), 8) };
-    let api = image.api();
-    let mut comps: [RbdCompletionT; POLL_BATCH] = [std::ptr::null_mut(); POLL_BATCH];
-    loop {
-        // SAFETY: a live image handle and an array of POLL_BATCH completion pointers to fill.
-        let n = unsafe { (api.rbd_poll_io_events)(image.handle(), comps.as_mut_ptr(), POLL_BATCH as i32) };
-        if n <= 0 {
-            return;
-        }
-        for &c in &comps[..n as usize] {
-            // SAFETY: `c` is a completed completion librbd handed back once; its argument is the
-            // `Arc<Slot>` leaked by `submit`, reclaimed exactly here; the completion is released once.
-            let (res, slot) = unsafe {
-                let res = (api.rbd_aio_get_return_value)(c);
-                let arg = (api.rbd_aio_get_arg)(c);
-                (api.rbd_aio_release)(c);
-                (res, Arc::from_raw(arg as *const Slot))
-            };
-            slot.complete(res);
-        }
-        if (n as usize) < POLL_BATCH {
-            return;
-        }
-    }
+/// librbd's completion callback (on librbd's thread): take the result, release the completion,
+/// complete the slot (waking its task wherever it lives).
+unsafe extern "C" fn on_complete(c: RbdCompletionT, arg: *mut std::ffi::c_void) {
+    let Ok(api) = crate::ffi::api() else { return };
+    // SAFETY: `c` is the completion librbd finished, released once here; `arg` is the
+    // `Arc<Slot>` leaked by `submit` for it, reclaimed exactly once here.
+    let (res, slot) = unsafe {
+        let res = (api.rbd_aio_get_return_value)(c);
+        (api.rbd_aio_release)(c);
+        (res, Arc::from_raw(arg as *const Slot))
+    };
+    slot.complete(res);
 }
 
-/// The state every request and every worker's watch shares: the image and its watch key.
+/// The state every request shares: the image.
 pub(crate) struct Shared {
     pub(crate) image: Image,
-    /// Unique per opened image, the key of its watches on the workers' rings.
-    pub(crate) key: u64,
-}
-
-/// Make sure this worker's ring watches the image's eventfd (a lookup after the first time).
-fn ensure_watch(shared: &Arc<Shared>, io: &IoCtx) {
-    let weak: Weak<Shared> = Arc::downgrade(shared);
-    io.watch_readable(shared.key, shared.image.event_fd(), move || -> WatchFn {
-        Rc::new(move || match weak.upgrade() {
-            Some(s) => {
-                drain(&s.image);
-                true
-            }
-            // The image is closed: end this worker's watch.
-            None => false,
-        })
-    });
 }
 
 /// Submit one request and return its future. `bufs` is kept alive until librbd is done with it.
 pub(crate) fn submit(
     shared: &Arc<Shared>,
-    io: &IoCtx,
     kind: Kind,
     off: u64,
     len: u64,
     bufs: Option<IoBufs>,
 ) -> Pin<Box<dyn Future<Output = Result<()>>>> {
-    ensure_watch(shared, io);
     let api = shared.image.api();
     let img = shared.image.handle();
     let slot = Arc::new(Slot::default());
     let arg = Arc::into_raw(slot.clone()) as *mut std::ffi::c_void;
     let mut comp: RbdCompletionT = std::ptr::null_mut();
-    // SAFETY: `arg` is handed back by rbd_aio_get_arg in `drain`; no callback (completion goes
-    // through the image's event notification only).
-    let r = unsafe { (api.rbd_aio_create_completion)(arg, None, &mut comp) };
+    // SAFETY: `arg` is handed back to `on_complete` once, when librbd finishes the request.
+    let r = unsafe { (api.rbd_aio_create_completion)(arg, Some(on_complete), &mut comp) };
     let r = if r < 0 {
         r
     } else {
         let iovs = bufs.as_ref().map(|b| b.iovecs()).unwrap_or(&[]);
         // SAFETY: a live image handle; the iovecs point to memory `bufs` keeps valid until the
-        // completion is drained (the future holds `bufs` until then, and leaks them if dropped
+        // completion callback ran (the future holds `bufs` until then, and leaks them if dropped
         // before); `comp` is a fresh completion.
         unsafe {
             match kind {
@@ -161,7 +122,7 @@ pub(crate) fn submit(
         }
     };
     if r < 0 {
-        // Not submitted: the completion never reaches the event queue; reclaim both here.
+        // Not submitted: the callback will never run; reclaim the completion and the slot here.
         if !comp.is_null() {
             // SAFETY: a completion we created and librbd did not take.
             unsafe { (api.rbd_aio_release)(comp) };

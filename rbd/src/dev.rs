@@ -26,7 +26,6 @@ impl RbdDev {
     /// Connect to the cluster and open the image `cfg` names; a writable open takes the image's
     /// exclusive lock and fails, naming the image, while another client holds it.
     pub fn open(cfg: &RbdConfig) -> Result<RbdDev> {
-        static NEXT_KEY: AtomicU64 = AtomicU64::new(0x7262_6400_0000_0000);
         let image = Image::open(cfg)?;
         let size = image.size();
         let stripe = image.stripe_unit();
@@ -41,13 +40,12 @@ impl RbdDev {
             optimal_io_size: u32::try_from(stripe).unwrap_or(0),
             volatile_cache: true,
         };
-        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "rbd: opened {} ({size} bytes{})",
             image.name(),
             if info.read_only { ", read-only" } else { "" }
         );
-        Ok(RbdDev { shared: Arc::new(Shared { image, key }), size: AtomicU64::new(info.size), info, spec: cfg.spec() })
+        Ok(RbdDev { shared: Arc::new(Shared { image }), size: AtomicU64::new(info.size), info, spec: cfg.spec() })
     }
 
     fn info_now(&self) -> DevInfo {
@@ -71,7 +69,7 @@ impl BlockDev for RbdDev {
         self.info_now()
     }
 
-    fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
+    fn read(&self, _io: &IoCtx, off: u64, bufs: IoBufs, _tag: IoTag) -> IoFuture {
         let len = bufs.len() as u64;
         if let Err(e) = self.check(off, len, false) {
             return ready(Err(e));
@@ -85,10 +83,10 @@ impl BlockDev for RbdDev {
                 format!("rbd image {}: a request of {} segments exceeds {MAX_SEGMENTS}", self.spec, bufs.segments()),
             )));
         }
-        aio::submit(&self.shared, io, Kind::Read, off, len, Some(bufs))
+        aio::submit(&self.shared, Kind::Read, off, len, Some(bufs))
     }
 
-    fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, _tag: IoTag) -> IoFuture {
+    fn write(&self, _io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, _tag: IoTag) -> IoFuture {
         let len = bufs.len() as u64;
         if let Err(e) = self.check(off, len, true) {
             return ready(Err(e));
@@ -102,36 +100,36 @@ impl BlockDev for RbdDev {
                 format!("rbd image {}: a request of {} segments exceeds {MAX_SEGMENTS}", self.spec, bufs.segments()),
             )));
         }
-        let write = aio::submit(&self.shared, io, Kind::Write, off, len, Some(bufs));
+        let write = aio::submit(&self.shared, Kind::Write, off, len, Some(bufs));
         if !fua {
             return write;
         }
         // librbd has no per-write FUA: a flush after the write makes it stable.
-        let (shared, io) = (self.shared.clone(), io.clone());
+        let shared = self.shared.clone();
         Box::pin(async move {
             write.await?;
-            aio::submit(&shared, &io, Kind::Flush, 0, 0, None).await
+            aio::submit(&shared, Kind::Flush, 0, 0, None).await
         })
     }
 
-    fn flush(&self, io: &IoCtx, _tag: IoTag) -> IoFuture {
+    fn flush(&self, _io: &IoCtx, _tag: IoTag) -> IoFuture {
         if self.info.read_only {
             return ready(Ok(()));
         }
-        aio::submit(&self.shared, io, Kind::Flush, 0, 0, None)
+        aio::submit(&self.shared, Kind::Flush, 0, 0, None)
     }
 
-    fn discard(&self, io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
+    fn discard(&self, _io: &IoCtx, off: u64, len: u64, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.check(off, len, true) {
             return ready(Err(e));
         }
         if len == 0 {
             return ready(Ok(()));
         }
-        aio::submit(&self.shared, io, Kind::Discard, off, len, None)
+        aio::submit(&self.shared, Kind::Discard, off, len, None)
     }
 
-    fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, _unmap: bool, _tag: IoTag) -> IoFuture {
+    fn write_zeroes(&self, _io: &IoCtx, off: u64, len: u64, _unmap: bool, _tag: IoTag) -> IoFuture {
         if let Err(e) = self.check(off, len, true) {
             return ready(Err(e));
         }
@@ -141,7 +139,7 @@ impl BlockDev for RbdDev {
         if usize::try_from(len).is_err() {
             return ready(Err(Error::out_of_range(off, len, self.info_now().size)));
         }
-        aio::submit(&self.shared, io, Kind::WriteZeroes, off, len, None)
+        aio::submit(&self.shared, Kind::WriteZeroes, off, len, None)
     }
 
     /// Ask librbd for the image's size (it follows another client's `rbd resize` through the

@@ -20,8 +20,6 @@ pub type RbdCompletionT = *mut c_void;
 /// `rbd_callback_t`.
 pub type RbdCallbackT = Option<unsafe extern "C" fn(RbdCompletionT, *mut c_void)>;
 
-/// `EVENT_TYPE_EVENTFD` of `rbd_set_image_notification`.
-pub const EVENT_TYPE_EVENTFD: c_int = 2;
 /// `RBD_LOCK_MODE_EXCLUSIVE` of `rbd_lock_acquire`.
 pub const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
 
@@ -89,19 +87,16 @@ api! {
     rbd rbd_close: fn(RbdImageT) -> c_int;
     rbd rbd_get_size: fn(RbdImageT, *mut u64) -> c_int;
     rbd rbd_get_stripe_unit: fn(RbdImageT, *mut u64) -> c_int;
-    rbd rbd_set_image_notification: fn(RbdImageT, c_int, c_int) -> c_int;
     rbd rbd_lock_acquire: fn(RbdImageT, c_int) -> c_int;
     rbd rbd_lock_release: fn(RbdImageT) -> c_int;
     rbd rbd_aio_create_completion: fn(*mut c_void, RbdCallbackT, *mut RbdCompletionT) -> c_int;
     rbd rbd_aio_get_return_value: fn(RbdCompletionT) -> isize;
-    rbd rbd_aio_get_arg: fn(RbdCompletionT) -> *mut c_void;
     rbd rbd_aio_release: fn(RbdCompletionT);
     rbd rbd_aio_readv: fn(RbdImageT, *const libc::iovec, c_int, u64, RbdCompletionT) -> c_int;
     rbd rbd_aio_writev: fn(RbdImageT, *const libc::iovec, c_int, u64, RbdCompletionT) -> c_int;
     rbd rbd_aio_flush: fn(RbdImageT, RbdCompletionT) -> c_int;
     rbd rbd_aio_discard: fn(RbdImageT, u64, u64, RbdCompletionT) -> c_int;
     rbd rbd_aio_write_zeroes: fn(RbdImageT, u64, usize, RbdCompletionT, c_int, c_int) -> c_int;
-    rbd rbd_poll_io_events: fn(RbdImageT, *mut RbdCompletionT, c_int) -> c_int;
 }
 
 /// The loaded API, loading the libraries on first use. The error says what is missing and how to

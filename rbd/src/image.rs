@@ -1,10 +1,9 @@
-//! An open image and everything behind it (cluster handle, pool context, exclusive lock,
-//! completion eventfd), opened and closed on a Ceph client thread ([`spawn_ceph_thread`]), never
+//! An open image and everything behind it (cluster handle, pool context, exclusive lock),
+//! opened and closed on a Ceph client thread ([`spawn_ceph_thread`]), never
 //! on a queue worker: connecting, opening and closing block on the network and make librados
 //! start its own threads.
 
 use std::ffi::{c_char, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -39,15 +38,13 @@ struct Handles {
 // own locks); strata never uses one from two threads without librbd's own synchronisation.
 unsafe impl Send for Handles {}
 // SAFETY: as above: the only calls made through a shared reference are librbd's thread-safe
-// asynchronous submissions, `rbd_get_size` and `rbd_poll_io_events`.
+// asynchronous submissions and `rbd_get_size`.
 unsafe impl Sync for Handles {}
 
 /// An open image.
 pub struct Image {
     api: &'static Api,
     h: Handles,
-    /// librbd writes it when completions are waiting (`rbd_set_image_notification`).
-    event_fd: OwnedFd,
     /// `pool/image` and the cluster, for messages.
     name: String,
     size: u64,
@@ -91,11 +88,6 @@ impl Image {
     /// The loaded API.
     pub(crate) fn api(&self) -> &'static Api {
         self.api
-    }
-
-    /// The eventfd librbd signals when completions are waiting.
-    pub(crate) fn event_fd(&self) -> RawFd {
-        self.event_fd.as_raw_fd()
     }
 
     /// `pool/image` and its cluster, for messages.
@@ -168,8 +160,8 @@ fn open_blocking(api: &'static Api, cfg: &RbdConfig) -> Result<Image> {
     let mut cluster_desc = cluster_name(cfg);
     let r = open_steps(api, cfg, &mut h, &mut cluster_desc);
     match r {
-        Ok((event_fd, size, stripe_unit)) => {
-            Ok(Image { api, h, event_fd, name: format!("{} (cluster: {cluster_desc})", cfg.spec()), size, stripe_unit })
+        Ok((size, stripe_unit)) => {
+            Ok(Image { api, h, name: format!("{} (cluster: {cluster_desc})", cfg.spec()), size, stripe_unit })
         }
         Err(e) => {
             close_blocking(api, h, &cfg.spec());
@@ -178,12 +170,7 @@ fn open_blocking(api: &'static Api, cfg: &RbdConfig) -> Result<Image> {
     }
 }
 
-fn open_steps(
-    api: &'static Api,
-    cfg: &RbdConfig,
-    h: &mut Handles,
-    cluster_desc: &mut String,
-) -> Result<(OwnedFd, u64, u64)> {
+fn open_steps(api: &'static Api, cfg: &RbdConfig, h: &mut Handles, cluster_desc: &mut String) -> Result<(u64, u64)> {
     let spec = cfg.spec();
     let id = cfg.id.as_deref().map(|id| cstring("id", id)).transpose()?;
     // SAFETY: `h.cluster` receives the handle; `id` is a NUL-terminated string or null.
@@ -307,19 +294,7 @@ fn open_steps(
     if unsafe { (api.rbd_get_stripe_unit)(h.image, &mut stripe_unit) } < 0 {
         stripe_unit = 0;
     }
-    // SAFETY: eventfd has no memory arguments; the result is checked.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(Error::from_io(std::io::Error::last_os_error(), format!("rbd image {spec}: eventfd")));
-    }
-    // SAFETY: a fresh descriptor we own.
-    let event_fd = unsafe { OwnedFd::from_raw_fd(efd) };
-    // SAFETY: a live image handle and our eventfd, which outlives the image (closed after it).
-    let r = unsafe { (api.rbd_set_image_notification)(h.image, efd, ffi::EVENT_TYPE_EVENTFD) };
-    if r < 0 {
-        return Err(Error::from_errno(-r, format!("rbd image {spec}: cannot set up completion notification")));
-    }
-    Ok((event_fd, size, stripe_unit))
+    Ok((size, stripe_unit))
 }
 
 fn conf_get(api: &Api, cluster: RadosT, key: &str) -> Option<String> {

@@ -3,9 +3,9 @@
 //! librbd and librados are loaded at run time ([`ffi`]): the default build and binary need no
 //! Ceph packages, and opening an image on a machine without them says what to install. Opening
 //! (connect, open, exclusive lock) and closing run on Ceph client threads ([`spawn_ceph_thread`]),
-//! never on a queue worker; requests are `rbd_aio_*` calls whose completions reach the io_uring
-//! engine's loop through librbd's event notification ([`aio`] explains the routing between
-//! workers).
+//! never on a queue worker; requests are `rbd_aio_*` calls whose completions reach the worker
+//! that issued them through its engine's wake-up path ([`aio`] explains why not librbd's
+//! eventfd notification).
 
 mod aio;
 mod config;

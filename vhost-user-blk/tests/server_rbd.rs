@@ -327,3 +327,29 @@ fn bad_rbd_specs_exit_1_naming_what_is_wrong() {
         assert!(err.contains(needle), "{spec}: {err}");
     }
 }
+
+#[test]
+fn a_sleeping_worker_takes_each_completion_at_once() {
+    // At QD1 the worker sleeps in epoll between requests: librbd's completion must wake it at
+    // once, not when something else does (a delivery through a poll on the worker's ring left
+    // each request waiting ~20 ms for that).
+    let Some(conf) = cluster("a_sleeping_worker_takes_each_completion_at_once") else { return };
+    let img = ScratchImage::create(&conf, "strata-qd1", 4 * MIB);
+    let dir = tempdir();
+    let sock = dir.path().join("q.sock");
+    let d = DaemonProcess::start(&disk_args(&sock, &rbd_spec(&img, ",poll-us=0")), &[&sock]);
+    let mut c = Client::connect(&sock, 2, 1 << 20);
+    assert_eq!(c.write(0, 0, &pattern(900, 65536)), 0);
+    let (r, _) = c.read(0, 0, 4096);
+    assert_eq!(r, 0);
+    let n = 200u64;
+    let t = Instant::now();
+    for i in 0..n {
+        let (r, _) = c.read(0, (i % 16) * 4096, 4096);
+        assert_eq!(r, 0, "read {i}");
+    }
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "{n} QD1 reads took {took:?}: completions wait for the worker to wake");
+    drop(c);
+    d.stop();
+}

@@ -14,7 +14,6 @@ mod probe;
 mod slab;
 mod tasks;
 mod wake;
-mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -32,7 +31,6 @@ pub use files::FileHandle;
 pub use ops::Op;
 pub use tasks::JoinHandle;
 pub use wake::RemoteWaker;
-pub use watch::WatchFn;
 
 use crate::{BufPool, Error, Result};
 use files::{FileTable, RingMailbox};
@@ -70,8 +68,6 @@ pub(crate) struct Inner {
     /// (only epoll users need it; signalling it on every completion costs the kernel time).
     eventfd_registered: Cell<bool>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
-    /// Descriptors devices asked this ring to watch (`watch.rs`).
-    watches: watch::Watches,
     fixed_files: bool,
     config: EngineConfig,
 }
@@ -120,7 +116,6 @@ impl IoCtx {
             wake_armed: Cell::new(false),
             eventfd_registered: Cell::new(false),
             cqe_scratch: RefCell::new(Vec::with_capacity(sq as usize * 2)),
-            watches: watch::Watches::default(),
             fixed_files,
             config,
         });
@@ -380,18 +375,12 @@ impl IoCtx {
             scratch.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
         }
         let n = scratch.len();
-        // Watch callbacks run after the scratch borrow ends (re-arming one may reap again).
-        let mut fired: smallvec::SmallVec<[(u64, i32, u32); 4]> = smallvec::SmallVec::new();
         for &(ud, res, flags) in scratch.iter() {
             if ud == WAKE_UD {
                 self.inner.queue.clear_signal();
                 if !cqueue::more(flags) {
                     self.inner.wake_armed.set(false);
                 }
-                continue;
-            }
-            if ud & watch::WATCH_BIT != 0 {
-                fired.push((ud, res, flags));
                 continue;
             }
             let done = self.inner.ops.borrow_mut().complete(ud as u32, res);
@@ -411,9 +400,6 @@ impl IoCtx {
             }
         }
         drop(scratch);
-        for (ud, res, flags) in fired {
-            self.watch_fired(ud, res, flags);
-        }
         if !self.inner.wake_armed.get() {
             if let Err(e) = self.arm_wake_poll() {
                 tracing::error!("io engine: cannot re-arm the wake poll: {e}");
@@ -563,7 +549,7 @@ impl Drop for Inner {
             let completions: Vec<(u64, i32)> =
                 self.ring.borrow_mut().completion().map(|c| (c.user_data(), c.result())).collect();
             for (ud, res) in completions {
-                if ud != WAKE_UD && ud & watch::WATCH_BIT == 0 {
+                if ud != WAKE_UD {
                     let mut ops = self.ops.borrow_mut();
                     if let Completion::Wake(_) = ops.complete(ud as u32, res) {
                         drop(ops.release(ud as u32));
