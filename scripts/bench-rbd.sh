@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # strata's daemon serving an RBD image against the floor (`fio --ioengine=rbd`: librbd with
 # nothing in between) and against qemu-storage-daemon's `driver=rbd`, on the same cluster and the
-# same image, in alternating rounds: 4 KiB random read and write at QD32, QD1 (latency), and
-# 1 MiB sequential read and write at QD32... each case run by each contender in turn, the order
-# rotating every round.
+# same image, in alternating rounds: 4 KiB random read and write at QD32 and at QD1 (latency),
+# and 1 MiB sequential read and write at QD32; each contender runs every case in its turn, the
+# order of contenders rotating every round.
 #
 # Clients: strata and qemu-storage-daemon are driven through vhost-user-blk by the same libblkio
 # client (`blkctl bench socket=...`, one queue); the floor is fio's rbd engine. CPU per request is
@@ -13,6 +13,9 @@
 #   bash scripts/bench-rbd.sh                       # 1 GiB image, 10 s per case, 3 rounds
 #   TIME=20s ROUNDS=5 SIZE=4G bash scripts/bench-rbd.sh
 #   TIME=1s ROUNDS=1 SIZE=256M bash scripts/bench-rbd.sh   # a smoke run
+#
+# All three use librbd's cache as the conf sets it (qemu-storage-daemon without cache.direct=on,
+# which would turn rbd_cache off for it alone).
 #
 # Uses the cluster CEPH_CONF names, or starts scripts/ceph-dev.sh's (and leaves it running).
 # Prints a markdown table (for docs/bench.md, with the cluster's shape) and saves every case as
@@ -99,7 +102,7 @@ start_strata() {
 }
 start_qsd() {
     rm -f "$OUT/qsd.sock"
-    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$IMAGE,conf=$CEPH_CONF,cache.direct=on" \
+    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$IMAGE,conf=$CEPH_CONF" \
         --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
         2>"$OUT/qsd.log" &
     echo $! >"$OUT/qsd.pid"

@@ -21,7 +21,8 @@ fn required() -> bool {
 
 /// The `ceph.conf` of a running cluster, starting the development one if needed; `None` (after
 /// an eprintln saying SKIPPED and why) when Ceph is not installed and CI did not require it.
-/// `test` names the caller in the message. Also sets `CEPH_CONF` for child processes.
+/// `test` names the caller in the message. Callers pass the path on (`conf=`, `rbd -c`): the
+/// environment is not changed, as other test threads may be reading it.
 pub fn cluster(test: &str) -> Option<PathBuf> {
     static CONF: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let r = CONF.get_or_init(|| {
@@ -40,11 +41,7 @@ pub fn cluster(test: &str) -> Option<PathBuf> {
         Ok(PathBuf::from(conf))
     });
     match r {
-        Ok(conf) => {
-            // Child processes (rbd, fio, the daemon) find the cluster through it.
-            std::env::set_var("CEPH_CONF", conf);
-            Some(conf.clone())
-        }
+        Ok(conf) => Some(conf.clone()),
         Err(why) if required() => panic!("{test}: a Ceph cluster is required (STRATA_REQUIRE_QEMU=1): {why}"),
         Err(why) => {
             eprintln!("SKIPPED {test}: no Ceph cluster: {why}");
