@@ -1,10 +1,11 @@
 //! The daemon serving Ceph RBD images (`format=rbd`) from a real one-node cluster
 //! (scripts/ceph-dev.sh), written and read by libblkio: data matches `rbd export`; a RAID 1 of a
-//! local file and an RBD image and a thin pool on an RBD image survive a daemon restart; a
-//! SIGKILLed daemon's flushed data reads back after a restart; a second daemon is refused the
-//! image while the first serves it and takes it over (migration) once the first stops; the OSD
-//! paused for 5 s under I/O stalls requests that then complete without error; bad specs exit 1
-//! with an error naming what is wrong.
+//! local file and an RBD image, a thin pool on an RBD image and a qcow2 image inside one survive
+//! a daemon restart; a SIGKILLed daemon's flushed data reads back after a restart; a second
+//! daemon is refused the image while the first serves it and takes it over (migration) once the
+//! first stops; the OSD paused for 5 s under I/O stalls requests that then complete without
+//! error; a worker asleep at QD1 takes each completion at once; bad specs exit 1 with an error
+//! naming what is wrong.
 
 mod server_common;
 
@@ -352,4 +353,61 @@ fn a_sleeping_worker_takes_each_completion_at_once() {
     assert!(took < Duration::from_secs(2), "{n} QD1 reads took {took:?}: completions wait for the worker to wake");
     drop(c);
     d.stop();
+}
+
+#[test]
+fn a_qcow2_image_inside_an_rbd_image_is_served() {
+    let Some(conf) = cluster("a_qcow2_image_inside_an_rbd_image_is_served") else { return };
+    let dir = tempdir();
+    // A qcow2 image with its room already there (a node does not grow), imported into Ceph.
+    let file = dir.path().join("vm.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata"])
+        .arg(&file)
+        .arg("16M")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("SKIPPED a_qcow2_image_inside_an_rbd_image_is_served: qemu-img is not installed");
+        return;
+    };
+    assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let img = ScratchImage { conf: conf.clone(), name: format!("strata-qcow2-{}", std::process::id()) };
+    rbd::testing::rbd(&conf, &["import", "--no-progress", file.to_str().unwrap(), &img.spec()]);
+    let sock = dir.path().join("qcow2.sock");
+    let cfg = config_file(
+        dir.path(),
+        &format!(
+            "[[node]]\nname = \"remote\"\nformat = \"rbd\"\npool = \"rbd\"\nimage = \"{}\"\nconf = \"{}\"\n\n\
+             [[export]]\nsocket = \"{}\"\nformat = \"qcow2\"\npath = \"node:remote\"\nnum-queues = 2\n",
+            img.name,
+            conf.display(),
+            sock.display()
+        ),
+    );
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let d = DaemonProcess::start(&args, &[&sock]);
+    let mut c = Client::connect(&sock, 2, 1 << 20);
+    write_all(&mut c, MIB, 1000, 16);
+    verify(&mut c, MIB, 1000, 16, "qcow2 on RBD");
+    drop(c);
+    d.stop();
+    let _ = std::fs::remove_file(&sock);
+    let d = DaemonProcess::start(&args, &[&sock]);
+    let mut c = Client::connect(&sock, 2, 1 << 20);
+    verify(&mut c, MIB, 1000, 16, "qcow2 on RBD after a restart");
+    drop(c);
+    d.stop();
+    // Ceph's copy is a consistent qcow2 image holding the data (qemu-img's view).
+    let exported = dir.path().join("exported.qcow2");
+    std::fs::write(&exported, img.export()).unwrap();
+    let check = Command::new("qemu-img").args(["check", "-q"]).arg(&exported).output().unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+    let raw = dir.path().join("exported.raw");
+    let conv = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&exported).arg(&raw).output().unwrap();
+    assert!(conv.status.success(), "qemu-img convert: {}", String::from_utf8_lossy(&conv.stderr));
+    let data = std::fs::read(&raw).unwrap();
+    for i in 0..16u64 {
+        let off = (MIB + i * 65536) as usize;
+        assert!(data[off..off + 65536] == pattern(1000 + i, 65536)[..], "qemu-img's view: block {i} differs");
+    }
 }
