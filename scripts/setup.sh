@@ -9,6 +9,8 @@
 #   - fio, busybox-static, acpica-tools (iasl), cpio, binutils, xz-utils, zstd and lz4
 #     (vmm-mini/scripts/extract-vmlinux.sh on Debian's LZ4-compressed kernel) from Debian.
 #   - prometheus (promtool and a server for the metrics tests; its own service kept off).
+#   - ceph-mon, ceph-osd, ceph-common (without recommends, ~55 MB) for the one-node Ceph cluster
+#     of scripts/ceph-dev.sh that the RBD tests run against; librbd1 comes with them.
 #   - rustup components clippy and rustfmt; cargo-fuzz from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -112,6 +114,23 @@ fi
 if [ -x /etc/init.d/prometheus ]; then
     /etc/init.d/prometheus stop >/dev/null 2>&1 || true
     update-rc.d prometheus disable >/dev/null 2>&1 || true
+fi
+
+# --- Ceph, for the RBD tests (scripts/ceph-dev.sh) -----------------------------------------
+# Without recommends: the daemons and the `ceph`/`rbd` tools, not the dashboard or systemd glue.
+ceph_missing=()
+for p in ceph-mon ceph-osd ceph-common librbd1; do
+    if installed "$p"; then
+        say "ok: $p"
+    else
+        say "missing: $p"
+        ceph_missing+=("$p")
+    fi
+done
+if [ "${#ceph_missing[@]}" -gt 0 ]; then
+    apt_update_once
+    say "apt-get install --no-install-recommends ${ceph_missing[*]}"
+    apt-get install -y -q --no-install-recommends "${ceph_missing[@]}"
 fi
 
 # The guest-artifact helper runs `apt-cache depends` and `apt-get download` at test time:

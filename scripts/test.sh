@@ -19,6 +19,19 @@ bash scripts/setup.sh
 export STRATA_REQUIRE_QEMU=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# A one-node Ceph cluster for the RBD tests, once per run, in a scratch directory of its own;
+# stopped (and removed) however the run ends. The tests find it through CEPH_CONF.
+CEPH_DEV_DIR="$(mktemp -d "${TMPDIR:-/tmp}/strata-test-ceph.XXXXXX")"
+export CEPH_DEV_DIR
+stop_ceph() {
+    bash "$ROOT/scripts/ceph-dev.sh" stop || true
+    rm -rf "$CEPH_DEV_DIR"
+}
+trap stop_ceph EXIT
+step "ceph cluster (scripts/ceph-dev.sh start)"
+CEPH_CONF="$(bash scripts/ceph-dev.sh start)"
+export CEPH_CONF
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 

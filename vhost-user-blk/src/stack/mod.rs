@@ -13,6 +13,7 @@ mod qcow2;
 pub mod raid;
 pub mod raid_registry;
 mod raw;
+mod rbd;
 pub mod thin;
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ pub static FORMATS: &[Format] = &[
     qcow2::FORMAT,
     thin::FORMAT,
     raid::FORMAT,
+    rbd::FORMAT,
 ];
 
 /// Prefix of a path-valued key that names an already-built node instead of a file.

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# strata's daemon serving an RBD image against the floor (`fio --ioengine=rbd`: librbd with
+# nothing in between) and against qemu-storage-daemon's `driver=rbd`, on the same cluster and the
+# same image, in alternating rounds: 4 KiB random read and write at QD32 and at QD1 (latency),
+# and 1 MiB sequential read and write at QD32; each contender runs every case in its turn, the
+# order of contenders rotating every round.
+#
+# Clients: strata and qemu-storage-daemon are driven through vhost-user-blk by the same libblkio
+# client (`blkctl bench socket=...`, one queue); the floor is fio's rbd engine. CPU per request is
+# the whole machine's CPU time (/proc/stat: client, server, OSD and monitor together — on a
+# 2-CPU machine the OSD shares the CPUs) during the case divided by the requests completed.
+#
+#   bash scripts/bench-rbd.sh                       # 1 GiB image, 10 s per case, 3 rounds
+#   TIME=20s ROUNDS=5 SIZE=4G bash scripts/bench-rbd.sh
+#   TIME=1s ROUNDS=1 SIZE=256M bash scripts/bench-rbd.sh   # a smoke run
+#
+# All three use librbd's cache as the conf sets it (qemu-storage-daemon without cache.direct=on,
+# which would turn rbd_cache off for it alone).
+#
+# Uses the cluster CEPH_CONF names, or starts scripts/ceph-dev.sh's (and leaves it running).
+# Prints a markdown table (for docs/bench.md, with the cluster's shape) and saves every case as
+# JSON under $OUT (default target/bench-rbd/).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TIME="${TIME:-10s}"
+ROUNDS="${ROUNDS:-3}"
+SIZE="${SIZE:-1G}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${OUT:-$TARGET/bench-rbd}"
+IMAGE="strata-bench-$$"
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+say() { printf 'bench-rbd: %s\n' "$*" >&2; }
+
+if [ -z "${CEPH_CONF:-}" ]; then
+    CEPH_CONF="$(bash scripts/ceph-dev.sh start)"
+fi
+export CEPH_CONF
+command -v fio >/dev/null || { say "fio is missing (scripts/setup.sh)"; exit 1; }
+HAVE_QSD=1
+if ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
+    say "WARNING: qemu-storage-daemon has no rbd driver (apt-get install -t bookworm-backports qemu-block-extra): its column is SKIPPED"
+    HAVE_QSD=0
+fi
+
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
+BIN="$TARGET/release"
+SECS="${TIME%s}"
+
+rbd create --size "$SIZE" "rbd/$IMAGE"
+trap 'kill $(jobs -p) 2>/dev/null || true; rbd rm --no-progress "rbd/$IMAGE" >/dev/null 2>&1 || true' EXIT
+say "prefilling rbd/$IMAGE ($SIZE) so reads hit written objects"
+fio --name=prefill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMAGE" --rw=write --bs=4M \
+    --iodepth=8 --size="$SIZE" --output=/dev/null
+
+# CPU jiffies of the whole machine (all but idle and iowait).
+busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+
+# The cases: name workload blocksize qd (blkctl's workload names; fio's rw= below).
+CASES="randread-qd32:randread:4k:32 randwrite-qd32:randwrite:4k:32 randread-qd1:randread:4k:1 randwrite-qd1:randwrite:4k:1 seqread-qd32:seqread:1m:32 seqwrite-qd32:seqwrite:1m:32"
+
+# One case on one contender; writes $OUT/<who>-<case>-r<round>.json as {iops, lat_us, cpu_us_per_req}.
+run_case() { # WHO CASE WORKLOAD BS QD ROUND SOCKET
+    local who=$1 case=$2 w=$3 bs=$4 qd=$5 round=$6 sock=${7:-}
+    local j0 j1 t0 t1 raw="$OUT/raw-$who-$case-r$round.json"
+    j0=$(busy_jiffies); t0=$(date +%s.%N)
+    if [ "$who" = fio ]; then
+        local rw=$w
+        case $w in seqread) rw=read ;; seqwrite) rw=write ;; esac
+        fio --name=c --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMAGE" --rw="$rw" --bs="$bs" \
+            --iodepth="$qd" --size="$SIZE" --time_based --runtime="$SECS" --output-format=json >"$raw"
+    else
+        "$BIN/blkctl" bench "socket=$sock" --workloads "$w" --qd "$qd" --time "$TIME" --no-prefill --json \
+            --size-limit "$SIZE" >"$raw" 2>/dev/null
+    fi
+    j1=$(busy_jiffies); t1=$(date +%s.%N)
+    python3 - "$who" "$raw" "$((j1 - j0))" "$(getconf CLK_TCK)" "$OUT/$who-$case-r$round.json" <<'PY'
+import json, sys
+who, raw, jiffies, hz, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+d = json.load(open(raw))
+if who == "fio":
+    job = d["jobs"][0]
+    side = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
+    iops, ios, lat = side["iops"], side["total_ios"], side["clat_ns"]["mean"] / 1000 + side["slat_ns"]["mean"] / 1000
+else:
+    c = d["cases"][0]
+    iops, lat = c["iops"], c["lat_us"]["mean"]
+    ios = c.get("ops") or c.get("ios") or iops * c.get("secs", c.get("seconds", 1))
+cpu_us = jiffies / hz * 1e6 / max(ios, 1)
+json.dump({"iops": iops, "lat_us": lat, "cpu_us_per_req": cpu_us}, open(out, "w"))
+PY
+}
+
+start_strata() {
+    rm -f "$OUT/strata.sock"
+    "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$IMAGE,num-queues=1" 2>"$OUT/strata.log" &
+    echo $! >"$OUT/strata.pid"
+    for _ in $(seq 300); do [ -S "$OUT/strata.sock" ] && return; sleep 0.1; done
+    say "strata did not start: $(tail -3 "$OUT/strata.log")"; exit 1
+}
+start_qsd() {
+    rm -f "$OUT/qsd.sock"
+    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$IMAGE,conf=$CEPH_CONF" \
+        --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
+        2>"$OUT/qsd.log" &
+    echo $! >"$OUT/qsd.pid"
+    for _ in $(seq 300); do [ -S "$OUT/qsd.sock" ] && return; sleep 0.1; done
+    say "qemu-storage-daemon did not start: $(tail -3 "$OUT/qsd.log")"; exit 1
+}
+stop_pid() { local p; p=$(cat "$1"); kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; }
+
+WHO="strata fio"
+[ "$HAVE_QSD" = 1 ] && WHO="strata fio qsd"
+for round in $(seq "$ROUNDS"); do
+    # Rotate who goes first. Only one contender has the image open at a time (the exclusive
+    # lock moves with it), so each server runs for its own turn.
+    set -- $WHO
+    for _ in $(seq $(((round - 1) % $#))); do set -- "${@:2}" "$1"; done
+    for who in "$@"; do
+        say "round $round: $who"
+        case $who in
+            strata) start_strata ;;
+            qsd) start_qsd ;;
+        esac
+        for c in $CASES; do
+            IFS=: read -r name w bs qd <<<"$c"
+            run_case "$who" "$name" "$w" "$bs" "$qd" "$round" "$OUT/$who.sock"
+        done
+        case $who in
+            strata) stop_pid "$OUT/strata.pid" ;;
+            qsd) stop_pid "$OUT/qsd.pid" ;;
+        esac
+    done
+done
+
+python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" <<'PY'
+import json, os, statistics, sys
+out, rounds, who, rev, ceph = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5]
+cases = ["randread-qd32", "randwrite-qd32", "randread-qd1", "randwrite-qd1", "seqread-qd32", "seqwrite-qd32"]
+names = {"strata": f"strata {rev} (vhost-user, libblkio client)", "fio": "fio --ioengine=rbd (floor)", "qsd": "qemu-storage-daemon driver=rbd (libblkio client)"}
+def med(w, c, k):
+    vals = [json.load(open(f"{out}/{w}-{c}-r{r}.json"))[k] for r in range(1, rounds + 1) if os.path.exists(f"{out}/{w}-{c}-r{r}.json")]
+    return statistics.median(vals) if vals else float("nan")
+print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; {rounds} alternating rounds, medians)\n")
+print("| case | " + " | ".join(names[w] for w in who) + " | strata / fio |" + (" strata / qsd |" if "qsd" in who else ""))
+print("|---" * (len(who) + 2 + ("qsd" in who)) + "|")
+for c in cases:
+    cells = []
+    for w in who:
+        cells.append(f'{med(w, c, "iops"):.0f} IOPS, {med(w, c, "lat_us"):.0f} us, {med(w, c, "cpu_us_per_req"):.0f} us CPU/req')
+    row = f"| {c} | " + " | ".join(cells) + f' | {med("strata", c, "iops") / med("fio", c, "iops"):.2f} |'
+    if "qsd" in who:
+        row += f' {med("strata", c, "iops") / med("qsd", c, "iops"):.2f} |'
+    print(row)
+PY
