@@ -11,19 +11,7 @@ use blockdev::{Error, ErrorKind, Result};
 
 use crate::config::RbdConfig;
 use crate::ffi::{self, Api, RadosIoctxT, RadosT, RbdImageT};
-
-/// Start a thread that talks to the Ceph cluster (connect, open, close, resize). Every thread the
-/// Ceph client creates is started from one of these (librados starts its messenger and timer
-/// threads inside `rados_connect`), so a per-thread-kind policy (a seccomp filter) applied here
-/// covers them all. The one place such threads are made.
-pub fn spawn_ceph_thread<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<std::thread::JoinHandle<T>> {
-    // Ceph's own threads descend from this one and share its seccomp filter (docs/sandbox.md).
-    blockdev::thread::spawn(blockdev::thread::ThreadKind::Rbd, "rbd-client", f)
-        .map_err(|e| Error::from_io(e, format!("rbd: cannot start a Ceph client thread to {what}")))
-}
+use crate::launcher::spawn_ceph_thread;
 
 /// Pointers owned by [`Image`]; `Send` so the open thread can hand them over.
 struct Handles {

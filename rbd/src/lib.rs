@@ -12,9 +12,10 @@ mod config;
 mod dev;
 pub mod ffi;
 mod image;
+mod launcher;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
 pub use config::{RbdConfig, DEFAULT_TIMEOUT};
 pub use dev::RbdDev;
-pub use image::spawn_ceph_thread;
+pub use launcher::{spawn_ceph_thread, start_launcher};

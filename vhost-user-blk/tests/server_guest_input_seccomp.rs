@@ -58,7 +58,7 @@ fn hostile_chains_against_confined_threads_in_process() {
     let (status, _, data) = fe.request(0, 0, 0, &[], 512);
     assert_eq!((status, data), (0, vec![0x11; 512]), "the export stopped serving");
     let seen = threads();
-    for want in ["export confined", "vring_worker"] {
+    for want in ["export confined", "vq-worker-"] {
         let t =
             seen.iter().find(|(n, _)| n.starts_with(want)).unwrap_or_else(|| panic!("no {want} thread in {seen:?}"));
         assert_eq!(t.1, "2", "{want} runs without its filter");

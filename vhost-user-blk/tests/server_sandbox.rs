@@ -116,7 +116,7 @@ fn every_thread_of_a_busy_daemon_has_a_filter_no_new_privs_and_no_capability() {
     let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
     // iou-sqp: the thin export's kernel submission thread (sqpoll=on), from a restricted ring.
     for want in
-        ["vhost-user-blk", "strata-timer", "api", "thin-commit", "raid-rebuild", "vring_worker", "export ", "iou-sqp"]
+        ["vhost-user-blk", "strata-timer", "api", "thin-commit", "raid-rebuild", "vq-worker-", "export ", "iou-sqp"]
     {
         assert!(names.iter().any(|n| n.starts_with(want)), "no {want:?} thread among {names:?}");
     }
@@ -184,7 +184,7 @@ fn a_forbidden_call_under_on_kills_with_sigsys_and_names_thread_and_call() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(status.signal(), Some(libc::SIGSYS), "exit {status}; stderr:\n{err}");
     assert!(
-        err.contains("seccomp: thread 'vring_worker' (queue-worker) made a forbidden system call getppid (110)"),
+        err.contains("seccomp: thread 'vq-worker-0' (queue-worker) made a forbidden system call getppid (110)"),
         "stderr:\n{err}"
     );
 }
@@ -236,8 +236,8 @@ fn a_forbidden_call_under_log_is_logged_and_the_daemon_goes_on() {
         None => eprintln!("SKIPPED (in part): /dev/kmsg is not readable here; the kernel's record is not checked"),
         Some(recs) => {
             assert!(
-                recs.iter().any(|r| r.contains("syscall=110") && r.contains("comm=\"vring_worker\"")),
-                "no kernel record of getppid by vring_worker: {recs:?}"
+                recs.iter().any(|r| r.contains("syscall=110") && r.contains("comm=\"vq-worker-0\"")),
+                "no kernel record of getppid by vq-worker-0: {recs:?}"
             );
             // Nothing else the daemon did was outside its filters (but for glibc's lazy opens,
             // which `on` refuses with EACCES and `log` records).

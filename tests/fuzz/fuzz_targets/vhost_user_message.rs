@@ -3,7 +3,9 @@
 //! frontend hangs up. Every message (valid or not, in any order, with any sizes) must be
 //! answered, refused or end the connection, never panic, hang or allocate without bound; the
 //! connection's worker threads must stop. No fds travel with the input, so messages that need
-//! one are refused.
+//! one are refused. As in the daemon, the connection runs on a thread of the vhost-user protocol
+//! kind and its queue workers on theirs, each under its seccomp filter (`--seccomp on`): a call
+//! the filters do not allow kills the target with SIGSYS, naming the thread and the call.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -11,15 +13,18 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use blockdev::thread::ThreadKind;
 use blockdev::MemDisk;
 use libfuzzer_sys::fuzz_target;
 use vhost_user_blk::server::backend::BlkBackend;
 use vhost_user_blk::server::protocol::dispatch::Connection;
+use vhost_user_blk::sandbox::SeccompMode;
 use vhost_user_blk::server::{Export, ExportSettings};
 
 fn backend() -> &'static Arc<BlkBackend> {
     static BACKEND: OnceLock<Arc<BlkBackend>> = OnceLock::new();
     BACKEND.get_or_init(|| {
+        vhost_user_blk::sandbox::confine_spawned_threads(SeccompMode::On).expect("seccomp filters");
         let mut s = ExportSettings::new("/nonexistent/fuzz.sock");
         s.num_queues = 2;
         s.queue_size = 64;
@@ -48,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = frontend.shutdown(std::net::Shutdown::Write);
         frontend
     });
-    let _ = conn.run();
+    let protocol = blockdev::thread::spawn(ThreadKind::Protocol, "fuzz protocol", move || {
+        let _ = conn.run();
+        conn
+    });
+    let mut conn = protocol.expect("protocol thread").join().expect("the protocol thread panicked");
     conn.shutdown_handle().shutdown();
     backend().drain_all(Duration::from_secs(5));
     conn.finish();

@@ -225,6 +225,9 @@ fn rbd(t: &mut Table) {
     control(t);
     sockets(t, &[libc::AF_UNIX as u64, libc::AF_INET as u64, libc::AF_INET6 as u64, libc::AF_NETLINK as u64]);
     t.any(&[libc::SYS_timerfd_create, libc::SYS_timerfd_settime]);
+    // Its event loops (the old epoll_create, not epoll_create1).
+    #[cfg(target_arch = "x86_64")]
+    t.any(&[libc::SYS_epoll_create]);
     t.any(&[libc::SYS_sched_setaffinity, libc::SYS_setpriority, libc::SYS_getpriority, libc::SYS_tgkill]);
     t.any(&[libc::SYS_sysinfo, libc::SYS_getrusage, libc::SYS_getuid, libc::SYS_geteuid]);
 }

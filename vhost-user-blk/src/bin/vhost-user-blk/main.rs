@@ -210,6 +210,11 @@ fn run(args: Args, signals: &libc::sigset_t) -> Result<ExitCode, String> {
     opts.allowed_dirs.extend(allow_dirs);
     // Before any thread starts: every thread strata starts from here on confines itself.
     let sandbox = Sandbox::prepare(&opts)?;
+    // Ceph client threads descend from this one, under the Ceph client's filter only.
+    if let Err(e) = rbd::start_launcher() {
+        Sandbox::abandon();
+        return Err(format!("cannot start the Ceph client launcher thread: {e}"));
+    }
     let daemon = Daemon::new();
     for node in &nodes {
         if let Err(e) = daemon.add_node(&node.name, &node.device) {

@@ -88,7 +88,7 @@ impl Workers {
                 vrings.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, v)| v.clone()).collect();
             let (backend, events) = (backend.clone(), w.events[thread].clone());
             // The queue worker's seccomp filter goes on before it reads anything (docs/sandbox.md).
-            let name = format!("vq {} {thread}", backend.export.name);
+            let name = format!("vq-worker-{thread}");
             let spawned =
                 blockdev::thread::spawn(ThreadKind::QueueWorker, name, move || run(&backend, &events, &mine, thread));
             match spawned {
