@@ -27,6 +27,13 @@ const DISK: u64 = 64 << 20;
 const QD: usize = 32;
 const WARM: Duration = Duration::from_millis(400);
 
+/// Every test here measures rates: the comparison of two rates takes the machine to itself
+/// (`write`), the rest share it (`read`).
+fn machine() -> &'static std::sync::RwLock<()> {
+    static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    &MACHINE
+}
+
 /// The measuring window: 2 s, or `STRATA_QOS_WINDOW` seconds.
 fn window() -> Duration {
     let secs = std::env::var("STRATA_QOS_WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
@@ -135,9 +142,14 @@ fn within(what: &str, got: f64, want: f64, tolerance: f64) -> Result<(), Short> 
 /// Run `attempt` up to three times while it comes out [`Short`]: a busy machine that stalls the
 /// client or the daemon for longer than a bucket's tenth of a second of slack loses that budget,
 /// which says nothing about the limit. Too much is never retried.
-fn retrying(mut attempt: impl FnMut() -> Result<(), Short>) {
+fn retrying(attempt: impl FnMut() -> Result<(), Short>) {
+    retrying_up_to(3, attempt)
+}
+
+/// [`retrying`] up to `attempts` times.
+fn retrying_up_to(attempts: usize, mut attempt: impl FnMut() -> Result<(), Short>) {
     let mut last = String::new();
-    for n in 1..=3 {
+    for n in 1..=attempts {
         match attempt() {
             Ok(()) => return,
             Err(Short(msg)) => {
@@ -146,11 +158,12 @@ fn retrying(mut attempt: impl FnMut() -> Result<(), Short>) {
             }
         }
     }
-    panic!("three attempts fell short; the last: {last}");
+    panic!("{attempts} attempts fell short; the last: {last}");
 }
 
 #[test]
 fn iops_and_bandwidth_limits_hold_within_3_percent() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let d = daemon(dir.path(), &["name=a"]);
     // (key, limit, request size, writes?): IOPS at 4 KiB; bandwidth at sizes that make it a
@@ -203,6 +216,7 @@ fn iops_and_bandwidth_limits_hold_within_3_percent() {
 
 #[test]
 fn a_burst_after_idle_is_served_at_once_then_the_rate_falls_back() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     retrying(|| {
         let dir = tempdir();
         // Bursts of up to 1000 requests; 200 a second after.
@@ -244,6 +258,7 @@ fn burst_then_rate(d: &Daemon, c: &mut Client) -> Result<(), Short> {
 
 #[test]
 fn set_limits_takes_effect_within_a_second_on_a_running_stream() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     retrying(|| {
         let dir = tempdir();
         let d = daemon(dir.path(), &["name=s"]);
@@ -291,6 +306,7 @@ fn live_change(d: &Arc<Daemon>, c: &mut Client) -> Result<(), Short> {
 
 #[test]
 fn two_exports_in_a_group_share_its_limit_fairly() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let d = daemon(dir.path(), &["name=g1,throttle-group=grp,iops-total=1000", "name=g2,throttle-group=grp"]);
     retrying(|| {
@@ -320,44 +336,123 @@ fn two_exports_in_a_group_share_its_limit_fairly() {
 
 #[test]
 fn an_unthrottled_export_keeps_its_iops_beside_a_throttled_one() {
+    // A comparison of rates: nothing else in this file runs meanwhile.
+    let _alone_on_the_machine = machine().write().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
-    let d = daemon(dir.path(), &["name=free", "name=slow,iops-total=1000"]);
+    // At 50/s the throttled export always has most of its 32 requests waiting: what is compared
+    // is the cost of waiting requests, beside the small one of the few it serves.
+    let d = daemon(dir.path(), &["name=free", "name=slow,iops-total=50"]);
     let mut free = connect(dir.path(), "free", 4096);
-    let measure = |c: &mut Client| {
-        let start = Instant::now();
-        let times = stream(c, 4096, false, Duration::from_millis(900));
-        drain(c);
-        rate(&times, start + Duration::from_millis(100), Duration::from_millis(800))
-    };
-    // Alternate alone and beside the throttled stream; the best of each, as the machine is noisy.
-    let (mut alone, mut beside) = (0f64, 0f64);
-    for _ in 0..3 {
-        alone = alone.max(measure(&mut free));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let slow = {
-            let (path, stop) = (dir.path().to_path_buf(), stop.clone());
-            std::thread::spawn(move || {
-                let mut c = connect(&path, "slow", 4096);
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    let free_worker = wait_for_queue_workers(1)[0];
+    // The throttled stream runs while `busy` is set, and drains and idles while it is not.
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (busy, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let slow = {
+        let (path, busy, stop) = (dir.path().to_path_buf(), busy.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = connect(&path, "slow", 4096);
+            let mut n = 0;
+            while !stop.load(Relaxed) {
+                if busy.load(Relaxed) {
                     n += stream(&mut c, 4096, true, Duration::from_millis(100)).len();
                     drain(&mut c);
+                } else {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                n
-            })
-        };
-        std::thread::sleep(Duration::from_millis(200));
-        beside = beside.max(measure(&mut free));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(slow.join().unwrap() > 100, "the throttled export served");
-    }
-    eprintln!("unthrottled export: {alone:.0}/s alone, {beside:.0}/s beside a throttled one");
-    assert!(beside >= 0.95 * alone, "{beside:.0}/s beside a throttled export, {alone:.0}/s alone");
+            }
+            n
+        })
+    };
+    let slow_worker = *wait_for_queue_workers(2).iter().find(|&&t| t != free_worker).unwrap();
+    let measure = |c: &mut Client| {
+        let start = Instant::now();
+        let times = stream(c, 4096, false, Duration::from_millis(400));
+        drain(c);
+        rate(&times, start + Duration::from_millis(100), Duration::from_millis(300))
+    };
+    // One attempt's ratio spreads by about 3.5% around 97-100% in a debug build here (the
+    // throttled stream's own requests cost its worker, its client and the timer thread about 1%
+    // of a CPU, and every wake-up of theirs preempts the saturated pair): five attempts, as a
+    // real interference (a worker that polls its budget, a lock the two share) fails them all.
+    retrying_up_to(5, || {
+        // Pairs of windows, alone and beside in turn (the order flipped every pair, so a drift of
+        // the machine's speed counts against both), compared by their sums: one window's rate
+        // swings by a fifth on a 2-CPU machine, the sum of twenty by a few percent.
+        const PAIRS: usize = 20;
+        let (mut alone, mut beside) = (0.0, 0.0);
+        let (slow_cpu, wall) = (cpu_ticks(slow_worker), Instant::now());
+        busy.store(true, Relaxed);
+        for pair in 0..PAIRS {
+            for with_slow in [pair % 2 == 1, pair % 2 == 0] {
+                busy.store(with_slow, Relaxed);
+                std::thread::sleep(Duration::from_millis(if with_slow { 150 } else { 80 }));
+                *(if with_slow { &mut beside } else { &mut alone }) += measure(&mut free);
+            }
+        }
+        busy.store(false, Relaxed);
+        // Waiting requests cost their worker nothing: a worker that polled its budget would show
+        // a CPU's worth here.
+        let busy_share = (cpu_ticks(slow_worker) - slow_cpu) as f64 / ticks_per_second() / wall.elapsed().as_secs_f64();
+        eprintln!(
+            "unthrottled export: {:.0}/s alone, {:.0}/s beside a throttled one ({:.1}%); \
+             the throttled export's worker busy {:.1}% of the time",
+            alone / PAIRS as f64,
+            beside / PAIRS as f64,
+            beside / alone * 100.0,
+            busy_share * 100.0
+        );
+        assert!(busy_share < 0.10, "the throttled export's worker was busy {:.0}% of the time", busy_share * 100.0);
+        if beside < 0.95 * alone {
+            return Err(Short(format!(
+                "beside a throttled export the unthrottled one kept {:.1}% of its rate",
+                beside / alone * 100.0
+            )));
+        }
+        Ok(())
+    });
+    stop.store(true, Relaxed);
+    assert!(slow.join().unwrap() > 100, "the throttled export served");
     d.shutdown();
+}
+
+/// The thread ids of this process' queue workers, once there are `n` (within 5 s).
+fn wait_for_queue_workers(n: usize) -> Vec<libc::pid_t> {
+    let start = Instant::now();
+    loop {
+        let workers: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?;
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                comm.starts_with("vq-worker").then(|| t.file_name().to_str()?.parse().ok()).flatten()
+            })
+            .collect();
+        if workers.len() >= n {
+            assert_eq!(workers.len(), n, "more queue workers than exports connected: {workers:?}");
+            return workers;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{n} queue workers expected, found {workers:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// CPU time (user and system, in clock ticks) of this process' thread `tid`.
+fn cpu_ticks(tid: libc::pid_t) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // The fields after the command (in parentheses, which may hold spaces): utime is the 14th
+    // field of the line, stime the 15th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 #[test]
 fn removing_a_throttled_export_does_not_wait_for_its_budget() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let d = daemon(dir.path(), &["name=r,iops-total=1"]);
     let mut c = connect(dir.path(), "r", 4096);
@@ -391,6 +486,7 @@ fn removing_a_throttled_export_does_not_wait_for_its_budget() {
 /// The daemon binary and `blkctl limits` as a user runs them.
 #[test]
 fn blkctl_limits_shows_and_changes_a_served_exports_limits() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let (sock, api_sock) = (dir.path().join("v.sock"), dir.path().join("api.sock"));
     let disk = format!("socket={},name=v,format=mem,size=1M,iops-total=5000", sock.display());
@@ -436,6 +532,7 @@ fn blkctl_limits_shows_and_changes_a_served_exports_limits() {
 
 #[test]
 fn bad_limits_on_the_command_line_and_in_a_config_file_exit_1_naming_them() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(server_common::daemon_bin()).args(args).output().unwrap();
@@ -502,6 +599,7 @@ fn save_report(path: &str, rows: Vec<Value>, rounds: usize) {
 
 #[test]
 fn a_frontend_that_leaves_with_requests_waiting_does_not_hold_up_the_next() {
+    let _machine = machine().read().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let d = daemon(dir.path(), &["name=l,iops-total=1"]);
     let export = d.export("l").unwrap();
