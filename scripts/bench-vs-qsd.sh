@@ -19,6 +19,9 @@
 #   STRATA_EXTRA_KEYS=iops-total=100000000,bps-total=1000G bash scripts/bench-vs-qsd.sh
 #   STRATA_ARGS="--seccomp off" bash scripts/bench-vs-qsd.sh   # extra daemon arguments
 # (scripts/bench-sandbox.sh compares the sandbox on and off directly.)
+# STRATA_BASE_BIN names another build's daemon binary (e.g. the last landed commit's, built in a
+# worktree) that joins the rotation as "base", next to plain strata: the notes of strata's rows
+# then give its ratio to that build, round by round (before/after a change, in one run).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,6 +30,9 @@ SIZE_MB="${SIZE_MB:-256}"
 ROUNDS="${ROUNDS:-3}"
 EXTRA_KEYS="${STRATA_EXTRA_KEYS:-}"
 EXTRA_ARGS="${STRATA_EXTRA_ARGS:-}"
+BASE_BIN="${STRATA_BASE_BIN:-}"
+BASE=""
+[ -n "$BASE_BIN" ] && BASE=base
 EXTRA=""
 [ -n "$EXTRA_KEYS$EXTRA_ARGS" ] && EXTRA=extra
 read -r -a STRATA_ARGS <<< "${STRATA_ARGS:-}"
@@ -47,9 +53,10 @@ run_one() { # DIR LABEL TAG QUEUES
     cp "$dir/source.raw" "$dir/sqpoll.raw"
     cp "$dir/source.raw" "$dir/qsd.raw"
     [ -n "$EXTRA" ] && cp "$dir/source.raw" "$dir/extra.raw"
+    [ -n "$BASE" ] && cp "$dir/source.raw" "$dir/base.raw"
     rm -f "$dir/source.raw"
     sync
-    rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock" "$dir/extra.sock"
+    rm -f "$dir/strata.sock" "$dir/sqpoll.sock" "$dir/qsd.sock" "$dir/extra.sock" "$dir/base.sock"
     "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/strata.sock,format=raw,path=$dir/strata.raw,num-queues=$nq" 2>/dev/null &
     local ours=$!
     "$BIN/vhost-user-blk" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/sqpoll.sock,format=raw,path=$dir/sqpoll.raw,num-queues=$nq,sqpoll=on" 2>/dev/null &
@@ -63,8 +70,13 @@ run_one() { # DIR LABEL TAG QUEUES
         "$BIN/vhost-user-blk" --disk "socket=$dir/extra.sock,format=raw,path=$dir/extra.raw,num-queues=$nq${EXTRA_KEYS:+,$EXTRA_KEYS}" $EXTRA_ARGS 2>/dev/null &
         ext=$!
     fi
-    trap 'kill $ours $sqp $qsd $ext 2>/dev/null || true' RETURN
-    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/sqpoll.sock" ] && [ -S "$dir/qsd.sock" ] && { [ -z "$EXTRA" ] || [ -S "$dir/extra.sock" ]; } && break; sleep 0.1; done
+    local bas=""
+    if [ -n "$BASE" ]; then
+        "$BASE_BIN" ${STRATA_ARGS[@]+"${STRATA_ARGS[@]}"} --disk "socket=$dir/base.sock,format=raw,path=$dir/base.raw,num-queues=$nq" 2>/dev/null &
+        bas=$!
+    fi
+    trap 'kill $ours $sqp $qsd $ext $bas 2>/dev/null || true' RETURN
+    for _ in $(seq 100); do [ -S "$dir/strata.sock" ] && [ -S "$dir/sqpoll.sock" ] && [ -S "$dir/qsd.sock" ] && { [ -z "$EXTRA" ] || [ -S "$dir/extra.sock" ]; } && { [ -z "$BASE" ] || [ -S "$dir/base.sock" ]; } && break; sleep 0.1; done
     local qword="one queue"
     [ "$nq" != 1 ] && qword="$nq queues"
     local section="vhost-user-blk server vs qemu-storage-daemon, $label (libblkio client, $qword)"
@@ -82,11 +94,15 @@ run_one() { # DIR LABEL TAG QUEUES
     if [ -n "$EXTRA" ]; then
         if [ $((round % 2)) = 1 ]; then order="${order/strata/strata extra}"; else order="${order/strata/extra strata}"; fi
     fi
+    if [ -n "$BASE" ]; then
+        if [ $((round % 2)) = 1 ]; then order="${order/strata/base strata}"; else order="${order/strata/strata base}"; fi
+    fi
     for w in randread randwrite seqread; do
         for who in $order; do
             local name="strata $(git rev-parse --short HEAD)"
             [ "$who" = sqpoll ] && name="strata $(git rev-parse --short HEAD) with sqpoll=on"
             [ "$who" = qsd ] && name="$QSD_VERSION"
+            [ "$who" = base ] && name="strata built at $BASE_BIN"
             [ "$who" = extra ] && name="strata $(git rev-parse --short HEAD) with ${EXTRA_KEYS:+keys $EXTRA_KEYS}${EXTRA_KEYS:+${EXTRA_ARGS:+ and }}${EXTRA_ARGS:+arguments $EXTRA_ARGS}"
             "$BIN/blkctl" bench "socket=$dir/$who.sock,num-queues=$nq" --workloads "$w" --qd 1,32 \
                 --time "$TIME" --json --section "$section" \
@@ -98,15 +114,15 @@ run_one() { # DIR LABEL TAG QUEUES
     done
     local rss_ours rss_sqp rss_qsd
     rss_ours="$(rss_kib $ours)"; rss_sqp="$(rss_kib $sqp)"; rss_qsd="$(rss_kib $qsd)"
-    python3 - "$tag" "$nq" "$rss_ours" "$rss_sqp" "$rss_qsd" "$ROUNDS" "${parts[@]}" <<'PY'
+    python3 - "$tag" "$nq" "$rss_ours" "$rss_sqp" "$rss_qsd" "$ROUNDS" "$BASE_BIN" "${parts[@]}" <<'PY'
 import json, re, sys
-tag, nq, rss_ours, rss_sqp, rss_qsd, rounds = sys.argv[1:7]
-files = sys.argv[7:]
+tag, nq, rss_ours, rss_sqp, rss_qsd, rounds, base_bin = sys.argv[1:8]
+files = sys.argv[8:]
 extra_vs_strata = []
 merged = {}
 rounds_of = {}  # (who, workload, qd) -> {round: case}
 for f in files:
-    who = re.search(r"/(strata|sqpoll|qsd|extra)-[a-z]+-r\d+\.json$", f).group(1)
+    who = re.search(r"/(strata|sqpoll|qsd|extra|base)-[a-z]+-r\d+\.json$", f).group(1)
     rnd = int(re.search(r"-r(\d+)\.json$", f).group(1))
     run = json.load(open(f))
     for c in run["cases"]:
@@ -141,6 +157,9 @@ for run in merged.values():
 for who in ("strata", "sqpoll"):
     merged[who]["notes"] = (merged[who].get("notes") or "") + " strata/qemu-storage-daemon IOPS, medians: " + ", ".join(ratios(who)) + "." + rss
 qsd["notes"] = (qsd.get("notes") or "") + rss
+if "base" in merged:
+    merged["strata"]["notes"] += " Against the base build (" + base_bin + ", alternating with this one), IOPS, medians: " + ", ".join(ratios("strata", "base")) + "."
+    del merged["base"]
 if "extra" in merged:
     merged["extra"]["notes"] = (merged["extra"].get("notes") or "") + " Against plain strata (the same daemon without the extra keys or arguments), IOPS, medians: " + ", ".join(ratios("extra", "strata")) + "."
 suffix = "" if nq == "1" else f"-{nq}q"
@@ -153,7 +172,7 @@ print(merged["sqpoll"]["notes"])
 if "extra" in merged:
     print(merged["extra"]["notes"])
 PY
-    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/sqpoll.raw" "$dir/qsd.raw" "$dir/extra.raw"
+    rm -f "$dir"/*.json "$dir/strata.raw" "$dir/sqpoll.raw" "$dir/qsd.raw" "$dir/extra.raw" "$dir/base.raw"
 }
 
 for nq in 1 2; do

@@ -8,8 +8,9 @@
 #
 # One monitor and one bluestore OSD (on a sparse file, so data survives an OSD restart — memstore
 # would lose it) as plain processes on 127.0.0.1, no systemd, no manager (nothing here needs one;
-# `ceph pg dump` and `ceph -s` PG stats do), `auth ... required = none`, a pool `rbd` with one
-# replica. The OSD's caches are made small so it stays within a few hundred MB.
+# `ceph pg dump` and `ceph -s` PG stats do), cephx authentication as a real cluster has it (the
+# admin key in $CEPH_DEV_DIR/keyring, named by the conf, so clients need nothing more), a pool
+# `rbd` with one replica. The OSD's caches are made small so it stays within a few hundred MB.
 #
 # Environment:
 #   CEPH_DEV_DIR   scratch directory (default $XDG_RUNTIME_DIR/strata-ceph or /tmp/strata-ceph)
@@ -71,10 +72,11 @@ mon host = v2:127.0.0.1:$PORT
 public network = 127.0.0.0/8
 ms bind ipv4 = true
 ms bind ipv6 = false
-auth cluster required = none
-auth service required = none
-auth client required = none
-auth allow insecure global id reclaim = true
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+auth allow insecure global id reclaim = false
+keyring = $DIR/keyring
 run dir = $DIR/run
 log file = $DIR/log/\$name.log
 pid file = $DIR/run/\$name.pid
@@ -97,10 +99,12 @@ ms dispatch throttle bytes = 16777216
 
 [mon]
 mon data = $DIR/mon
+keyring = $DIR/mon/keyring
 mon cluster log file = $DIR/log/cluster.log
 
 [osd]
 osd data = $DIR/osd
+keyring = $DIR/osd/keyring
 osd objectstore = bluestore
 bluestore block path = $DIR/osd-block
 bluestore block create = true
@@ -123,7 +127,7 @@ EOF
 }
 
 cmd_start() {
-    need ceph-mon; need ceph-osd; need ceph; need monmaptool
+    need ceph-mon; need ceph-osd; need ceph; need monmaptool; need ceph-authtool
     mkdir -p "$DIR/run" "$DIR/log" "$DIR/crash"
     if alive "$DIR/run/mon.a.pid" && alive "$DIR/run/osd.0.pid"; then
         say "already running"
@@ -131,8 +135,12 @@ cmd_start() {
         return 0
     fi
     local fsid fresh=0
+    if [ -d "$DIR/mon" ] && [ ! -f "$DIR/keyring" ]; then
+        say "$DIR holds a cluster made without cephx keys (an older ceph-dev.sh): making a new one"
+        rm -f "$FSID_FILE"
+    fi
     if [ ! -f "$FSID_FILE" ] || [ ! -d "$DIR/mon" ] || [ ! -d "$DIR/osd" ]; then
-        rm -rf "$DIR/mon" "$DIR/osd" "$DIR/osd-block" "$DIR/port"
+        rm -rf "$DIR/mon" "$DIR/osd" "$DIR/osd-block" "$DIR/port" "$DIR/keyring" "$DIR"/*.keyring
         fsid=$(cat /proc/sys/kernel/random/uuid)
         echo "$fsid" >"$FSID_FILE"
         fresh=1
@@ -145,9 +153,18 @@ cmd_start() {
 
     if [ "$fresh" -eq 1 ]; then
         say "creating a monitor and an OSD in $DIR"
+        # Keys: the monitor's, the admin's (what every client here uses) and the OSD's, all known
+        # to the monitor from its first start, so nothing is registered while it runs.
+        ceph-authtool --create-keyring "$DIR/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+        ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n client.admin \
+            --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
+        ceph-authtool --create-keyring "$DIR/osd.keyring" --gen-key -n osd.0 \
+            --cap mon 'allow profile osd' --cap osd 'allow *' --cap mgr 'allow profile osd' >/dev/null
+        ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/keyring" >/dev/null
+        ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/osd.keyring" >/dev/null
         monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$PORT]" "$DIR/monmap" >/dev/null
         mkdir -p "$DIR/mon"
-        ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" >/dev/null
+        ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring" >/dev/null
     fi
     if ! alive "$DIR/run/mon.a.pid"; then
         ceph-mon -c "$CONF" -i a 2>>"$DIR/log/mon.a.stderr"
@@ -157,6 +174,7 @@ cmd_start() {
         uuid=$(cat /proc/sys/kernel/random/uuid)
         timeout 60 ceph osd new "$uuid" 0 >/dev/null || die "ceph osd new failed (monitor log: $DIR/log/mon.a.log)"
         mkdir -p "$DIR/osd"
+        cp "$DIR/osd.keyring" "$DIR/osd/keyring"
         ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$uuid" >/dev/null 2>"$DIR/log/osd-mkfs.err" ||
             die "ceph-osd --mkfs failed: $(tail -3 "$DIR/log/osd-mkfs.err")"
     fi
@@ -173,7 +191,7 @@ cmd_start() {
     for i in $(seq 1 120); do
         if timeout 10 rbd ls -p rbd >/dev/null 2>&1 && timeout 20 rbd create --size 4M rbd/.ceph-dev-probe >/dev/null 2>&1; then
             timeout 20 rbd rm rbd/.ceph-dev-probe >/dev/null 2>&1 || true
-            say "up (monitor 127.0.0.1:$PORT, 1 bluestore OSD, pool rbd size 1); export CEPH_CONF=$CONF"
+            say "up (monitor 127.0.0.1:$PORT, 1 bluestore OSD, pool rbd size 1, cephx: admin key in $DIR/keyring); export CEPH_CONF=$CONF"
             echo "$CONF"
             return 0
         fi
@@ -223,7 +241,7 @@ case "${1:-}" in
     status) cmd_status ;;
     conf) echo "$CONF" ;;
     -h | --help | help)
-        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "usage: $0 start|stop|status|conf (see --help)" >&2

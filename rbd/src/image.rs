@@ -205,11 +205,16 @@ fn open_steps(api: &'static Api, cfg: &RbdConfig, h: &mut Handles, cluster_desc:
     // SAFETY: a live, configured cluster handle; bounded by client_mount_timeout.
     let r = unsafe { (api.rados_connect)(h.cluster) };
     if r < 0 {
+        // Who it tried to be, and with which key file, as Ceph resolved them.
+        let name = || format!("client.{}", cfg.id.as_deref().unwrap_or("admin"));
+        let keyring = || conf_get(api, h.cluster, "keyring").unwrap_or_default();
         let hint = match -r {
-            libc::ETIMEDOUT => " (is the cluster up? timeout= sets how long to wait)",
-            libc::EACCES | libc::EPERM => " (wrong keyring or id=?)",
-            libc::ENOENT => " (no keyring found: give keyring=FILE)",
-            _ => "",
+            libc::ETIMEDOUT => " (is the cluster up? timeout= sets how long to wait)".to_string(),
+            libc::EACCES | libc::EPERM => {
+                format!(" (the cluster refused {} with keyring {}: a wrong key, or a wrong id=?)", name(), keyring())
+            }
+            libc::ENOENT => format!(" (no key for {} in keyring {}: give keyring=FILE or id=)", name(), keyring()),
+            _ => String::new(),
         };
         return Err(Error::from_errno(
             -r,

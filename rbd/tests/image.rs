@@ -224,6 +224,20 @@ fn bad_names_are_refused_with_what_is_wrong() {
     c.keyring = Some("/nonexistent/keyring".into());
     let e = RbdDev::open(&c).err().unwrap();
     assert!(e.to_string().contains("keyring=/nonexistent/keyring"), "{e}");
+    // A keyring that exists but holds the wrong key (scripts/ceph-dev.sh's cluster runs cephx),
+    // and the right keyring with a user the cluster does not know.
+    let scratch = tempfile::tempdir().unwrap();
+    let wrong = scratch.path().join("wrong.keyring");
+    std::fs::write(&wrong, "[client.admin]\n\tkey = AQAAAAAAAAAAABAAAAECAwQFBgcICQoLDA0ODw==\n").unwrap();
+    c.keyring = Some(wrong.clone());
+    c.timeout = Duration::from_secs(5);
+    let e = RbdDev::open(&c).err().expect("a wrong key must be refused");
+    let msg = e.to_string();
+    assert!(msg.contains("the cluster refused client.admin") && msg.contains(&wrong.display().to_string()), "{msg}");
+    c.keyring = None;
+    c.id = Some("nobody-here".into());
+    let e = RbdDev::open(&c).err().expect("an unknown user must be refused");
+    assert!(e.to_string().contains("client.nobody-here"), "{e}");
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //!
 //!   cargo test --release -p strata-tests --test bench_restart -- --ignored --nocapture
 //!
-//! (STRATA_BENCH_ROUNDS changes the 10 rounds per way.)
+//! (STRATA_BENCH_ROUNDS changes the 10 rounds per way; STRATA_BENCH_REPORT=docs/bench/81-restart-pause.json
+//! saves every round for docs/bench.md.)
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use strata_tests::bins::bin_path;
 use strata_tests::guest::{qemu_escape, require_qemu, GuestArtifacts, Initramfs, QemuGuest};
 use strata_tests::scratch::ScratchDir;
+use strata_tests::timings::{TimingRow, Timings};
 
 fn start_daemon(disk: &Path, socket: &Path, api: &Path) -> Child {
     let _ = std::fs::remove_file(api);
@@ -113,6 +115,21 @@ fn bench_restart_pause_under_io() {
             ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
         results.push((name, ms));
+    }
+    if let Ok(path) = std::env::var("STRATA_BENCH_REPORT") {
+        let rows = results
+            .iter()
+            .map(|(name, ms)| TimingRow { what: name.to_string(), backend: "strata".into(), samples: ms.clone() })
+            .collect();
+        Timings {
+            section: "Daemon restart under a running guest: the pause",
+            title: format!("a QEMU guest (TCG, `reconnect-ms=100`) reading 4 KiB blocks with O_DIRECT at QD1, {rounds} restarts each way"),
+            command: format!("STRATA_BENCH_ROUNDS={rounds} STRATA_BENCH_REPORT=docs/bench/81-restart-pause.json cargo test --release -p strata-tests --test bench_restart -- --ignored --nocapture"),
+            unit: "ms",
+            reference: None,
+            notes: "From the signal to the old daemon to the first request the new daemon completed (its control socket's stats, polled every 0.5 ms); the new daemon is started as soon as the old one is reaped. Crash: SIGKILL, the new daemon resubmits what the in-flight region holds. Upgrade: SIGTERM, the old daemon drains, flushes and exits first. The issue's goal: a median of at most 250 ms.".into(),
+        }
+        .save(&path, rows);
     }
     for (name, ms) in results {
         summary(name, ms);

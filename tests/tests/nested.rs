@@ -1,7 +1,8 @@
 //! Linux under vmm-mini, for real: `vmm-mini/scripts/nested-linux.sh` boots Debian's kernel in a
 //! nested KVM inside a QEMU TCG guest with strata disks — the bzImage (64-bit boot protocol,
-//! 2 vCPUs, 2 queues), the vmlinux extracted from it (PVH entry, reset), and a boot that loses
-//! its daemon.
+//! 2 vCPUs, 2 queues), the vmlinux extracted from it (PVH entry, reset), a boot that loses
+//! its daemon, and one that keeps verifying its writes while its daemon is killed and started
+//! again twice (`reconnect=100`).
 //!
 //! It takes minutes, far past the per-test budget (docs/testing.md has how long it took where),
 //! so it runs only with `VMM_MINI_NESTED=1` and otherwise prints `SKIPPED:` saying so;
@@ -54,6 +55,8 @@ fn linux_boots_under_vmm_mini_in_nested_kvm_with_strata_disks() {
     assert!(out.status.success(), "nested boot failed:\n{console}\n{stderr}");
     assert!(console.contains("INNER: PASS"), "{console}");
     assert!(console.contains("OUTER: pvh reboot run: INNER: loader 0xb0"), "{console}");
+    assert!(console.contains("OUTER: reconnect run: 2 reconnects"), "{console}");
+    assert!(console.contains("OUTER: reconnect run: INNER: RW PASS"), "{console}");
 }
 
 /// `blkctl fio --vmm vmm-mini --vmm-mode nested` on a qcow2 overlay over a raw backing file:

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use blkio::ReqFlags;
 use serde_json::{json, Value};
+use server_common::timings::{TimingRow, Timings};
 use server_common::{init_logs, tempdir, Client};
 use vhost_user_blk::api::{handle, Request};
 use vhost_user_blk::server::{Daemon, DiskSpec};
@@ -204,7 +205,7 @@ fn iops_and_bandwidth_limits_hold_within_3_percent() {
             });
         }
         let what = format!("{key}={limit}, {} {} KiB at QD{QD}", if write { "writes" } else { "reads" }, bs / 1024);
-        rows.push(json!({"what": what, "backend": "strata", "samples": samples}));
+        rows.push(TimingRow { what, backend: "strata".into(), samples });
     }
     if let Ok(path) = std::env::var("STRATA_QOS_REPORT") {
         save_report(&path, rows, rounds);
@@ -569,32 +570,17 @@ fn bad_limits_on_the_command_line_and_in_a_config_file_exit_1_naming_them() {
 }
 
 /// Save the accuracy rows as a timings run for docs/bench.md (`"kind": "timings"`).
-fn save_report(path: &str, rows: Vec<Value>, rounds: usize) {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
-    let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+fn save_report(path: &str, rows: Vec<TimingRow>, rounds: usize) {
     let w = window().as_secs_f64();
-    let report = json!({
-        "kind": "timings",
-        "section": "I/O limits: the rate a limit lets through",
-        "title": format!("a libblkio client at QD{QD} against a `format=mem` export, {w} s windows, {rounds} rounds"),
-        "command": format!("STRATA_QOS_WINDOW={w} STRATA_QOS_ROUNDS={rounds} STRATA_QOS_REPORT=docs/bench/80-qos-accuracy.json cargo test --release -p vhost-user-blk --test server_qos -- iops_and_bandwidth"),
-        "date": String::from_utf8_lossy(&date.stdout).trim(),
-        "machine": {
-            "host": read("/proc/sys/kernel/hostname"),
-            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "kernel": read("/proc/sys/kernel/osrelease"),
-            "cpu": cpu.unwrap_or_default(),
-        },
-        "unit": "% off the limit",
-        "rows": rows,
-        "notes": format!("Each sample is the rate measured over one {w} s window after {} ms of warm-up (the bucket first lets a tenth of a second's worth through at once), as how far it is from the limit in percent (negative: under it); the issue asks for at most 3 either way.", WARM.as_millis()),
-    });
-    std::fs::write(path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
-    eprintln!("saved {path}");
+    Timings {
+        section: "I/O limits: the rate a limit lets through",
+        title: format!("a libblkio client at QD{QD} against a `format=mem` export, {w} s windows, {rounds} rounds"),
+        command: format!("STRATA_QOS_WINDOW={w} STRATA_QOS_ROUNDS={rounds} STRATA_QOS_REPORT=docs/bench/80-qos-accuracy.json cargo test --release -p vhost-user-blk --test server_qos -- iops_and_bandwidth"),
+        unit: "% off the limit",
+        reference: None,
+        notes: format!("Each sample is the rate measured over one {w} s window after {} ms of warm-up (the bucket first lets a tenth of a second's worth through at once), as how far it is from the limit in percent (negative: under it); the issue asks for at most 3 either way.", WARM.as_millis()),
+    }
+    .save(path, rows);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 # stack, writes a pattern to /dev/vda with O_DIRECT, reads it back, compares, and powers off
 # (ACPI S5). Then the ELF vmlinux extracted from the same bzImage boots through its PVH entry,
 # runs the same check and resets (vmm-mini must exit 3), and a third run loses its daemon
-# (kill -9) while the guest reads (vmm-mini must exit 4 naming the socket). The inner guest
+# (kill -9) while the guest reads (vmm-mini must exit 4 naming the socket); a fourth, with
+# `reconnect=100`, has two writers verifying their data while the daemon is killed and started
+# again twice (vmm-mini must reconnect twice, the guest pass and power off). The inner guest
 # prints its boot_params' type_of_loader: 0xff is vmm-mini's zero page (64-bit boot protocol),
 # 0xb0 the one Linux builds itself at its PVH entry. The outer guest prints every exit status;
 # this script exits 0 only if all of them are as expected and the first daemon exited 0 after
@@ -94,6 +96,29 @@ case "$(cat /proc/cmdline)" in
 *inner.mode=wait*)
     echo "INNER: waiting"
     while true; do dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; sleep 0.2; done ;;
+*inner.mode=rwloop*)
+    # Two writers, each on its own 1 MiB, write 64 KiB with their round in it, read it back and
+    # compare, 30 rounds, while the outer guest kills and restarts the daemon.
+    rw() {
+        r=1
+        while [ $r -le 30 ]; do
+            yes "writer $1 round $r" | head -c 65536 > /tmp/w$1
+            seek=$(( $1 * 16 + r % 16 ))
+            dd if=/tmp/w$1 of=/dev/vda bs=65536 seek=$seek count=1 oflag=direct 2>/dev/null &&
+                dd if=/dev/vda of=/tmp/r$1 bs=65536 skip=$seek count=1 iflag=direct 2>/dev/null &&
+                cmp -s /tmp/w$1 /tmp/r$1 || { echo "INNER: writer $1 round $r FAILED"; return 1; }
+            echo "INNER: writer $1 round $r done"
+            r=$((r + 1))
+        done
+        touch /tmp/ok$1
+    }
+    echo "INNER: looping"
+    rw 1 & rw 2 & wait
+    if [ -e /tmp/ok1 ] && [ -e /tmp/ok2 ] && ! dmesg | grep -qi "i/o error"; then
+        echo "INNER: RW PASS"
+    else
+        echo "INNER: RW FAIL"; dmesg | tail -n 20
+    fi ;;
 esac
 poweroff -f
 INIT
@@ -141,6 +166,35 @@ kill -9 $daemon
 wait $vmm
 echo "OUTER: lost-backend run: vmm-mini exit $?: $(cat /tmp/wait.err)"
 sed 's/^/OUTER: lost-backend run: /' /tmp/wait.log | tail -n 5
+# 4. The same kill, twice, under a guest that writes and verifies, with reconnect=100: the daemon
+# comes back on the same socket and vmm-mini hands it the rings and the in-flight region.
+serve_r() {
+    /bin/vhost-user-blk --disk socket=/tmp/r.sock,format=raw,path=/tmp/disk.img,num-queues=@QUEUES@ 2>>/tmp/daemon3.log &
+    daemon=$!
+    for i in $(seq 1 50); do [ -S /tmp/r.sock ] && break; sleep 0.1; done
+}
+serve_r
+/bin/vmm-mini --kernel /vmlinuz --initrd /inner.cpio --memory 256M --cpus 2 \
+    --cmdline "@INNER_CMDLINE@ inner.mode=rwloop" --disk socket=/tmp/r.sock,num-queues=@QUEUES@,reconnect=100 \
+    > /tmp/rw.log 2>/tmp/rw.err &
+vmm=$!
+for round in 5 15; do
+    for i in $(seq 1 3000); do
+        grep -q "writer 1 round $round done" /tmp/rw.log && break
+        kill -0 $vmm 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 $daemon; wait $daemon
+    sleep 1
+    serve_r
+done
+timeout @INNER_TIMEOUT@ sh -c "while kill -0 $vmm 2>/dev/null; do sleep 1; done"
+wait $vmm
+echo "OUTER: reconnect run: vmm-mini exit $?"
+echo "OUTER: reconnect run: $(grep -c 'reconnected to' /tmp/rw.err) reconnects"
+grep -e "INNER: RW" -e "FAILED" /tmp/rw.log | sed 's/^/OUTER: reconnect run: /'
+sed 's/^/OUTER: reconnect run: /' /tmp/rw.err | tail -n 6
+kill $daemon; wait $daemon
 poweroff -f
 INIT
 sed -i -e "s|@INNER_CMDLINE@|console=ttyS0 panic=-1 ${INNER_CMDLINE:-quiet}|" -e "s|@QUEUES@|${NUM_QUEUES:-2}|g" \
@@ -156,4 +210,6 @@ grep -q "^INNER: PASS" "$log" && grep -q "^INNER: loader 0xff" "$log" && grep -q
     grep -q "OUTER: pvh reboot run: vmm-mini exit 3 " "$log" && grep -q "OUTER: pvh reboot run: INNER: PASS" "$log" &&
     grep -q "OUTER: pvh reboot run: INNER: loader 0xb0" "$log" && grep -q "OUTER: pvh reboot run: INNER: 2 cpus" "$log" &&
     grep -q "^INNER: 2 cpus" "$log" &&
-    grep -q "OUTER: lost-backend run: vmm-mini exit 4: vmm-mini: vhost-user backend /tmp/e.sock went away" "$log"
+    grep -q "OUTER: lost-backend run: vmm-mini exit 4: vmm-mini: vhost-user backend /tmp/e.sock went away" "$log" &&
+    grep -q "OUTER: reconnect run: vmm-mini exit 0" "$log" && grep -q "OUTER: reconnect run: 2 reconnects" "$log" &&
+    grep -q "OUTER: reconnect run: INNER: RW PASS" "$log" && ! grep -q "OUTER: reconnect run: .*FAILED" "$log"

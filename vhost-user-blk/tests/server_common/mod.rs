@@ -9,6 +9,10 @@ pub mod ring;
 #[path = "../../../tests/src/bins.rs"]
 pub mod bins;
 
+// Saving a benchmark's samples for docs/bench.md, shared the same way.
+#[path = "../../../tests/src/timings.rs"]
+pub mod timings;
+
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
