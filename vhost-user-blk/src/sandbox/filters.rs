@@ -6,7 +6,7 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 use blockdev::thread::ThreadKind;
 
-use super::{allow, SeccompMode};
+use super::{allow, fast_path, SeccompMode};
 
 /// The compiled filters, by kind.
 pub struct Filters {
@@ -34,7 +34,9 @@ impl Filters {
         let mut progs = HashMap::new();
         let mut refusals = HashMap::new();
         for kind in ThreadKind::ALL {
-            progs.insert(kind, compile(kind, allow::rules(kind), &mismatch, &SeccompAction::Allow)?);
+            let rules = allow::rules(kind);
+            let prog = compile(kind, rules.clone(), &mismatch, &SeccompAction::Allow)?;
+            progs.insert(kind, fast_path::prepend(prog, &rules));
             let refused = allow::refused(kind);
             if !refused.is_empty() {
                 refusals.insert(kind, compile(kind, refused, &SeccompAction::Allow, &refuse)?);

@@ -11,6 +11,7 @@
 //! then, so no frontend or control request is served with the start-up privileges.
 
 mod allow;
+mod fast_path;
 mod filters;
 mod gate;
 pub mod landlock;

@@ -26,13 +26,13 @@ use super::request::OpClass;
 /// Wait for `export`'s limits to let a request of class `class` and `bytes` start, counting
 /// the time it waited in the export's statistics. Only reads and writes are limited (as QEMU's
 /// throttling): flushes, discards and the rest go at once. Call only when `export.qos.on()`.
-pub async fn wait_turn(export: &Export, class: OpClass, bytes: u64) {
+pub async fn wait_turn(export: &Export, class: OpClass, bytes: u64, taken: std::time::Instant) {
     let dir = match class {
         OpClass::Read => Dir::Read,
         OpClass::Write => Dir::Write,
         _ => return,
     };
-    let waited = export.qos.admit(dir, bytes).await;
+    let waited = export.qos.admit(dir, bytes, taken).await;
     if !waited.is_zero() {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         export.stats.throttled_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# What a feature costs the data path when it does not bite, measured two ways: the client's
+# IOPS and the daemon's own CPU time per request. Several strata daemons (the same build with
+# different arguments, or another build) serve copies of the same file on tmpfs; one libblkio
+# client (`blkctl bench socket=...`) runs 4 KiB random reads and writes at QD1 and QD32 on each
+# in turn, case by case, the order rotating every round. Per case and daemon it keeps the IOPS
+# and the daemon's user + system CPU time (every thread, io_uring workers included, from
+# /proc/PID/stat) over the requests completed.
+#
+# On a shared 2-CPU machine one round's IOPS swing by 10-20% with other load; CPU per request
+# swings far less, and it is what a feature adds to each request. Both are reported as each
+# contender's median round and its ratio to the first contender, round by round (the median of
+# the per-round ratios, and the ratio of the sums over all rounds). Many short rounds beat a few
+# long ones here: the machine's speed drifts over seconds, and alternating every half second
+# puts each contender in the same moments (TIME=500ms ROUNDS=40).
+#
+#   bash scripts/bench-ab.sh                     # the contenders below, 3 s per case, 7 rounds
+#   TIME=2s ROUNDS=3 bash scripts/bench-ab.sh    # shorter
+#   STRATA_BASE_BIN=/tmp/vub-base bash scripts/bench-ab.sh   # adds another build ("base")
+#   SAVE=1 bash scripts/bench-ab.sh              # saves docs/bench/46-datapath-cost-*.json
+#
+# Contenders: "strata" (this build, defaults: the reference), "limits+metrics" (I/O limits far
+# above the load and `--metrics` on, with a scraper reading /metrics every second), "seccomp off"
+# (`--seccomp off`: the sandbox's cost is strata against it), and "base" when STRATA_BASE_BIN
+# names another build's daemon.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TIME="${TIME:-3s}"
+ROUNDS="${ROUNDS:-7}"
+SIZE_MB="${SIZE_MB:-256}"
+SAVE="${SAVE:-0}"
+DIR="${DIR:-/dev/shm/strata-bench-ab}"
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+command -v curl >/dev/null || { echo "bench-ab: curl is needed for the scraper" >&2; exit 1; }
+
+rm -rf "$DIR"; mkdir -p "$DIR"
+head -c "$((SIZE_MB << 20))" /dev/urandom > "$DIR/source.raw"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+names=(strata limits seccompoff)
+labels=("strata (this build)" "limits+metrics" "seccomp off")
+args=("" "" "--seccomp off")
+keys=("" ",iops-total=100000000,bps-total=1000G" "")
+bins=("$BIN/vhost-user-blk" "$BIN/vhost-user-blk" "$BIN/vhost-user-blk")
+if [ -n "${STRATA_BASE_BIN:-}" ]; then
+    names+=(base); labels+=("base ($STRATA_BASE_BIN)"); args+=(""); keys+=(""); bins+=("$STRATA_BASE_BIN")
+fi
+pids=()
+cleanup() { kill "${pids[@]}" "${scraper:-}" 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+for i in "${!names[@]}"; do
+    n=${names[$i]}
+    cp "$DIR/source.raw" "$DIR/$n.raw"
+    extra=()
+    [ "$n" = limits ] && extra=(--metrics "127.0.0.1:$port")
+    # shellcheck disable=SC2086 # the arguments are split into words on purpose
+    "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
+    pids+=($!)
+done
+rm -f "$DIR/source.raw"
+for n in "${names[@]}"; do
+    for _ in $(seq 100); do [ -S "$DIR/$n.sock" ] && break; sleep 0.1; done
+    [ -S "$DIR/$n.sock" ] || { echo "bench-ab: the $n daemon did not start" >&2; exit 1; }
+done
+# The scraper a Prometheus would be: /metrics once a second.
+(while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" || true; done) &
+scraper=$!
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+out="$DIR/results.tsv"
+: > "$out"
+for round in $(seq "$ROUNDS"); do
+    # Rotate the order every round.
+    order=()
+    for k in "${!names[@]}"; do order+=("$(( (k + round) % ${#names[@]} ))"); done
+    for w in randread randwrite; do
+        for qd in 1 32; do
+            for i in "${order[@]}"; do
+                n=${names[$i]}
+                before=$(cpu_ticks "${pids[$i]}")
+                "$BIN/blkctl" bench "socket=$DIR/$n.sock" --workloads "$w" --qd "$qd" --time "$TIME" --json > "$DIR/case.json"
+                after=$(cpu_ticks "${pids[$i]}")
+                python3 - "$DIR/case.json" "$before" "$after" "$(getconf CLK_TCK)" "$n" "$w" "$qd" "$round" >> "$out" <<'PY'
+import json, sys
+case = json.load(open(sys.argv[1]))["cases"][0]
+ticks, hz = int(sys.argv[3]) - int(sys.argv[2]), int(sys.argv[4])
+print("\t".join([sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], f"{case['iops']:.1f}", f"{ticks / hz / case['ops'] * 1e6:.3f}"]))
+PY
+            done
+        done
+    done
+    echo "bench-ab: round $round of $ROUNDS done" >&2
+done
+
+python3 - "$out" "$ROUNDS" "$TIME" "$SAVE" "$(git rev-parse --short HEAD)" "${names[@]}" -- "${labels[@]}" <<'PY'
+import json, subprocess, sys, datetime, os
+path, rounds, time, save, rev = sys.argv[1:6]
+rest = sys.argv[6:]
+sep = rest.index("--")
+names, labels = rest[:sep], rest[sep + 1:]
+label = dict(zip(names, labels))
+data = {}
+for line in open(path):
+    n, w, qd, rnd, iops, cpu = line.split("\t")
+    data.setdefault((w, int(qd)), {}).setdefault(n, {})[int(rnd)] = (float(iops), float(cpu))
+def med(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+ref = names[0]
+print(f"4 KiB, tmpfs, one queue, {rounds} rounds of {time} per case; medians, and ratio to {label[ref]} (per-round ratios in brackets)")
+print(f"{'case':<16} {'contender':<28} {'IOPS':>9} {'ratio':>6} {'of sums':>7}  {'daemon CPU us/op':>16} {'ratio':>6}")
+rows = {"iops": [], "cpu": []}
+for (w, qd), by in sorted(data.items()):
+    for n in names:
+        r = by[n]
+        iops, cpu = med([x[0] for x in r.values()]), med([x[1] for x in r.values()])
+        rows["iops"].append({"what": f"{w} QD{qd}", "backend": label[n], "samples": [r[k][0] / 1000 for k in sorted(r)]})
+        rows["cpu"].append({"what": f"{w} QD{qd}", "backend": label[n], "samples": [r[k][1] for k in sorted(r)]})
+        if n == ref:
+            print(f"{w + ' QD' + str(qd):<16} {label[n]:<28} {iops:>9.0f} {'':>6}  {cpu:>16.2f}")
+            continue
+        base = by[ref]
+        ri = [r[k][0] / base[k][0] for k in sorted(r) if k in base]
+        rc = [r[k][1] / base[k][1] for k in sorted(r) if k in base and base[k][1] > 0]
+        common_rounds = [k for k in sorted(r) if k in base]
+        of_sums = sum(r[k][0] for k in common_rounds) / sum(base[k][0] for k in common_rounds)
+        shown = "" if len(ri) > 10 else f"   [{'/'.join(f'{x:.2f}' for x in ri)}] [{'/'.join(f'{x:.2f}' for x in rc)}]"
+        print(f"{'':<16} {label[n]:<28} {iops:>9.0f} {med(ri):>6.3f} {of_sums:>7.3f}  {cpu:>16.2f} {med(rc):>6.3f}{shown}")
+if save == "1":
+    read = lambda p: open(p).read().strip() if os.path.exists(p) else ""
+    cpu_model = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")), "")
+    machine = {"host": read("/proc/sys/kernel/hostname"), "nproc": os.cpu_count(), "kernel": read("/proc/sys/kernel/osrelease"), "cpu": cpu_model}
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    common = {"kind": "timings", "section": "What a feature costs when it does not bite: I/O limits and metrics, the sandbox, the last landed build",
+              "command": f"TIME={time} ROUNDS={rounds} SAVE=1 bash scripts/bench-ab.sh", "date": date, "machine": machine, "reference": label[ref]}
+    note = (f"strata {rev}: daemons of this build with its defaults, with I/O limits far above the load (iops-total=10^8, bps-total=1000G) "
+            "and --metrics on (scraped every second), and with --seccomp off, alternating case by case, the order rotating every round; "
+            "the same libblkio client (blkctl bench, one queue) on 256 MiB tmpfs copies of the same data"
+            + (", and the daemon of another build (base: the last landed commit's) beside them. " if "base" in names else ". "))
+    for kind, unit, title, extra in (
+        ("iops", "kIOPS", "client IOPS, 4 KiB", "IOPS swing by 10-20% from round to round here with other load; the CPU table beside it is steadier."),
+        ("cpu", "µs", "daemon CPU time per request, 4 KiB (user + system, every thread)", "The daemon's CPU time over the requests completed: what each request costs the server, which a feature that does not bite must not raise."),
+    ):
+        rep = dict(common, title=title, unit=unit, rows=rows[kind], notes=note + extra)
+        with open(f"docs/bench/46-datapath-cost-{kind}.json", "w") as f:
+            json.dump(rep, f, indent=2)
+    print("saved docs/bench/46-datapath-cost-{iops,cpu}.json")
+PY
+if [ "$SAVE" = 1 ]; then "$BIN/blkctl" bench-report; fi
