@@ -16,7 +16,8 @@
 #
 #   bash scripts/bench-ab.sh                     # the contenders below, 3 s per case, 7 rounds
 #   TIME=2s ROUNDS=3 bash scripts/bench-ab.sh    # shorter
-#   STRATA_BASE_BIN=/tmp/vub-base bash scripts/bench-ab.sh   # adds another build ("base")
+#   STRATA_BASE_BIN=/tmp/vub-base bash scripts/bench-ab.sh   # adds another build ("base";
+#                                                            # STRATA_BASE_LABEL names it)
 #   SAVE=1 bash scripts/bench-ab.sh              # saves docs/bench/46-datapath-cost-*.json
 #
 # Contenders: "strata" (this build, defaults: the reference), "limits+metrics" (I/O limits far
@@ -44,7 +45,7 @@ args=("" "" "--seccomp off")
 keys=("" ",iops-total=100000000,bps-total=1000G" "")
 bins=("$BIN/vhost-user-blk" "$BIN/vhost-user-blk" "$BIN/vhost-user-blk")
 if [ -n "${STRATA_BASE_BIN:-}" ]; then
-    names+=(base); labels+=("base ($STRATA_BASE_BIN)"); args+=(""); keys+=(""); bins+=("$STRATA_BASE_BIN")
+    names+=(base); labels+=("base (${STRATA_BASE_LABEL:-$STRATA_BASE_BIN})"); args+=(""); keys+=(""); bins+=("$STRATA_BASE_BIN")
 fi
 pids=()
 cleanup() { kill "${pids[@]}" "${scraper:-}" 2>/dev/null || true; rm -rf "$DIR"; }

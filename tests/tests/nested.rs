@@ -52,6 +52,9 @@ fn linux_boots_under_vmm_mini_in_nested_kvm_with_strata_disks() {
     let console = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(77), "nested-linux.sh skipped although everything was provided: {stderr}");
+    for line in console.lines().filter(|l| l.starts_with("OUTER:") || l.starts_with("INNER:")) {
+        eprintln!("{line}");
+    }
     assert!(out.status.success(), "nested boot failed:\n{console}\n{stderr}");
     assert!(console.contains("INNER: PASS"), "{console}");
     assert!(console.contains("OUTER: pvh reboot run: INNER: loader 0xb0"), "{console}");
