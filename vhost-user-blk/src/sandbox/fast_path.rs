@@ -23,10 +23,15 @@ const HOT: &[i64] = &[
     libc::SYS_recvmsg,
 ];
 
-// Classic BPF opcodes (linux/bpf_common.h) and the seccomp_data offsets (linux/seccomp.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const JMP_JEQ_K: u16 = 0x05 | 0x10;
+// Classic BPF opcodes (linux/bpf_common.h: class | size | mode, or class | op | source) and the
+// seccomp_data offsets (linux/seccomp.h).
+/// BPF_LD | BPF_W | BPF_ABS.
+const LD_W_ABS: u16 = 0x20;
+/// BPF_JMP | BPF_JEQ | BPF_K.
+const JMP_JEQ_K: u16 = 0x15;
+/// BPF_JMP | BPF_JA.
 const JMP_JA: u16 = 0x05;
+/// BPF_RET | BPF_K.
 const RET_K: u16 = 0x06;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const DATA_NR: u32 = 0;
