@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = conn.run();
         conn
     });
-    let mut conn = protocol.expect("protocol thread").join().expect("the protocol thread panicked");
+    let conn = protocol.expect("protocol thread").join().expect("the protocol thread panicked");
     conn.shutdown_handle().shutdown();
     backend().drain_all(Duration::from_secs(5));
     conn.finish();
