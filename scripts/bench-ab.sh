@@ -19,8 +19,13 @@
 #   STRATA_BASE_BIN=/tmp/vub-base bash scripts/bench-ab.sh   # adds another build ("base";
 #                                                            # STRATA_BASE_LABEL names it)
 #   SAVE=1 bash scripts/bench-ab.sh              # saves docs/bench/46-datapath-cost-*.json
+#                                                # (REPORT=NAME: docs/bench/NAME-*.json, and
+#                                                # SECTION=TEXT: its heading in docs/bench.md)
+#   CONTENDERS="strata again seccompoff" RESTART=1 bash scripts/bench-ab.sh
+#                                                # some contenders only; fresh daemons every round
 #
-# Contenders: "strata" (this build, defaults: the reference), "limits+metrics" (I/O limits far
+# Contenders: "strata" (this build, defaults: the reference), "again" (the same daemon once more:
+# how far two identical daemons differ here, the floor under every other ratio), "limits+metrics" (I/O limits far
 # above the load and `--metrics` on, with a scraper reading /metrics every second), "seccomp off"
 # (`--seccomp off`: the sandbox's cost is strata against it), and "base" when STRATA_BASE_BIN
 # names another build's daemon.
@@ -39,31 +44,47 @@ command -v curl >/dev/null || { echo "bench-ab: curl is needed for the scraper" 
 rm -rf "$DIR"; mkdir -p "$DIR"
 head -c "$((SIZE_MB << 20))" /dev/urandom > "$DIR/source.raw"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-names=(strata limits seccompoff)
-labels=("strata (this build)" "limits+metrics" "seccomp off")
-args=("" "" "--seccomp off")
-keys=("" ",iops-total=100000000,bps-total=1000G" "")
-bins=("$BIN/vhost-user-blk" "$BIN/vhost-user-blk" "$BIN/vhost-user-blk")
+names=(strata again limits seccompoff)
+labels=("strata (this build)" "strata again (A/A)" "limits+metrics" "seccomp off")
+args=("" "" "" "--seccomp off")
+keys=("" "" ",iops-total=100000000,bps-total=1000G" "")
+bins=("$BIN/vhost-user-blk" "$BIN/vhost-user-blk" "$BIN/vhost-user-blk" "$BIN/vhost-user-blk")
 if [ -n "${STRATA_BASE_BIN:-}" ]; then
     names+=(base); labels+=("base (${STRATA_BASE_LABEL:-$STRATA_BASE_BIN})"); args+=(""); keys+=(""); bins+=("$STRATA_BASE_BIN")
+fi
+# CONTENDERS picks some of them, in this order; the first is the reference.
+if [ -n "${CONTENDERS:-}" ]; then
+    pick=()
+    for want in $CONTENDERS; do
+        found=
+        for i in "${!names[@]}"; do [ "${names[$i]}" = "$want" ] && pick+=("$i") && found=1; done
+        [ -n "$found" ] || { echo "bench-ab: no contender '$want' (have: ${names[*]})" >&2; exit 2; }
+    done
+    sel() { local -n a=$1; local out=(); for i in "${pick[@]}"; do out+=("${a[$i]}"); done; a=("${out[@]}"); }
+    sel names; sel labels; sel args; sel keys; sel bins
 fi
 pids=()
 cleanup() { kill "${pids[@]}" "${scraper:-}" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
-for i in "${!names[@]}"; do
-    n=${names[$i]}
-    cp "$DIR/source.raw" "$DIR/$n.raw"
-    extra=()
-    [ "$n" = limits ] && extra=(--metrics "127.0.0.1:$port")
-    # shellcheck disable=SC2086 # the arguments are split into words on purpose
-    "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
-    pids+=($!)
-done
+for n in "${names[@]}"; do cp "$DIR/source.raw" "$DIR/$n.raw"; done
 rm -f "$DIR/source.raw"
-for n in "${names[@]}"; do
-    for _ in $(seq 100); do [ -S "$DIR/$n.sock" ] && break; sleep 0.1; done
-    [ -S "$DIR/$n.sock" ] || { echo "bench-ab: the $n daemon did not start" >&2; exit 1; }
-done
+start_daemons() {
+    pids=()
+    for i in "${!names[@]}"; do
+        local n=${names[$i]} extra=()
+        rm -f "$DIR/$n.sock"
+        [ "$n" = limits ] && extra=(--metrics "127.0.0.1:$port")
+        # shellcheck disable=SC2086 # the arguments are split into words on purpose
+        "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
+        pids+=($!)
+    done
+    for n in "${names[@]}"; do
+        for _ in $(seq 100); do [ -S "$DIR/$n.sock" ] && break; sleep 0.1; done
+        [ -S "$DIR/$n.sock" ] || { echo "bench-ab: the $n daemon did not start" >&2; exit 1; }
+    done
+}
+stop_daemons() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
+start_daemons
 # The scraper a Prometheus would be: /metrics once a second.
 (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics" || true; done) &
 scraper=$!
@@ -72,6 +93,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 out="$DIR/results.tsv"
 : > "$out"
 for round in $(seq "$ROUNDS"); do
+    # RESTART=1: fresh daemons every round, so no contender keeps one process's luck (where
+    # its threads and memory landed) for the whole run.
+    if [ "${RESTART:-0}" = 1 ] && [ "$round" -gt 1 ]; then stop_daemons; start_daemons; fi
     # Rotate the order every round.
     order=()
     for k in "${!names[@]}"; do order+=("$(( (k + round) % ${#names[@]} ))"); done
@@ -128,24 +152,39 @@ for (w, qd), by in sorted(data.items()):
         of_sums = sum(r[k][0] for k in common_rounds) / sum(base[k][0] for k in common_rounds)
         shown = "" if len(ri) > 10 else f"   [{'/'.join(f'{x:.2f}' for x in ri)}] [{'/'.join(f'{x:.2f}' for x in rc)}]"
         print(f"{'':<16} {label[n]:<28} {iops:>9.0f} {med(ri):>6.3f} {of_sums:>7.3f}  {cpu:>16.2f} {med(rc):>6.3f}{shown}")
+if "again" in names:
+    # The A/A control: every other contender against the mean of the two identical daemons.
+    print(f"\nagainst the mean of {label[ref]} and {label['again']} (ratio of summed IOPS; the two differ by the A/A line above)")
+    for (w, qd), by in sorted(data.items()):
+        common_rounds = [k for k in by[ref] if k in by["again"]]
+        pooled = sum(by[ref][k][0] + by["again"][k][0] for k in common_rounds) / 2
+        for n in names:
+            if n in (ref, "again"):
+                continue
+            ours = sum(by[n][k][0] for k in common_rounds if k in by[n])
+            print(f"{w + ' QD' + str(qd):<16} {label[n]:<28} {ours / pooled:>7.3f}")
 if save == "1":
     read = lambda p: open(p).read().strip() if os.path.exists(p) else ""
     cpu_model = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")), "")
     machine = {"host": read("/proc/sys/kernel/hostname"), "nproc": os.cpu_count(), "kernel": read("/proc/sys/kernel/osrelease"), "cpu": cpu_model}
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    common = {"kind": "timings", "section": "What a feature costs when it does not bite: I/O limits and metrics, the sandbox, the last landed build",
-              "command": f"TIME={time} ROUNDS={rounds} SAVE=1 bash scripts/bench-ab.sh", "date": date, "machine": machine, "reference": label[ref]}
-    note = (f"strata {rev}: daemons of this build with its defaults, with I/O limits far above the load (iops-total=10^8, bps-total=1000G) "
-            "and --metrics on (scraped every second), and with --seccomp off, alternating case by case, the order rotating every round; "
-            "the same libblkio client (blkctl bench, one queue) on 256 MiB tmpfs copies of the same data"
-            + (", and the daemon of another build (base: the last landed commit's) beside them. " if "base" in names else ". "))
+    section = os.environ.get("SECTION") or "What a feature costs when it does not bite: I/O limits and metrics, the sandbox, the last landed build"
+    report = os.environ.get("REPORT") or "46-datapath-cost"
+    common = {"kind": "timings", "section": section,
+              "command": (f"CONTENDERS='{' '.join(names)}' " if os.environ.get("CONTENDERS") else "") + (f"REPORT={report} " if os.environ.get("REPORT") else "") + ("RESTART=1 " if os.environ.get("RESTART") == "1" else "") + f"TIME={time} ROUNDS={rounds} SAVE=1 bash scripts/bench-ab.sh", "date": date, "machine": machine, "reference": label[ref]}
+    meaning = {"strata": "this build with its defaults", "again": "a second daemon identical to the first (the A/A floor)",
+               "limits": "I/O limits far above the load (iops-total=10^8, bps-total=1000G) and --metrics on, scraped every second",
+               "seccompoff": "--seccomp off", "base": "another build's daemon (the last landed commit's)"}
+    note = (f"strata {rev}, daemons: " + "; ".join(f"{label[n]}: {meaning[n]}" for n in names) + ". Alternating case by case, the order "
+            "rotating every round" + (", fresh daemons every round" if os.environ.get("RESTART") == "1" else "")
+            + "; the same libblkio client (blkctl bench, one queue) on 256 MiB tmpfs copies of the same data. ")
     for kind, unit, title, extra in (
         ("iops", "kIOPS", "client IOPS, 4 KiB", "IOPS swing by 10-20% from round to round here with other load; the CPU table beside it is steadier."),
         ("cpu", "µs", "daemon CPU time per request, 4 KiB (user + system, every thread)", "The daemon's CPU time over the requests completed: what each request costs the server, which a feature that does not bite must not raise."),
     ):
         rep = dict(common, title=title, unit=unit, rows=rows[kind], notes=note + extra)
-        with open(f"docs/bench/46-datapath-cost-{kind}.json", "w") as f:
+        with open(f"docs/bench/{report}-{kind}.json", "w") as f:
             json.dump(rep, f, indent=2)
-    print("saved docs/bench/46-datapath-cost-{iops,cpu}.json")
+    print(f"saved docs/bench/{report}-{{iops,cpu}}.json")
 PY
 if [ "$SAVE" = 1 ]; then "$BIN/blkctl" bench-report; fi

@@ -2,20 +2,30 @@
 # strata's daemon serving an RBD image against the floor (`fio --ioengine=rbd`: librbd with
 # nothing in between) and against qemu-storage-daemon's `driver=rbd`, on the same cluster and the
 # same image, in alternating rounds: 4 KiB random read and write at QD32 and at QD1 (latency),
-# and 1 MiB sequential read and write at QD32; each contender runs every case in its turn, the
-# order of contenders rotating every round.
+# and 1 MiB sequential read and write at QD32. The contenders take turns case by case (the
+# order rotating every round), so each case's three runs are minutes apart at most: this
+# cluster's speed drifts by up to 2x over minutes (RocksDB compaction, the shared disk), and
+# whole-contender blocks measured that drift rather than the contenders. Only one of them can
+# hold the image's exclusive lock, so each server starts for its turn and stops after it.
 #
 # Clients: strata and qemu-storage-daemon are driven through vhost-user-blk by the same libblkio
 # client (`blkctl bench socket=...`, one queue); the floor is fio's rbd engine. CPU per request is
 # the whole machine's CPU time (/proc/stat: client, server, OSD and monitor together — on a
 # 2-CPU machine the OSD shares the CPUs) during the case divided by the requests completed.
 #
-#   bash scripts/bench-rbd.sh                       # 1 GiB image, 10 s per case, 3 rounds
-#   TIME=20s ROUNDS=5 SIZE=4G bash scripts/bench-rbd.sh
+#   bash scripts/bench-rbd.sh                       # 1 GiB image, 5 s per case, 6 rounds
+#   TIME=10s ROUNDS=10 SIZE=4G bash scripts/bench-rbd.sh
 #   TIME=1s ROUNDS=1 SIZE=256M bash scripts/bench-rbd.sh   # a smoke run
 #
-# All three use librbd's cache as the conf sets it (qemu-storage-daemon without cache.direct=on,
-# which would turn rbd_cache off for it alone).
+# librbd's cache: CACHE=off (the default) gives all three contenders a copy of the conf with
+# `rbd cache = false`, so every write completes when the OSD has it, for all three alike. With
+# the cache on, fio's rbd engine (which never flushes) has its writes acknowledged by librbd in
+# its own process, while the servers, driven by a client that does not flush either, stay in
+# librbd's write-through-until-flush mode: the write rows then compare two different things.
+# CACHE=conf leaves the conf as it is (qemu-storage-daemon runs without cache.direct=on, which
+# would turn rbd_cache off for it alone).
+#
+# SAVE=1 also writes docs/bench/47-rbd-{iops,latency,cpu}.json and regenerates docs/bench.md.
 #
 # Uses the cluster CEPH_CONF names, or starts scripts/ceph-dev.sh's (and leaves it running).
 # Prints a markdown table (for docs/bench.md, with the cluster's shape) and saves every case as
@@ -23,9 +33,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-TIME="${TIME:-10s}"
-ROUNDS="${ROUNDS:-3}"
+TIME="${TIME:-5s}"
+ROUNDS="${ROUNDS:-6}"
 SIZE="${SIZE:-1G}"
+CACHE="${CACHE:-off}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/bench-rbd}"
 IMAGE="strata-bench-$$"
@@ -38,6 +49,15 @@ if [ -z "${CEPH_CONF:-}" ]; then
     CEPH_CONF="$(bash scripts/ceph-dev.sh start)"
 fi
 export CEPH_CONF
+case $CACHE in
+    off)
+        # The same cluster, with librbd's cache off for every client that reads this copy.
+        sed 's/^\[client\]$/[client]\nrbd cache = false/' "$CEPH_CONF" >"$OUT/ceph.conf"
+        grep -q '^rbd cache = false' "$OUT/ceph.conf" || { say "no [client] section in $CEPH_CONF"; exit 1; }
+        CEPH_CONF="$OUT/ceph.conf" ;;
+    conf) ;;
+    *) say "CACHE must be off or conf, not '$CACHE'"; exit 2 ;;
+esac
 command -v fio >/dev/null || { say "fio is missing (scripts/setup.sh)"; exit 1; }
 HAVE_QSD=1
 if ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
@@ -95,7 +115,7 @@ PY
 
 start_strata() {
     rm -f "$OUT/strata.sock"
-    "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$IMAGE,num-queues=1" 2>"$OUT/strata.log" &
+    "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$IMAGE,conf=$CEPH_CONF,num-queues=1" 2>"$OUT/strata.log" &
     echo $! >"$OUT/strata.pid"
     for _ in $(seq 300); do [ -S "$OUT/strata.sock" ] && return; sleep 0.1; done
     say "strata did not start: $(tail -3 "$OUT/strata.log")"; exit 1
@@ -114,44 +134,76 @@ stop_pid() { local p; p=$(cat "$1"); kill "$p" 2>/dev/null || true; wait "$p" 2>
 WHO="strata fio"
 [ "$HAVE_QSD" = 1 ] && WHO="strata fio qsd"
 for round in $(seq "$ROUNDS"); do
-    # Rotate who goes first. Only one contender has the image open at a time (the exclusive
-    # lock moves with it), so each server runs for its own turn.
-    set -- $WHO
-    for _ in $(seq $(((round - 1) % $#))); do set -- "${@:2}" "$1"; done
-    for who in "$@"; do
-        say "round $round: $who"
-        case $who in
-            strata) start_strata ;;
-            qsd) start_qsd ;;
-        esac
-        for c in $CASES; do
-            IFS=: read -r name w bs qd <<<"$c"
+    say "round $round of $ROUNDS"
+    for c in $CASES; do
+        IFS=: read -r name w bs qd <<<"$c"
+        # Rotate who goes first, every round.
+        set -- $WHO
+        for _ in $(seq $(((round - 1) % $#))); do set -- "${@:2}" "$1"; done
+        for who in "$@"; do
+            case $who in
+                strata) start_strata ;;
+                qsd) start_qsd ;;
+            esac
             run_case "$who" "$name" "$w" "$bs" "$qd" "$round" "$OUT/$who.sock"
+            case $who in
+                strata) stop_pid "$OUT/strata.pid" ;;
+                qsd) stop_pid "$OUT/qsd.pid" ;;
+            esac
         done
-        case $who in
-            strata) stop_pid "$OUT/strata.pid" ;;
-            qsd) stop_pid "$OUT/qsd.pid" ;;
-        esac
     done
 done
 
-python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" <<'PY'
-import json, os, statistics, sys
-out, rounds, who, rev, ceph = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5]
+python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" "$CACHE" "$TIME" "${SAVE:-0}" "$SIZE" <<'PY'
+import datetime, json, os, statistics, sys
+out, rounds, who, rev, ceph, cache, secs, save, size = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9]
 cases = ["randread-qd32", "randwrite-qd32", "randread-qd1", "randwrite-qd1", "seqread-qd32", "seqwrite-qd32"]
+cache_words = "off for all three" if cache == "off" else "as the conf sets it"
 names = {"strata": f"strata {rev} (vhost-user, libblkio client)", "fio": "fio --ioengine=rbd (floor)", "qsd": "qemu-storage-daemon driver=rbd (libblkio client)"}
+def val(w, c, k, r):
+    p = f"{out}/{w}-{c}-r{r}.json"
+    return json.load(open(p))[k] if os.path.exists(p) else None
 def med(w, c, k):
-    vals = [json.load(open(f"{out}/{w}-{c}-r{r}.json"))[k] for r in range(1, rounds + 1) if os.path.exists(f"{out}/{w}-{c}-r{r}.json")]
+    vals = [v for r in range(1, rounds + 1) if (v := val(w, c, k, r)) is not None]
     return statistics.median(vals) if vals else float("nan")
-print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; {rounds} alternating rounds, medians)\n")
+def ratio(a, b, c):
+    # The median of the per-round IOPS ratios (each round's runs are adjacent in time).
+    rs = [x / y for r in range(1, rounds + 1) if (x := val(a, c, "iops", r)) and (y := val(b, c, "iops", r))]
+    return statistics.median(rs) if rs else float("nan")
+print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; librbd cache {cache_words}; {rounds} rounds of {secs} per case, the contenders alternating case by case; medians, ratios are medians of per-round ratios)\n")
 print("| case | " + " | ".join(names[w] for w in who) + " | strata / fio |" + (" strata / qsd |" if "qsd" in who else ""))
 print("|---" * (len(who) + 2 + ("qsd" in who)) + "|")
 for c in cases:
     cells = []
     for w in who:
         cells.append(f'{med(w, c, "iops"):.0f} IOPS, {med(w, c, "lat_us"):.0f} us, {med(w, c, "cpu_us_per_req"):.0f} us CPU/req')
-    row = f"| {c} | " + " | ".join(cells) + f' | {med("strata", c, "iops") / med("fio", c, "iops"):.2f} |'
+    row = f"| {c} | " + " | ".join(cells) + f' | {ratio("strata", "fio", c):.2f} |'
     if "qsd" in who:
-        row += f' {med("strata", c, "iops") / med("qsd", c, "iops"):.2f} |'
+        row += f' {ratio("strata", "qsd", c):.2f} |'
     print(row)
+if save == "1":
+    read = lambda p: open(p).read().strip() if os.path.exists(p) else ""
+    cpu_model = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")), "")
+    shape = f"Ceph {ceph}: 1 monitor and 1 bluestore OSD on a sparse file, pool rbd with 1 replica, cephx, all on this host (the OSD shares the 2 CPUs with client and server)"
+    common = {"kind": "timings", "section": "Ceph RBD: strata over librbd against fio's rbd engine (the floor) and qemu-storage-daemon driver=rbd",
+              "command": f"TIME={secs} ROUNDS={rounds} SIZE={size} CACHE={cache} SAVE=1 bash scripts/bench-rbd.sh",
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": {"host": read("/proc/sys/kernel/hostname"), "nproc": os.cpu_count(), "kernel": read("/proc/sys/kernel/osrelease"), "cpu": cpu_model},
+              "reference": names["fio"]}
+    note = (f"strata {rev}. {shape}. One {size} image, prefilled; librbd cache {cache_words}. strata and qemu-storage-daemon serve it over "
+            "vhost-user-blk (one queue) to the same libblkio client (blkctl bench); fio's rbd engine is librbd with nothing in between. "
+            "The contenders take turns case by case, the order rotating every round; each server starts for its turn (it must hold the "
+            "image's exclusive lock) and stops after it. ")
+    for kind, key, unit, title, extra in (
+        ("iops", "iops", "IOPS", "IOPS", "One sample per round."),
+        ("latency", "lat_us", "µs", "mean completion latency", "At QD1 this is the round trip of one request."),
+        ("cpu", "cpu_us_per_req", "µs", "whole-machine CPU time per request",
+         "All CPU time on the machine during the case (client, server, OSD, monitor) over the requests completed."),
+    ):
+        rows = [{"what": c, "backend": names[w], "samples": [v for r in range(1, rounds + 1) if (v := val(w, c, key, r)) is not None]}
+                for c in cases for w in who]
+        with open(f"docs/bench/47-rbd-{kind}.json", "w") as f:
+            json.dump(dict(common, title=f"RBD: {title}", unit=unit, rows=rows, notes=note + extra), f, indent=2)
+    print("saved docs/bench/47-rbd-{iops,latency,cpu}.json")
 PY
+if [ "${SAVE:-0}" = 1 ]; then "$BIN/blkctl" bench-report; fi

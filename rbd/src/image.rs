@@ -43,11 +43,13 @@ impl Image {
     /// step (and a backstop on the whole). Errors name the image and the cluster.
     pub fn open(cfg: &RbdConfig) -> Result<Image> {
         cfg.validate()?;
-        let api = ffi::api()?;
         let cfg2 = cfg.clone();
         let (tx, rx) = mpsc::channel();
+        // librbd is loaded there too, the first time: on a Ceph client thread, which may read
+        // the libraries' files when the thread asking (a control-socket `add` in a sandboxed
+        // daemon) may not.
         spawn_ceph_thread("open an image", move || {
-            let _ = tx.send(open_blocking(api, &cfg2));
+            let _ = tx.send(ffi::api().and_then(|api| open_blocking(api, &cfg2)));
         })?;
         // Connecting is bounded by Ceph's own timeouts (set from `timeout=`); an open makes a
         // few round trips, each bounded. The backstop only guards against a client that ignores

@@ -230,4 +230,9 @@ fn rbd(t: &mut Table) {
     t.any(&[libc::SYS_epoll_create]);
     t.any(&[libc::SYS_sched_setaffinity, libc::SYS_setpriority, libc::SYS_getpriority, libc::SYS_tgkill]);
     t.any(&[libc::SYS_sysinfo, libc::SYS_getrusage, libc::SYS_getuid, libc::SYS_geteuid]);
+    // Loading librbd and its libraries (the first `format=rbd` open does, on this kind of
+    // thread): the dynamic loader checks paths before opening them.
+    t.any(&[libc::SYS_faccessat, libc::SYS_faccessat2]);
+    #[cfg(target_arch = "x86_64")]
+    t.any(&[libc::SYS_access]);
 }

@@ -91,4 +91,42 @@ mod tests {
         covers(ThreadKind::ControlPlane, ThreadKind::Background);
         covers(ThreadKind::Rbd, ThreadKind::ControlPlane);
     }
+
+    #[test]
+    fn the_kernel_can_answer_every_call_allowed_with_any_arguments_from_its_cache() {
+        // Installing a filter, Linux (5.11 and later) works out which syscalls it allows
+        // whatever their arguments, and allows those later from a bitmap without running any
+        // filter of the thread; the rest run every filter, each instruction costing time on
+        // every call. So every call a kind allows freely must stay decidable from its number:
+        // in the kind's filter and in its refusal filter (which refuses only `refused`).
+        let arch = super::super::fast_path::audit_arch().expect("a known architecture");
+        let f = Filters::build(SeccompMode::On).unwrap().unwrap();
+        for kind in ThreadKind::ALL {
+            let rules = allow::rules(kind);
+            let refused = allow::refused(kind);
+            for (&nr, conditions) in &rules {
+                let nr32 = u32::try_from(nr).unwrap();
+                let name = super::super::names::name(nr);
+                let answer = super::super::bpf_model::constant_action(&f.progs[&kind], arch, nr32);
+                if conditions.is_empty() {
+                    assert_eq!(
+                        answer,
+                        Some(libc::SECCOMP_RET_ALLOW),
+                        "{kind:?}: {name} is not answered from the cache"
+                    );
+                } else {
+                    assert_eq!(answer, None, "{kind:?}: {name} has argument rules the filter does not check");
+                }
+                if let Some(prog) = f.refusals.get(&kind) {
+                    let answer = super::super::bpf_model::constant_action(prog, arch, nr32);
+                    let expect = if refused.contains_key(&nr) {
+                        libc::SECCOMP_RET_ERRNO | libc::EACCES as u32
+                    } else {
+                        libc::SECCOMP_RET_ALLOW
+                    };
+                    assert_eq!(answer, Some(expect), "{kind:?}: {name} in the refusal filter");
+                }
+            }
+        }
+    }
 }

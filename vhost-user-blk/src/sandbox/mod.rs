@@ -11,6 +11,8 @@
 //! then, so no frontend or control request is served with the start-up privileges.
 
 mod allow;
+#[cfg(test)]
+mod bpf_model;
 mod fast_path;
 mod filters;
 mod gate;

@@ -2,6 +2,7 @@
 //! run time, all stopped (drained and flushed) at shutdown.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
 use blockdev::BlockDev;
@@ -42,6 +43,21 @@ pub struct Daemon {
     series: crate::metrics::Series,
     /// Named throttle groups (`throttle-group=NAME`).
     groups: Registry,
+    /// Name and socket of every `add` still opening its device (which may take up to an RBD
+    /// image's `timeout=`): a second `add` of either is refused meanwhile, not raced.
+    opening: Mutex<Vec<(String, PathBuf)>>,
+}
+
+/// An `add` in progress: its name and socket stay taken until this is dropped.
+struct Opening<'a> {
+    daemon: &'a Daemon,
+    name: String,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.daemon.opening.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| *n != self.name);
+    }
 }
 
 impl Daemon {
@@ -67,12 +83,7 @@ impl Daemon {
 
     /// Open the device of `spec` and start serving it. Refuses a name or socket already in use.
     pub fn add(&self, spec: &DiskSpec) -> Result<(), String> {
-        {
-            let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
-            if exports.iter().any(|e| e.export.name == spec.name || e.export.settings.socket == spec.settings.socket) {
-                return Err(format!("{}: an export with this name or socket already exists", spec.name));
-            }
-        }
+        let _opening = self.reserve(spec)?;
         // Before the device is opened: a group whose limits disagree changes nothing.
         let gate = self.groups.gate_for(&spec.name, spec.settings.throttle_group.as_deref(), &spec.settings.limits)?;
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -88,6 +99,20 @@ impl Daemon {
         let served = ServedExport::start(Arc::new(export)).map_err(|e| e.to_string())?;
         self.exports.lock().unwrap_or_else(|p| p.into_inner()).push(served);
         Ok(())
+    }
+
+    /// Take `spec`'s name and socket for the `add` that opens it, or say who has them.
+    fn reserve(&self, spec: &DiskSpec) -> Result<Opening<'_>, String> {
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        if exports.iter().any(|e| e.export.name == spec.name || e.export.settings.socket == spec.settings.socket) {
+            return Err(format!("{}: an export with this name or socket already exists", spec.name));
+        }
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if opening.iter().any(|(n, s)| *n == spec.name || *s == spec.settings.socket) {
+            return Err(format!("{}: an export with this name or socket is being added", spec.name));
+        }
+        opening.push((spec.name.clone(), spec.settings.socket.clone()));
+        Ok(Opening { daemon: self, name: spec.name.clone() })
     }
 
     /// Stop serving the export `name` (drain, flush, remove its socket).
