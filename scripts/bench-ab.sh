@@ -21,6 +21,7 @@
 #   SAVE=1 bash scripts/bench-ab.sh              # saves docs/bench/46-datapath-cost-*.json
 #                                                # (REPORT=NAME: docs/bench/NAME-*.json, and
 #                                                # SECTION=TEXT: its heading in docs/bench.md)
+#   PIN=1 bash scripts/bench-ab.sh               # client on CPU 0, every daemon on CPU 1
 #   CONTENDERS="strata again seccompoff" RESTART=1 bash scripts/bench-ab.sh
 #                                                # some contenders only; fresh daemons every round
 #
@@ -68,6 +69,10 @@ cleanup() { kill "${pids[@]}" "${scraper:-}" 2>/dev/null || true; rm -rf "$DIR";
 trap cleanup EXIT
 for n in "${names[@]}"; do cp "$DIR/source.raw" "$DIR/$n.raw"; done
 rm -f "$DIR/source.raw"
+# PIN=1: the client on CPU 0 and the daemons on CPU 1, so the scheduler's placement (which
+# moves from round to round) stays out of the comparison.
+daemon_cpu=(); client_cpu=()
+if [ "${PIN:-0}" = 1 ]; then daemon_cpu=(taskset -c 1); client_cpu=(taskset -c 0); fi
 start_daemons() {
     pids=()
     for i in "${!names[@]}"; do
@@ -75,7 +80,7 @@ start_daemons() {
         rm -f "$DIR/$n.sock"
         [ "$n" = limits ] && extra=(--metrics "127.0.0.1:$port")
         # shellcheck disable=SC2086 # the arguments are split into words on purpose
-        "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
+        "${daemon_cpu[@]}" "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
         pids+=($!)
     done
     for n in "${names[@]}"; do
@@ -104,7 +109,7 @@ for round in $(seq "$ROUNDS"); do
             for i in "${order[@]}"; do
                 n=${names[$i]}
                 before=$(cpu_ticks "${pids[$i]}")
-                "$BIN/blkctl" bench "socket=$DIR/$n.sock" --workloads "$w" --qd "$qd" --time "$TIME" --json > "$DIR/case.json"
+                "${client_cpu[@]}" "$BIN/blkctl" bench "socket=$DIR/$n.sock" --workloads "$w" --qd "$qd" --time "$TIME" --json > "$DIR/case.json"
                 after=$(cpu_ticks "${pids[$i]}")
                 python3 - "$DIR/case.json" "$before" "$after" "$(getconf CLK_TCK)" "$n" "$w" "$qd" "$round" >> "$out" <<'PY'
 import json, sys
@@ -171,7 +176,7 @@ if save == "1":
     section = os.environ.get("SECTION") or "What a feature costs when it does not bite: I/O limits and metrics, the sandbox, the last landed build"
     report = os.environ.get("REPORT") or "46-datapath-cost"
     common = {"kind": "timings", "section": section,
-              "command": (f"CONTENDERS='{' '.join(names)}' " if os.environ.get("CONTENDERS") else "") + (f"REPORT={report} " if os.environ.get("REPORT") else "") + ("RESTART=1 " if os.environ.get("RESTART") == "1" else "") + f"TIME={time} ROUNDS={rounds} SAVE=1 bash scripts/bench-ab.sh", "date": date, "machine": machine, "reference": label[ref]}
+              "command": (f"CONTENDERS='{' '.join(names)}' " if os.environ.get("CONTENDERS") else "") + (f"REPORT={report} " if os.environ.get("REPORT") else "") + ("RESTART=1 " if os.environ.get("RESTART") == "1" else "") + ("PIN=1 " if os.environ.get("PIN") == "1" else "") + f"TIME={time} ROUNDS={rounds} SAVE=1 bash scripts/bench-ab.sh", "date": date, "machine": machine, "reference": label[ref]}
     meaning = {"strata": "this build with its defaults", "again": "a second daemon identical to the first (the A/A floor)",
                "limits": "I/O limits far above the load (iops-total=10^8, bps-total=1000G) and --metrics on, scraped every second",
                "seccompoff": "--seccomp off", "base": "another build's daemon (the last landed commit's)"}
