@@ -123,6 +123,13 @@ impl Client {
         (self.region.addr + off) as *mut u8
     }
 
+    /// Hand the requests queued on queue `q` to the device and kick it, waiting for nothing
+    /// (libblkio only submits what `read`/`write` queued at the next `do_io`).
+    pub fn submit(&mut self, q: usize) {
+        let mut none: Vec<MaybeUninit<Completion>> = Vec::new();
+        self.queues[q].do_io(&mut none, 0, None, None).expect("do_io");
+    }
+
     /// Wait for at least `min` completions on queue `q`.
     pub fn reap(&mut self, q: usize, min: usize) -> Vec<Done> {
         let mut c: Vec<MaybeUninit<Completion>> = (0..64).map(|_| MaybeUninit::uninit()).collect();
