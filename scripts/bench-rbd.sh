@@ -16,14 +16,17 @@
 #   bash scripts/bench-rbd.sh                       # 1 GiB image, 5 s per case, 6 rounds
 #   TIME=10s ROUNDS=10 SIZE=4G bash scripts/bench-rbd.sh
 #   TIME=1s ROUNDS=1 SIZE=256M bash scripts/bench-rbd.sh   # a smoke run
+#   ONLY=randwrite-qd1 CONTENDERS='strata qsd' ROUNDS=20 bash scripts/bench-rbd.sh  # a closer look
 #
 # librbd's cache: CACHE=off (the default) gives all three contenders a copy of the conf with
-# `rbd cache = false`, so every write completes when the OSD has it, for all three alike. With
+# `rbd cache = false`, and qemu-storage-daemon `cache.direct=on` (QEMU sets rbd_cache itself
+# after reading the conf: true unless cache.direct=on, whatever the conf says), so every write
+# completes when the OSD has it, for all three alike. With
 # the cache on, fio's rbd engine (which never flushes) has its writes acknowledged by librbd in
 # its own process, while the servers, driven by a client that does not flush either, stay in
 # librbd's write-through-until-flush mode: the write rows then compare two different things.
-# CACHE=conf leaves the conf as it is (qemu-storage-daemon runs without cache.direct=on, which
-# would turn rbd_cache off for it alone).
+# CACHE=conf leaves the conf as it is for strata and fio; qemu-storage-daemon then runs without
+# cache.direct=on, so QEMU turns librbd's cache on for it.
 #
 # SAVE=1 also writes docs/bench/47-rbd-{iops,latency,cpu}.json and regenerates docs/bench.md.
 #
@@ -58,6 +61,7 @@ case $CACHE in
     conf) ;;
     *) say "CACHE must be off or conf, not '$CACHE'"; exit 2 ;;
 esac
+[ -n "${ONLY:-}${CONTENDERS:-}" ] && [ "${SAVE:-0}" = 1 ] && { say "SAVE=1 records every row and contender: leave ONLY and CONTENDERS unset"; exit 2; }
 command -v fio >/dev/null || { say "fio is missing (scripts/setup.sh)"; exit 1; }
 HAVE_QSD=1
 if ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
@@ -80,6 +84,17 @@ busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
 # The cases: name workload blocksize qd (blkctl's workload names; fio's rw= below).
 CASES="randread-qd32:randread:4k:32 randwrite-qd32:randwrite:4k:32 randread-qd1:randread:4k:1 randwrite-qd1:randwrite:4k:1 seqread-qd32:seqread:1m:32 seqwrite-qd32:seqwrite:1m:32"
+if [ -n "${ONLY:-}" ]; then
+    # A subset, by name, for a closer look at a few rows (more rounds in the same time).
+    picked=""
+    for want in $ONLY; do
+        hit=""
+        for c in $CASES; do [ "${c%%:*}" = "$want" ] && hit=$c; done
+        [ -n "$hit" ] || { say "ONLY: no case '$want' (cases: $(for c in $CASES; do printf '%s ' "${c%%:*}"; done))"; exit 2; }
+        picked="$picked $hit"
+    done
+    CASES="${picked# }"
+fi
 
 # One case on one contender; writes $OUT/<who>-<case>-r<round>.json as {iops, lat_us, cpu_us_per_req}.
 run_case() { # WHO CASE WORKLOAD BS QD ROUND SOCKET
@@ -120,9 +135,11 @@ start_strata() {
     for _ in $(seq 300); do [ -S "$OUT/strata.sock" ] && return; sleep 0.1; done
     say "strata did not start: $(tail -3 "$OUT/strata.log")"; exit 1
 }
+QSD_CACHE=""
+[ "$CACHE" = off ] && QSD_CACHE=",cache.direct=on"
 start_qsd() {
     rm -f "$OUT/qsd.sock"
-    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$IMAGE,conf=$CEPH_CONF" \
+    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$IMAGE,conf=$CEPH_CONF$QSD_CACHE" \
         --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
         2>"$OUT/qsd.log" &
     echo $! >"$OUT/qsd.pid"
@@ -133,6 +150,12 @@ stop_pid() { local p; p=$(cat "$1"); kill "$p" 2>/dev/null || true; wait "$p" 2>
 
 WHO="strata fio"
 [ "$HAVE_QSD" = 1 ] && WHO="strata fio qsd"
+if [ -n "${CONTENDERS:-}" ]; then
+    for w in $CONTENDERS; do
+        case " $WHO " in *" $w "*) ;; *) say "CONTENDERS: '$w' is not one of: $WHO"; exit 2 ;; esac
+    done
+    WHO="$CONTENDERS"
+fi
 for round in $(seq "$ROUNDS"); do
     say "round $round of $ROUNDS"
     for c in $CASES; do
@@ -154,10 +177,10 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" "$CACHE" "$TIME" "${SAVE:-0}" "$SIZE" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" "$CACHE" "$TIME" "${SAVE:-0}" "$SIZE" "$(for c in $CASES; do printf '%s ' "${c%%:*}"; done)" <<'PY'
 import datetime, json, os, statistics, sys
 out, rounds, who, rev, ceph, cache, secs, save, size = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9]
-cases = ["randread-qd32", "randwrite-qd32", "randread-qd1", "randwrite-qd1", "seqread-qd32", "seqwrite-qd32"]
+cases = sys.argv[10].split()
 cache_words = "off for all three" if cache == "off" else "as the conf sets it"
 names = {"strata": f"strata {rev} (vhost-user, libblkio client)", "fio": "fio --ioengine=rbd (floor)", "qsd": "qemu-storage-daemon driver=rbd (libblkio client)"}
 def val(w, c, k, r):
@@ -167,19 +190,24 @@ def med(w, c, k):
     vals = [v for r in range(1, rounds + 1) if (v := val(w, c, k, r)) is not None]
     return statistics.median(vals) if vals else float("nan")
 def ratio(a, b, c):
-    # The median of the per-round IOPS ratios (each round's runs are adjacent in time).
-    rs = [x / y for r in range(1, rounds + 1) if (x := val(a, c, "iops", r)) and (y := val(b, c, "iops", r))]
-    return statistics.median(rs) if rs else float("nan")
-print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; librbd cache {cache_words}; {rounds} rounds of {secs} per case, the contenders alternating case by case; medians, ratios are medians of per-round ratios)\n")
+    # The median of the per-round IOPS ratios (each round's runs are adjacent in time), then
+    # the ratio of the summed IOPS over the rounds both ran.
+    pairs = [(x, y) for r in range(1, rounds + 1) if (x := val(a, c, "iops", r)) and (y := val(b, c, "iops", r))]
+    if not pairs:
+        return "n/a"
+    med_ratio = statistics.median(x / y for x, y in pairs)
+    summed = sum(x for x, _ in pairs) / sum(y for _, y in pairs)
+    return f"{med_ratio:.2f} ({summed:.3f})"
+print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; librbd cache {cache_words}; {rounds} rounds of {secs} per case, the contenders alternating case by case; medians, ratios are medians of per-round ratios with the ratio of summed IOPS after them)\n")
 print("| case | " + " | ".join(names[w] for w in who) + " | strata / fio |" + (" strata / qsd |" if "qsd" in who else ""))
 print("|---" * (len(who) + 2 + ("qsd" in who)) + "|")
 for c in cases:
     cells = []
     for w in who:
         cells.append(f'{med(w, c, "iops"):.0f} IOPS, {med(w, c, "lat_us"):.0f} us, {med(w, c, "cpu_us_per_req"):.0f} us CPU/req')
-    row = f"| {c} | " + " | ".join(cells) + f' | {ratio("strata", "fio", c):.2f} |'
+    row = f"| {c} | " + " | ".join(cells) + f' | {ratio("strata", "fio", c)} |'
     if "qsd" in who:
-        row += f' {ratio("strata", "qsd", c):.2f} |'
+        row += f' {ratio("strata", "qsd", c)} |'
     print(row)
 if save == "1":
     read = lambda p: open(p).read().strip() if os.path.exists(p) else ""
