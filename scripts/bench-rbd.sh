@@ -178,9 +178,16 @@ for round in $(seq "$ROUNDS"); do
 done
 
 python3 - "$OUT" "$ROUNDS" "$WHO" "$(git rev-parse --short HEAD)" "$(ceph --version | awk '{print $3}')" "$CACHE" "$TIME" "${SAVE:-0}" "$SIZE" "$(for c in $CASES; do printf '%s ' "${c%%:*}"; done)" <<'PY'
-import datetime, json, os, statistics, sys
+import datetime, json, os, statistics, subprocess, sys
 out, rounds, who, rev, ceph, cache, secs, save, size = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9]
 cases = sys.argv[10].split()
+# Where the OSD keeps its data (scripts/ceph-dev.sh's `bluestore block path`): tmpfs takes the
+# host's disk out of the measurement.
+osd_fs = ""
+conf = os.environ.get("CEPH_CONF", "")
+block = next((l.split("=", 1)[1].strip() for l in open(conf) if l.strip().startswith("bluestore block path")), "") if os.path.exists(conf) else ""
+if block and os.path.exists(block) and subprocess.run(["stat", "-f", "-c", "%T", block], capture_output=True, text=True).stdout.strip() == "tmpfs":
+    osd_fs = " in tmpfs"
 cache_words = "off for all three" if cache == "off" else "as the conf sets it"
 names = {"strata": f"strata {rev} (vhost-user, libblkio client)", "fio": "fio --ioengine=rbd (floor)", "qsd": "qemu-storage-daemon driver=rbd (libblkio client)"}
 def val(w, c, k, r):
@@ -198,7 +205,7 @@ def ratio(a, b, c):
     med_ratio = statistics.median(x / y for x, y in pairs)
     summed = sum(x for x, _ in pairs) / sum(y for _, y in pairs)
     return f"{med_ratio:.2f} ({summed:.3f})"
-print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file, pool size 1, all on this host; librbd cache {cache_words}; {rounds} rounds of {secs} per case, the contenders alternating case by case; medians, ratios are medians of per-round ratios with the ratio of summed IOPS after them)\n")
+print(f"### RBD: strata vs fio rbd vs qemu-storage-daemon (Ceph {ceph}, 1 monitor + 1 bluestore OSD on a sparse file{osd_fs}, pool size 1, all on this host; librbd cache {cache_words}; {rounds} rounds of {secs} per case, the contenders alternating case by case; medians, ratios are medians of per-round ratios with the ratio of summed IOPS after them)\n")
 print("| case | " + " | ".join(names[w] for w in who) + " | strata / fio |" + (" strata / qsd |" if "qsd" in who else ""))
 print("|---" * (len(who) + 2 + ("qsd" in who)) + "|")
 for c in cases:
@@ -212,7 +219,7 @@ for c in cases:
 if save == "1":
     read = lambda p: open(p).read().strip() if os.path.exists(p) else ""
     cpu_model = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")), "")
-    shape = f"Ceph {ceph}: 1 monitor and 1 bluestore OSD on a sparse file, pool rbd with 1 replica, cephx, all on this host (the OSD shares the 2 CPUs with client and server)"
+    shape = f"Ceph {ceph}: 1 monitor and 1 bluestore OSD on a sparse file{osd_fs}, pool rbd with 1 replica, cephx, all on this host (the OSD shares the 2 CPUs with client and server)"
     common = {"kind": "timings", "section": "Ceph RBD: strata over librbd against fio's rbd engine (the floor) and qemu-storage-daemon driver=rbd",
               "command": f"TIME={secs} ROUNDS={rounds} SIZE={size} CACHE={cache} SAVE=1 bash scripts/bench-rbd.sh",
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -71,6 +71,15 @@ pub trait BlockDev: Send + Sync {
         ))
     }
 
+    /// Whether requests to this device, or to a device it stands on, go over the network and
+    /// complete on another thread (librbd). A queue worker polling for such completions only
+    /// takes CPU from the threads that produce them, so exports over such a device do not poll
+    /// by default. Devices on this host answer false (the default); wrappers answer for what
+    /// they wrap.
+    fn over_network(&self) -> bool {
+        false
+    }
+
     /// A short human-readable name for logs (`raw:/path`, `mem:1G`, `raid5:uuid`).
     fn describe(&self) -> String {
         String::from("blockdev")

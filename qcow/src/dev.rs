@@ -172,6 +172,10 @@ impl BlockDev for Qcow2 {
         }
     }
 
+    fn over_network(&self) -> bool {
+        self.sh.file.over_network() || self.sh.backing.as_ref().is_some_and(|b| b.over_network())
+    }
+
     fn describe(&self) -> String {
         format!("qcow2:{}", self.sh.name)
     }

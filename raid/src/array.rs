@@ -281,6 +281,10 @@ impl BlockDev for Array {
         ))
     }
 
+    fn over_network(&self) -> bool {
+        self.core.members.iter().any(|m| m.dev().is_some_and(|d| d.over_network()))
+    }
+
     fn describe(&self) -> String {
         self.core.describe()
     }

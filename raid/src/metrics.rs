@@ -69,12 +69,27 @@ pub(crate) fn push(array: &Array, out: &mut Vec<LayerSample>) {
 mod tests {
     use std::sync::Arc;
 
+    use blockdev::testdev::FaultDev;
     use blockdev::{BlockDev, IoCtx, LayerSample, MemDisk};
 
     use crate::{create, CreateOptions, Level};
 
     fn value(out: &[LayerSample], name: &str) -> f64 {
         out.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name}")).value
+    }
+
+    #[test]
+    fn an_array_is_over_the_network_while_a_member_there_is_present() {
+        let io = IoCtx::new().unwrap();
+        let remote = Arc::new(FaultDev::new(Arc::new(MemDisk::new(4 << 20).unwrap())));
+        remote.set_over_network(true);
+        let members: Vec<(String, Arc<dyn BlockDev>)> =
+            vec![("local".into(), Arc::new(MemDisk::new(4 << 20).unwrap())), ("remote".into(), remote)];
+        let opts = CreateOptions { chunk: 16 << 10, ppl_slots: 16, ..CreateOptions::new(Level::Raid1) };
+        let arr = io.block_on(create(&io, members, opts)).unwrap();
+        assert!(arr.over_network());
+        io.block_on(arr.fail_member(&io, 1)).unwrap();
+        assert!(arr.over_network(), "a failed member is still there until it is removed");
     }
 
     #[test]

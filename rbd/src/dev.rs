@@ -160,6 +160,10 @@ impl BlockDev for RbdDev {
         Ok(self.size.fetch_max(now, Ordering::AcqRel).max(now))
     }
 
+    fn over_network(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("rbd:{}", self.spec)
     }

@@ -480,6 +480,10 @@ impl BlockDev for ThinVolume {
         Box::pin(unmap(self.inner.clone(), io.clone(), self.id, off, len, true, self.no_space_wait))
     }
 
+    fn over_network(&self) -> bool {
+        self.inner.meta.over_network() || self.inner.data.over_network()
+    }
+
     fn describe(&self) -> String {
         format!("thin:{}", self.name)
     }

@@ -17,7 +17,7 @@ fn a_deep_queue_is_answered_in_several_notified_batches() {
     let dir = tempdir();
     let served = serve(dir.path(), "pipeline", mem_disk(1 << 20), |s| {
         s.queue_size = QSIZE;
-        s.poll_us = 0;
+        s.poll_us = Some(0);
     });
     // No EVENT_IDX: the device signals every time it adds to the used ring (unless the guest
     // sets NO_INTERRUPT, which this one never does).

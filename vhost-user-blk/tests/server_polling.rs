@@ -77,7 +77,7 @@ fn polling_takes_requests_without_kicks(event_idx: bool) {
     let dir = tempdir();
     let served = serve(dir.path(), "poll", mem_disk(1 << 20), |s| {
         s.queue_size = QSIZE;
-        s.poll_us = 10_000;
+        s.poll_us = Some(10_000);
     });
     let mut fe = TestFrontend::connect_with(&served.export.settings.socket, 1, QSIZE, event_idx);
     // The first request is kicked (the worker sleeps until then); while it polls afterwards,
@@ -114,7 +114,7 @@ fn without_polling_every_request_waits_for_its_kick() {
         let dir = tempdir();
         let served = serve(dir.path(), "nopoll", mem_disk(1 << 20), |s| {
             s.queue_size = QSIZE;
-            s.poll_us = 0;
+            s.poll_us = Some(0);
         });
         let mut fe = TestFrontend::connect_with(&served.export.settings.socket, 1, QSIZE, event_idx);
         // One request first, then a pause: the worker's start-up (its first event creates it and

@@ -512,6 +512,9 @@ fn an_rbd_image_added_on_the_control_socket_of_a_sandboxed_daemon_is_served() {
     }
     assert_eq!(c.flush(0), 0);
     drop(c);
+    // Over an RBD image the workers do not poll unless told (docs/scale-out.md, "Polling").
+    let list = control(&api, r#"{"cmd":"list"}"#);
+    assert_eq!(list["result"][0]["settings"]["poll_us"], 0, "{list}");
     assert_eq!(control(&api, r#"{"cmd":"remove","name":"added"}"#)["ok"], true);
     d.stop();
     let exported = img.export();

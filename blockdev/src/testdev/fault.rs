@@ -5,7 +5,7 @@
 //! never reaches the inner device: nothing is written.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{ready, BlockDev, DevInfo, Error, IoBufs, IoClass, IoCtx, IoFuture, IoTag};
@@ -182,6 +182,7 @@ pub struct FaultDev {
     state: Mutex<FaultState>,
     ops: [AtomicU64; 5],
     injected: AtomicU64,
+    over_network: AtomicBool,
 }
 
 impl FaultDev {
@@ -192,7 +193,14 @@ impl FaultDev {
             state: Mutex::new(FaultState::default()),
             ops: Default::default(),
             injected: AtomicU64::new(0),
+            over_network: Default::default(),
         }
+    }
+
+    /// Say the device goes over the network (as an RBD image does), for tests of what layers
+    /// and exports do over one ([`BlockDev::over_network`]).
+    pub fn set_over_network(&self, yes: bool) {
+        self.over_network.store(yes, Ordering::Relaxed);
     }
 
     /// The wrapped device.
@@ -397,6 +405,10 @@ impl BlockDev for FaultDev {
             Ok(_) => self.inner.write_zeroes(io, off, len, unmap, tag),
             Err(e) => ready(Err(e)),
         }
+    }
+
+    fn over_network(&self) -> bool {
+        self.over_network.load(Ordering::Relaxed) || self.inner.over_network()
     }
 
     fn describe(&self) -> String {

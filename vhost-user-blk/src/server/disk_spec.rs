@@ -81,7 +81,7 @@ impl DiskSpec {
                 "logical-block-size" => s.logical_block_size = parse_num(&k, &v)?,
                 "write-cache" => s.write_cache = parse_bool(&k, &v)?,
                 "queues-per-thread" => s.queues_per_thread = parse_num(&k, &v)?,
-                "poll-us" => s.poll_us = parse_num(&k, &v)?,
+                "poll-us" => s.poll_us = Some(parse_num(&k, &v)?),
                 "sqpoll" => s.sqpoll_ms = parse_sqpoll(&v)?,
                 _ => device.push((k, v)),
             }
@@ -163,7 +163,7 @@ mod tests {
         let qpt = DiskSpec::parse("socket=s,format=mem,num-queues=2,queues-per-thread=3").unwrap_err();
         assert!(qpt.contains("queues-per-thread"), "{qpt}");
         assert!(DiskSpec::parse("socket=s,format=mem,poll-us=10001").unwrap_err().contains("poll-us"));
-        assert_eq!(DiskSpec::parse("socket=s,format=mem,poll-us=0").unwrap().settings.poll_us, 0);
+        assert_eq!(DiskSpec::parse("socket=s,format=mem,poll-us=0").unwrap().settings.poll_us, Some(0));
         assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=on").unwrap().settings.sqpoll_ms, 1);
         assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=off").unwrap().settings.sqpoll_ms, 0);
         assert_eq!(DiskSpec::parse("socket=s,format=mem,sqpoll=20").unwrap().settings.sqpoll_ms, 20);

@@ -16,7 +16,10 @@ pub const MAX_QUEUES: u16 = 64;
 /// Largest `queue-size` accepted.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 
-/// Default `poll-us`: cloud-hypervisor's vhost-user-block polls its queues for 50 us too.
+/// Default `poll-us` over a device on this host: cloud-hypervisor's vhost-user-block polls its
+/// queues for 50 us too. Over a device that goes over the network (an RBD image anywhere in the
+/// stack) the default is 0: its completions come from librbd's threads a network round trip
+/// later, and a polling worker takes the CPU they need (docs/scale-out.md, "Polling").
 pub const DEFAULT_POLL_US: u32 = 50;
 /// Largest `poll-us` accepted (a worker never spins longer than this without new work).
 pub const MAX_POLL_US: u32 = 10_000;
@@ -44,7 +47,8 @@ pub struct ExportSettings {
     pub queues_per_thread: u16,
     /// How long a worker keeps polling its queues and ring for new work after the last
     /// request or completion, before it sleeps until a kick (microseconds, 0 = never poll).
-    pub poll_us: u32,
+    /// `None` until [`Export::new`] picks the default for the device ([`DEFAULT_POLL_US`]).
+    pub poll_us: Option<u32>,
     /// Give each worker's io_uring a kernel submission thread that polls for this many
     /// milliseconds after the last submission (`sqpoll=on` is 1 ms; 0 = off, the default).
     pub sqpoll_ms: u32,
@@ -68,11 +72,16 @@ impl ExportSettings {
             logical_block_size: 512,
             write_cache: true,
             queues_per_thread: 1,
-            poll_us: DEFAULT_POLL_US,
+            poll_us: None,
             sqpoll_ms: 0,
             limits: Limits::default(),
             throttle_group: None,
         }
+    }
+
+    /// The polling window workers use (`poll-us`, or the default for `dev`).
+    pub fn poll_us_for(&self, dev: &dyn BlockDev) -> u32 {
+        self.poll_us.unwrap_or(if dev.over_network() { 0 } else { DEFAULT_POLL_US })
     }
 
     /// Worker threads: `num_queues` split into groups of `queues_per_thread`.
@@ -94,8 +103,8 @@ impl ExportSettings {
         if self.queue_size == 0 || self.queue_size > MAX_QUEUE_SIZE || !self.queue_size.is_power_of_two() {
             return Err(format!("queue-size={} must be a power of two up to {MAX_QUEUE_SIZE}", self.queue_size));
         }
-        if self.poll_us > MAX_POLL_US {
-            return Err(format!("poll-us={} must be 0..={MAX_POLL_US}", self.poll_us));
+        if let Some(us) = self.poll_us.filter(|&us| us > MAX_POLL_US) {
+            return Err(format!("poll-us={us} must be 0..={MAX_POLL_US}"));
         }
         if self.sqpoll_ms > MAX_SQPOLL_MS {
             return Err(format!("sqpoll={} must be on, off or 0..={MAX_SQPOLL_MS} (milliseconds)", self.sqpoll_ms));
@@ -143,11 +152,12 @@ impl Export {
     /// Build an export of `dev`; fails when the device cannot be announced with these settings.
     pub fn new(
         name: String,
-        settings: ExportSettings,
+        mut settings: ExportSettings,
         dev: Arc<dyn BlockDev>,
         source: String,
     ) -> Result<Export, String> {
         settings.validate()?;
+        settings.poll_us = Some(settings.poll_us_for(&*dev));
         let info = dev.info();
         if info.logical_block_size > settings.logical_block_size {
             return Err(format!(
@@ -199,5 +209,54 @@ impl Export {
     /// Serialize live resizes of this export.
     pub fn lock_resize(&self) -> MutexGuard<'_, ()> {
         self.resizing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockdev::{DevInfo, IoBufs, IoCtx, IoFuture, IoTag, MemDisk};
+
+    /// A RAM disk that says it goes over the network, as an RBD image does.
+    struct Networked(MemDisk);
+
+    impl BlockDev for Networked {
+        fn info(&self) -> DevInfo {
+            self.0.info()
+        }
+        fn read(&self, io: &IoCtx, off: u64, bufs: IoBufs, tag: IoTag) -> IoFuture {
+            self.0.read(io, off, bufs, tag)
+        }
+        fn write(&self, io: &IoCtx, off: u64, bufs: IoBufs, fua: bool, tag: IoTag) -> IoFuture {
+            self.0.write(io, off, bufs, fua, tag)
+        }
+        fn flush(&self, io: &IoCtx, tag: IoTag) -> IoFuture {
+            self.0.flush(io, tag)
+        }
+        fn discard(&self, io: &IoCtx, off: u64, len: u64, tag: IoTag) -> IoFuture {
+            self.0.discard(io, off, len, tag)
+        }
+        fn write_zeroes(&self, io: &IoCtx, off: u64, len: u64, unmap: bool, tag: IoTag) -> IoFuture {
+            self.0.write_zeroes(io, off, len, unmap, tag)
+        }
+        fn over_network(&self) -> bool {
+            true
+        }
+    }
+
+    fn export(settings: ExportSettings, dev: Arc<dyn BlockDev>) -> Export {
+        Export::new("e".into(), settings, dev, String::new()).unwrap()
+    }
+
+    #[test]
+    fn workers_poll_by_default_on_this_host_and_not_over_the_network_unless_told() {
+        let local: Arc<dyn BlockDev> = Arc::new(MemDisk::new(1 << 20).unwrap());
+        let remote: Arc<dyn BlockDev> = Arc::new(Networked(MemDisk::new(1 << 20).unwrap()));
+        let default = ExportSettings::new("s");
+        assert_eq!(export(default.clone(), local.clone()).settings.poll_us, Some(DEFAULT_POLL_US));
+        assert_eq!(export(default.clone(), remote.clone()).settings.poll_us, Some(0));
+        let told = ExportSettings { poll_us: Some(20), ..default };
+        assert_eq!(export(told.clone(), local).settings.poll_us, Some(20));
+        assert_eq!(export(told, remote).settings.poll_us, Some(20), "a poll-us given is kept");
     }
 }

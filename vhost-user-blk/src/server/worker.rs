@@ -129,7 +129,9 @@ impl Worker {
         let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
         let queues = (0..nvrings).map(|i| Rc::new(QueueRt::new(first + i, backend.export.clone()))).collect();
         tracing::debug!(export = %backend.export.name, queue = thread, "queue worker started");
-        let poll = RefCell::new(PollWindow::new(Duration::from_micros(u64::from(backend.export.settings.poll_us))));
+        let poll = RefCell::new(PollWindow::new(Duration::from_micros(u64::from(
+            backend.export.settings.poll_us_for(&*backend.export.dev),
+        ))));
         Ok(Worker { io, mem, queues, poll })
     }
 

@@ -235,6 +235,10 @@ impl BlockDev for ServedVolume {
         io.block_on(self._pool.resize_volume(io, self.vol.name(), SizeChange::To(new_size), opts))?;
         Ok(self.vol.info().size)
     }
+    fn over_network(&self) -> bool {
+        self.vol.over_network()
+    }
+
     fn describe(&self) -> String {
         self.vol.describe()
     }

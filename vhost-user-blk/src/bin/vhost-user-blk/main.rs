@@ -28,7 +28,8 @@ struct Args {
     ///   queues-per-thread=N         queues sharing one worker thread and io_uring (default 1)
     ///   queue-size=N                descriptors per queue, a power of two (default 256, at most 1024)
     ///   poll-us=N                   keep polling the queues this long after the last request
-    ///                               before sleeping until a kick (default 50, 0 = off)
+    ///                               before sleeping until a kick (default 50, 0 = off;
+    ///                               default 0 over an RBD image)
     ///   sqpoll=on|off|MS            a kernel thread per worker submits its I/O, polling MS
     ///                               milliseconds (on = 1) after the last one: more IOPS from
     ///                               the page cache and lower latency, for a busy CPU (default off)
