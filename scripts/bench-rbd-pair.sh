@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A close look at one RBD row, strata against qemu-storage-daemon: both servers stay up, each on
+# its own image, and take short turns (1 s by default) for ROUNDS rounds; then they swap images
+# and do it again, so neither keeps the luckier image. Many short, adjacent turns follow this
+# cluster's drift (2x over minutes) far better than scripts/bench-rbd.sh's per-case restarts:
+# this is how a 4% gap at QD1 was told from noise (docs/scale-out.md, "Polling").
+#
+#   bash scripts/bench-rbd-pair.sh                               # 4K randwrite QD1, 30 rounds
+#   WORKLOAD=randread QD=1 ROUNDS=40 bash scripts/bench-rbd-pair.sh
+#   STRATA_KEYS=,poll-us=50 bash scripts/bench-rbd-pair.sh       # extra keys on strata's disk
+#
+# librbd's cache is off for both (a conf copy with `rbd cache = false`, and `cache.direct=on`
+# for qemu-storage-daemon, whose QEMU sets rbd_cache itself). Prints each turn's IOPS ratio's
+# median and mean (with a 95% interval) and the ratio of the summed IOPS.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WORKLOAD="${WORKLOAD:-randwrite}"
+QD="${QD:-1}"
+ROUNDS="${ROUNDS:-30}"
+TURN="${TURN:-1s}"
+SIZE="${SIZE:-1G}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${OUT:-$TARGET/bench-rbd-pair}"
+BIN="$TARGET/release"
+say() { printf 'bench-rbd-pair: %s\n' "$*" >&2; }
+
+case $WORKLOAD in randread | randwrite | seqread | seqwrite) ;; *) say "WORKLOAD must be randread, randwrite, seqread or seqwrite"; exit 2 ;; esac
+if ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
+    say "qemu-storage-daemon has no rbd driver (apt-get install -t bookworm-backports qemu-block-extra)"; exit 1
+fi
+if [ -z "${CEPH_CONF:-}" ]; then
+    CEPH_CONF="$(bash scripts/ceph-dev.sh start)"
+fi
+mkdir -p "$OUT"
+rm -f "$OUT"/*.iops
+sed 's/^\[client\]$/[client]\nrbd cache = false/' "$CEPH_CONF" >"$OUT/ceph.conf"
+grep -q '^rbd cache = false' "$OUT/ceph.conf" || { say "no [client] section in $CEPH_CONF"; exit 1; }
+export CEPH_CONF="$OUT/ceph.conf"
+cargo build --release -q -p vhost-user-blk -p blkctl --bins
+
+IMAGES="strata-pair-a-$$ strata-pair-b-$$"
+trap 'kill $(jobs -p) 2>/dev/null || true; for i in $IMAGES; do rbd rm --no-progress "rbd/$i" >/dev/null 2>&1 || true; done' EXIT
+for img in $IMAGES; do
+    rbd create --size "$SIZE" "rbd/$img"
+    say "prefilling rbd/$img ($SIZE)"
+    fio --name=prefill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$img" --rw=write --bs=4M \
+        --iodepth=8 --size="$SIZE" --output=/dev/null
+done
+
+# One half: strata serves $2, qemu-storage-daemon $3, turns alternate (order flipped each round).
+half() { # HALF STRATA_IMAGE QSD_IMAGE
+    rm -f "$OUT/strata.sock" "$OUT/qsd.sock"
+    "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$2,conf=$CEPH_CONF,num-queues=1${STRATA_KEYS:-}" \
+        2>"$OUT/strata.log" &
+    local sp=$!
+    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$3,conf=$CEPH_CONF,cache.direct=on" \
+        --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
+        2>"$OUT/qsd.log" &
+    local qp=$!
+    for _ in $(seq 300); do [ -S "$OUT/strata.sock" ] && [ -S "$OUT/qsd.sock" ] && break; sleep 0.1; done
+    [ -S "$OUT/strata.sock" ] || { say "strata did not start: $(tail -3 "$OUT/strata.log")"; exit 1; }
+    [ -S "$OUT/qsd.sock" ] || { say "qemu-storage-daemon did not start: $(tail -3 "$OUT/qsd.log")"; exit 1; }
+    for r in $(seq "$ROUNDS"); do
+        local order="strata qsd"
+        [ $((r % 2)) = 0 ] && order="qsd strata"
+        for who in $order; do
+            "$BIN/blkctl" bench "socket=$OUT/$who.sock" --workloads "$WORKLOAD" --qd "$QD" --time "$TURN" --no-prefill \
+                --json --size-limit "$SIZE" 2>/dev/null |
+                python3 -c 'import json, sys; print(json.load(sys.stdin)["cases"][0]["iops"])' >"$OUT/$who-h$1-r$r.iops"
+        done
+    done
+    kill "$sp" "$qp"
+    wait "$sp" "$qp" 2>/dev/null || true
+}
+set -- $IMAGES
+say "half 1: strata on $1, qemu-storage-daemon on $2, $ROUNDS rounds of $TURN turns"
+half 1 "$1" "$2"
+say "half 2: the images swapped"
+half 2 "$2" "$1"
+
+python3 - "$OUT" "$ROUNDS" "$WORKLOAD" "$QD" "$TURN" <<'PY'
+import math, statistics, sys
+out, rounds, workload, qd, turn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+pairs = []
+for h in (1, 2):
+    for r in range(1, rounds + 1):
+        s = float(open(f"{out}/strata-h{h}-r{r}.iops").read())
+        q = float(open(f"{out}/qsd-h{h}-r{r}.iops").read())
+        pairs.append((s, q))
+ratios = [s / q for s, q in pairs]
+mean = statistics.mean(ratios)
+half_width = 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios))
+summed = sum(s for s, _ in pairs) / sum(q for _, q in pairs)
+print(f"{workload} QD{qd}, {len(pairs)} turns of {turn} each: strata {statistics.mean(s for s, _ in pairs):.0f} IOPS, "
+      f"qemu-storage-daemon {statistics.mean(q for _, q in pairs):.0f} IOPS")
+print(f"strata / qsd: median {statistics.median(ratios):.3f}, mean {mean:.3f} +- {half_width:.3f} (95%), summed {summed:.3f}")
+PY
