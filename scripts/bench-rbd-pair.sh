@@ -8,6 +8,10 @@
 #   bash scripts/bench-rbd-pair.sh                               # 4K randwrite QD1, 30 rounds
 #   WORKLOAD=randread QD=1 ROUNDS=40 bash scripts/bench-rbd-pair.sh
 #   STRATA_KEYS=,poll-us=50 bash scripts/bench-rbd-pair.sh       # extra keys on strata's disk
+#   BASE_BIN=/tmp/old/vhost-user-blk bash scripts/bench-rbd-pair.sh  # against another strata build
+#
+# BASE_BIN puts another build's daemon (the last landed commit's, say) in qemu-storage-daemon's
+# place, with the same disk keys: a before/after of a change on this noisy cluster.
 #
 # librbd's cache is off for both (a conf copy with `rbd cache = false`, and `cache.direct=on`
 # for qemu-storage-daemon, whose QEMU sets rbd_cache itself). Prints each turn's IOPS ratio's
@@ -21,12 +25,16 @@ ROUNDS="${ROUNDS:-30}"
 TURN="${TURN:-1s}"
 SIZE="${SIZE:-1G}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BASE_BIN="${BASE_BIN:-}"
+OTHER="qemu-storage-daemon"
+[ -n "$BASE_BIN" ] && OTHER="base"
 OUT="${OUT:-$TARGET/bench-rbd-pair}"
 BIN="$TARGET/release"
 say() { printf 'bench-rbd-pair: %s\n' "$*" >&2; }
 
 case $WORKLOAD in randread | randwrite | seqread | seqwrite) ;; *) say "WORKLOAD must be randread, randwrite, seqread or seqwrite"; exit 2 ;; esac
-if ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
+if [ -n "$BASE_BIN" ] && [ ! -x "$BASE_BIN" ]; then say "BASE_BIN=$BASE_BIN is not an executable"; exit 2; fi
+if [ -z "$BASE_BIN" ] && ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
     say "qemu-storage-daemon has no rbd driver (apt-get install -t bookworm-backports qemu-block-extra)"; exit 1
 fi
 if [ -z "${CEPH_CONF:-}" ]; then
@@ -50,17 +58,23 @@ done
 
 # One half: strata serves $2, qemu-storage-daemon $3, turns alternate (order flipped each round).
 half() { # HALF STRATA_IMAGE QSD_IMAGE
+    # The other contender's files are named qsd.* whichever it is (qemu-storage-daemon, or BASE_BIN).
     rm -f "$OUT/strata.sock" "$OUT/qsd.sock"
     "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$2,conf=$CEPH_CONF,num-queues=1${STRATA_KEYS:-}" \
         2>"$OUT/strata.log" &
     local sp=$!
-    qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$3,conf=$CEPH_CONF,cache.direct=on" \
-        --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
-        2>"$OUT/qsd.log" &
+    if [ -n "$BASE_BIN" ]; then
+        "$BASE_BIN" --disk "socket=$OUT/qsd.sock,format=rbd,pool=rbd,image=$3,conf=$CEPH_CONF,num-queues=1${STRATA_KEYS:-}" \
+            2>"$OUT/qsd.log" &
+    else
+        qemu-storage-daemon --blockdev "driver=rbd,node-name=r,pool=rbd,image=$3,conf=$CEPH_CONF,cache.direct=on" \
+            --export "type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=$OUT/qsd.sock,writable=on,num-queues=1" \
+            2>"$OUT/qsd.log" &
+    fi
     local qp=$!
     for _ in $(seq 300); do [ -S "$OUT/strata.sock" ] && [ -S "$OUT/qsd.sock" ] && break; sleep 0.1; done
     [ -S "$OUT/strata.sock" ] || { say "strata did not start: $(tail -3 "$OUT/strata.log")"; exit 1; }
-    [ -S "$OUT/qsd.sock" ] || { say "qemu-storage-daemon did not start: $(tail -3 "$OUT/qsd.log")"; exit 1; }
+    [ -S "$OUT/qsd.sock" ] || { say "$OTHER did not start: $(tail -3 "$OUT/qsd.log")"; exit 1; }
     for r in $(seq "$ROUNDS"); do
         local order="strata qsd"
         [ $((r % 2)) = 0 ] && order="qsd strata"
@@ -74,14 +88,14 @@ half() { # HALF STRATA_IMAGE QSD_IMAGE
     wait "$sp" "$qp" 2>/dev/null || true
 }
 set -- $IMAGES
-say "half 1: strata on $1, qemu-storage-daemon on $2, $ROUNDS rounds of $TURN turns"
+say "half 1: strata on $1, $OTHER on $2, $ROUNDS rounds of $TURN turns"
 half 1 "$1" "$2"
 say "half 2: the images swapped"
 half 2 "$2" "$1"
 
-python3 - "$OUT" "$ROUNDS" "$WORKLOAD" "$QD" "$TURN" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$WORKLOAD" "$QD" "$TURN" "$OTHER" <<'PY'
 import math, statistics, sys
-out, rounds, workload, qd, turn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out, rounds, workload, qd, turn, other = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 pairs = []
 for h in (1, 2):
     for r in range(1, rounds + 1):
@@ -93,6 +107,6 @@ mean = statistics.mean(ratios)
 half_width = 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios))
 summed = sum(s for s, _ in pairs) / sum(q for _, q in pairs)
 print(f"{workload} QD{qd}, {len(pairs)} turns of {turn} each: strata {statistics.mean(s for s, _ in pairs):.0f} IOPS, "
-      f"qemu-storage-daemon {statistics.mean(q for _, q in pairs):.0f} IOPS")
-print(f"strata / qsd: median {statistics.median(ratios):.3f}, mean {mean:.3f} +- {half_width:.3f} (95%), summed {summed:.3f}")
+      f"{other} {statistics.mean(q for _, q in pairs):.0f} IOPS")
+print(f"strata / {'qsd' if other == 'qemu-storage-daemon' else other}: median {statistics.median(ratios):.3f}, mean {mean:.3f} +- {half_width:.3f} (95%), summed {summed:.3f}")
 PY

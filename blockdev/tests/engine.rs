@@ -410,6 +410,120 @@ fn another_thread_wakes_a_sleeping_engine() {
     t.join().unwrap();
 }
 
+/// A future that another thread completes: ready once `done` is set, its waker stored meanwhile.
+type Remote = Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>;
+
+fn remote_done(flag: &Remote) -> impl std::future::Future<Output = ()> + 'static {
+    let flag = flag.clone();
+    std::future::poll_fn(move |cx| {
+        let mut g = flag.lock().unwrap();
+        if g.0 {
+            std::task::Poll::Ready(())
+        } else {
+            g.1 = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    })
+}
+
+fn complete_remote(flag: &Remote) {
+    let mut g = flag.lock().unwrap();
+    g.0 = true;
+    if let Some(w) = g.1.take() {
+        w.wake();
+    }
+}
+
+/// An epoll-driven engine (as the vhost-user worker makes) signals completions and other
+/// threads' wake-ups on the one eventfd: an epoll loop watching only it sees both, each wait
+/// ending within the timeout (a lost signal would leave it waiting), and the ring has no poll
+/// of its own, so a wake-up's turn completes nothing from the ring.
+#[test]
+fn an_epoll_driven_engine_signals_completions_and_remote_wake_ups_on_one_eventfd() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev: Arc<dyn BlockDev> = Arc::new(RawFile::open(&path, OpenOptions::default()).unwrap());
+    let io = IoCtx::with_config(EngineConfig { epoll_driven: true, ..EngineConfig::default() }).unwrap();
+    assert_eq!(io.completion_fd(), io.wake_fd());
+    // SAFETY: epoll_create1 has no memory arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+    // SAFETY: registers a valid fd with a live event struct.
+    assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, io.completion_fd(), &mut ev) }, 0);
+    let wait = |what: &str| {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: waits on our epoll fd with a live output array of the stated length.
+        let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 3000) };
+        assert!(n > 0, "{what}: nothing signalled in 3 s");
+    };
+    let done = std::rc::Rc::new(std::cell::Cell::new(0));
+    // File I/O: completions from the ring.
+    for i in 0..16u64 {
+        let (dev, io2, done) = (dev.clone(), io.clone(), done.clone());
+        io.spawn(async move {
+            let mut b = SharedBuf::from_slice(&pattern(4096, i as u8));
+            dev.write(&io2, i * 4096, b.io(), false, IoTag::DATA).await.unwrap();
+            let mut r = SharedBuf::new(4096);
+            dev.read(&io2, i * 4096, r.io(), IoTag::DATA).await.unwrap();
+            assert_eq!(r.bytes(), pattern(4096, i as u8).as_slice());
+            done.set(done.get() + 1);
+        });
+    }
+    io.run_pending();
+    while done.get() < 16 {
+        wait("file I/O");
+        io.run_once();
+    }
+    // Wake-ups from another thread, one at a time and in bursts.
+    for burst in [1usize, 1, 8, 64] {
+        let flags: Vec<Remote> = (0..burst).map(|_| Arc::default()).collect();
+        for f in &flags {
+            let (fut, done) = (remote_done(f), done.clone());
+            io.spawn(async move {
+                fut.await;
+                done.set(done.get() + 1);
+            });
+        }
+        io.run_pending();
+        let before = done.get();
+        let waker_flags = flags.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            waker_flags.iter().for_each(complete_remote);
+        });
+        while done.get() < before + burst {
+            wait("a wake-up from another thread");
+            assert_eq!(io.run_once(), 0, "no ring completion: the ring keeps no wake poll");
+        }
+        t.join().unwrap();
+    }
+    // SAFETY: closes the epoll fd we created.
+    unsafe { libc::close(ep) };
+    assert_eq!(io.live_tasks(), 0);
+}
+
+/// `block_on` on an epoll-driven engine sleeps on the shared eventfd: both file completions
+/// and another thread's wake-up end its sleep.
+#[test]
+fn block_on_an_epoll_driven_engine_wakes_for_completions_and_other_threads() {
+    let (_d, path) = tmpfile(1 << 20);
+    let dev = RawFile::open(&path, OpenOptions::default()).unwrap();
+    let io = IoCtx::with_config(EngineConfig { epoll_driven: true, ..EngineConfig::default() }).unwrap();
+    let mut b = SharedBuf::from_slice(&pattern(8192, 3));
+    io.block_on(dev.write(&io, 0, b.io(), false, IoTag::DATA)).unwrap();
+    let mut r = SharedBuf::new(8192);
+    io.block_on(dev.read(&io, 0, r.io(), IoTag::DATA)).unwrap();
+    assert_eq!(r.bytes(), pattern(8192, 3).as_slice());
+    let flag: Remote = Arc::default();
+    let f2 = flag.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        complete_remote(&f2);
+    });
+    io.block_on(remote_done(&flag));
+    t.join().unwrap();
+}
+
 #[test]
 fn a_dropped_file_is_unlocked_at_once_while_another_thread_still_has_it_registered() {
     let (_d, path) = tmpfile(1 << 20);

@@ -24,6 +24,13 @@ pub struct EngineConfig {
     /// submits with `io_uring_enter`. With one, submissions cost no syscall and page-cache hits
     /// are copied on the kernel thread's CPU, at the price of that CPU while I/O keeps coming.
     pub sq_poll_idle_ms: u32,
+    /// The thread sleeps in an epoll loop of its own, never in [`IoCtx::block_on`]'s ring wait
+    /// for long: completions and wake-ups from other threads then raise one eventfd
+    /// ([`IoCtx::completion_fd`], the same as [`IoCtx::wake_fd`]), and the ring keeps no poll of
+    /// its own on the wake eventfd. A wake-up from another thread (each RBD completion is one)
+    /// then costs the loop one eventfd read, instead of two reads and a kernel entry to post
+    /// the ring's poll completion.
+    pub epoll_driven: bool,
 }
 
 impl EngineConfig {
@@ -43,6 +50,7 @@ impl Default for EngineConfig {
             max_unbounded_workers: 4,
             pool_buffers_per_class: 64,
             sq_poll_idle_ms: 0,
+            epoll_driven: false,
         }
     }
 }

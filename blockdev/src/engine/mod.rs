@@ -5,7 +5,9 @@
 //! and one thread keeps many requests in flight. Submissions are batched: operations push SQEs
 //! and the loop enters the kernel once per turn. Completions raise an eventfd (`completion_fd`)
 //! that an epoll loop can wait on; other threads wake this one through a second eventfd that the
-//! ring itself polls, so a thread sleeping in the ring wakes for either.
+//! ring itself polls, so a thread sleeping in the ring wakes for either. An engine made for an
+//! epoll loop (`EngineConfig::epoll_driven`) has the ring raise the wake eventfd itself and
+//! keeps no poll on it: one descriptor, one read per wake-up.
 
 mod config;
 mod files;
@@ -62,7 +64,9 @@ pub(crate) struct Inner {
     queue: Arc<ReadyQueue>,
     files: RefCell<FileTable>,
     mailbox: Arc<RingMailbox>,
-    completion_fd: OwnedFd,
+    /// The eventfd the ring raises on completions: its own, or (`epoll_driven`) the wake
+    /// eventfd, which other threads raise too.
+    completion_fd: Option<OwnedFd>,
     pool: BufPool,
     wake_armed: Cell<bool>,
     /// The completion eventfd is registered with the ring on first use of `completion_fd`
@@ -96,14 +100,23 @@ impl IoCtx {
         if disabled {
             restrict::restrict_and_enable(&ring)?;
         }
-        // SAFETY: eventfd has no memory arguments; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(Error::from_io(std::io::Error::last_os_error(), "io engine: eventfd"));
-        }
-        // SAFETY: efd is a fresh descriptor we own.
-        let completion_fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let completion_fd = if config.epoll_driven {
+            None
+        } else {
+            // SAFETY: eventfd has no memory arguments; the result is checked.
+            let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                return Err(Error::from_io(std::io::Error::last_os_error(), "io engine: eventfd"));
+            }
+            // SAFETY: efd is a fresh descriptor we own.
+            Some(unsafe { OwnedFd::from_raw_fd(efd) })
+        };
         let queue = ReadyQueue::new()?;
+        if config.epoll_driven {
+            ring.submitter()
+                .register_eventfd(queue.wake_fd())
+                .map_err(|e| Error::from_io(e, "io_uring: cannot register the wake eventfd for completions"))?;
+        }
         let mailbox = Arc::new(RingMailbox {
             unregister: Mutex::new(Vec::new()),
             queue: queue.clone(),
@@ -119,7 +132,7 @@ impl IoCtx {
             completion_fd,
             pool: BufPool::new(config.pool_buffers_per_class),
             wake_armed: Cell::new(false),
-            eventfd_registered: Cell::new(false),
+            eventfd_registered: Cell::new(config.epoll_driven),
             cqe_scratch: RefCell::new(Vec::with_capacity(sq as usize * 2)),
             fixed_files,
             config,
@@ -130,7 +143,9 @@ impl IoCtx {
             e.push(Rc::downgrade(&inner));
         });
         let ctx = IoCtx { inner };
-        ctx.arm_wake_poll()?;
+        if !config.epoll_driven {
+            ctx.arm_wake_poll()?;
+        }
         Ok(ctx)
     }
 
@@ -145,8 +160,10 @@ impl IoCtx {
     ///
     /// The first call registers the eventfd with the ring; it fails only if the kernel refuses
     /// (then an error is logged and the fd never fires: use `block_on` instead).
+    ///
+    /// With [`EngineConfig::epoll_driven`] this is the wake eventfd: watch it alone.
     pub fn completion_fd(&self) -> RawFd {
-        let fd = self.inner.completion_fd.as_raw_fd();
+        let fd = self.inner.ring_eventfd();
         if !self.inner.eventfd_registered.replace(true) {
             if let Err(e) = self.inner.ring.borrow().submitter().register_eventfd(fd) {
                 tracing::error!("io_uring: cannot register the completion eventfd: {e}");
@@ -231,23 +248,44 @@ impl IoCtx {
                 self.submit();
                 continue;
             }
-            self.submit_and_wait();
+            if self.inner.config.epoll_driven {
+                self.wait_on_eventfd();
+            } else {
+                self.submit_and_wait();
+            }
             self.reap();
         }
+    }
+
+    /// Sleep until the eventfd an epoll-driven engine shares for completions and wake-ups
+    /// fires (the ring has no wake poll to end a wait inside it), then post what completed.
+    fn wait_on_eventfd(&self) {
+        self.submit();
+        if self.work_waiting() {
+            return;
+        }
+        let mut pfd = libc::pollfd { fd: self.inner.ring_eventfd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one live descriptor through a pollfd on our stack. EINTR just returns.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        self.inner.queue.clear_signal();
+        // Completions signal before they are posted (DEFER_TASKRUN): enter to post them.
+        self.submit();
     }
 
     /// One non-blocking turn for an external event loop woken by [`IoCtx::completion_fd`]:
     /// consume the eventfd's signal, then as [`IoCtx::run_pending`]. Returns the number of
     /// completions handled.
     pub fn run_once(&self) -> usize {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
-        unsafe { libc::read(self.inner.completion_fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         // A loop that also watches `wake_fd` (it must: with DEFER_TASKRUN the wake poll's
         // completion is posted only once this thread enters the kernel) sees it readable until
         // it is reset. Tasks woken from elsewhere are queued before the signal, so the turn
-        // below runs them.
+        // below runs them. An epoll-driven engine has the one eventfd for both.
         self.inner.queue.clear_signal();
+        if let Some(fd) = &self.inner.completion_fd {
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd; EAGAIN is fine.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
         self.run_pending()
     }
 
@@ -300,7 +338,7 @@ impl IoCtx {
             self.inner.ring.borrow_mut().completion().enable_eventfd();
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
-            unsafe { libc::write(self.inner.completion_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            unsafe { libc::write(self.inner.ring_eventfd(), (&one as *const u64).cast(), 8) };
         }
         total
     }
@@ -405,7 +443,7 @@ impl IoCtx {
             }
         }
         drop(scratch);
-        if !self.inner.wake_armed.get() {
+        if !self.inner.wake_armed.get() && !self.inner.config.epoll_driven {
             if let Err(e) = self.arm_wake_poll() {
                 tracing::error!("io engine: cannot re-arm the wake poll: {e}");
             }
@@ -482,6 +520,11 @@ impl IoCtx {
 impl Inner {
     pub(crate) fn ops(&self) -> &RefCell<OpSlab> {
         &self.ops
+    }
+
+    /// The eventfd the ring raises on completions.
+    fn ring_eventfd(&self) -> RawFd {
+        self.completion_fd.as_ref().map_or(self.queue.wake_fd(), |fd| fd.as_raw_fd())
     }
 }
 

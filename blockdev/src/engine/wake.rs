@@ -38,10 +38,18 @@ impl ReadyQueue {
         Ok(Arc::new(ReadyQueue { ids: Mutex::new(Vec::with_capacity(256)), wake_fd, owner: thread_token() }))
     }
 
-    /// Mark `id` ready; from another thread, also signal the eventfd.
+    /// Mark `id` ready; from another thread, also signal the eventfd, unless ids were already
+    /// waiting. Those were either signalled by a wake-up not yet taken, or queued by the owner
+    /// itself while running, which takes them before it sleeps; either way the owner takes this
+    /// id with them (it resets the eventfd before it takes the ids, never after). A burst of
+    /// completions from another thread (librbd's) so costs that thread one write, not one each.
     pub(crate) fn push(&self, id: usize) {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
-        if thread_token() != self.owner {
+        let first = {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            ids.push(id);
+            ids.len() == 1
+        };
+        if first && thread_token() != self.owner {
             self.signal();
         }
     }
@@ -110,5 +118,39 @@ impl RemoteWaker {
     /// Wake the engine's thread.
     pub fn wake(&self) {
         self.queue.signal();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eventfd_count(q: &ReadyQueue) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from the non-blocking eventfd; EAGAIN leaves 0.
+        unsafe { libc::read(q.wake_fd(), (&mut v as *mut u64).cast(), 8) };
+        v
+    }
+
+    #[test]
+    fn another_thread_signals_once_per_batch_the_owner_has_not_taken() {
+        let q = ReadyQueue::new().unwrap();
+        let q2 = q.clone();
+        std::thread::spawn(move || (0..100).for_each(|i| q2.push(i))).join().unwrap();
+        assert_eq!(eventfd_count(&q), 1, "a burst signals once");
+        let mut ids = Vec::new();
+        q.take(&mut ids);
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        let q2 = q.clone();
+        std::thread::spawn(move || q2.push(7)).join().unwrap();
+        assert_eq!(eventfd_count(&q), 1, "after a take, the next push signals again");
+    }
+
+    #[test]
+    fn the_owner_never_signals_itself() {
+        let q = ReadyQueue::new().unwrap();
+        q.push(1);
+        assert_eq!(eventfd_count(&q), 0);
+        assert!(q.has_ready());
     }
 }

@@ -107,23 +107,19 @@ impl Worker {
             sq_entries: qsize.max(64),
             max_in_flight: qsize * 4,
             sq_poll_idle_ms: backend.export.settings.sqpoll_ms,
+            epoll_driven: true,
             ..EngineConfig::default()
         };
         let io = IoCtx::with_config(config).map_err(|e| e.to_string())?;
-        // Completions, and tasks woken from other threads (a stripe lock released by a rebuild,
-        // a shared pool's commit): with DEFER_TASKRUN the ring posts the latter only when this
-        // thread enters it, so the wake eventfd is watched directly.
-        for fd in [io.completion_fd(), io.wake_fd()] {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: u64::from(completion_event(backend.queues.len())),
-            };
-            // SAFETY: epoll_ctl on the worker's live epoll fd (its handler outlives this thread's
-            // work) with a valid event struct; both eventfds live as long as `io`.
-            let rc = unsafe { libc::epoll_ctl(epoll_fd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-            if rc < 0 {
-                return Err(format!("cannot add the engine's eventfds to epoll: {}", std::io::Error::last_os_error()));
-            }
+        // One eventfd carries the ring's completions and the tasks woken from other threads
+        // (librbd's completions, a stripe lock released by a rebuild, a shared pool's commit).
+        let mut ev =
+            libc::epoll_event { events: libc::EPOLLIN as u32, u64: u64::from(completion_event(backend.queues.len())) };
+        // SAFETY: epoll_ctl on the worker's live epoll fd (its handler outlives this thread's
+        // work) with a valid event struct; the eventfd lives as long as `io`.
+        let rc = unsafe { libc::epoll_ctl(epoll_fd, libc::EPOLL_CTL_ADD, io.completion_fd(), &mut ev) };
+        if rc < 0 {
+            return Err(format!("cannot add the engine's eventfd to epoll: {}", std::io::Error::last_os_error()));
         }
         // `protocol/workers.rs` gives thread `t` the queues of `queue_masks()[t]`, in order.
         let first = first_queue_of_thread(thread, usize::from(backend.export.settings.queues_per_thread));
