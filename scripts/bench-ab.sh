@@ -23,7 +23,10 @@
 #                                                # SECTION=TEXT: its heading in docs/bench.md)
 #   PIN=1 bash scripts/bench-ab.sh               # client on CPU 0, every daemon on CPU 1
 #   CONTENDERS="strata again seccompoff" RESTART=1 bash scripts/bench-ab.sh
-#                                                # some contenders only; fresh daemons every round
+#                                                # some contenders only; fresh daemons every round,
+#                                                # each on the next copy of the data
+#   WORKLOADS="randread randwrite seqread" bash scripts/bench-ab.sh
+#                                                # 1 MiB sequential reads too (not with SAVE=1)
 #
 # Contenders: "strata" (this build, defaults: the reference), "again" (the same daemon once more:
 # how far two identical daemons differ here, the floor under every other ratio), "limits+metrics" (I/O limits far
@@ -37,6 +40,10 @@ TIME="${TIME:-3s}"
 ROUNDS="${ROUNDS:-7}"
 SIZE_MB="${SIZE_MB:-256}"
 SAVE="${SAVE:-0}"
+WORKLOADS="${WORKLOADS:-randread randwrite}"
+if [ "$SAVE" = 1 ] && [ "$WORKLOADS" != "randread randwrite" ]; then
+    echo "bench-ab: SAVE=1 records the 4 KiB random rows only: leave WORKLOADS unset" >&2; exit 2
+fi
 DIR="${DIR:-/dev/shm/strata-bench-ab}"
 cargo build --release -q -p vhost-user-blk -p blkctl --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -67,20 +74,23 @@ fi
 pids=()
 cleanup() { kill "${pids[@]}" "${scraper:-}" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
-for n in "${names[@]}"; do cp "$DIR/source.raw" "$DIR/$n.raw"; done
+# One copy per contender. Copies of the same data are not equally fast here (the first one
+# made read 1 MiB blocks up to 10-20% slower than the others for a whole run), so with
+# RESTART=1 the contenders also rotate over the copies, round by round.
+for i in "${!names[@]}"; do cp "$DIR/source.raw" "$DIR/copy$i.raw"; done
 rm -f "$DIR/source.raw"
 # PIN=1: the client on CPU 0 and the daemons on CPU 1, so the scheduler's placement (which
 # moves from round to round) stays out of the comparison.
 daemon_cpu=(); client_cpu=()
 if [ "${PIN:-0}" = 1 ]; then daemon_cpu=(taskset -c 1); client_cpu=(taskset -c 0); fi
-start_daemons() {
+start_daemons() { # [ROUND]: contender i serves copy (i + ROUND) mod n
     pids=()
     for i in "${!names[@]}"; do
-        local n=${names[$i]} extra=()
+        local n=${names[$i]} extra=() copy=$(( (i + ${1:-0}) % ${#names[@]} ))
         rm -f "$DIR/$n.sock"
         [ "$n" = limits ] && extra=(--metrics "127.0.0.1:$port")
         # shellcheck disable=SC2086 # the arguments are split into words on purpose
-        "${daemon_cpu[@]}" "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/$n.raw${keys[$i]}" 2>/dev/null &
+        "${daemon_cpu[@]}" "${bins[$i]}" ${args[$i]} "${extra[@]}" --disk "socket=$DIR/$n.sock,format=raw,path=$DIR/copy$copy.raw${keys[$i]}" 2>/dev/null &
         pids+=($!)
     done
     for n in "${names[@]}"; do
@@ -100,11 +110,11 @@ out="$DIR/results.tsv"
 for round in $(seq "$ROUNDS"); do
     # RESTART=1: fresh daemons every round, so no contender keeps one process's luck (where
     # its threads and memory landed) for the whole run.
-    if [ "${RESTART:-0}" = 1 ] && [ "$round" -gt 1 ]; then stop_daemons; start_daemons; fi
+    if [ "${RESTART:-0}" = 1 ] && [ "$round" -gt 1 ]; then stop_daemons; start_daemons "$round"; fi
     # Rotate the order every round.
     order=()
     for k in "${!names[@]}"; do order+=("$(( (k + round) % ${#names[@]} ))"); done
-    for w in randread randwrite; do
+    for w in $WORKLOADS; do
         for qd in 1 32; do
             for i in "${order[@]}"; do
                 n=${names[$i]}
@@ -138,7 +148,7 @@ def med(v):
     v = sorted(v)
     return v[len(v) // 2]
 ref = names[0]
-print(f"4 KiB, tmpfs, one queue, {rounds} rounds of {time} per case; medians, and ratio to {label[ref]} (per-round ratios in brackets)")
+print(f"4 KiB random, 1 MiB sequential, tmpfs, one queue, {rounds} rounds of {time} per case; medians, and ratio to {label[ref]} (per-round ratios in brackets)")
 print(f"{'case':<16} {'contender':<28} {'IOPS':>9} {'ratio':>6} {'of sums':>7}  {'daemon CPU us/op':>16} {'ratio':>6}")
 rows = {"iops": [], "cpu": []}
 for (w, qd), by in sorted(data.items()):
