@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A close look at one RBD row, strata against qemu-storage-daemon: both servers stay up, each on
-# its own image, and take short turns (1 s by default) for ROUNDS rounds; then they swap images
-# and do it again, so neither keeps the luckier image. Many short, adjacent turns follow this
-# cluster's drift (2x over minutes) far better than scripts/bench-rbd.sh's per-case restarts:
-# this is how a 4% gap at QD1 was told from noise (docs/scale-out.md, "Polling").
+# A close look at one RBD row, strata against qemu-storage-daemon: both servers run side by side,
+# each on its own image, and take short turns (1 s by default) for ROUNDS rounds; that is one
+# block. BLOCKS blocks run, each with freshly started servers and the images swapped from the
+# block before, so neither keeps the luckier image or the luckier process. Many short, adjacent
+# turns follow this cluster's drift (2x over minutes) far better than scripts/bench-rbd.sh's
+# per-case restarts: this is how a 4% gap at QD1 was told from noise (docs/scale-out.md,
+# "Polling").
 #
-#   bash scripts/bench-rbd-pair.sh                               # 4K randwrite QD1, 30 rounds
-#   WORKLOAD=randread QD=1 ROUNDS=40 bash scripts/bench-rbd-pair.sh
+#   bash scripts/bench-rbd-pair.sh                               # 4K randwrite QD1, 6 x 10 rounds
+#   WORKLOAD=randread QD=1 BLOCKS=8 bash scripts/bench-rbd-pair.sh
 #   STRATA_KEYS=,poll-us=50 bash scripts/bench-rbd-pair.sh       # extra keys on strata's disk
 #   BASE_BIN=/tmp/old/vhost-user-blk bash scripts/bench-rbd-pair.sh  # against another strata build
 #
@@ -14,14 +16,17 @@
 # place, with the same disk keys: a before/after of a change on this noisy cluster.
 #
 # librbd's cache is off for both (a conf copy with `rbd cache = false`, and `cache.direct=on`
-# for qemu-storage-daemon, whose QEMU sets rbd_cache itself). Prints each turn's IOPS ratio's
-# median and mean (with a 95% interval) and the ratio of the summed IOPS.
+# for qemu-storage-daemon, whose QEMU sets rbd_cache itself). Prints the ratio of the summed
+# IOPS, the median of the turns' ratios, and the mean of the blocks' ratios with a 95% interval
+# over blocks: turns within a block share two processes' luck and are not independent (two
+# 2-block runs of one row gave 0.92 +- 0.03 and 1.01 +- 0.03 over turns).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 WORKLOAD="${WORKLOAD:-randwrite}"
 QD="${QD:-1}"
-ROUNDS="${ROUNDS:-30}"
+ROUNDS="${ROUNDS:-10}"
+BLOCKS="${BLOCKS:-6}"
 TURN="${TURN:-1s}"
 SIZE="${SIZE:-1G}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -32,6 +37,7 @@ OUT="${OUT:-$TARGET/bench-rbd-pair}"
 BIN="$TARGET/release"
 say() { printf 'bench-rbd-pair: %s\n' "$*" >&2; }
 
+case $BLOCKS in '' | *[!0-9]* | 0) say "BLOCKS must be a positive number"; exit 2 ;; esac
 case $WORKLOAD in randread | randwrite | seqread | seqwrite) ;; *) say "WORKLOAD must be randread, randwrite, seqread or seqwrite"; exit 2 ;; esac
 if [ -n "$BASE_BIN" ] && [ ! -x "$BASE_BIN" ]; then say "BASE_BIN=$BASE_BIN is not an executable"; exit 2; fi
 if [ -z "$BASE_BIN" ] && ! qemu-storage-daemon --blockdev help 2>/dev/null | grep -qw rbd && ! ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1; then
@@ -56,8 +62,8 @@ for img in $IMAGES; do
         --iodepth=8 --size="$SIZE" --output=/dev/null
 done
 
-# One half: strata serves $2, qemu-storage-daemon $3, turns alternate (order flipped each round).
-half() { # HALF STRATA_IMAGE QSD_IMAGE
+# One block: strata serves $2, the other server $3, turns alternate (order flipped each round).
+block() { # BLOCK STRATA_IMAGE OTHER_IMAGE
     # The other contender's files are named qsd.* whichever it is (qemu-storage-daemon, or BASE_BIN).
     rm -f "$OUT/strata.sock" "$OUT/qsd.sock"
     "$BIN/vhost-user-blk" --disk "socket=$OUT/strata.sock,format=rbd,pool=rbd,image=$2,conf=$CEPH_CONF,num-queues=1${STRATA_KEYS:-}" \
@@ -88,25 +94,33 @@ half() { # HALF STRATA_IMAGE QSD_IMAGE
     wait "$sp" "$qp" 2>/dev/null || true
 }
 set -- $IMAGES
-say "half 1: strata on $1, $OTHER on $2, $ROUNDS rounds of $TURN turns"
-half 1 "$1" "$2"
-say "half 2: the images swapped"
-half 2 "$2" "$1"
+for b in $(seq "$BLOCKS"); do
+    if [ $((b % 2)) = 1 ]; then mine=$1 theirs=$2; else mine=$2 theirs=$1; fi
+    say "block $b of $BLOCKS: strata on $mine, $OTHER on $theirs, $ROUNDS rounds of $TURN turns"
+    block "$b" "$mine" "$theirs"
+done
 
-python3 - "$OUT" "$ROUNDS" "$WORKLOAD" "$QD" "$TURN" "$OTHER" <<'PY'
-import math, statistics, sys
-out, rounds, workload, qd, turn, other = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-pairs = []
-for h in (1, 2):
-    for r in range(1, rounds + 1):
-        s = float(open(f"{out}/strata-h{h}-r{r}.iops").read())
-        q = float(open(f"{out}/qsd-h{h}-r{r}.iops").read())
-        pairs.append((s, q))
+python3 - "$OUT" "$ROUNDS" "$BLOCKS" "$WORKLOAD" "$QD" "$TURN" "$OTHER" <<'PY'
+import statistics, sys
+out, rounds, blocks, workload, qd, turn, other = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+# Two-sided 95% points of Student's t for 1-10 degrees of freedom (a normal 1.96 beyond).
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+pairs, per_block = [], []
+for b in range(1, blocks + 1):
+    mine = [(float(open(f"{out}/strata-h{b}-r{r}.iops").read()), float(open(f"{out}/qsd-h{b}-r{r}.iops").read()))
+            for r in range(1, rounds + 1)]
+    pairs += mine
+    per_block.append(sum(s for s, _ in mine) / sum(q for _, q in mine))
 ratios = [s / q for s, q in pairs]
-mean = statistics.mean(ratios)
-half_width = 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios))
 summed = sum(s for s, _ in pairs) / sum(q for _, q in pairs)
-print(f"{workload} QD{qd}, {len(pairs)} turns of {turn} each: strata {statistics.mean(s for s, _ in pairs):.0f} IOPS, "
+name = "qsd" if other == "qemu-storage-daemon" else other
+print(f"{workload} QD{qd}, {blocks} blocks of {rounds} turns of {turn}: strata {statistics.mean(s for s, _ in pairs):.0f} IOPS, "
       f"{other} {statistics.mean(q for _, q in pairs):.0f} IOPS")
-print(f"strata / {'qsd' if other == 'qemu-storage-daemon' else other}: median {statistics.median(ratios):.3f}, mean {mean:.3f} +- {half_width:.3f} (95%), summed {summed:.3f}")
+line = f"strata / {name}: summed {summed:.3f}, median of turns {statistics.median(ratios):.3f}"
+if blocks > 1:
+    t = T95[blocks - 2] if blocks - 1 <= len(T95) else 1.96
+    half_width = t * statistics.stdev(per_block) / len(per_block) ** 0.5
+    line += f", mean of blocks {statistics.mean(per_block):.3f} +- {half_width:.3f} (95%)"
+print(line)
+print("blocks: " + " ".join(f"{r:.3f}" for r in per_block))
 PY
